@@ -1,0 +1,71 @@
+//! The team directory: which families and family days the team has, so a
+//! device learns of a family created elsewhere.
+//!
+//! Every device of a team computes the same directory id and the same first
+//! change (fixed actor and time, see [`genesis`]), so devices that created the
+//! directory independently, offline, share its root objects instead of each
+//! making its own `families` map.
+//! ```text
+//! { type: "team_directory", schema_version, team,
+//!   families: { "<family id>.name", "<family id>.status", "<family id>.key_worker" },
+//!   family_days: { "<day id>.prison", "<day id>.date" } }
+//! ```
+//! Entries are flat scalars, not an object per family, for the reason given in
+//! `family_day`: a device that learns of a family before the directory entry
+//! must not create a second, competing entry object.
+//! ```text
+//! ```
+
+use automerge::{ActorId, AutoCommit, ObjType, ROOT, transaction::CommitOptions, transaction::Transactable};
+use sha2::{Digest, Sha256};
+
+use super::am::{ensure_map, get_map, get_str, keys, put_opt_str, write_header};
+use super::*;
+use crate::error::Result;
+use crate::ids::DocumentId;
+
+/// The directory as it was first created: byte-identical on every device.
+pub(crate) fn genesis(team: &str) -> Result<AutoCommit> {
+    let digest = Sha256::digest(format!("linkbook team directory actor\0{team}").as_bytes());
+    let mut doc = AutoCommit::new().with_actor(ActorId::from(&digest[..16]));
+    write_header(&mut doc, DocumentType::TeamDirectory)?;
+    doc.put(ROOT, "team", team)?;
+    doc.put_object(ROOT, "families", ObjType::Map)?;
+    doc.put_object(ROOT, "family_days", ObjType::Map)?;
+    doc.commit_with(CommitOptions::default().with_time(0));
+    Ok(doc)
+}
+
+/// Sets `<id>.<field>` only when it differs, so re-writing an unchanged
+/// entry makes no change.
+fn put_field(doc: &mut AutoCommit, map: &str, id: DocumentId, field: &str, value: Option<&str>) -> Result<()> {
+    let m = ensure_map(doc, &ROOT, map)?;
+    let key = format!("{id}.{field}");
+    if get_str(doc, &m, &key).as_deref() != value {
+        put_opt_str(doc, &m, &key, value)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn put_family(doc: &mut AutoCommit, family: &Family) -> Result<()> {
+    put_field(doc, "families", family.id, "name", Some(&family.name))?;
+    put_field(doc, "families", family.id, "status", Some(family.status.as_str()))?;
+    put_field(doc, "families", family.id, "key_worker", family.key_worker.as_deref())
+}
+
+pub(crate) fn put_family_day(doc: &mut AutoCommit, day: &FamilyDay) -> Result<()> {
+    put_field(doc, "family_days", day.id, "prison", Some(&day.prison))?;
+    put_field(doc, "family_days", day.id, "date", Some(&day.date.to_string()))
+}
+
+/// Every document the directory names.
+pub(crate) fn listed(doc: &AutoCommit) -> Vec<DocumentId> {
+    let mut ids: Vec<DocumentId> = ["families", "family_days"]
+        .iter()
+        .filter_map(|k| get_map(doc, &ROOT, k))
+        .flat_map(|m| keys(doc, &m))
+        .filter_map(|k| k.split_once('.').and_then(|(id, _)| DocumentId::parse(id, "document id").ok()))
+        .collect();
+    ids.dedup();
+    ids
+}

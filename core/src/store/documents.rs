@@ -1,0 +1,293 @@
+//! Documents at rest: snapshot + appended changes, loaded on demand into a
+//! small cache, written only through [`WriteTxn`], which commits every
+//! document's new changes and its projections in one SQLite transaction.
+
+use std::collections::HashMap;
+
+use automerge::{AutoCommit, ChangeHash, transaction::CommitOptions};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::projection;
+use crate::error::{Error, Result};
+use crate::ids::DocumentId;
+use crate::model::{Author, DocumentType, am};
+
+/// Changes appended before a document is compacted into a new snapshot.
+pub(crate) const COMPACT_AFTER: i64 = 64;
+/// Documents kept loaded; a caseload of hundreds is read from projections.
+const CACHE_DOCS: usize = 32;
+
+pub(crate) struct Cached {
+    pub doc: AutoCommit,
+    pub kind: DocumentType,
+    version: i64,
+    last_used: u64,
+}
+
+/// Loaded documents, each tagged with the row version it was loaded at so a
+/// write by another process (a second CLI) is noticed and reloaded.
+#[derive(Default)]
+pub(crate) struct DocCache {
+    docs: HashMap<DocumentId, Cached>,
+    tick: u64,
+}
+
+impl std::fmt::Debug for DocCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DocCache({} documents)", self.docs.len())
+    }
+}
+
+impl DocCache {
+    pub(crate) fn evict(&mut self, id: &DocumentId) {
+        self.docs.remove(id);
+    }
+
+    fn make_room(&mut self) {
+        while self.docs.len() >= CACHE_DOCS {
+            let Some(oldest) = self.docs.iter().min_by_key(|(_, c)| c.last_used).map(|(k, _)| *k) else {
+                return;
+            };
+            self.docs.remove(&oldest);
+        }
+    }
+
+    /// The document, loaded or revalidated against the database.
+    pub(crate) fn get(
+        &mut self,
+        conn: &Connection,
+        id: DocumentId,
+        actor: &automerge::ActorId,
+    ) -> Result<Option<&mut Cached>> {
+        let key = id.to_string();
+        let row: Option<(String, i64)> = conn
+            .query_row(
+                "SELECT doc_type, version FROM documents WHERE id = ?1",
+                [&key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((_, version)) = row else {
+            self.docs.remove(&id);
+            return Ok(None);
+        };
+        let fresh = self.docs.get(&id).is_some_and(|c| c.version == version);
+        if !fresh {
+            self.make_room();
+            let (doc, kind) = load(conn, id)?;
+            let mut doc = doc;
+            doc.set_actor(actor.clone());
+            self.docs.insert(id, Cached { doc, kind, version, last_used: 0 });
+        }
+        self.tick += 1;
+        let tick = self.tick;
+        Ok(self.docs.get_mut(&id).map(|c| {
+            c.last_used = tick;
+            c
+        }))
+    }
+}
+
+/// Reads a document from its snapshot and later changes.
+pub(crate) fn load(conn: &Connection, id: DocumentId) -> Result<(AutoCommit, DocumentType)> {
+    let key = id.to_string();
+    let snapshot: Vec<u8> = conn
+        .query_row("SELECT snapshot FROM documents WHERE id = ?1", [&key], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::not_found("document", id))?;
+    let mut doc = AutoCommit::load(&snapshot)?;
+    let mut stmt = conn.prepare_cached("SELECT data FROM changes WHERE doc_id = ?1 ORDER BY seq")?;
+    let mut rows = stmt.query([&key])?;
+    while let Some(row) = rows.next()? {
+        let data: Vec<u8> = row.get(0)?;
+        doc.load_incremental(&data)?;
+    }
+    let kind = am::read_header(&doc, &key)?;
+    Ok((doc, kind))
+}
+
+/// Every document id on the device, with its type.
+pub(crate) fn all(conn: &Connection) -> Result<Vec<(DocumentId, DocumentType)>> {
+    let mut stmt = conn.prepare_cached("SELECT id, doc_type FROM documents ORDER BY id")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, kind) = row?;
+        let id = DocumentId::parse(&id, "document id")?;
+        let kind = DocumentType::parse(&kind)
+            .ok_or_else(|| Error::InvalidDocument(format!("stored type '{kind}'")))?;
+        out.push((id, kind));
+    }
+    Ok(out)
+}
+
+struct Touched {
+    id: DocumentId,
+    /// Heads before this transaction; `None` for a document it created.
+    heads_before: Option<Vec<ChangeHash>>,
+}
+
+/// One atomic write over one or more documents. Nothing reaches the database
+/// (or stays in the cache) unless [`WriteTxn::commit`] succeeds.
+pub(crate) struct WriteTxn<'a> {
+    tx: Transaction<'a>,
+    cache: &'a mut DocCache,
+    pub author: Author,
+    actor: automerge::ActorId,
+    touched: Vec<Touched>,
+}
+
+impl<'a> WriteTxn<'a> {
+    pub(crate) fn begin(conn: &'a mut Connection, cache: &'a mut DocCache, author: Author) -> Result<Self> {
+        let actor = device_actor(&author.device_id);
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        Ok(WriteTxn { tx, cache, author, actor, touched: Vec::new() })
+    }
+
+    /// Whether the device holds this document.
+    pub(crate) fn exists(&self, id: DocumentId) -> Result<bool> {
+        Ok(self
+            .tx
+            .query_row("SELECT 1 FROM documents WHERE id = ?1", [id.to_string()], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// The document, to change; `what` names it in a not-found error.
+    pub(crate) fn doc(&mut self, id: DocumentId, what: &'static str) -> Result<(&mut AutoCommit, DocumentType)> {
+        let cached = self
+            .cache
+            .get(&self.tx, id, &self.actor)?
+            .ok_or_else(|| Error::not_found(what, id))?;
+        if !self.touched.iter().any(|t| t.id == id) {
+            let heads = cached.doc.get_heads();
+            self.touched.push(Touched { id, heads_before: Some(heads) });
+        }
+        Ok((&mut cached.doc, cached.kind))
+    }
+
+    /// The document, which must be of type `kind`.
+    pub(crate) fn doc_of(&mut self, id: DocumentId, kind: DocumentType, what: &'static str) -> Result<&mut AutoCommit> {
+        let (doc, actual) = self.doc(id, what)?;
+        if actual != kind {
+            return Err(Error::not_found(what, id));
+        }
+        Ok(doc)
+    }
+
+    /// Adds a new document (its content may still be uncommitted).
+    pub(crate) fn create(&mut self, id: DocumentId, kind: DocumentType, mut doc: AutoCommit) -> Result<&mut AutoCommit> {
+        if self.exists(id)? {
+            return Err(Error::invalid("document id", format!("document {id} already exists")));
+        }
+        doc.set_actor(self.actor.clone());
+        self.cache.make_room();
+        self.cache.docs.insert(id, Cached { doc, kind, version: 0, last_used: 0 });
+        self.touched.push(Touched { id, heads_before: None });
+        self.cache
+            .docs
+            .get_mut(&id)
+            .map(|c| &mut c.doc)
+            .ok_or_else(|| Error::not_found("document", id))
+    }
+
+    /// Commits every touched document's new changes, the projections and the
+    /// SQLite transaction. On any failure the touched documents are dropped
+    /// from the cache and reloaded from disk next time.
+    pub(crate) fn commit(mut self) -> Result<()> {
+        let ids: Vec<DocumentId> = self.touched.iter().map(|t| t.id).collect();
+        match self.write_all() {
+            Ok(versions) => match self.tx.commit() {
+                Ok(()) => {
+                    for (id, v) in versions {
+                        if let Some(c) = self.cache.docs.get_mut(&id) {
+                            c.version = v;
+                        }
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    ids.iter().for_each(|id| self.cache.evict(id));
+                    Err(e.into())
+                }
+            },
+            Err(e) => {
+                ids.iter().for_each(|id| self.cache.evict(id));
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops whatever the transaction changed in memory.
+    pub(crate) fn abort(self) {
+        for t in &self.touched {
+            self.cache.evict(&t.id);
+        }
+    }
+
+    fn write_all(&mut self) -> Result<Vec<(DocumentId, i64)>> {
+        let time = self.author.now.timestamp_millis();
+        let mut versions = Vec::new();
+        for t in &self.touched {
+            let key = t.id.to_string();
+            let cached = self
+                .cache
+                .docs
+                .get_mut(&t.id)
+                .ok_or_else(|| Error::not_found("document", t.id))?;
+            cached.doc.commit_with(CommitOptions::default().with_time(time));
+            // Checked after every write, so a refused shape never reaches disk.
+            let kind = am::read_header(&cached.doc, &key)?;
+            if kind != cached.kind {
+                return Err(Error::InvalidDocument(format!("document {key} changed its type")));
+            }
+            let version = match &t.heads_before {
+                None => {
+                    let snapshot = cached.doc.save();
+                    self.tx.execute(
+                        "INSERT INTO documents (id, doc_type, snapshot, version, change_count) VALUES (?1, ?2, ?3, 1, 0)",
+                        params![key, kind.as_str(), snapshot],
+                    )?;
+                    1
+                }
+                Some(before) => {
+                    let bytes = cached.doc.save_after(before);
+                    if bytes.is_empty() {
+                        continue;
+                    }
+                    self.tx.execute(
+                        "INSERT INTO changes (doc_id, data) VALUES (?1, ?2)",
+                        params![key, bytes],
+                    )?;
+                    let (version, count): (i64, i64) = self.tx.query_row(
+                        "UPDATE documents SET version = version + 1, change_count = change_count + 1
+                         WHERE id = ?1 RETURNING version, change_count",
+                        [&key],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
+                    if count >= COMPACT_AFTER {
+                        let snapshot = cached.doc.save();
+                        self.tx.execute(
+                            "UPDATE documents SET snapshot = ?2, change_count = 0 WHERE id = ?1",
+                            params![key, snapshot],
+                        )?;
+                        self.tx.execute("DELETE FROM changes WHERE doc_id = ?1", [&key])?;
+                    }
+                    version
+                }
+            };
+            projection::project(&self.tx, t.id, kind, &cached.doc)?;
+            versions.push((t.id, version));
+        }
+        Ok(versions)
+    }
+}
+
+/// A device's Automerge actor id: its device id's 16 bytes, so a conflict can
+/// name the device that wrote each value.
+pub(crate) fn device_actor(device_id: &str) -> automerge::ActorId {
+    match uuid::Uuid::parse_str(device_id) {
+        Ok(u) => automerge::ActorId::from(u.as_bytes().as_slice()),
+        Err(_) => automerge::ActorId::from(device_id.as_bytes()),
+    }
+}
