@@ -387,7 +387,7 @@ impl Repo {
 
     fn day_write(&self, day_id: DocumentId, family_id: DocumentId, f: impl FnOnce(&mut AutoCommit, &Author) -> Result<()>) -> Result<()> {
         self.write(|txn| {
-            if !txn.exists(family_id)? {
+            if txn.kind_of(family_id)? != Some(DocumentType::Family) {
                 return Err(Error::not_found("family", family_id));
             }
             let author = txn.author.clone();

@@ -16,7 +16,7 @@
 //! ```text
 //! ```
 
-use automerge::{ActorId, AutoCommit, ObjType, ROOT, transaction::CommitOptions, transaction::Transactable};
+use automerge::{ActorId, AutoCommit, ObjType, ROOT, ReadDoc, transaction::CommitOptions, transaction::Transactable};
 use sha2::{Digest, Sha256};
 
 use super::am::{ensure_map, get_map, get_str, keys, put_opt_str, write_header};
@@ -36,12 +36,13 @@ pub(crate) fn genesis(team: &str) -> Result<AutoCommit> {
     Ok(doc)
 }
 
-/// Sets `<id>.<field>` only when it differs, so re-writing an unchanged
-/// entry makes no change.
+/// Sets `<id>.<field>` only when it differs (or holds concurrent values), so
+/// re-writing an unchanged entry makes no change.
 fn put_field(doc: &mut AutoCommit, map: &str, id: DocumentId, field: &str, value: Option<&str>) -> Result<()> {
     let m = ensure_map(doc, &ROOT, map)?;
     let key = format!("{id}.{field}");
-    if get_str(doc, &m, &key).as_deref() != value {
+    let settled = doc.get_all(&m, key.as_str())?.len() <= 1;
+    if !settled || get_str(doc, &m, &key).as_deref() != value {
         put_opt_str(doc, &m, &key, value)?;
     }
     Ok(())

@@ -146,11 +146,16 @@ impl<'a> WriteTxn<'a> {
 
     /// Whether the device holds this document.
     pub(crate) fn exists(&self, id: DocumentId) -> Result<bool> {
-        Ok(self
+        Ok(self.kind_of(id)?.is_some())
+    }
+
+    /// The type of a document the device holds.
+    pub(crate) fn kind_of(&self, id: DocumentId) -> Result<Option<DocumentType>> {
+        let kind: Option<String> = self
             .tx
-            .query_row("SELECT 1 FROM documents WHERE id = ?1", [id.to_string()], |_| Ok(()))
-            .optional()?
-            .is_some())
+            .query_row("SELECT doc_type FROM documents WHERE id = ?1", [id.to_string()], |r| r.get(0))
+            .optional()?;
+        Ok(kind.as_deref().and_then(DocumentType::parse))
     }
 
     /// The document, to change; `what` names it in a not-found error.

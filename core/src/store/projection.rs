@@ -34,6 +34,11 @@ pub(crate) fn project(conn: &Connection, id: DocumentId, kind: DocumentType, doc
         DocumentType::TeamDirectory => {}
     }
     conn.execute("DELETE FROM conflicts WHERE doc_id = ?1", [&key])?;
+    if kind == DocumentType::TeamDirectory {
+        // Directory entries mirror family and family-day fields: a conflict
+        // there is reported (and settled) on the document it mirrors.
+        return Ok(());
+    }
     let mut insert = conn.prepare_cached(
         "INSERT INTO conflicts (doc_id, doc_type, path, doc_values) VALUES (?1, ?2, ?3, ?4)",
     )?;
