@@ -30,7 +30,10 @@ pub(crate) fn encode(team: &str, docs: Vec<ExportedDocument>) -> Result<Vec<u8>>
         .collect();
     let root = Value::Map(vec![
         (Value::Text("format".into()), Value::Text(FORMAT.into())),
-        (Value::Text("version".into()), Value::Integer(VERSION.into())),
+        (
+            Value::Text("version".into()),
+            Value::Integer(VERSION.into()),
+        ),
         (Value::Text("team".into()), Value::Text(team.into())),
         (Value::Text("documents".into()), Value::Array(documents)),
     ]);
@@ -49,8 +52,11 @@ fn field<'a>(map: &'a [(Value, Value)], name: &str) -> Option<&'a Value> {
 /// Decodes an export file; the error says what is wrong with it.
 pub(crate) fn decode(bytes: &[u8]) -> Result<(String, Vec<ExportedDocument>)> {
     let bad = |why: &str| Error::invalid("import file", why.to_string());
-    let root: Value = ciborium::from_reader(bytes).map_err(|_| bad("not a Linkbook export file (not CBOR)"))?;
-    let map = root.as_map().ok_or_else(|| bad("not a Linkbook export file"))?;
+    let root: Value =
+        ciborium::from_reader(bytes).map_err(|_| bad("not a Linkbook export file (not CBOR)"))?;
+    let map = root
+        .as_map()
+        .ok_or_else(|| bad("not a Linkbook export file"))?;
     if field(map, "format").and_then(Value::as_text) != Some(FORMAT) {
         return Err(bad("not a Linkbook export file"));
     }
@@ -69,7 +75,9 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(String, Vec<ExportedDocument>)> {
         .ok_or_else(|| bad("no documents list"))?;
     let mut out = Vec::with_capacity(docs.len());
     for d in docs {
-        let d = d.as_map().ok_or_else(|| bad("a document entry is not a map"))?;
+        let d = d
+            .as_map()
+            .ok_or_else(|| bad("a document entry is not a map"))?;
         let id = field(d, "id")
             .and_then(Value::as_text)
             .ok_or_else(|| bad("a document has no id"))?;
@@ -90,7 +98,13 @@ mod tests {
     #[test]
     fn round_trip_and_refusals() -> Result<()> {
         let id = DocumentId::random();
-        let bytes = encode("north", vec![ExportedDocument { id, data: vec![1, 2, 3] }])?;
+        let bytes = encode(
+            "north",
+            vec![ExportedDocument {
+                id,
+                data: vec![1, 2, 3],
+            }],
+        )?;
         let (team, docs) = decode(&bytes)?;
         assert_eq!(team, "north");
         assert_eq!(docs[0].id, id);

@@ -13,11 +13,15 @@ pub enum Error {
     NotFound { what: &'static str, id: String },
 
     /// The database key does not open this device's database.
-    #[error("the database key does not open this device store (wrong key, or not a Linkbook database)")]
+    #[error(
+        "the database key does not open this device store (wrong key, or not a Linkbook database)"
+    )]
     WrongKey,
 
     /// A document was written by a newer Linkbook than this one.
-    #[error("document {document} has schema version {found}; this Linkbook reads up to {supported}: update the app")]
+    #[error(
+        "document {document} has schema version {found}; this Linkbook reads up to {supported}: update the app"
+    )]
     UnsupportedSchema {
         document: String,
         found: u64,

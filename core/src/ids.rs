@@ -54,7 +54,9 @@ impl DocumentId {
         let s = s.strip_prefix("automerge:").unwrap_or(s);
         let invalid = || Error::InvalidInput {
             field,
-            reason: format!("'{input}' is not a Linkbook document id (expected e.g. automerge:4NMNnkMhL8jXrdJ9jamS58PAVdXu)"),
+            reason: format!(
+                "'{input}' is not a Linkbook document id (expected e.g. automerge:4NMNnkMhL8jXrdJ9jamS58PAVdXu)"
+            ),
         };
         let bytes = bs58::decode(s)
             .with_check(None)
@@ -143,7 +145,10 @@ mod tests {
         let broken: String = broken.into_iter().collect();
         assert!(matches!(
             DocumentId::parse(&broken, "family id"),
-            Err(Error::InvalidInput { field: "family id", .. })
+            Err(Error::InvalidInput {
+                field: "family id",
+                ..
+            })
         ));
         let short = bs58::encode([1u8; 8]).with_check().into_string();
         assert!(DocumentId::parse(&short, "id").is_err());
@@ -152,8 +157,14 @@ mod tests {
 
     #[test]
     fn team_directory_id_is_stable_per_team() {
-        assert_eq!(DocumentId::team_directory("north"), DocumentId::team_directory("north"));
-        assert_ne!(DocumentId::team_directory("north"), DocumentId::team_directory("south"));
+        assert_eq!(
+            DocumentId::team_directory("north"),
+            DocumentId::team_directory("north")
+        );
+        assert_ne!(
+            DocumentId::team_directory("north"),
+            DocumentId::team_directory("south")
+        );
         let id = DocumentId::team_directory("north");
         assert_eq!(id.as_bytes()[6] >> 4, 4, "a UUID v4 like every other id");
     }

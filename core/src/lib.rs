@@ -23,10 +23,11 @@ pub use error::{Error, Result};
 pub use ids::DocumentId;
 pub use model::validate::parse_date;
 pub use model::{
-    Attendance, Booking, CaseNote, Closure, Conflict, ConflictValue, Consent, Custody, DocumentType,
-    Family, FamilyDay, FamilyDaySummary, FamilyStatus, FamilySummary, FamilyUpdate, ImportSummary,
-    Member, MemberRole, MemberUpdate, NewFamily, NewFamilyDay, NewMember, NewPrisoner, NewReferral,
-    NoteCategory, NoteHit, NoteRevision, Prisoner, Referral, SCHEMA_VERSION, SafeguardingFlag,
+    Attendance, Booking, CaseNote, Closure, Conflict, ConflictValue, Consent, Custody,
+    DocumentType, Family, FamilyDay, FamilyDaySummary, FamilyStatus, FamilySummary, FamilyUpdate,
+    ImportSummary, Member, MemberRole, MemberUpdate, NewFamily, NewFamilyDay, NewMember,
+    NewPrisoner, NewReferral, NoteCategory, NoteHit, NoteRevision, Prisoner, Referral,
+    SCHEMA_VERSION, SafeguardingFlag,
 };
 pub use repo::{Clock, DeviceProfile, LOCAL_TEAM, Repo};
 pub use store::DatabaseKey;

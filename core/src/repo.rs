@@ -47,7 +47,9 @@ pub struct Repo {
 
 impl std::fmt::Debug for Repo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Repo").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Repo")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -66,7 +68,11 @@ impl Repo {
     }
 
     /// [`Repo::open`] with a clock of the caller's (for tests).
-    pub fn open_with_clock(path: impl AsRef<Path>, key: &DatabaseKey, clock: Clock) -> Result<Repo> {
+    pub fn open_with_clock(
+        path: impl AsRef<Path>,
+        key: &DatabaseKey,
+        clock: Clock,
+    ) -> Result<Repo> {
         let path = path.as_ref().to_path_buf();
         let mut conn = store::open_connection(&path, key)?;
         let before = store::migrate(&mut conn)?;
@@ -74,7 +80,10 @@ impl Repo {
         let reader = store::open_connection(&path, key)?;
         let repo = Repo {
             path,
-            writer: Mutex::new(Writer { conn, cache: DocCache::default() }),
+            writer: Mutex::new(Writer {
+                conn,
+                cache: DocCache::default(),
+            }),
             reader: Mutex::new(reader),
             profile: Mutex::new(profile),
             clock,
@@ -98,9 +107,10 @@ impl Repo {
     /// Sets the worker name stamped on this device's notes.
     pub fn set_worker(&self, worker: &str) -> Result<()> {
         let worker = required_text("worker name", worker, MAX_NAME)?;
-        lock(&self.writer)
-            .conn
-            .execute("INSERT OR REPLACE INTO profile (key, value) VALUES ('worker', ?1)", [&worker])?;
+        lock(&self.writer).conn.execute(
+            "INSERT OR REPLACE INTO profile (key, value) VALUES ('worker', ?1)",
+            [&worker],
+        )?;
         lock(&self.profile).worker = worker;
         Ok(())
     }
@@ -123,8 +133,10 @@ impl Repo {
                     format!("this device already holds records of team '{current}'"),
                 ));
             }
-            w.conn
-                .execute("INSERT OR REPLACE INTO profile (key, value) VALUES ('team', ?1)", [&team])?;
+            w.conn.execute(
+                "INSERT OR REPLACE INTO profile (key, value) VALUES ('team', ?1)",
+                [&team],
+            )?;
         }
         lock(&self.profile).team = team;
         self.ensure_directory()
@@ -164,11 +176,19 @@ impl Repo {
     }
 
     /// Reads a loaded document.
-    fn read<T>(&self, id: DocumentId, kind: DocumentType, what: &'static str, f: impl FnOnce(&AutoCommit) -> T) -> Result<T> {
+    fn read<T>(
+        &self,
+        id: DocumentId,
+        kind: DocumentType,
+        what: &'static str,
+        f: impl FnOnce(&AutoCommit) -> T,
+    ) -> Result<T> {
         let actor = documents::device_actor(&lock(&self.profile).device_id);
         let mut guard = lock(&self.writer);
         let Writer { conn, cache } = &mut *guard;
-        let cached = cache.get(conn, id, &actor)?.ok_or_else(|| Error::not_found(what, id))?;
+        let cached = cache
+            .get(conn, id, &actor)?
+            .ok_or_else(|| Error::not_found(what, id))?;
         if cached.kind != kind {
             return Err(Error::not_found(what, id));
         }
@@ -208,7 +228,10 @@ impl Repo {
             let doc = txn.create(id, DocumentType::Family, AutoCommit::new())?;
             family::create(doc, new, &author)?;
             let f = family::read(doc, id);
-            directory::put_family(txn.doc_of(dir, DocumentType::TeamDirectory, "team directory")?, &f)?;
+            directory::put_family(
+                txn.doc_of(dir, DocumentType::TeamDirectory, "team directory")?,
+                &f,
+            )?;
             Ok(id)
         })
     }
@@ -219,14 +242,21 @@ impl Repo {
     }
 
     /// Runs `f` on a family's document, then refreshes its directory entry.
-    fn family_write<T>(&self, id: DocumentId, f: impl FnOnce(&mut AutoCommit, &Author) -> Result<T>) -> Result<T> {
+    fn family_write<T>(
+        &self,
+        id: DocumentId,
+        f: impl FnOnce(&mut AutoCommit, &Author) -> Result<T>,
+    ) -> Result<T> {
         let dir = self.directory_id();
         self.write(|txn| {
             let author = txn.author.clone();
             let doc = txn.doc_of(id, DocumentType::Family, "family")?;
             let out = f(doc, &author)?;
             let fam = family::read(doc, id);
-            directory::put_family(txn.doc_of(dir, DocumentType::TeamDirectory, "team directory")?, &fam)?;
+            directory::put_family(
+                txn.doc_of(dir, DocumentType::TeamDirectory, "team directory")?,
+                &fam,
+            )?;
             Ok(out)
         })
     }
@@ -269,15 +299,24 @@ impl Repo {
 
     /// A whole family case file.
     pub fn family(&self, id: DocumentId) -> Result<Family> {
-        self.read(id, DocumentType::Family, "family", |doc| family::read(doc, id))
+        self.read(id, DocumentType::Family, "family", |doc| {
+            family::read(doc, id)
+        })
     }
 
     pub fn add_member(&self, family_id: DocumentId, member: &NewMember) -> Result<String> {
         self.family_write(family_id, |doc, by| family::add_member(doc, member, by))
     }
 
-    pub fn update_member(&self, family_id: DocumentId, member_id: &str, update: &MemberUpdate) -> Result<()> {
-        self.family_write(family_id, |doc, by| family::update_member(doc, member_id, update, by))
+    pub fn update_member(
+        &self,
+        family_id: DocumentId,
+        member_id: &str,
+        update: &MemberUpdate,
+    ) -> Result<()> {
+        self.family_write(family_id, |doc, by| {
+            family::update_member(doc, member_id, update, by)
+        })
     }
 
     pub fn remove_member(&self, family_id: DocumentId, member_id: &str) -> Result<()> {
@@ -289,7 +328,9 @@ impl Repo {
     }
 
     pub fn record_consent(&self, family_id: DocumentId, consent: &Consent) -> Result<()> {
-        self.family_write(family_id, |doc, by| family::record_consent(doc, consent, by))
+        self.family_write(family_id, |doc, by| {
+            family::record_consent(doc, consent, by)
+        })
     }
 
     pub fn raise_safeguarding_flag(&self, family_id: DocumentId, text: &str) -> Result<String> {
@@ -301,13 +342,22 @@ impl Repo {
     }
 
     /// Adds a case note; when this returns the note is on disk.
-    pub fn add_note(&self, family_id: DocumentId, text: &str, category: NoteCategory) -> Result<String> {
-        self.family_write(family_id, |doc, by| family::add_note(doc, text, category, by))
+    pub fn add_note(
+        &self,
+        family_id: DocumentId,
+        text: &str,
+        category: NoteCategory,
+    ) -> Result<String> {
+        self.family_write(family_id, |doc, by| {
+            family::add_note(doc, text, category, by)
+        })
     }
 
     /// Replaces a note's text; the old text stays in the note's history.
     pub fn edit_note(&self, family_id: DocumentId, note_id: &str, text: &str) -> Result<()> {
-        self.family_write(family_id, |doc, by| family::edit_note(doc, note_id, text, by))
+        self.family_write(family_id, |doc, by| {
+            family::edit_note(doc, note_id, text, by)
+        })
     }
 
     /// A family's notes, oldest first, with their edit history.
@@ -319,8 +369,15 @@ impl Repo {
         self.family_write(family_id, |doc, _| family::add_referral(doc, referral))
     }
 
-    pub fn set_referral_outcome(&self, family_id: DocumentId, referral_id: &str, outcome: &str) -> Result<()> {
-        self.family_write(family_id, |doc, _| family::set_referral_outcome(doc, referral_id, outcome))
+    pub fn set_referral_outcome(
+        &self,
+        family_id: DocumentId,
+        referral_id: &str,
+        outcome: &str,
+    ) -> Result<()> {
+        self.family_write(family_id, |doc, _| {
+            family::set_referral_outcome(doc, referral_id, outcome)
+        })
     }
 
     /// Closes the case on `date` for `reason`.
@@ -380,28 +437,55 @@ impl Repo {
             let doc = txn.create(id, DocumentType::FamilyDay, AutoCommit::new())?;
             family_day::create(doc, new, &author)?;
             let day = family_day::read(doc, id);
-            directory::put_family_day(txn.doc_of(dir, DocumentType::TeamDirectory, "team directory")?, &day)?;
+            directory::put_family_day(
+                txn.doc_of(dir, DocumentType::TeamDirectory, "team directory")?,
+                &day,
+            )?;
             Ok(id)
         })
     }
 
-    fn day_write(&self, day_id: DocumentId, family_id: DocumentId, f: impl FnOnce(&mut AutoCommit, &Author) -> Result<()>) -> Result<()> {
+    fn day_write(
+        &self,
+        day_id: DocumentId,
+        family_id: DocumentId,
+        f: impl FnOnce(&mut AutoCommit, &Author) -> Result<()>,
+    ) -> Result<()> {
         self.write(|txn| {
             if txn.kind_of(family_id)? != Some(DocumentType::Family) {
                 return Err(Error::not_found("family", family_id));
             }
             let author = txn.author.clone();
-            f(txn.doc_of(day_id, DocumentType::FamilyDay, "family day")?, &author)
+            f(
+                txn.doc_of(day_id, DocumentType::FamilyDay, "family day")?,
+                &author,
+            )
         })
     }
 
-    pub fn book(&self, day_id: DocumentId, family_id: DocumentId, adults: u32, children: u32) -> Result<()> {
-        self.day_write(day_id, family_id, |doc, by| family_day::book(doc, family_id, adults, children, by))
+    pub fn book(
+        &self,
+        day_id: DocumentId,
+        family_id: DocumentId,
+        adults: u32,
+        children: u32,
+    ) -> Result<()> {
+        self.day_write(day_id, family_id, |doc, by| {
+            family_day::book(doc, family_id, adults, children, by)
+        })
     }
 
     /// Checks a family in at a family day (again: corrects the head count).
-    pub fn check_in(&self, day_id: DocumentId, family_id: DocumentId, adults: u32, children: u32) -> Result<Attendance> {
-        self.day_write(day_id, family_id, |doc, by| family_day::check_in(doc, family_id, adults, children, by))?;
+    pub fn check_in(
+        &self,
+        day_id: DocumentId,
+        family_id: DocumentId,
+        adults: u32,
+        children: u32,
+    ) -> Result<Attendance> {
+        self.day_write(day_id, family_id, |doc, by| {
+            family_day::check_in(doc, family_id, adults, children, by)
+        })?;
         self.family_day(day_id)?
             .attendance
             .into_iter()
@@ -410,7 +494,9 @@ impl Repo {
     }
 
     pub fn family_day(&self, id: DocumentId) -> Result<FamilyDay> {
-        self.read(id, DocumentType::FamilyDay, "family day", |doc| family_day::read(doc, id))
+        self.read(id, DocumentType::FamilyDay, "family day", |doc| {
+            family_day::read(doc, id)
+        })
     }
 
     pub fn family_days(&self) -> Result<Vec<FamilyDaySummary>> {
@@ -450,10 +536,16 @@ impl Repo {
     /// Every field on the device that holds concurrent values.
     pub fn conflicts(&self) -> Result<Vec<Conflict>> {
         let conn = lock(&self.reader);
-        let mut stmt =
-            conn.prepare_cached("SELECT doc_id, doc_type, path, doc_values FROM conflicts ORDER BY doc_id, path")?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT doc_id, doc_type, path, doc_values FROM conflicts ORDER BY doc_id, path",
+        )?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
@@ -477,14 +569,22 @@ impl Repo {
 
     /// Settles a conflict: writes `value` at `path`, replacing every
     /// concurrent value there.
-    pub fn resolve_conflict(&self, document_id: DocumentId, path: &str, value: &serde_json::Value) -> Result<()> {
+    pub fn resolve_conflict(
+        &self,
+        document_id: DocumentId,
+        path: &str,
+        value: &serde_json::Value,
+    ) -> Result<()> {
         let dir = self.directory_id();
         self.write(|txn| {
             let (doc, kind) = txn.doc(document_id, "document")?;
             conflicts::resolve(doc, path, value)?;
             if kind == DocumentType::Family {
                 let fam = family::read(doc, document_id);
-                directory::put_family(txn.doc_of(dir, DocumentType::TeamDirectory, "team directory")?, &fam)?;
+                directory::put_family(
+                    txn.doc_of(dir, DocumentType::TeamDirectory, "team directory")?,
+                    &fam,
+                )?;
             }
             Ok(())
         })
@@ -501,7 +601,12 @@ impl Repo {
     /// holds it yet (the sync client fetches the ones it lacks).
     pub fn directory_listing(&self) -> Result<Vec<DocumentId>> {
         let dir = self.directory_id();
-        self.read(dir, DocumentType::TeamDirectory, "team directory", directory::listed)
+        self.read(
+            dir,
+            DocumentType::TeamDirectory,
+            "team directory",
+            directory::listed,
+        )
     }
 
     /// The whole document, as Automerge `save()` bytes.
@@ -509,7 +614,9 @@ impl Repo {
         let actor = documents::device_actor(&lock(&self.profile).device_id);
         let mut guard = lock(&self.writer);
         let Writer { conn, cache } = &mut *guard;
-        let cached = cache.get(conn, id, &actor)?.ok_or_else(|| Error::not_found("document", id))?;
+        let cached = cache
+            .get(conn, id, &actor)?
+            .ok_or_else(|| Error::not_found("document", id))?;
         Ok(cached.doc.save())
     }
 
@@ -518,8 +625,15 @@ impl Repo {
         let actor = documents::device_actor(&lock(&self.profile).device_id);
         let mut guard = lock(&self.writer);
         let Writer { conn, cache } = &mut *guard;
-        let cached = cache.get(conn, id, &actor)?.ok_or_else(|| Error::not_found("document", id))?;
-        let mut heads: Vec<String> = cached.doc.get_heads().iter().map(|h| h.to_string()).collect();
+        let cached = cache
+            .get(conn, id, &actor)?
+            .ok_or_else(|| Error::not_found("document", id))?;
+        let mut heads: Vec<String> = cached
+            .doc
+            .get_heads()
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
         heads.sort();
         Ok(heads)
     }
@@ -529,7 +643,10 @@ impl Repo {
         let ids = self.document_ids()?;
         let mut docs = Vec::with_capacity(ids.len());
         for (id, _) in ids {
-            docs.push(ExportedDocument { id, data: self.save_document(id)? });
+            docs.push(ExportedDocument {
+                id,
+                data: self.save_document(id)?,
+            });
         }
         bundle::encode(&lock(&self.profile).team, docs)
     }
@@ -600,20 +717,31 @@ fn merge_bytes(txn: &mut WriteTxn<'_>, id: DocumentId, bytes: &[u8], team: &str)
                 "changes for {key} depend on changes this device does not have"
             )));
         }
-        return Ok(if doc.get_heads() == before { Merged::Unchanged } else { Merged::Updated });
+        return Ok(if doc.get_heads() == before {
+            Merged::Unchanged
+        } else {
+            Merged::Updated
+        });
     }
     let mut doc = AutoCommit::new();
     doc.load_incremental(bytes)?;
     if doc.get_heads().is_empty() || !doc.get_missing_deps(&[]).is_empty() {
-        return Err(Error::InvalidDocument(format!("{key} is incomplete: it needs earlier changes")));
+        return Err(Error::InvalidDocument(format!(
+            "{key} is incomplete: it needs earlier changes"
+        )));
     }
     let kind = am::read_header(&doc, &key)?;
     let doc_team = am::get_str(&doc, &automerge::ROOT, "team").unwrap_or_default();
     if doc_team != team {
-        return Err(Error::invalid("document", format!("{key} belongs to another team")));
+        return Err(Error::invalid(
+            "document",
+            format!("{key} belongs to another team"),
+        ));
     }
     if kind == DocumentType::TeamDirectory && id != DocumentId::team_directory(team) {
-        return Err(Error::InvalidDocument(format!("{key} is not this team's directory")));
+        return Err(Error::InvalidDocument(format!(
+            "{key} is not this team's directory"
+        )));
     }
     txn.create(id, kind, doc)?;
     Ok(Merged::New)
@@ -622,11 +750,16 @@ fn merge_bytes(txn: &mut WriteTxn<'_>, id: DocumentId, bytes: &[u8], team: &str)
 fn load_or_create_profile(conn: &Connection) -> Result<DeviceProfile> {
     let get = |k: &str| -> Result<Option<String>> {
         Ok(conn
-            .query_row("SELECT value FROM profile WHERE key = ?1", [k], |r| r.get(0))
+            .query_row("SELECT value FROM profile WHERE key = ?1", [k], |r| {
+                r.get(0)
+            })
             .optional()?)
     };
     let set = |k: &str, v: &str| -> Result<String> {
-        conn.execute("INSERT INTO profile (key, value) VALUES (?1, ?2)", params![k, v])?;
+        conn.execute(
+            "INSERT INTO profile (key, value) VALUES (?1, ?2)",
+            params![k, v],
+        )?;
         Ok(v.to_string())
     };
     let device_id = match get("device_id")? {
@@ -641,11 +774,17 @@ fn load_or_create_profile(conn: &Connection) -> Result<DeviceProfile> {
         Some(w) => w,
         None => set("worker", "unnamed worker")?,
     };
-    Ok(DeviceProfile { device_id, team, worker })
+    Ok(DeviceProfile {
+        device_id,
+        team,
+        worker,
+    })
 }
 
 fn parse_time(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).unwrap_or_default()
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
 }
 
 /// Turns what a worker typed into an FTS5 query: each word quoted (so
@@ -655,14 +794,20 @@ fn fts_query(query: &str) -> Result<String> {
         .split_whitespace()
         .filter_map(|w| {
             let prefix = w.ends_with('*');
-            let word: String = w.chars().filter(|c| c.is_alphanumeric() || *c == '\'' || *c == '-').collect();
+            let word: String = w
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == '\'' || *c == '-')
+                .collect();
             let word = word.replace('\'', " ").replace('-', " ");
             let word = word.trim();
             (!word.is_empty()).then(|| format!("\"{word}\"{}", if prefix { "*" } else { "" }))
         })
         .collect();
     if terms.is_empty() {
-        return Err(Error::invalid("search query", "type at least one word to search for"));
+        return Err(Error::invalid(
+            "search query",
+            "type at least one word to search for",
+        ));
     }
     Ok(terms.join(" "))
 }
@@ -670,7 +815,10 @@ fn fts_query(query: &str) -> Result<String> {
 /// Writes a file only its owner can read (an export holds every record).
 fn write_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let io = |e| Error::Io { context: format!("could not write {}", path.display()), source: e };
+    let io = |e| Error::Io {
+        context: format!("could not write {}", path.display()),
+        source: e,
+    };
     let tmp = path.with_extension("partial");
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -689,6 +837,77 @@ fn write_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn schema(conn: &Connection) -> Result<Vec<(String, String, Option<String>)>> {
+        let mut stmt =
+            conn.prepare("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// A schema-1 store (documents, no projections) migrates to the current
+    /// schema identical to a fresh one, with its projections rebuilt.
+    #[test]
+    fn schema_1_store_migrates_to_the_current_schema() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Io {
+            context: "tempdir".into(),
+            source: e,
+        })?;
+        let key = DatabaseKey::generate();
+        let old = dir.path().join("old.db");
+        let family_id = DocumentId::random();
+        {
+            let conn = store::open_connection(&old, &key)?;
+            conn.execute_batch(store::MIGRATIONS[0])?;
+            conn.pragma_update(None, "user_version", 1)?;
+            let author = Author {
+                device_id: uuid::Uuid::new_v4().to_string(),
+                worker: "Asha".into(),
+                team: LOCAL_TEAM.into(),
+                now: Utc::now(),
+            };
+            let mut doc = AutoCommit::new();
+            family::create(
+                &mut doc,
+                &NewFamily {
+                    name: "Okafor".into(),
+                    ..Default::default()
+                },
+                &author,
+            )?;
+            family::add_note(
+                &mut doc,
+                "kept across the migration",
+                NoteCategory::Visit,
+                &author,
+            )?;
+            conn.execute(
+                "INSERT INTO documents (id, doc_type, snapshot) VALUES (?1, 'family', ?2)",
+                params![family_id.to_string(), doc.save()],
+            )?;
+        }
+        let migrated = Repo::open(&old, &key)?;
+        assert_eq!(
+            migrated
+                .families()?
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>(),
+            ["Okafor"]
+        );
+        assert_eq!(migrated.search("migration")?.len(), 1);
+        let fresh = Repo::open(dir.path().join("fresh.db"), &key)?;
+        assert_eq!(
+            schema(&lock(&migrated.reader))?,
+            schema(&lock(&fresh.reader))?
+        );
+        let version = |r: &Repo| -> Result<u32> {
+            Ok(lock(&r.reader).pragma_query_value(None, "user_version", |r| r.get(0))?)
+        };
+        assert_eq!(version(&migrated)?, store::MIGRATIONS.len() as u32);
+        assert_eq!(version(&fresh)?, store::MIGRATIONS.len() as u32);
+        Ok(())
+    }
 
     #[test]
     fn fts_query_quotes_words() -> Result<()> {

@@ -46,16 +46,32 @@ fn a_case_file_keeps_everything_recorded_and_survives_reopen() -> Result<()> {
     )?;
     d.repo.record_consent(
         id,
-        &Consent { given_by: "Mary Smith".into(), date: Utc::now().date_naive(), scope: "case notes and referrals".into() },
+        &Consent {
+            given_by: "Mary Smith".into(),
+            date: Utc::now().date_naive(),
+            scope: "case notes and referrals".into(),
+        },
     )?;
-    let flag = d.repo.raise_safeguarding_flag(id, "Father not to collect children")?;
-    let note = d.repo.add_note(id, "First visit: Lily worried about school.", NoteCategory::Visit)?;
-    d.repo.edit_note(id, &note, "First visit: Lily anxious about school trips.")?;
+    let flag = d
+        .repo
+        .raise_safeguarding_flag(id, "Father not to collect children")?;
+    let note = d.repo.add_note(
+        id,
+        "First visit: Lily worried about school.",
+        NoteCategory::Visit,
+    )?;
+    d.repo
+        .edit_note(id, &note, "First visit: Lily anxious about school trips.")?;
     let referral = d.repo.add_referral(
         id,
-        &NewReferral { agency: "Citizens Advice".into(), reason: "debt".into(), date: Utc::now().date_naive() },
+        &NewReferral {
+            agency: "Citizens Advice".into(),
+            reason: "debt".into(),
+            date: Utc::now().date_naive(),
+        },
     )?;
-    d.repo.set_referral_outcome(id, &referral, "appointment booked")?;
+    d.repo
+        .set_referral_outcome(id, &referral, "appointment booked")?;
     d.repo.clear_safeguarding_flag(id, &flag)?;
 
     let path = d.repo.path().to_path_buf();
@@ -68,17 +84,32 @@ fn a_case_file_keeps_everything_recorded_and_survives_reopen() -> Result<()> {
     assert_eq!(f.members[0].school.as_deref(), Some("Hill Primary"));
     assert_eq!(f.prisoners[0].id, prisoner);
     assert_eq!(f.prisoners[0].prison_number.as_deref(), Some("A1234BC"));
-    assert_eq!(f.consent.as_ref().map(|c| c.given_by.as_str()), Some("Mary Smith"));
+    assert_eq!(
+        f.consent.as_ref().map(|c| c.given_by.as_str()),
+        Some("Mary Smith")
+    );
     assert!(f.safeguarding[0].cleared_at.is_some());
-    assert_eq!(f.notes[0].text, "First visit: Lily anxious about school trips.");
+    assert_eq!(
+        f.notes[0].text,
+        "First visit: Lily anxious about school trips."
+    );
     assert_eq!(f.notes[0].author, "Asha");
     assert_eq!(f.notes[0].history.len(), 1);
-    assert_eq!(f.notes[0].history[0].text, "First visit: Lily worried about school.");
-    assert_eq!(f.referrals[0].outcome.as_deref(), Some("appointment booked"));
+    assert_eq!(
+        f.notes[0].history[0].text,
+        "First visit: Lily worried about school."
+    );
+    assert_eq!(
+        f.referrals[0].outcome.as_deref(),
+        Some("appointment booked")
+    );
 
     let list = repo.families()?;
     assert_eq!(list.len(), 1);
-    assert_eq!((list[0].members, list[0].notes, list[0].safeguarding_flags), (1, 1, 0));
+    assert_eq!(
+        (list[0].members, list[0].notes, list[0].safeguarding_flags),
+        (1, 1, 0)
+    );
 
     // The search index follows the edit: the old wording is gone, the new found.
     assert!(repo.search("worried")?.is_empty());
@@ -101,27 +132,103 @@ fn bad_input_is_a_typed_error_and_writes_nothing() -> Result<()> {
     let before = d.repo.save_document(id)?;
 
     let tomorrow = Utc::now().date_naive() + Duration::days(1);
-    let err = d.repo.add_member(id, &NewMember { date_of_birth: Some(tomorrow), ..child("Lily") });
-    assert!(matches!(err, Err(Error::InvalidInput { field: "date of birth", .. })), "{err:?}");
+    let err = d.repo.add_member(
+        id,
+        &NewMember {
+            date_of_birth: Some(tomorrow),
+            ..child("Lily")
+        },
+    );
+    assert!(
+        matches!(
+            err,
+            Err(Error::InvalidInput {
+                field: "date of birth",
+                ..
+            })
+        ),
+        "{err:?}"
+    );
     let err = d.repo.add_note(id, "   ", NoteCategory::Other);
-    assert!(matches!(err, Err(Error::InvalidInput { field: "note text", .. })), "{err:?}");
-    let err = d.repo.add_note(DocumentId::random(), "hello", NoteCategory::Other);
-    assert!(matches!(err, Err(Error::NotFound { what: "family", .. })), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Err(Error::InvalidInput {
+                field: "note text",
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    let err = d
+        .repo
+        .add_note(DocumentId::random(), "hello", NoteCategory::Other);
+    assert!(
+        matches!(err, Err(Error::NotFound { what: "family", .. })),
+        "{err:?}"
+    );
     let err = DocumentId::parse("automerge:nonsense", "family id");
-    assert!(matches!(err, Err(Error::InvalidInput { field: "family id", .. })), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Err(Error::InvalidInput {
+                field: "family id",
+                ..
+            })
+        ),
+        "{err:?}"
+    );
     let err = d.repo.edit_note(id, "not-a-uuid", "x");
-    assert!(matches!(err, Err(Error::InvalidInput { field: "note id", .. })), "{err:?}");
-    let err = d.repo.add_family(&NewFamily { name: "".into(), ..Default::default() });
-    assert!(matches!(err, Err(Error::InvalidInput { field: "family name", .. })), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Err(Error::InvalidInput {
+                field: "note id",
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    let err = d.repo.add_family(&NewFamily {
+        name: "".into(),
+        ..Default::default()
+    });
+    assert!(
+        matches!(
+            err,
+            Err(Error::InvalidInput {
+                field: "family name",
+                ..
+            })
+        ),
+        "{err:?}"
+    );
     let err = d.repo.search("  ");
     assert!(matches!(err, Err(Error::InvalidInput { .. })), "{err:?}");
     // A family day is not a family.
-    let day = d.repo.create_family_day(&NewFamilyDay { prison: "HMP Leeds".into(), date: Utc::now().date_naive(), capacity: Some(20) })?;
-    assert!(matches!(d.repo.add_note(day, "x", NoteCategory::Other), Err(Error::NotFound { .. })));
-    assert!(matches!(d.repo.check_in(day, day, 1, 1), Err(Error::NotFound { what: "family", .. })));
-    assert!(matches!(d.repo.check_in(day, id, 0, 0), Err(Error::InvalidInput { .. })));
+    let day = d.repo.create_family_day(&NewFamilyDay {
+        prison: "HMP Leeds".into(),
+        date: Utc::now().date_naive(),
+        capacity: Some(20),
+    })?;
+    assert!(matches!(
+        d.repo.add_note(day, "x", NoteCategory::Other),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        d.repo.check_in(day, day, 1, 1),
+        Err(Error::NotFound { what: "family", .. })
+    ));
+    assert!(matches!(
+        d.repo.check_in(day, id, 0, 0),
+        Err(Error::InvalidInput { .. })
+    ));
 
-    assert_eq!(d.repo.save_document(id)?, before, "refused calls changed the document");
+    assert_eq!(
+        d.repo.save_document(id)?,
+        before,
+        "refused calls changed the document"
+    );
     assert_eq!(d.repo.families()?.len(), 1);
     assert!(d.repo.family(id)?.notes.is_empty());
     Ok(())
@@ -134,10 +241,14 @@ fn a_document_from_a_newer_schema_is_refused_and_not_stored() -> Result<()> {
     let id = DocumentId::random();
     let mut doc = AutoCommit::new();
     doc.put(ROOT, "type", "family").map_err(Error::from)?;
-    doc.put(ROOT, "schema_version", 99u64).map_err(Error::from)?;
+    doc.put(ROOT, "schema_version", 99u64)
+        .map_err(Error::from)?;
     doc.put(ROOT, "team", LOCAL_TEAM).map_err(Error::from)?;
     let err = d.repo.apply_changes(id, &doc.save());
-    assert!(matches!(err, Err(Error::UnsupportedSchema { found: 99, .. })), "{err:?}");
+    assert!(
+        matches!(err, Err(Error::UnsupportedSchema { found: 99, .. })),
+        "{err:?}"
+    );
     let err = d.repo.apply_changes(id, b"definitely not automerge");
     assert!(matches!(err, Err(Error::Document(_))), "{err:?}");
     assert_eq!(d.repo.document_ids()?.len(), 1, "only the team directory");
@@ -152,24 +263,48 @@ fn concurrent_edits_keep_both_values_until_a_worker_chooses() -> Result<()> {
     sync_into(&a.repo, &b.repo)?;
 
     // Both offline: each renames the family and adds a note.
-    a.repo.update_family(id, &FamilyUpdate { name: Some("Smith-Jones".into()), ..Default::default() })?;
-    b.repo.update_family(id, &FamilyUpdate { name: Some("Smyth".into()), ..Default::default() })?;
-    let note_a = a.repo.add_note(id, "Called Mary about the visit", NoteCategory::PhoneCall)?;
-    let note_b = b.repo.add_note(id, "Court date set for June", NoteCategory::Court)?;
+    a.repo.update_family(
+        id,
+        &FamilyUpdate {
+            name: Some("Smith-Jones".into()),
+            ..Default::default()
+        },
+    )?;
+    b.repo.update_family(
+        id,
+        &FamilyUpdate {
+            name: Some("Smyth".into()),
+            ..Default::default()
+        },
+    )?;
+    let note_a = a
+        .repo
+        .add_note(id, "Called Mary about the visit", NoteCategory::PhoneCall)?;
+    let note_b = b
+        .repo
+        .add_note(id, "Court date set for June", NoteCategory::Court)?;
 
     sync_into(&a.repo, &b.repo)?;
     sync_into(&b.repo, &a.repo)?;
 
     for repo in [&a.repo, &b.repo] {
         let notes: Vec<String> = repo.notes(id)?.into_iter().map(|n| n.id).collect();
-        assert!(notes.contains(&note_a) && notes.contains(&note_b), "a note was lost");
+        assert!(
+            notes.contains(&note_a) && notes.contains(&note_b),
+            "a note was lost"
+        );
         let conflicts = repo.conflicts()?;
         assert_eq!(conflicts.len(), 1, "{conflicts:?}");
         assert_eq!(conflicts[0].path, "household/name");
         let mut values: Vec<(String, String)> = conflicts[0]
             .values
             .iter()
-            .map(|v| (v.value.as_str().unwrap_or_default().to_string(), v.device.clone()))
+            .map(|v| {
+                (
+                    v.value.as_str().unwrap_or_default().to_string(),
+                    v.device.clone(),
+                )
+            })
             .collect();
         values.sort();
         assert_eq!(
@@ -182,11 +317,14 @@ fn concurrent_edits_keep_both_values_until_a_worker_chooses() -> Result<()> {
     }
     assert_eq!(a.repo.heads(id)?, b.repo.heads(id)?);
 
-    b.repo.resolve_conflict(id, "household/name", &serde_json::json!("Smith-Jones"))?;
+    b.repo
+        .resolve_conflict(id, "household/name", &serde_json::json!("Smith-Jones"))?;
     sync_into(&b.repo, &a.repo)?;
     assert!(a.repo.conflicts()?.is_empty());
     assert_eq!(a.repo.families()?[0].name, "Smith-Jones");
-    let err = a.repo.resolve_conflict(id, "household/name", &serde_json::json!("x"));
+    let err = a
+        .repo
+        .resolve_conflict(id, "household/name", &serde_json::json!("x"));
     assert!(matches!(err, Err(Error::InvalidInput { .. })), "{err:?}");
     Ok(())
 }
@@ -195,8 +333,14 @@ fn concurrent_edits_keep_both_values_until_a_worker_chooses() -> Result<()> {
 fn tablets_checking_in_offline_merge_into_one_attendance_per_family() -> Result<()> {
     let office = device("Office");
     let smiths = smith(&office.repo);
-    let jones = office.repo.add_family(&NewFamily { name: "Jones".into(), ..Default::default() })?;
-    let patel = office.repo.add_family(&NewFamily { name: "Patel".into(), ..Default::default() })?;
+    let jones = office.repo.add_family(&NewFamily {
+        name: "Jones".into(),
+        ..Default::default()
+    })?;
+    let patel = office.repo.add_family(&NewFamily {
+        name: "Patel".into(),
+        ..Default::default()
+    })?;
     let day = office.repo.create_family_day(&NewFamilyDay {
         prison: "HMP Leeds".into(),
         date: Utc::now().date_naive(),
@@ -217,16 +361,25 @@ fn tablets_checking_in_offline_merge_into_one_attendance_per_family() -> Result<
     }
     let fd = office.repo.family_day(day)?;
     assert_eq!(fd.attendance.len(), 3, "{:?}", fd.attendance);
-    let smith_att = fd.attendance.iter().find(|a| a.family_id == smiths).expect("smiths");
+    let smith_att = fd
+        .attendance
+        .iter()
+        .find(|a| a.family_id == smiths)
+        .expect("smiths");
     assert_eq!((smith_att.adults, smith_att.children), (2, 3));
     assert_eq!(smith_att.checked_in_by.len(), 2);
     let conflicts = office.repo.conflicts()?;
     assert_eq!(conflicts.len(), 1, "{conflicts:?}");
     assert_eq!(conflicts[0].path, format!("attendance/{jones}.children"));
-    office.repo.resolve_conflict(day, &conflicts[0].path, &serde_json::json!(2))?;
+    office
+        .repo
+        .resolve_conflict(day, &conflicts[0].path, &serde_json::json!(2))?;
     assert!(office.repo.conflicts()?.is_empty());
     let summary = &office.repo.family_days()?[0];
-    assert_eq!((summary.families_attended, summary.adults, summary.children), (3, 4, 7));
+    assert_eq!(
+        (summary.families_attended, summary.adults, summary.children),
+        (3, 4, 7)
+    );
     Ok(())
 }
 
@@ -235,7 +388,10 @@ fn many_writes_compact_and_reload_intact() -> Result<()> {
     let d = device("Asha");
     let id = smith(&d.repo);
     let ids: Vec<String> = (0..150)
-        .map(|i| d.repo.add_note(id, &format!("note number {i}"), NoteCategory::Other))
+        .map(|i| {
+            d.repo
+                .add_note(id, &format!("note number {i}"), NoteCategory::Other)
+        })
         .collect::<Result<_>>()?;
     let heads = d.repo.heads(id)?;
     let path = d.repo.path().to_path_buf();
@@ -245,7 +401,11 @@ fn many_writes_compact_and_reload_intact() -> Result<()> {
     let got: Vec<String> = repo.notes(id)?.into_iter().map(|n| n.id).collect();
     assert_eq!(got.len(), 150);
     assert!(ids.iter().all(|i| got.contains(i)));
-    assert_eq!(repo.search("number")?.len(), 100, "search returns at most 100 hits");
+    assert_eq!(
+        repo.search("number")?.len(),
+        100,
+        "search returns at most 100 hits"
+    );
     Ok(())
 }
 
@@ -261,14 +421,23 @@ fn the_database_is_encrypted_and_the_wrong_key_is_refused() -> Result<()> {
         let dir = p.parent().expect("dir").to_path_buf();
         for entry in std::fs::read_dir(dir).expect("read dir") {
             let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
-            assert!(!bytes.windows(13).any(|w| w == b"zebracrossing"), "note text in plain bytes");
-            assert!(!bytes.windows(5).any(|w| w == b"Smith"), "family name in plain bytes");
+            assert!(
+                !bytes.windows(13).any(|w| w == b"zebracrossing"),
+                "note text in plain bytes"
+            );
+            assert!(
+                !bytes.windows(5).any(|w| w == b"Smith"),
+                "family name in plain bytes"
+            );
         }
     };
     scan(&path);
     drop(d.repo);
     scan(&path);
-    assert!(matches!(Repo::open(&path, &DatabaseKey::generate()), Err(Error::WrongKey)));
+    assert!(matches!(
+        Repo::open(&path, &DatabaseKey::generate()),
+        Err(Error::WrongKey)
+    ));
     let repo = Repo::open(&path, &d.key)?;
     assert_eq!(repo.search("zebracrossing")?.len(), 1);
     Ok(())
@@ -281,14 +450,26 @@ fn import_of_another_team_or_a_broken_file_writes_nothing() -> Result<()> {
     smith(&a.repo);
     b.repo.set_team("north")?;
     let err = b.repo.import(&a.repo.export()?);
-    assert!(matches!(err, Err(Error::InvalidInput { field: "import file", .. })), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Err(Error::InvalidInput {
+                field: "import file",
+                ..
+            })
+        ),
+        "{err:?}"
+    );
     let mut bytes = a.repo.export()?;
     bytes.truncate(bytes.len() / 2);
     let c = device("Cara");
     assert!(c.repo.import(&bytes).is_err());
     assert!(c.repo.families()?.is_empty());
     // A device with records cannot move team.
-    assert!(matches!(a.repo.set_team("north"), Err(Error::InvalidInput { field: "team", .. })));
+    assert!(matches!(
+        a.repo.set_team("north"),
+        Err(Error::InvalidInput { field: "team", .. })
+    ));
     Ok(())
 }
 
@@ -297,7 +478,11 @@ fn a_family_made_on_one_device_is_listed_in_the_team_directory() -> Result<()> {
     let a = device("Asha");
     let b = device("Ben");
     let fam = smith(&a.repo);
-    let day = a.repo.create_family_day(&NewFamilyDay { prison: "HMP Hull".into(), date: Utc::now().date_naive(), capacity: None })?;
+    let day = a.repo.create_family_day(&NewFamilyDay {
+        prison: "HMP Hull".into(),
+        date: Utc::now().date_naive(),
+        capacity: None,
+    })?;
     // Both created their directories independently; they still merge into one.
     send_doc(&a.repo, &b.repo, a.repo.directory_id())?;
     let mut listed = b.repo.directory_listing()?;

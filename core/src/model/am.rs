@@ -1,6 +1,8 @@
 //! Small typed helpers over the Automerge read/write API.
 
-use automerge::{AutoCommit, ObjId, ObjType, ReadDoc, ScalarValue, Value, transaction::Transactable};
+use automerge::{
+    AutoCommit, ObjId, ObjType, ReadDoc, ScalarValue, Value, transaction::Transactable,
+};
 
 use super::{DocumentType, SCHEMA_VERSION};
 use crate::error::{Error, Result};
@@ -105,9 +107,8 @@ pub(crate) fn read_header(doc: &AutoCommit, id: &str) -> Result<DocumentType> {
     let kind = DocumentType::parse(&kind).ok_or_else(|| {
         Error::InvalidDocument(format!("document {id} has unknown type '{kind}'"))
     })?;
-    let version = get_u64(doc, &automerge::ROOT, "schema_version").ok_or_else(|| {
-        Error::InvalidDocument(format!("document {id} has no schema version"))
-    })?;
+    let version = get_u64(doc, &automerge::ROOT, "schema_version")
+        .ok_or_else(|| Error::InvalidDocument(format!("document {id} has no schema version")))?;
     if version == 0 || version > SCHEMA_VERSION {
         return Err(Error::UnsupportedSchema {
             document: id.to_string(),

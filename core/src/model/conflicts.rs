@@ -5,7 +5,9 @@
 //! let that pick stand silently: every field with more than one distinct value
 //! is reported (value and device) until a worker writes the one to keep.
 
-use automerge::{AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value, transaction::Transactable};
+use automerge::{
+    AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value, transaction::Transactable,
+};
 use serde_json::Value as Json;
 
 use super::am::{actor_device, get_map};
@@ -33,11 +35,24 @@ pub(crate) fn find(doc: &AutoCommit, id: DocumentId, kind: DocumentType) -> Vec<
     out
 }
 
-fn walk(doc: &AutoCommit, obj: &ObjId, prefix: &str, id: DocumentId, kind: DocumentType, out: &mut Vec<Conflict>) {
+fn walk(
+    doc: &AutoCommit,
+    obj: &ObjId,
+    prefix: &str,
+    id: DocumentId,
+    kind: DocumentType,
+    out: &mut Vec<Conflict>,
+) {
     for key in doc.keys(obj) {
-        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}/{key}") };
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}/{key}")
+        };
         let values = doc.get_all(obj, key.as_str()).unwrap_or_default();
-        if values.len() > 1 && !(kind == DocumentType::FamilyDay && family_day::merges_by_rule(&path)) {
+        if values.len() > 1
+            && !(kind == DocumentType::FamilyDay && family_day::merges_by_rule(&path))
+        {
             let scalars: Vec<ConflictValue> = values
                 .iter()
                 .filter_map(|(v, exid)| match v {
@@ -67,9 +82,13 @@ fn walk(doc: &AutoCommit, obj: &ObjId, prefix: &str, id: DocumentId, kind: Docum
 
 /// Writes `value` at `path`, replacing every concurrent value there.
 pub(crate) fn resolve(doc: &mut AutoCommit, path: &str, value: &Json) -> Result<()> {
-    let no_conflict = || Error::invalid("conflict path", format!("there is no conflict at '{path}'"));
+    let no_conflict =
+        || Error::invalid("conflict path", format!("there is no conflict at '{path}'"));
     let mut parts: Vec<&str> = path.split('/').collect();
-    let last = parts.pop().filter(|k| !k.is_empty()).ok_or_else(no_conflict)?;
+    let last = parts
+        .pop()
+        .filter(|k| !k.is_empty())
+        .ok_or_else(no_conflict)?;
     let mut obj = ROOT;
     for part in parts {
         obj = get_map(doc, &obj, part).ok_or_else(no_conflict)?;
@@ -83,7 +102,9 @@ pub(crate) fn resolve(doc: &mut AutoCommit, path: &str, value: &Json) -> Result<
         return Err(no_conflict());
     }
     let scalar = match value {
-        Json::String(s) if current.iter().any(|c| c.is_str()) => ScalarValue::Str(s.as_str().into()),
+        Json::String(s) if current.iter().any(|c| c.is_str()) => {
+            ScalarValue::Str(s.as_str().into())
+        }
         Json::Bool(b) if current.iter().any(|c| c.is_boolean()) => ScalarValue::Boolean(*b),
         Json::Number(n) if current.iter().any(|c| c.is_uint()) && n.as_u64().is_some() => {
             ScalarValue::Uint(n.as_u64().unwrap_or_default())

@@ -16,7 +16,10 @@
 //! ```text
 //! ```
 
-use automerge::{ActorId, AutoCommit, ObjType, ROOT, ReadDoc, transaction::CommitOptions, transaction::Transactable};
+use automerge::{
+    ActorId, AutoCommit, ObjType, ROOT, ReadDoc, transaction::CommitOptions,
+    transaction::Transactable,
+};
 use sha2::{Digest, Sha256};
 
 use super::am::{ensure_map, get_map, get_str, keys, put_opt_str, write_header};
@@ -38,7 +41,13 @@ pub(crate) fn genesis(team: &str) -> Result<AutoCommit> {
 
 /// Sets `<id>.<field>` only when it differs (or holds concurrent values), so
 /// re-writing an unchanged entry makes no change.
-fn put_field(doc: &mut AutoCommit, map: &str, id: DocumentId, field: &str, value: Option<&str>) -> Result<()> {
+fn put_field(
+    doc: &mut AutoCommit,
+    map: &str,
+    id: DocumentId,
+    field: &str,
+    value: Option<&str>,
+) -> Result<()> {
     let m = ensure_map(doc, &ROOT, map)?;
     let key = format!("{id}.{field}");
     let settled = doc.get_all(&m, key.as_str())?.len() <= 1;
@@ -50,13 +59,31 @@ fn put_field(doc: &mut AutoCommit, map: &str, id: DocumentId, field: &str, value
 
 pub(crate) fn put_family(doc: &mut AutoCommit, family: &Family) -> Result<()> {
     put_field(doc, "families", family.id, "name", Some(&family.name))?;
-    put_field(doc, "families", family.id, "status", Some(family.status.as_str()))?;
-    put_field(doc, "families", family.id, "key_worker", family.key_worker.as_deref())
+    put_field(
+        doc,
+        "families",
+        family.id,
+        "status",
+        Some(family.status.as_str()),
+    )?;
+    put_field(
+        doc,
+        "families",
+        family.id,
+        "key_worker",
+        family.key_worker.as_deref(),
+    )
 }
 
 pub(crate) fn put_family_day(doc: &mut AutoCommit, day: &FamilyDay) -> Result<()> {
     put_field(doc, "family_days", day.id, "prison", Some(&day.prison))?;
-    put_field(doc, "family_days", day.id, "date", Some(&day.date.to_string()))
+    put_field(
+        doc,
+        "family_days",
+        day.id,
+        "date",
+        Some(&day.date.to_string()),
+    )
 }
 
 /// Every document the directory names.
@@ -65,7 +92,10 @@ pub(crate) fn listed(doc: &AutoCommit) -> Vec<DocumentId> {
         .iter()
         .filter_map(|k| get_map(doc, &ROOT, k))
         .flat_map(|m| keys(doc, &m))
-        .filter_map(|k| k.split_once('.').and_then(|(id, _)| DocumentId::parse(id, "document id").ok()))
+        .filter_map(|k| {
+            k.split_once('.')
+                .and_then(|(id, _)| DocumentId::parse(id, "document id").ok())
+        })
         .collect();
     ids.dedup();
     ids

@@ -22,7 +22,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use super::am::{
     ensure_map, get_bool, get_list, get_map, get_str, get_u64, keys, put_opt_str, write_header,
 };
-use super::validate::{date_not_future, optional_text, required_text, MAX_NAME, MAX_NOTE};
+use super::validate::{MAX_NAME, MAX_NOTE, date_not_future, optional_text, required_text};
 use super::*;
 use crate::error::{Error, Result};
 use crate::ids::{DocumentId, new_entry_id, parse_uuid};
@@ -88,7 +88,12 @@ pub(crate) fn add_member(doc: &mut AutoCommit, new: &NewMember, by: &Author) -> 
     doc.put(&m, "name", name)?;
     doc.put(&m, "role", new.role.as_str())?;
     put_opt_str(doc, &m, "relationship", relationship.as_deref())?;
-    put_opt_str(doc, &m, "date_of_birth", new.date_of_birth.map(|d| d.to_string()).as_deref())?;
+    put_opt_str(
+        doc,
+        &m,
+        "date_of_birth",
+        new.date_of_birth.map(|d| d.to_string()).as_deref(),
+    )?;
     put_opt_str(doc, &m, "school", school.as_deref())?;
     doc.put(&m, "looked_after", new.looked_after)?;
     put_opt_str(doc, &m, "social_worker", social_worker.as_deref())?;
@@ -103,8 +108,8 @@ pub(crate) fn update_member(
 ) -> Result<()> {
     let member_id = parse_uuid(member_id, "member id")?;
     let members = ensure_map(doc, &ROOT, "members")?;
-    let m = get_map(doc, &members, &member_id)
-        .ok_or_else(|| Error::not_found("member", &member_id))?;
+    let m =
+        get_map(doc, &members, &member_id).ok_or_else(|| Error::not_found("member", &member_id))?;
     if let Some(dob) = update.date_of_birth {
         date_not_future("date of birth", dob, by.now)?;
     }
@@ -114,8 +119,7 @@ pub(crate) fn update_member(
     };
     let relationship = optional_text("relationship", update.relationship.as_deref(), MAX_NAME)?;
     let school = optional_text("school", update.school.as_deref(), MAX_NAME)?;
-    let social_worker =
-        optional_text("social worker", update.social_worker.as_deref(), MAX_NAME)?;
+    let social_worker = optional_text("social worker", update.social_worker.as_deref(), MAX_NAME)?;
     let mut changed = false;
     for (key, value) in [
         ("name", name),
@@ -222,14 +226,22 @@ pub(crate) fn add_note(
 }
 
 /// Replaces a note's text, keeping the old text in its history.
-pub(crate) fn edit_note(doc: &mut AutoCommit, note_id: &str, text: &str, by: &Author) -> Result<()> {
+pub(crate) fn edit_note(
+    doc: &mut AutoCommit,
+    note_id: &str,
+    text: &str,
+    by: &Author,
+) -> Result<()> {
     let note_id = parse_uuid(note_id, "note id")?;
     let text = required_text("note text", text, MAX_NOTE)?;
     let notes = ensure_map(doc, &ROOT, "notes")?;
     let n = get_map(doc, &notes, &note_id).ok_or_else(|| Error::not_found("note", &note_id))?;
     let old = get_str(doc, &n, "text").unwrap_or_default();
     if old == text {
-        return Err(Error::invalid("note text", "the new text is the same as the current text"));
+        return Err(Error::invalid(
+            "note text",
+            "the new text is the same as the current text",
+        ));
     }
     let history = match get_list(doc, &n, "history") {
         Some(h) => h,
@@ -257,7 +269,11 @@ pub(crate) fn add_referral(doc: &mut AutoCommit, new: &NewReferral) -> Result<St
     Ok(id)
 }
 
-pub(crate) fn set_referral_outcome(doc: &mut AutoCommit, referral_id: &str, outcome: &str) -> Result<()> {
+pub(crate) fn set_referral_outcome(
+    doc: &mut AutoCommit,
+    referral_id: &str,
+    outcome: &str,
+) -> Result<()> {
     let referral_id = parse_uuid(referral_id, "referral id")?;
     let outcome = required_text("referral outcome", outcome, MAX_NOTE)?;
     let referrals = ensure_map(doc, &ROOT, "referrals")?;
@@ -267,7 +283,12 @@ pub(crate) fn set_referral_outcome(doc: &mut AutoCommit, referral_id: &str, outc
     Ok(())
 }
 
-pub(crate) fn close(doc: &mut AutoCommit, date: NaiveDate, reason: &str, by: &Author) -> Result<()> {
+pub(crate) fn close(
+    doc: &mut AutoCommit,
+    date: NaiveDate,
+    reason: &str,
+    by: &Author,
+) -> Result<()> {
     let reason = required_text("closure reason", reason, MAX_NOTE)?;
     date_not_future("closure date", date, by.now)?;
     let c = ensure_map(doc, &ROOT, "closure")?;

@@ -30,7 +30,10 @@ const MAX_PEOPLE: u32 = 30;
 pub(crate) fn create(doc: &mut AutoCommit, new: &NewFamilyDay, by: &Author) -> Result<()> {
     let prison = required_text("prison", &new.prison, MAX_NAME)?;
     if new.capacity == Some(0) {
-        return Err(Error::invalid("capacity", "capacity must be at least 1 family"));
+        return Err(Error::invalid(
+            "capacity",
+            "capacity must be at least 1 family",
+        ));
     }
     write_header(doc, DocumentType::FamilyDay)?;
     doc.put(ROOT, "team", by.team.as_str())?;
@@ -47,7 +50,10 @@ pub(crate) fn create(doc: &mut AutoCommit, new: &NewFamilyDay, by: &Author) -> R
 
 fn check_counts(adults: u32, children: u32) -> Result<()> {
     if adults == 0 && children == 0 {
-        return Err(Error::invalid("attendance", "a family brings at least one person"));
+        return Err(Error::invalid(
+            "attendance",
+            "a family brings at least one person",
+        ));
     }
     if adults > MAX_PEOPLE || children > MAX_PEOPLE {
         return Err(Error::invalid(
@@ -92,7 +98,11 @@ pub(crate) fn check_in(
     if doc.get(&att, arrived.as_str())?.is_none() {
         doc.put(&att, arrived, by.now.to_rfc3339())?;
     }
-    doc.put(&att, format!("{f}.by.{}", by.device_id), by.now.to_rfc3339())?;
+    doc.put(
+        &att,
+        format!("{f}.by.{}", by.device_id),
+        by.now.to_rfc3339(),
+    )?;
     Ok(())
 }
 
@@ -136,7 +146,9 @@ pub(crate) fn read(doc: &AutoCommit, id: DocumentId) -> FamilyDay {
     let mut bookings = Vec::new();
     if let Some(b) = get_map(doc, &ROOT, "bookings") {
         for f in families_in(doc, &b).into_keys() {
-            let Ok(family_id) = DocumentId::parse(&f, "family id") else { continue };
+            let Ok(family_id) = DocumentId::parse(&f, "family id") else {
+                continue;
+            };
             bookings.push(Booking {
                 family_id,
                 adults: count(doc, &b, &format!("{f}.adults")),
@@ -150,7 +162,9 @@ pub(crate) fn read(doc: &AutoCommit, id: DocumentId) -> FamilyDay {
     if let Some(a) = get_map(doc, &ROOT, "attendance") {
         let all_keys = keys(doc, &a);
         for f in families_in(doc, &a).into_keys() {
-            let Ok(family_id) = DocumentId::parse(&f, "family id") else { continue };
+            let Ok(family_id) = DocumentId::parse(&f, "family id") else {
+                continue;
+            };
             let by_prefix = format!("{f}.by.");
             attendance.push(Attendance {
                 family_id,

@@ -12,8 +12,8 @@ pub(crate) mod conflicts;
 pub(crate) mod directory;
 pub(crate) mod family;
 pub(crate) mod family_day;
-pub(crate) mod validate;
 mod records;
+pub(crate) mod validate;
 
 pub use records::*;
 

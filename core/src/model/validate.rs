@@ -22,7 +22,10 @@ pub(crate) fn required_text(field: &'static str, value: &str, max: usize) -> Res
         ));
     }
     if v.chars().any(|c| c == '\0') {
-        return Err(Error::invalid(field, format!("{field} contains a NUL character")));
+        return Err(Error::invalid(
+            field,
+            format!("{field} contains a NUL character"),
+        ));
     }
     Ok(v.to_string())
 }
@@ -35,9 +38,16 @@ pub(crate) fn optional_text(
     value.map(|v| required_text(field, v, max)).transpose()
 }
 
-pub(crate) fn date_not_future(field: &'static str, date: NaiveDate, now: DateTime<Utc>) -> Result<()> {
+pub(crate) fn date_not_future(
+    field: &'static str,
+    date: NaiveDate,
+    now: DateTime<Utc>,
+) -> Result<()> {
     if date > now.date_naive() {
-        return Err(Error::invalid(field, format!("{field} {date} is in the future")));
+        return Err(Error::invalid(
+            field,
+            format!("{field} {date} is in the future"),
+        ));
     }
     Ok(())
 }
@@ -45,7 +55,10 @@ pub(crate) fn date_not_future(field: &'static str, date: NaiveDate, now: DateTim
 /// Parses `YYYY-MM-DD`.
 pub fn parse_date(field: &'static str, value: &str) -> Result<NaiveDate> {
     NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d").map_err(|_| {
-        Error::invalid(field, format!("'{value}' is not a date (expected YYYY-MM-DD)"))
+        Error::invalid(
+            field,
+            format!("'{value}' is not a date (expected YYYY-MM-DD)"),
+        )
     })
 }
 
@@ -55,9 +68,17 @@ mod tests {
 
     #[test]
     fn text_is_trimmed_and_must_not_be_empty() {
-        assert_eq!(required_text("note text", "  hi ", 10).ok().as_deref(), Some("hi"));
-        let err = required_text("note text", "   ", 10).err().map(|e| e.to_string());
-        assert_eq!(err.as_deref(), Some("invalid note text: note text is empty"));
+        assert_eq!(
+            required_text("note text", "  hi ", 10).ok().as_deref(),
+            Some("hi")
+        );
+        let err = required_text("note text", "   ", 10)
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("invalid note text: note text is empty")
+        );
         assert!(required_text("name", "abcdef", 5).is_err());
     }
 

@@ -45,7 +45,12 @@ impl DocCache {
 
     fn make_room(&mut self) {
         while self.docs.len() >= CACHE_DOCS {
-            let Some(oldest) = self.docs.iter().min_by_key(|(_, c)| c.last_used).map(|(k, _)| *k) else {
+            let Some(oldest) = self
+                .docs
+                .iter()
+                .min_by_key(|(_, c)| c.last_used)
+                .map(|(k, _)| *k)
+            else {
                 return;
             };
             self.docs.remove(&oldest);
@@ -77,7 +82,15 @@ impl DocCache {
             let (doc, kind) = load(conn, id)?;
             let mut doc = doc;
             doc.set_actor(actor.clone());
-            self.docs.insert(id, Cached { doc, kind, version, last_used: 0 });
+            self.docs.insert(
+                id,
+                Cached {
+                    doc,
+                    kind,
+                    version,
+                    last_used: 0,
+                },
+            );
         }
         self.tick += 1;
         let tick = self.tick;
@@ -92,11 +105,16 @@ impl DocCache {
 pub(crate) fn load(conn: &Connection, id: DocumentId) -> Result<(AutoCommit, DocumentType)> {
     let key = id.to_string();
     let snapshot: Vec<u8> = conn
-        .query_row("SELECT snapshot FROM documents WHERE id = ?1", [&key], |r| r.get(0))
+        .query_row(
+            "SELECT snapshot FROM documents WHERE id = ?1",
+            [&key],
+            |r| r.get(0),
+        )
         .optional()?
         .ok_or_else(|| Error::not_found("document", id))?;
     let mut doc = AutoCommit::load(&snapshot)?;
-    let mut stmt = conn.prepare_cached("SELECT data FROM changes WHERE doc_id = ?1 ORDER BY seq")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT data FROM changes WHERE doc_id = ?1 ORDER BY seq")?;
     let mut rows = stmt.query([&key])?;
     while let Some(row) = rows.next()? {
         let data: Vec<u8> = row.get(0)?;
@@ -138,10 +156,20 @@ pub(crate) struct WriteTxn<'a> {
 }
 
 impl<'a> WriteTxn<'a> {
-    pub(crate) fn begin(conn: &'a mut Connection, cache: &'a mut DocCache, author: Author) -> Result<Self> {
+    pub(crate) fn begin(
+        conn: &'a mut Connection,
+        cache: &'a mut DocCache,
+        author: Author,
+    ) -> Result<Self> {
         let actor = device_actor(&author.device_id);
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        Ok(WriteTxn { tx, cache, author, actor, touched: Vec::new() })
+        Ok(WriteTxn {
+            tx,
+            cache,
+            author,
+            actor,
+            touched: Vec::new(),
+        })
     }
 
     /// Whether the device holds this document.
@@ -153,26 +181,42 @@ impl<'a> WriteTxn<'a> {
     pub(crate) fn kind_of(&self, id: DocumentId) -> Result<Option<DocumentType>> {
         let kind: Option<String> = self
             .tx
-            .query_row("SELECT doc_type FROM documents WHERE id = ?1", [id.to_string()], |r| r.get(0))
+            .query_row(
+                "SELECT doc_type FROM documents WHERE id = ?1",
+                [id.to_string()],
+                |r| r.get(0),
+            )
             .optional()?;
         Ok(kind.as_deref().and_then(DocumentType::parse))
     }
 
     /// The document, to change; `what` names it in a not-found error.
-    pub(crate) fn doc(&mut self, id: DocumentId, what: &'static str) -> Result<(&mut AutoCommit, DocumentType)> {
+    pub(crate) fn doc(
+        &mut self,
+        id: DocumentId,
+        what: &'static str,
+    ) -> Result<(&mut AutoCommit, DocumentType)> {
         let cached = self
             .cache
             .get(&self.tx, id, &self.actor)?
             .ok_or_else(|| Error::not_found(what, id))?;
         if !self.touched.iter().any(|t| t.id == id) {
             let heads = cached.doc.get_heads();
-            self.touched.push(Touched { id, heads_before: Some(heads) });
+            self.touched.push(Touched {
+                id,
+                heads_before: Some(heads),
+            });
         }
         Ok((&mut cached.doc, cached.kind))
     }
 
     /// The document, which must be of type `kind`.
-    pub(crate) fn doc_of(&mut self, id: DocumentId, kind: DocumentType, what: &'static str) -> Result<&mut AutoCommit> {
+    pub(crate) fn doc_of(
+        &mut self,
+        id: DocumentId,
+        kind: DocumentType,
+        what: &'static str,
+    ) -> Result<&mut AutoCommit> {
         let (doc, actual) = self.doc(id, what)?;
         if actual != kind {
             return Err(Error::not_found(what, id));
@@ -181,14 +225,33 @@ impl<'a> WriteTxn<'a> {
     }
 
     /// Adds a new document (its content may still be uncommitted).
-    pub(crate) fn create(&mut self, id: DocumentId, kind: DocumentType, mut doc: AutoCommit) -> Result<&mut AutoCommit> {
+    pub(crate) fn create(
+        &mut self,
+        id: DocumentId,
+        kind: DocumentType,
+        mut doc: AutoCommit,
+    ) -> Result<&mut AutoCommit> {
         if self.exists(id)? {
-            return Err(Error::invalid("document id", format!("document {id} already exists")));
+            return Err(Error::invalid(
+                "document id",
+                format!("document {id} already exists"),
+            ));
         }
         doc.set_actor(self.actor.clone());
         self.cache.make_room();
-        self.cache.docs.insert(id, Cached { doc, kind, version: 0, last_used: 0 });
-        self.touched.push(Touched { id, heads_before: None });
+        self.cache.docs.insert(
+            id,
+            Cached {
+                doc,
+                kind,
+                version: 0,
+                last_used: 0,
+            },
+        );
+        self.touched.push(Touched {
+            id,
+            heads_before: None,
+        });
         self.cache
             .docs
             .get_mut(&id)
@@ -240,11 +303,15 @@ impl<'a> WriteTxn<'a> {
                 .docs
                 .get_mut(&t.id)
                 .ok_or_else(|| Error::not_found("document", t.id))?;
-            cached.doc.commit_with(CommitOptions::default().with_time(time));
+            cached
+                .doc
+                .commit_with(CommitOptions::default().with_time(time));
             // Checked after every write, so a refused shape never reaches disk.
             let kind = am::read_header(&cached.doc, &key)?;
             if kind != cached.kind {
-                return Err(Error::InvalidDocument(format!("document {key} changed its type")));
+                return Err(Error::InvalidDocument(format!(
+                    "document {key} changed its type"
+                )));
             }
             let version = match &t.heads_before {
                 None => {
@@ -276,7 +343,8 @@ impl<'a> WriteTxn<'a> {
                             "UPDATE documents SET snapshot = ?2, change_count = 0 WHERE id = ?1",
                             params![key, snapshot],
                         )?;
-                        self.tx.execute("DELETE FROM changes WHERE doc_id = ?1", [&key])?;
+                        self.tx
+                            .execute("DELETE FROM changes WHERE doc_id = ?1", [&key])?;
                     }
                     version
                 }

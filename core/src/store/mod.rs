@@ -37,7 +37,10 @@ impl DatabaseKey {
             .ok()
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
             .ok_or_else(|| {
-                Error::invalid("database key", "expected 64 hexadecimal characters (256 bits)")
+                Error::invalid(
+                    "database key",
+                    "expected 64 hexadecimal characters (256 bits)",
+                )
             })?;
         Ok(DatabaseKey(bytes))
     }
@@ -70,7 +73,9 @@ pub(crate) fn open_connection(path: &Path, key: &DatabaseKey) -> Result<Connecti
     // A wrong key would otherwise print an HMAC error on stderr.
     conn.execute_batch("PRAGMA cipher_log_level = NONE;")?;
     conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", key.to_hex()))?;
-    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
         Ok(_) => {}
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::NotADatabase => {
             return Err(Error::WrongKey);
@@ -121,7 +126,10 @@ mod tests {
 
     #[test]
     fn wrong_key_is_refused() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|e| Error::Io { context: "tempdir".into(), source: e })?;
+        let dir = tempfile::tempdir().map_err(|e| Error::Io {
+            context: "tempdir".into(),
+            source: e,
+        })?;
         let path = dir.path().join("d.db");
         let mut conn = open_connection(&path, &DatabaseKey::from_bytes([1; 32]))?;
         migrate(&mut conn)?;

@@ -11,7 +11,12 @@ use crate::error::Result;
 use crate::ids::DocumentId;
 use crate::model::{DocumentType, conflicts, family, family_day};
 
-pub(crate) fn project(conn: &Connection, id: DocumentId, kind: DocumentType, doc: &AutoCommit) -> Result<()> {
+pub(crate) fn project(
+    conn: &Connection,
+    id: DocumentId,
+    kind: DocumentType,
+    doc: &AutoCommit,
+) -> Result<()> {
     let key = id.to_string();
     match kind {
         DocumentType::Family => project_family(conn, &key, &family::read(doc, id))?,
@@ -76,7 +81,8 @@ fn project_family(conn: &Connection, key: &str, f: &crate::model::Family) -> Res
     // one row per new note, not every note of the family.
     let mut existing: HashMap<String, (String, String)> = HashMap::new();
     {
-        let mut stmt = conn.prepare_cached("SELECT id, text, category FROM notes WHERE family_id = ?1")?;
+        let mut stmt =
+            conn.prepare_cached("SELECT id, text, category FROM notes WHERE family_id = ?1")?;
         let rows = stmt.query_map([key], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?;
         for row in rows {
             let (id, v) = row?;
