@@ -16,6 +16,7 @@ mod bundle;
 mod error;
 mod ids;
 mod model;
+pub mod protocol;
 mod repo;
 mod store;
 

@@ -1,0 +1,519 @@
+//! The automerge-repo sync protocol, version 1: the messages devices and the
+//! relay exchange, one CBOR map per binary WebSocket message.
+//!
+//! Sans-I/O: this module only turns bytes into [`Message`]s and back; the
+//! caller owns the socket. Decoding accepts any map-length encoding,
+//! `undefined` values and unknown keys (JavaScript's cbor-x writes all of
+//! them), and reports an unknown `type` as [`Message::Unknown`] rather than
+//! failing, so the caller decides what to do with it.
+
+use ciborium::Value;
+
+/// The only protocol version Linkbook speaks.
+pub const PROTOCOL_VERSION: &str = "1";
+
+/// What a peer says about itself when joining.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerMetadata {
+    pub storage_id: Option<String>,
+    pub is_ephemeral: bool,
+}
+
+/// One protocol message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Join {
+        sender_id: String,
+        peer_metadata: PeerMetadata,
+        supported_protocol_versions: Vec<String>,
+    },
+    Peer {
+        sender_id: String,
+        target_id: String,
+        peer_metadata: PeerMetadata,
+        selected_protocol_version: String,
+    },
+    Leave {
+        sender_id: String,
+    },
+    Error {
+        message: String,
+    },
+    /// An Automerge sync message for one document.
+    Sync {
+        sender_id: String,
+        target_id: String,
+        document_id: String,
+        data: Vec<u8>,
+    },
+    /// A sync message from a peer that does not have the document.
+    Request {
+        sender_id: String,
+        target_id: String,
+        document_id: String,
+        data: Vec<u8>,
+    },
+    /// The document does not exist, or the peer may not have it: the two
+    /// are deliberately the same answer.
+    DocUnavailable {
+        sender_id: String,
+        target_id: String,
+        document_id: String,
+    },
+    Ephemeral {
+        sender_id: String,
+        target_id: String,
+        document_id: String,
+        session_id: String,
+        count: u64,
+        data: Vec<u8>,
+    },
+    RemoteSubscriptionChange {
+        sender_id: String,
+        target_id: String,
+        add: Vec<String>,
+        remove: Vec<String>,
+    },
+    RemoteHeadsChanged {
+        sender_id: String,
+        target_id: String,
+        document_id: String,
+    },
+    /// A well-formed message of a type this version does not know.
+    Unknown {
+        message_type: String,
+    },
+}
+
+/// Why bytes are not a protocol message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message is not CBOR")]
+    NotCbor,
+    #[error("message is not a CBOR map")]
+    NotAMap,
+    #[error("message has no type")]
+    NoType,
+    #[error("{message_type} message lacks '{field}'")]
+    MissingField {
+        message_type: String,
+        field: &'static str,
+    },
+}
+
+fn text(v: &str) -> Value {
+    Value::Text(v.to_string())
+}
+
+fn entry(k: &str, v: Value) -> (Value, Value) {
+    (text(k), v)
+}
+
+fn metadata_value(m: &PeerMetadata) -> Value {
+    let mut map = vec![entry("isEphemeral", Value::Bool(m.is_ephemeral))];
+    if let Some(s) = &m.storage_id {
+        map.push(entry("storageId", text(s)));
+    }
+    Value::Map(map)
+}
+
+impl Message {
+    /// The message's `type` field.
+    pub fn message_type(&self) -> &str {
+        match self {
+            Message::Join { .. } => "join",
+            Message::Peer { .. } => "peer",
+            Message::Leave { .. } => "leave",
+            Message::Error { .. } => "error",
+            Message::Sync { .. } => "sync",
+            Message::Request { .. } => "request",
+            Message::DocUnavailable { .. } => "doc-unavailable",
+            Message::Ephemeral { .. } => "ephemeral",
+            Message::RemoteSubscriptionChange { .. } => "remote-subscription-change",
+            Message::RemoteHeadsChanged { .. } => "remote-heads-changed",
+            Message::Unknown { message_type } => message_type,
+        }
+    }
+
+    /// CBOR bytes for one WebSocket message.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut map = vec![entry("type", text(self.message_type()))];
+        let ids = |map: &mut Vec<(Value, Value)>, s: &str, t: &str| {
+            map.push(entry("senderId", text(s)));
+            map.push(entry("targetId", text(t)));
+        };
+        match self {
+            Message::Join {
+                sender_id,
+                peer_metadata,
+                supported_protocol_versions,
+            } => {
+                map.push(entry("senderId", text(sender_id)));
+                map.push(entry("peerMetadata", metadata_value(peer_metadata)));
+                map.push(entry(
+                    "supportedProtocolVersions",
+                    Value::Array(
+                        supported_protocol_versions
+                            .iter()
+                            .map(|v| text(v))
+                            .collect(),
+                    ),
+                ));
+            }
+            Message::Peer {
+                sender_id,
+                target_id,
+                peer_metadata,
+                selected_protocol_version,
+            } => {
+                ids(&mut map, sender_id, target_id);
+                map.push(entry("peerMetadata", metadata_value(peer_metadata)));
+                map.push(entry(
+                    "selectedProtocolVersion",
+                    text(selected_protocol_version),
+                ));
+            }
+            Message::Leave { sender_id } => map.push(entry("senderId", text(sender_id))),
+            Message::Error { message } => map.push(entry("message", text(message))),
+            Message::Sync {
+                sender_id,
+                target_id,
+                document_id,
+                data,
+            }
+            | Message::Request {
+                sender_id,
+                target_id,
+                document_id,
+                data,
+            } => {
+                ids(&mut map, sender_id, target_id);
+                map.push(entry("documentId", text(document_id)));
+                map.push(entry("data", Value::Bytes(data.clone())));
+            }
+            Message::DocUnavailable {
+                sender_id,
+                target_id,
+                document_id,
+            }
+            | Message::RemoteHeadsChanged {
+                sender_id,
+                target_id,
+                document_id,
+            } => {
+                ids(&mut map, sender_id, target_id);
+                map.push(entry("documentId", text(document_id)));
+            }
+            Message::Ephemeral {
+                sender_id,
+                target_id,
+                document_id,
+                session_id,
+                count,
+                data,
+            } => {
+                ids(&mut map, sender_id, target_id);
+                map.push(entry("documentId", text(document_id)));
+                map.push(entry("sessionId", text(session_id)));
+                map.push(entry("count", Value::Integer((*count).into())));
+                map.push(entry("data", Value::Bytes(data.clone())));
+            }
+            Message::RemoteSubscriptionChange {
+                sender_id,
+                target_id,
+                add,
+                remove,
+            } => {
+                ids(&mut map, sender_id, target_id);
+                map.push(entry(
+                    "add",
+                    Value::Array(add.iter().map(|s| text(s)).collect()),
+                ));
+                map.push(entry(
+                    "remove",
+                    Value::Array(remove.iter().map(|s| text(s)).collect()),
+                ));
+            }
+            Message::Unknown { .. } => {}
+        }
+        let mut out = Vec::new();
+        // Writing a Value to a Vec cannot fail.
+        let _ = ciborium::into_writer(&Value::Map(map), &mut out);
+        out
+    }
+
+    /// Decodes one WebSocket message.
+    pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        let value: Value = ciborium::from_reader(bytes).map_err(|_| DecodeError::NotCbor)?;
+        let Value::Map(map) = value else {
+            return Err(DecodeError::NotAMap);
+        };
+        let get = |k: &str| {
+            map.iter()
+                .find(|(key, _)| key.as_text() == Some(k))
+                .map(|(_, v)| v)
+                .filter(|v| !v.is_null())
+        };
+        let message_type = get("type")
+            .and_then(Value::as_text)
+            .ok_or(DecodeError::NoType)?
+            .to_string();
+        let missing = |field| DecodeError::MissingField {
+            message_type: message_type.clone(),
+            field,
+        };
+        let string = |field: &'static str| -> Result<String, DecodeError> {
+            get(field)
+                .and_then(Value::as_text)
+                .map(str::to_string)
+                .ok_or_else(|| missing(field))
+        };
+        let bytes = |field: &'static str| -> Result<Vec<u8>, DecodeError> {
+            match get(field) {
+                Some(Value::Bytes(b)) => Ok(b.clone()),
+                // Some clients send a typed array as an array of integers.
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .map(|i| i.as_integer().and_then(|n| u8::try_from(n).ok()))
+                    .collect::<Option<Vec<u8>>>()
+                    .ok_or_else(|| missing(field)),
+                _ => Err(missing(field)),
+            }
+        };
+        let strings = |field: &str| -> Vec<String> {
+            get(field)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_text().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let metadata = || -> PeerMetadata {
+            let Some(Value::Map(m)) = get("peerMetadata") else {
+                return PeerMetadata::default();
+            };
+            let field = |k: &str| {
+                m.iter()
+                    .find(|(key, _)| key.as_text() == Some(k))
+                    .map(|(_, v)| v)
+            };
+            PeerMetadata {
+                storage_id: field("storageId")
+                    .and_then(Value::as_text)
+                    .map(str::to_string),
+                is_ephemeral: field("isEphemeral")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            }
+        };
+        Ok(match message_type.as_str() {
+            "join" => Message::Join {
+                sender_id: string("senderId")?,
+                peer_metadata: metadata(),
+                supported_protocol_versions: strings("supportedProtocolVersions"),
+            },
+            "peer" => Message::Peer {
+                sender_id: string("senderId")?,
+                target_id: string("targetId")?,
+                peer_metadata: metadata(),
+                selected_protocol_version: string("selectedProtocolVersion")?,
+            },
+            "leave" => Message::Leave {
+                sender_id: string("senderId")?,
+            },
+            "error" => Message::Error {
+                message: string("message").unwrap_or_default(),
+            },
+            "sync" => Message::Sync {
+                sender_id: string("senderId")?,
+                target_id: string("targetId")?,
+                document_id: string("documentId")?,
+                data: bytes("data")?,
+            },
+            "request" => Message::Request {
+                sender_id: string("senderId")?,
+                target_id: string("targetId")?,
+                document_id: string("documentId")?,
+                data: bytes("data")?,
+            },
+            "doc-unavailable" => Message::DocUnavailable {
+                sender_id: string("senderId")?,
+                target_id: string("targetId")?,
+                document_id: string("documentId")?,
+            },
+            "ephemeral" => Message::Ephemeral {
+                sender_id: string("senderId")?,
+                target_id: string("targetId")?,
+                document_id: string("documentId")?,
+                session_id: string("sessionId").unwrap_or_default(),
+                count: get("count")
+                    .and_then(Value::as_integer)
+                    .and_then(|i| u64::try_from(i).ok())
+                    .unwrap_or(0),
+                data: bytes("data").unwrap_or_default(),
+            },
+            "remote-subscription-change" => Message::RemoteSubscriptionChange {
+                sender_id: string("senderId")?,
+                target_id: string("targetId")?,
+                add: strings("add"),
+                remove: strings("remove"),
+            },
+            "remote-heads-changed" => Message::RemoteHeadsChanged {
+                sender_id: string("senderId")?,
+                target_id: string("targetId")?,
+                document_id: string("documentId").unwrap_or_default(),
+            },
+            _ => Message::Unknown { message_type },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_round_trips() {
+        let (s, t, d) = (
+            "device-1".to_string(),
+            "relay".to_string(),
+            "2bnYJKUBqTvwxmpeAqcxyvbAmUPr".to_string(),
+        );
+        let meta = PeerMetadata {
+            storage_id: Some("store".into()),
+            is_ephemeral: false,
+        };
+        for m in [
+            Message::Join {
+                sender_id: s.clone(),
+                peer_metadata: meta.clone(),
+                supported_protocol_versions: vec!["1".into()],
+            },
+            Message::Peer {
+                sender_id: s.clone(),
+                target_id: t.clone(),
+                peer_metadata: meta,
+                selected_protocol_version: "1".into(),
+            },
+            Message::Leave {
+                sender_id: s.clone(),
+            },
+            Message::Error {
+                message: "bad".into(),
+            },
+            Message::Sync {
+                sender_id: s.clone(),
+                target_id: t.clone(),
+                document_id: d.clone(),
+                data: vec![1, 2],
+            },
+            Message::Request {
+                sender_id: s.clone(),
+                target_id: t.clone(),
+                document_id: d.clone(),
+                data: vec![3],
+            },
+            Message::DocUnavailable {
+                sender_id: s.clone(),
+                target_id: t.clone(),
+                document_id: d.clone(),
+            },
+            Message::Ephemeral {
+                sender_id: s.clone(),
+                target_id: t.clone(),
+                document_id: d.clone(),
+                session_id: "x".into(),
+                count: 4,
+                data: vec![5],
+            },
+            Message::RemoteSubscriptionChange {
+                sender_id: s.clone(),
+                target_id: t.clone(),
+                add: vec!["a".into()],
+                remove: vec![],
+            },
+            Message::RemoteHeadsChanged {
+                sender_id: s.clone(),
+                target_id: t.clone(),
+                document_id: d.clone(),
+            },
+        ] {
+            assert_eq!(
+                Message::decode(&m.encode()).as_ref(),
+                Ok(&m),
+                "{}",
+                m.message_type()
+            );
+        }
+    }
+
+    /// A join as the JavaScript client (cbor-x) writes it, captured as bytes:
+    /// a map with an `undefined` value and an unknown key.
+    #[test]
+    fn accepts_undefined_values_and_unknown_keys() {
+        let value = Value::Map(vec![
+            entry("type", text("join")),
+            entry("senderId", text("peer-js")),
+            entry(
+                "peerMetadata",
+                Value::Map(vec![
+                    entry("storageId", Value::Null),
+                    entry("isEphemeral", Value::Bool(true)),
+                ]),
+            ),
+            entry("supportedProtocolVersions", Value::Array(vec![text("1")])),
+            entry("someFutureKey", Value::Integer(7.into())),
+        ]);
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&value, &mut bytes).expect("encode");
+        // Replace the encoded null (0xf6) by CBOR undefined (0xf7).
+        let pos = bytes.iter().position(|b| *b == 0xf6).expect("null byte");
+        bytes[pos] = 0xf7;
+        let m = Message::decode(&bytes).expect("decode");
+        assert_eq!(
+            m,
+            Message::Join {
+                sender_id: "peer-js".into(),
+                peer_metadata: PeerMetadata {
+                    storage_id: None,
+                    is_ephemeral: true
+                },
+                supported_protocol_versions: vec!["1".into()],
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_messages_are_errors_not_panics() {
+        assert_eq!(Message::decode(b"\xff\x00"), Err(DecodeError::NotCbor));
+        let mut arr = Vec::new();
+        ciborium::into_writer(&Value::Array(vec![]), &mut arr).expect("encode");
+        assert_eq!(Message::decode(&arr), Err(DecodeError::NotAMap));
+        let mut no_type = Vec::new();
+        ciborium::into_writer(&Value::Map(vec![]), &mut no_type).expect("encode");
+        assert_eq!(Message::decode(&no_type), Err(DecodeError::NoType));
+        let sync_without_data = Value::Map(vec![
+            entry("type", text("sync")),
+            entry("senderId", text("a")),
+            entry("targetId", text("b")),
+            entry("documentId", text("c")),
+        ]);
+        let mut b = Vec::new();
+        ciborium::into_writer(&sync_without_data, &mut b).expect("encode");
+        assert!(matches!(
+            Message::decode(&b),
+            Err(DecodeError::MissingField { field: "data", .. })
+        ));
+        let unknown = Value::Map(vec![entry("type", text("gossip"))]);
+        let mut u = Vec::new();
+        ciborium::into_writer(&unknown, &mut u).expect("encode");
+        assert_eq!(
+            Message::decode(&u),
+            Ok(Message::Unknown {
+                message_type: "gossip".into()
+            })
+        );
+    }
+}
