@@ -1,0 +1,66 @@
+//! The relay's errors. Clients see a short, generic message; the detail goes
+//! to the log (never a token, code or record content).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("storage: {0}")]
+    Storage(#[from] rusqlite::Error),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("enrolment refused: {0}")]
+    EnrolmentRefused(&'static str),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the device token is missing or not valid")]
+    Unauthorized,
+    #[error("this device has been revoked: wipe its local data")]
+    Revoked,
+    #[error("too many connections for this device")]
+    TooManyConnections,
+    #[error("io: {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tls: {0}")]
+    Tls(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match &self {
+            Error::EnrolmentRefused(why) => (
+                StatusCode::FORBIDDEN,
+                "enrolment_refused",
+                (*why).to_string(),
+            ),
+            Error::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m.clone()),
+            Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", self.to_string()),
+            Error::Revoked => (StatusCode::FORBIDDEN, "revoked", self.to_string()),
+            Error::TooManyConnections => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                self.to_string(),
+            ),
+            other => {
+                tracing::error!(error = %other, "request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the relay could not complete the request".into(),
+                )
+            }
+        };
+        (
+            status,
+            axum::Json(serde_json::json!({ "error": code, "message": message })),
+        )
+            .into_response()
+    }
+}

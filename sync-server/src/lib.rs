@@ -1,0 +1,223 @@
+//! linkbook-server: the relay family link workers' devices sync through.
+//!
+//! [`app`] builds the HTTP router (enrolment, the sync WebSocket, health);
+//! [`serve`] binds it with TLS (or, on loopback only, plain HTTP) and runs it
+//! until shutdown. `main.rs` only parses configuration.
+
+pub mod auth;
+pub mod error;
+pub mod relay;
+pub mod storage;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, RawQuery, State, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+
+pub use error::{Error, Result};
+use relay::{Hub, Limits};
+use storage::{SqliteStorage, Storage};
+
+/// Shared by every request.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub storage: Arc<dyn Storage>,
+    pub hub: Arc<Hub>,
+}
+
+impl std::fmt::Debug for dyn Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Storage")
+    }
+}
+
+/// The relay database file inside the data directory.
+pub const DB_FILE: &str = "relay.db";
+
+impl AppState {
+    /// Opens (creating) the embedded storage in `data`.
+    pub fn open(data: &Path, limits: Limits) -> Result<Self> {
+        std::fs::create_dir_all(data).map_err(|e| Error::Io {
+            context: format!("creating {}", data.display()),
+            source: e,
+        })?;
+        let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&data.join(DB_FILE))?);
+        let storage_id = relay_storage_id(data)?;
+        Ok(AppState {
+            hub: Arc::new(Hub::new(storage.clone(), storage_id, limits)),
+            storage,
+        })
+    }
+}
+
+/// A stable id for this relay's storage (automerge-repo's `storageId`).
+fn relay_storage_id(data: &Path) -> Result<String> {
+    let path = data.join("storage-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        return Ok(id.trim().to_string());
+    }
+    let id = uuid::Uuid::new_v4().hyphenated().to_string();
+    std::fs::write(&path, &id).map_err(|e| Error::Io {
+        context: format!("writing {}", path.display()),
+        source: e,
+    })?;
+    Ok(id)
+}
+
+/// The relay's HTTP surface.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/enrol", post(enrol))
+        .route("/v1/sync", get(sync_socket))
+        .layer(DefaultBodyLimit::max(16 * 1024))
+        .with_state(state)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct EnrolRequest {
+    code: String,
+    device_name: String,
+}
+
+async fn enrol(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Json<auth::Enrolled>> {
+    let req: EnrolRequest = serde_json::from_slice(&body).map_err(|_| {
+        Error::BadRequest("expected JSON {\"code\": \"…\", \"device_name\": \"…\"}".into())
+    })?;
+    let enrolled = tokio::task::block_in_place(|| {
+        auth::enrol(&*state.storage, &req.code, &req.device_name, Utc::now())
+    })?;
+    tracing::info!(device = %enrolled.device_id, team = %enrolled.team, "device enrolled");
+    Ok(Json(enrolled))
+}
+
+async fn sync_socket(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    ws: WebSocketUpgrade,
+) -> Result<Response> {
+    let token = auth::token_from(&headers, query.as_deref());
+    let device =
+        tokio::task::block_in_place(|| auth::authenticate(&*state.storage, token.as_deref()));
+    let device = match device {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::info!(reason = %e, "sync connection refused");
+            return Err(e);
+        }
+    };
+    if state.hub.connections_of(&device.id) >= state.hub.limits().max_connections_per_device {
+        tracing::warn!(device = %device.id, "too many connections");
+        return Err(Error::TooManyConnections);
+    }
+    let hub = state.hub.clone();
+    Ok(ws
+        .max_message_size(hub.limits().max_message_bytes)
+        .on_upgrade(move |socket| hub.serve(device, socket))
+        .into_response())
+}
+
+/// How to listen.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// TLS with these PEM files.
+    Tls { cert: PathBuf, key: PathBuf },
+    /// Plain HTTP, loopback only (development and tests).
+    InsecureHttp,
+}
+
+/// A bound, not yet running, relay.
+#[derive(Debug)]
+pub struct Bound {
+    pub addr: SocketAddr,
+    listener: std::net::TcpListener,
+    transport: Transport,
+}
+
+impl Bound {
+    pub fn bind(listen: SocketAddr, transport: Transport) -> Result<Bound> {
+        if matches!(transport, Transport::InsecureHttp) && !listen.ip().is_loopback() {
+            return Err(Error::Config(format!(
+                "--insecure-http serves plain HTTP and is only allowed on loopback addresses, not {listen}"
+            )));
+        }
+        let listener = std::net::TcpListener::bind(listen).map_err(|e| Error::Io {
+            context: format!("listening on {listen}"),
+            source: e,
+        })?;
+        listener.set_nonblocking(true).map_err(|e| Error::Io {
+            context: "listener".into(),
+            source: e,
+        })?;
+        let addr = listener.local_addr().map_err(|e| Error::Io {
+            context: "listener".into(),
+            source: e,
+        })?;
+        Ok(Bound {
+            addr,
+            listener,
+            transport,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        let scheme = match self.transport {
+            Transport::Tls { .. } => "https",
+            Transport::InsecureHttp => "http",
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish
+    /// (up to 10 s). Storage writes are synchronous inside a request, so a
+    /// write that started completes before the process exits.
+    pub async fn serve(
+        self,
+        state: AppState,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let handle = axum_server::Handle::new();
+        let h = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight work");
+            h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+        });
+        let service = app(state).into_make_service();
+        let io = |e| Error::Io {
+            context: "serving".into(),
+            source: e,
+        };
+        match self.transport {
+            Transport::Tls { cert, key } => {
+                let config = tls::server_config(&cert, &key)?;
+                axum_server::from_tcp_rustls(
+                    self.listener,
+                    axum_server::tls_rustls::RustlsConfig::from_config(config),
+                )
+                .map_err(io)?
+                .handle(handle)
+                .serve(service)
+                .await
+                .map_err(io)
+            }
+            Transport::InsecureHttp => axum_server::from_tcp(self.listener)
+                .map_err(io)?
+                .handle(handle)
+                .serve(service)
+                .await
+                .map_err(io),
+        }
+    }
+}

@@ -1,0 +1,518 @@
+//! The relay: per-document Automerge sync between connected devices, with
+//! every document kept in storage so devices never need to be online at the
+//! same time.
+//!
+//! Documents are loaded on demand into [`Slot`]s and evicted when idle (least
+//! recently used, beyond `max_loaded_docs`). Each connection has its own
+//! `sync::State` per document; states are loaded from storage on first use
+//! and saved when the connection ends, so a reconnect only exchanges what
+//! changed. A change a device sent is acknowledged (answered) only after
+//! storage committed it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::{Automerge, ChangeHash};
+use axum::extract::ws::{Message as WsMessage, WebSocket};
+use chrono::Utc;
+use futures_util::{SinkExt, StreamExt};
+use linkbook_core::DocumentId;
+use linkbook_core::protocol::{Message, PROTOCOL_VERSION, PeerMetadata};
+use tokio::sync::mpsc;
+
+use crate::storage::{COMPACT_AFTER, Device, Storage};
+
+/// Tunable limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest WebSocket message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Live connections one device may hold.
+    pub max_connections_per_device: usize,
+    /// Documents kept loaded; idle ones beyond this are evicted.
+    pub max_loaded_docs: usize,
+    /// Seconds a new connection has to send its `join`.
+    pub join_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 16 * 1024 * 1024,
+            max_connections_per_device: 4,
+            max_loaded_docs: 5_000,
+            join_timeout_secs: 10,
+        }
+    }
+}
+
+/// One loaded document.
+struct Slot {
+    team: String,
+    doc: Automerge,
+    /// Sync state per connection that has touched this document.
+    states: HashMap<u64, (String, sync::State)>,
+    last_used: u64,
+}
+
+struct Connection {
+    device_id: String,
+    tx: mpsc::UnboundedSender<Message>,
+}
+
+/// Everything connections share.
+pub struct Hub {
+    storage: Arc<dyn Storage>,
+    peer_id: String,
+    storage_id: String,
+    limits: Limits,
+    docs: Mutex<HashMap<DocumentId, Arc<tokio::sync::Mutex<Slot>>>>,
+    connections: Mutex<HashMap<u64, Connection>>,
+    next_conn: AtomicU64,
+    tick: AtomicU64,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("peer_id", &self.peer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why a connection is being closed: the text the device is sent.
+#[derive(Debug)]
+struct Close(String);
+
+/// Runs blocking storage work without stalling the async workers.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+impl Hub {
+    pub fn new(storage: Arc<dyn Storage>, storage_id: String, limits: Limits) -> Self {
+        Hub {
+            storage,
+            peer_id: format!("linkbook-relay-{storage_id}"),
+            storage_id,
+            limits,
+            docs: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            tick: AtomicU64::new(1),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Live connections of a device.
+    pub fn connections_of(&self, device_id: &str) -> usize {
+        lock(&self.connections)
+            .values()
+            .filter(|c| c.device_id == device_id)
+            .count()
+    }
+
+    /// Documents currently loaded.
+    pub fn loaded_documents(&self) -> usize {
+        lock(&self.docs).len()
+    }
+
+    /// Serves one authenticated device's WebSocket until it closes.
+    pub async fn serve(self: Arc<Self>, device: Device, socket: WebSocket) {
+        let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (mut sink, mut stream) = socket.split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        lock(&self.connections).insert(
+            conn_id,
+            Connection {
+                device_id: device.id.clone(),
+                tx: tx.clone(),
+            },
+        );
+        let writer = tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                let close = matches!(m, Message::Error { .. });
+                if sink
+                    .send(WsMessage::Binary(m.encode().into()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                if close {
+                    let _ = sink.send(WsMessage::Close(None)).await;
+                    break;
+                }
+            }
+        });
+        let outcome = self.session(conn_id, &device, &tx, &mut stream).await;
+        if let Err(Close(why)) = &outcome {
+            tracing::warn!(device = %device.id, reason = %why, "closing sync connection");
+            let _ = tx.send(Message::Error {
+                message: why.clone(),
+            });
+        }
+        drop(tx);
+        self.disconnect(conn_id).await;
+        let _ = writer.await;
+        let _ = blocking(|| self.storage.touch_device(&device.id, Utc::now()));
+        tracing::info!(device = %device.id, "sync connection ended");
+    }
+
+    async fn session(
+        &self,
+        conn_id: u64,
+        device: &Device,
+        tx: &mpsc::UnboundedSender<Message>,
+        stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    ) -> Result<(), Close> {
+        let timeout = std::time::Duration::from_secs(self.limits.join_timeout_secs);
+        let first = match tokio::time::timeout(timeout, next_message(stream)).await {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(close)) => return Err(close),
+            Err(_) => return Err(Close("no join message received in time".into())),
+        };
+        let Message::Join {
+            sender_id,
+            supported_protocol_versions,
+            ..
+        } = first
+        else {
+            return Err(Close(format!(
+                "expected a join message, got '{}'",
+                first.message_type()
+            )));
+        };
+        if !supported_protocol_versions
+            .iter()
+            .any(|v| v == PROTOCOL_VERSION)
+        {
+            return Err(Close(format!(
+                "unsupported protocol versions {supported_protocol_versions:?}: this relay speaks version 1"
+            )));
+        }
+        if sender_id != device.id {
+            return Err(Close("the peer id must be this device's id".into()));
+        }
+        let _ = tx.send(Message::Peer {
+            sender_id: self.peer_id.clone(),
+            target_id: device.id.clone(),
+            peer_metadata: PeerMetadata {
+                storage_id: Some(self.storage_id.clone()),
+                is_ephemeral: false,
+            },
+            selected_protocol_version: PROTOCOL_VERSION.into(),
+        });
+        tracing::info!(device = %device.id, team = %device.team, "device joined");
+        let _ = blocking(|| {
+            self.storage
+                .audit(Some(device), "connected", None, Utc::now())
+        });
+        loop {
+            let Some(m) = next_message(stream).await? else {
+                return Ok(());
+            };
+            match m {
+                Message::Sync {
+                    document_id, data, ..
+                } => {
+                    self.sync(conn_id, device, tx, &document_id, &data, false)
+                        .await?
+                }
+                Message::Request {
+                    document_id, data, ..
+                } => {
+                    self.sync(conn_id, device, tx, &document_id, &data, true)
+                        .await?
+                }
+                Message::Leave { .. } => return Ok(()),
+                // Presence and heads gossip are not relayed: the relay is a store, not a room.
+                Message::Ephemeral { .. }
+                | Message::RemoteSubscriptionChange { .. }
+                | Message::RemoteHeadsChanged { .. } => {}
+                Message::DocUnavailable { .. } => {}
+                Message::Error { message } => {
+                    tracing::info!(device = %device.id, len = message.len(), "device reported an error");
+                    return Ok(());
+                }
+                other => {
+                    return Err(Close(format!(
+                        "unexpected '{}' message",
+                        other.message_type()
+                    )));
+                }
+            }
+        }
+    }
+
+    fn unavailable(&self, device: &Device, tx: &mpsc::UnboundedSender<Message>, document_id: &str) {
+        let _ = tx.send(Message::DocUnavailable {
+            sender_id: self.peer_id.clone(),
+            target_id: device.id.clone(),
+            document_id: document_id.to_string(),
+        });
+    }
+
+    /// The loaded slot of a document the device's team may see; `None` is
+    /// "unavailable" whether the document is missing or another team's.
+    async fn slot(
+        &self,
+        id: DocumentId,
+        team: &str,
+        create: bool,
+    ) -> Result<Option<Arc<tokio::sync::Mutex<Slot>>>, Close> {
+        let tick = self.tick.fetch_add(1, Ordering::Relaxed);
+        let loaded = lock(&self.docs).get(&id).cloned();
+        if let Some(slot) = loaded {
+            let mut s = slot.lock().await;
+            if s.team != team {
+                return Ok(None);
+            }
+            s.last_used = tick;
+            drop(s);
+            return Ok(Some(slot));
+        }
+        let key = id.to_string();
+        let stored = blocking(|| self.storage.load_document(&key)).map_err(|e| {
+            tracing::error!(error = %e, "loading a document failed");
+            Close("the relay could not load a document".into())
+        })?;
+        let slot = match stored {
+            Some(stored) => {
+                if stored.team != team {
+                    return Ok(None);
+                }
+                let mut doc = match &stored.snapshot {
+                    Some(s) => Automerge::load(s)
+                        .map_err(|_| Close("a stored document is damaged".into()))?,
+                    None => Automerge::new(),
+                };
+                for c in &stored.changes {
+                    doc.load_incremental(c)
+                        .map_err(|_| Close("a stored document is damaged".into()))?;
+                }
+                Slot {
+                    team: stored.team,
+                    doc,
+                    states: HashMap::new(),
+                    last_used: tick,
+                }
+            }
+            None if create => Slot {
+                team: team.to_string(),
+                doc: Automerge::new(),
+                states: HashMap::new(),
+                last_used: tick,
+            },
+            None => return Ok(None),
+        };
+        let slot = {
+            let mut docs = lock(&self.docs);
+            // Another connection may have loaded it meanwhile: keep theirs.
+            docs.entry(id)
+                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(slot)))
+                .clone()
+        };
+        self.evict_idle();
+        let s = slot.lock().await;
+        if s.team != team {
+            return Ok(None);
+        }
+        drop(s);
+        Ok(Some(slot))
+    }
+
+    /// Drops the least recently used documents nobody is syncing.
+    fn evict_idle(&self) {
+        let mut docs = lock(&self.docs);
+        if docs.len() <= self.limits.max_loaded_docs {
+            return;
+        }
+        let mut idle: Vec<(u64, DocumentId)> = docs
+            .iter()
+            .filter(|(_, slot)| Arc::strong_count(slot) == 1)
+            .filter_map(|(id, slot)| {
+                slot.try_lock()
+                    .ok()
+                    .filter(|s| s.states.is_empty())
+                    .map(|s| (s.last_used, *id))
+            })
+            .collect();
+        idle.sort();
+        let excess = docs.len() - self.limits.max_loaded_docs;
+        for (_, id) in idle.into_iter().take(excess) {
+            docs.remove(&id);
+        }
+    }
+
+    async fn sync(
+        &self,
+        conn_id: u64,
+        device: &Device,
+        tx: &mpsc::UnboundedSender<Message>,
+        document_id: &str,
+        data: &[u8],
+        is_request: bool,
+    ) -> Result<(), Close> {
+        let Ok(id) = DocumentId::parse(document_id, "document id") else {
+            self.unavailable(device, tx, document_id);
+            return Ok(());
+        };
+        let message = sync::Message::decode(data)
+            .map_err(|_| Close("malformed Automerge sync message".into()))?;
+        let Some(slot) = self.slot(id, &device.team, !is_request).await? else {
+            self.unavailable(device, tx, document_id);
+            return Ok(());
+        };
+        let key = id.to_string();
+        let mut s = slot.lock().await;
+        if !s.states.contains_key(&conn_id) {
+            let saved = blocking(|| self.storage.sync_state(&key, &device.id))
+                .ok()
+                .flatten();
+            let state = saved
+                .and_then(|b| sync::State::decode(&b).ok())
+                .unwrap_or_default();
+            s.states.insert(conn_id, (device.id.clone(), state));
+        }
+        let before = s.doc.get_heads();
+        {
+            let Slot { doc, states, .. } = &mut *s;
+            let (_, state) = states
+                .get_mut(&conn_id)
+                .ok_or_else(|| Close("internal state lost".into()))?;
+            doc.receive_sync_message(state, message)
+                .map_err(|_| Close("the Automerge sync message could not be applied".into()))?;
+        }
+        let after = s.doc.get_heads();
+        if before != after {
+            self.store(&key, &mut s, &before, device).map_err(|close| {
+                // Not stored, so not kept: reload from storage next time.
+                lock(&self.docs).remove(&id);
+                close
+            })?;
+        }
+        if is_request && s.doc.get_heads().is_empty() {
+            s.states.remove(&conn_id);
+            drop(s);
+            self.unavailable(device, tx, document_id);
+            return Ok(());
+        }
+        let Slot { doc, states, .. } = &mut *s;
+        let reply = states
+            .get_mut(&conn_id)
+            .and_then(|(_, state)| doc.generate_sync_message(state));
+        if let Some(reply) = reply {
+            let _ = tx.send(Message::Sync {
+                sender_id: self.peer_id.clone(),
+                target_id: device.id.clone(),
+                document_id: document_id.to_string(),
+                data: reply.encode(),
+            });
+        }
+        if before != after {
+            // Live fan-out to the other devices syncing this document now.
+            let connections = lock(&self.connections);
+            for (other, (other_device, state)) in states.iter_mut().filter(|(c, _)| **c != conn_id)
+            {
+                if let (Some(conn), Some(m)) =
+                    (connections.get(other), doc.generate_sync_message(state))
+                {
+                    let _ = conn.tx.send(Message::Sync {
+                        sender_id: self.peer_id.clone(),
+                        target_id: other_device.clone(),
+                        document_id: document_id.to_string(),
+                        data: m.encode(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the changes made since `before`, compacting now and then.
+    fn store(
+        &self,
+        key: &str,
+        s: &mut Slot,
+        before: &[ChangeHash],
+        device: &Device,
+    ) -> Result<(), Close> {
+        let changes = s.doc.save_after(before);
+        let now = Utc::now();
+        let result = blocking(|| -> crate::error::Result<()> {
+            let count = self
+                .storage
+                .append_changes(key, &s.team, &changes, None, now)?;
+            if count >= COMPACT_AFTER {
+                let snapshot = s.doc.save();
+                self.storage
+                    .append_changes(key, &s.team, &[], Some(&snapshot), now)?;
+            }
+            self.storage
+                .audit(Some(device), "uploaded", Some(key), now)?;
+            Ok(())
+        });
+        result.map_err(|e| {
+            tracing::error!(error = %e, "storing changes failed");
+            Close("the relay could not store your changes; try again later".into())
+        })
+    }
+
+    /// Saves the connection's sync states and forgets it.
+    async fn disconnect(&self, conn_id: u64) {
+        lock(&self.connections).remove(&conn_id);
+        let slots: Vec<(DocumentId, Arc<tokio::sync::Mutex<Slot>>)> = lock(&self.docs)
+            .iter()
+            .map(|(id, s)| (*id, s.clone()))
+            .collect();
+        let mut states = Vec::new();
+        for (id, slot) in slots {
+            if let Some((device, state)) = slot.lock().await.states.remove(&conn_id) {
+                states.push((id.to_string(), device, state.encode()));
+            }
+        }
+        let saved = blocking(|| {
+            states.iter().try_for_each(|(doc, device, state)| {
+                self.storage.save_sync_state(doc, device, state)
+            })
+        });
+        if let Err(e) = saved {
+            tracing::warn!(error = %e, "saving sync states failed; the next sync will exchange more");
+        }
+    }
+}
+
+/// The next protocol message, `None` at a clean close.
+async fn next_message(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+) -> Result<Option<Message>, Close> {
+    loop {
+        match stream.next().await {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(Close(format!("bad WebSocket frame: {e}"))),
+            Some(Ok(WsMessage::Binary(bytes))) => {
+                return Message::decode(&bytes)
+                    .map(Some)
+                    .map_err(|e| Close(format!("malformed message: {e}")));
+            }
+            Some(Ok(WsMessage::Text(_))) => {
+                return Err(Close(
+                    "text frames are not part of the protocol: send CBOR in binary frames".into(),
+                ));
+            }
+            Some(Ok(WsMessage::Close(_))) => return Ok(None),
+            Some(Ok(_)) => continue, // ping/pong
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! The relay's storage: devices, enrolment codes, documents (snapshot +
+//! appended changes), sync states and the audit log. Behind the [`Storage`]
+//! trait so another backend (PostgreSQL, to share one database between relay
+//! nodes) can stand in; SQLite is the embedded default.
+//!
+//! Every write is one transaction; a change is acknowledged to a device only
+//! after [`Storage::append_changes`] returned.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Changes appended before the relay compacts a document into a snapshot.
+pub const COMPACT_AFTER: i64 = 256;
+
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/001_init.sql")];
+
+/// An enrolled device as the administrator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Device {
+    pub id: String,
+    pub team: String,
+    pub worker: String,
+    pub device_name: String,
+    pub enrolled_at: String,
+    pub revoked_at: Option<String>,
+    pub last_sync_at: Option<String>,
+}
+
+/// A stored document: its team and the bytes to load it from.
+#[derive(Debug, Clone)]
+pub struct StoredDocument {
+    pub team: String,
+    pub snapshot: Option<Vec<u8>>,
+    pub changes: Vec<Vec<u8>>,
+}
+
+/// What a new enrolment code is for.
+#[derive(Debug, Clone)]
+pub struct CodeGrant {
+    pub team: String,
+    pub worker: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub trait Storage: Send + Sync + 'static {
+    fn add_enrolment_code(
+        &self,
+        code_hash: &[u8],
+        grant: &CodeGrant,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Uses up a code and records the device, atomically: a code enrols one device.
+    fn redeem_enrolment_code(
+        &self,
+        code_hash: &[u8],
+        device_id: &str,
+        device_name: &str,
+        token_hash: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Device>;
+    fn device_by_token(&self, token_hash: &[u8]) -> Result<Option<Device>>;
+    fn devices(&self) -> Result<Vec<Device>>;
+    /// Returns false if there is no such device.
+    fn revoke_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<bool>;
+    fn touch_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<()>;
+
+    fn document_team(&self, doc_id: &str) -> Result<Option<String>>;
+    fn load_document(&self, doc_id: &str) -> Result<Option<StoredDocument>>;
+    /// Appends changes (creating the document for `team` if new); with
+    /// `snapshot`, replaces the stored changes by it.
+    fn append_changes(
+        &self,
+        doc_id: &str,
+        team: &str,
+        changes: &[u8],
+        snapshot: Option<&[u8]>,
+        now: DateTime<Utc>,
+    ) -> Result<i64>;
+    fn sync_state(&self, doc_id: &str, device_id: &str) -> Result<Option<Vec<u8>>>;
+    fn save_sync_state(&self, doc_id: &str, device_id: &str, state: &[u8]) -> Result<()>;
+
+    fn audit(
+        &self,
+        device: Option<&Device>,
+        action: &str,
+        doc_id: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+}
+
+/// The embedded default: one SQLite file.
+pub struct SqliteStorage {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStorage")
+    }
+}
+
+impl SqliteStorage {
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut conn = Connection::open(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = 2;",
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let before: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let before = before as usize;
+        if before > MIGRATIONS.len() {
+            return Err(Error::Config(format!(
+                "the relay database has schema {before}, newer than this linkbook-server: update it"
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(before) {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as u32)?;
+            tx.commit()?;
+        }
+        Ok(SqliteStorage {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
+    Ok(Device {
+        id: r.get(0)?,
+        team: r.get(1)?,
+        worker: r.get(2)?,
+        device_name: r.get(3)?,
+        enrolled_at: r.get(4)?,
+        revoked_at: r.get(5)?,
+        last_sync_at: r.get(6)?,
+    })
+}
+
+const DEVICE_COLUMNS: &str = "id, team, worker, device_name, enrolled_at, revoked_at, last_sync_at";
+
+impl Storage for SqliteStorage {
+    fn add_enrolment_code(
+        &self,
+        code_hash: &[u8],
+        grant: &CodeGrant,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO enrolment_codes (code_hash, team, worker, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![code_hash, grant.team, grant.worker, now.to_rfc3339(), grant.expires_at.to_rfc3339()],
+        )?;
+        Ok(())
+    }
+
+    fn redeem_enrolment_code(
+        &self,
+        code_hash: &[u8],
+        device_id: &str,
+        device_name: &str,
+        token_hash: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Device> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let row: Option<(String, String, String, Option<String>)> = tx
+            .query_row(
+                "SELECT team, worker, expires_at, used_at FROM enrolment_codes WHERE code_hash = ?1",
+                [code_hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((team, worker, expires_at, used_at)) = row else {
+            return Err(Error::EnrolmentRefused("unknown enrolment code"));
+        };
+        if used_at.is_some() {
+            return Err(Error::EnrolmentRefused("enrolment code already used"));
+        }
+        let expired = DateTime::parse_from_rfc3339(&expires_at)
+            .map(|e| e <= now)
+            .unwrap_or(true);
+        if expired {
+            return Err(Error::EnrolmentRefused("enrolment code expired"));
+        }
+        tx.execute(
+            "UPDATE enrolment_codes SET used_at = ?2, device_id = ?3 WHERE code_hash = ?1",
+            params![code_hash, now.to_rfc3339(), device_id],
+        )?;
+        tx.execute(
+            "INSERT INTO devices (id, team, worker, device_name, token_hash, enrolled_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![device_id, team, worker, device_name, token_hash, now.to_rfc3339()],
+        )?;
+        tx.execute(
+            "INSERT INTO audit (at, device_id, worker, action) VALUES (?1, ?2, ?3, 'enrolled')",
+            params![now.to_rfc3339(), device_id, worker],
+        )?;
+        let device = tx.query_row(
+            &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"),
+            [device_id],
+            device_row,
+        )?;
+        tx.commit()?;
+        Ok(device)
+    }
+
+    fn device_by_token(&self, token_hash: &[u8]) -> Result<Option<Device>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE token_hash = ?1"),
+                [token_hash],
+                device_row,
+            )
+            .optional()?)
+    }
+
+    fn devices(&self) -> Result<Vec<Device>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY team, worker, enrolled_at"
+        ))?;
+        let rows = stmt.query_map([], device_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn revoke_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE devices SET revoked_at = coalesce(revoked_at, ?2) WHERE id = ?1",
+            params![device_id, now.to_rfc3339()],
+        )?;
+        if n > 0 {
+            tx.execute(
+                "INSERT INTO audit (at, device_id, action) VALUES (?1, ?2, 'revoked')",
+                params![now.to_rfc3339(), device_id],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    fn touch_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<()> {
+        self.conn().execute(
+            "UPDATE devices SET last_sync_at = ?2 WHERE id = ?1",
+            params![device_id, now.to_rfc3339()],
+        )?;
+        Ok(())
+    }
+
+    fn document_team(&self, doc_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row("SELECT team FROM documents WHERE id = ?1", [doc_id], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    fn load_document(&self, doc_id: &str) -> Result<Option<StoredDocument>> {
+        let conn = self.conn();
+        let row: Option<(String, Option<Vec<u8>>)> = conn
+            .query_row(
+                "SELECT team, snapshot FROM documents WHERE id = ?1",
+                [doc_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((team, snapshot)) = row else {
+            return Ok(None);
+        };
+        let mut stmt =
+            conn.prepare_cached("SELECT data FROM changes WHERE doc_id = ?1 ORDER BY seq")?;
+        let changes = stmt
+            .query_map([doc_id], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<Vec<u8>>>>()?;
+        Ok(Some(StoredDocument {
+            team,
+            snapshot,
+            changes,
+        }))
+    }
+
+    fn append_changes(
+        &self,
+        doc_id: &str,
+        team: &str,
+        changes: &[u8],
+        snapshot: Option<&[u8]>,
+        now: DateTime<Utc>,
+    ) -> Result<i64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO documents (id, team, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING",
+            params![doc_id, team, now.to_rfc3339()],
+        )?;
+        let count = match snapshot {
+            Some(snap) => {
+                tx.execute("DELETE FROM changes WHERE doc_id = ?1", [doc_id])?;
+                tx.execute(
+                    "UPDATE documents SET snapshot = ?2, change_count = 0 WHERE id = ?1",
+                    params![doc_id, snap],
+                )?;
+                0
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO changes (doc_id, data) VALUES (?1, ?2)",
+                    params![doc_id, changes],
+                )?;
+                tx.query_row(
+                    "UPDATE documents SET change_count = change_count + 1 WHERE id = ?1 RETURNING change_count",
+                    [doc_id],
+                    |r| r.get(0),
+                )?
+            }
+        };
+        tx.commit()?;
+        Ok(count)
+    }
+
+    fn sync_state(&self, doc_id: &str, device_id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT state FROM sync_states WHERE doc_id = ?1 AND device_id = ?2",
+                [doc_id, device_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn save_sync_state(&self, doc_id: &str, device_id: &str, state: &[u8]) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO sync_states (doc_id, device_id, state) VALUES (?1, ?2, ?3)
+             ON CONFLICT(doc_id, device_id) DO UPDATE SET state = excluded.state",
+            params![doc_id, device_id, state],
+        )?;
+        Ok(())
+    }
+
+    fn audit(
+        &self,
+        device: Option<&Device>,
+        action: &str,
+        doc_id: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO audit (at, device_id, worker, action, doc_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                now.to_rfc3339(),
+                device.map(|d| d.id.as_str()),
+                device.map(|d| d.worker.as_str()),
+                action,
+                doc_id
+            ],
+        )?;
+        Ok(())
+    }
+}
