@@ -40,6 +40,20 @@ pub enum Error {
     #[error("document error: {0}")]
     Document(#[from] automerge::AutomergeError),
 
+    /// The relay could not be reached, or the connection failed; all progress
+    /// made before it is kept, and syncing again resumes.
+    #[error("network: {0}")]
+    Network(String),
+
+    /// The relay does not accept this device's credentials (not enrolled, or
+    /// the enrolment code was refused).
+    #[error("not authorised: {0}")]
+    Unauthorized(String),
+
+    /// This device was revoked by the office: it must wipe its local data.
+    #[error("this device has been revoked by the office; its local data must be wiped")]
+    Revoked,
+
     /// Reading or writing a file (export, import) failed.
     #[error("{context}: {source}")]
     Io {

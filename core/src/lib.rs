@@ -19,6 +19,7 @@ mod model;
 pub mod protocol;
 mod repo;
 mod store;
+mod sync;
 
 pub use error::{Error, Result};
 pub use ids::DocumentId;
@@ -32,3 +33,4 @@ pub use model::{
 };
 pub use repo::{Clock, DeviceProfile, LOCAL_TEAM, Repo};
 pub use store::DatabaseKey;
+pub use sync::{Enrolment, SyncListener, SyncProgress, SyncSummary};

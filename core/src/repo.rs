@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ReadDoc};
 use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -158,7 +159,7 @@ impl Repo {
     }
 
     /// Runs `f` in one write transaction and commits it.
-    fn write<T>(&self, f: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>) -> Result<T> {
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>) -> Result<T> {
         let author = self.author();
         let mut guard = lock(&self.writer);
         let Writer { conn, cache } = &mut *guard;
@@ -193,6 +194,116 @@ impl Repo {
             return Err(Error::not_found(what, id));
         }
         Ok(f(&cached.doc))
+    }
+
+    /// Runs `f` on a held document (mutably, without writing); `None` if
+    /// this device does not hold it.
+    pub(crate) fn with_doc<T>(
+        &self,
+        id: DocumentId,
+        f: impl FnOnce(&mut AutoCommit, DocumentType) -> T,
+    ) -> Result<Option<T>> {
+        let actor = documents::device_actor(&lock(&self.profile).device_id);
+        let mut guard = lock(&self.writer);
+        let Writer { conn, cache } = &mut *guard;
+        Ok(cache.get(conn, id, &actor)?.map(|c| f(&mut c.doc, c.kind)))
+    }
+
+    pub(crate) fn query_row_opt<T: rusqlite::types::FromSql>(
+        &self,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Option<T>> {
+        Ok(lock(&self.reader)
+            .query_row(sql, params, |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Runs plain SQL on the writer connection in one transaction.
+    pub(crate) fn with_writer_tx<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut guard = lock(&self.writer);
+        let tx = guard
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    pub(crate) fn profile_values(&self, keys: &[&str]) -> Result<Vec<Option<String>>> {
+        keys.iter()
+            .map(|k| self.query_row_opt("SELECT value FROM profile WHERE key = ?1", &[k]))
+            .collect()
+    }
+
+    /// Writes profile values together and reloads the profile.
+    pub(crate) fn set_profile_values(&self, values: &[(&str, &str)]) -> Result<()> {
+        self.with_writer_tx(|tx| {
+            for (k, v) in values {
+                tx.execute(
+                    "INSERT OR REPLACE INTO profile (key, value) VALUES (?1, ?2)",
+                    params![k, v],
+                )?;
+            }
+            Ok(())
+        })?;
+        let fresh = load_or_create_profile(&lock(&self.writer).conn)?;
+        *lock(&self.profile) = fresh;
+        Ok(())
+    }
+
+    /// Moves every record on the device into `team` (at enrolment: a device
+    /// may have been used before it was enrolled). The old team's directory
+    /// is replaced by the new team's, listing the same records.
+    pub(crate) fn rehome(&self, team: &str) -> Result<()> {
+        let team = required_text("team", team, MAX_NAME)?;
+        let old_team = lock(&self.profile).team.clone();
+        if old_team == team {
+            return Ok(());
+        }
+        let old_dir = DocumentId::team_directory(&old_team);
+        let new_dir = DocumentId::team_directory(&team);
+        let ids = self.document_ids()?;
+        self.write(|txn| {
+            if !txn.exists(new_dir)? {
+                txn.create(
+                    new_dir,
+                    DocumentType::TeamDirectory,
+                    directory::genesis(&team)?,
+                )?;
+            }
+            for (id, kind) in &ids {
+                match kind {
+                    DocumentType::Family => {
+                        let doc = txn.doc_of(*id, DocumentType::Family, "family")?;
+                        doc.put(automerge::ROOT, "team", team.as_str())?;
+                        let f = family::read(doc, *id);
+                        directory::put_family(
+                            txn.doc_of(new_dir, DocumentType::TeamDirectory, "team directory")?,
+                            &f,
+                        )?;
+                    }
+                    DocumentType::FamilyDay => {
+                        let doc = txn.doc_of(*id, DocumentType::FamilyDay, "family day")?;
+                        doc.put(automerge::ROOT, "team", team.as_str())?;
+                        let d = family_day::read(doc, *id);
+                        directory::put_family_day(
+                            txn.doc_of(new_dir, DocumentType::TeamDirectory, "team directory")?,
+                            &d,
+                        )?;
+                    }
+                    DocumentType::TeamDirectory => {}
+                }
+            }
+            if old_dir != new_dir {
+                txn.delete(old_dir)?;
+            }
+            Ok(())
+        })?;
+        self.set_profile_values(&[("team", team.as_str())])
     }
 
     fn ensure_directory(&self) -> Result<()> {

@@ -1,6 +1,7 @@
 //! `linkbook-server`: parses configuration and runs the relay or an admin
 //! command. Every option can also come from the environment.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -130,11 +131,17 @@ fn serve(data: &std::path::Path, args: ServeArgs) -> linkbook_server::Result<()>
             context: "starting the runtime".into(),
             source: e,
         })?;
-    println!("linkbook-server listening on {}", bound.url());
+    // Whoever started the relay may stop reading its output: never fail on it.
+    let mut out = std::io::stdout();
     if let Some(ca) = trust {
-        println!("development certificate: devices trust {}", ca.display());
+        let _ = writeln!(
+            out,
+            "development certificate: devices trust {}",
+            ca.display()
+        );
     }
-    let _ = std::io::Write::flush(&mut std::io::stdout());
+    let _ = writeln!(out, "linkbook-server listening on {}", bound.url());
+    let _ = out.flush();
     runtime.block_on(async move {
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

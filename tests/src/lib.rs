@@ -10,18 +10,139 @@ use std::process::{Command, Output};
 
 use tempfile::TempDir;
 
-/// The `linkbook` binary of this build.
-pub fn linkbook_bin() -> PathBuf {
+/// A binary of this build (`linkbook`, `linkbook-server`).
+pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/linkbook
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join(format!("linkbook{}", std::env::consts::EXE_SUFFIX));
+    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
         "{} is missing: build it first (cargo build --workspace --bins)",
         bin.display()
     );
     bin
+}
+
+/// The `linkbook` binary of this build.
+pub fn linkbook_bin() -> PathBuf {
+    workspace_bin("linkbook")
+}
+
+/// A `linkbook-server` process on 127.0.0.1 with a random port, its own data
+/// directory and development certificate. Killed when dropped.
+#[derive(Debug)]
+pub struct Relay {
+    pub data: TempDir,
+    pub url: String,
+    child: Option<std::process::Child>,
+    stderr_log: PathBuf,
+}
+
+impl Relay {
+    pub fn start() -> Relay {
+        let data = tempfile::tempdir().expect("relay dir");
+        Self::start_in(data)
+    }
+
+    /// Starts on an existing data directory (a restart).
+    pub fn start_in(data: TempDir) -> Relay {
+        use std::io::BufRead;
+        let stderr_log = data.path().join("relay.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_log)
+            .expect("log file");
+        let mut child = Command::new(workspace_bin("linkbook-server"))
+            .arg("--data")
+            .arg(data.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start linkbook-server");
+        // Ready when it prints where it listens (no sleeping).
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut url = None;
+        for line in lines.by_ref() {
+            let line = line.expect("relay stdout");
+            if let Some(rest) = line.strip_prefix("linkbook-server listening on ") {
+                url = Some(rest.trim().to_string());
+                break;
+            }
+        }
+        // Keep draining what it prints later.
+        std::thread::spawn(move || lines.for_each(drop));
+        let url = url.unwrap_or_else(|| {
+            panic!(
+                "relay did not start: {}",
+                std::fs::read_to_string(&stderr_log).unwrap_or_default()
+            )
+        });
+        Relay {
+            data,
+            url,
+            child: Some(child),
+            stderr_log,
+        }
+    }
+
+    /// The development CA devices trust.
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("dev-ca.pem")).expect("dev-ca.pem")
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.data.path().join("dev-ca.pem")
+    }
+
+    /// Runs an admin command against this relay's data directory.
+    pub fn admin(&self, args: &[&str]) -> Run {
+        Command::new(workspace_bin("linkbook-server"))
+            .arg("--data")
+            .arg(self.data.path())
+            .args(args)
+            .output()
+            .expect("run linkbook-server")
+            .into()
+    }
+
+    /// A fresh one-time enrolment code.
+    pub fn enrol_code(&self, team: &str, worker: &str) -> String {
+        let r = self.admin(&["device", "enrol", "--team", team, "--worker", worker]);
+        assert_eq!(r.code, 0, "enrol failed: {}", r.stderr);
+        r.stdout.trim().to_string()
+    }
+
+    /// What the relay logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Stops the process (SIGTERM, then waits) and hands back its data
+    /// directory for a restart.
+    pub fn stop(mut self) -> TempDir {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+        let data = tempfile::tempdir().expect("placeholder");
+        std::mem::replace(&mut self.data, data)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// A device: a data directory driven through the `linkbook` CLI.

@@ -224,6 +224,25 @@ impl<'a> WriteTxn<'a> {
         Ok(doc)
     }
 
+    /// Removes a document, its changes, projections and sync states.
+    pub(crate) fn delete(&mut self, id: DocumentId) -> Result<()> {
+        let key = id.to_string();
+        for sql in [
+            "DELETE FROM changes WHERE doc_id = ?1",
+            "DELETE FROM documents WHERE id = ?1",
+            "DELETE FROM sync_states WHERE doc_id = ?1",
+            "DELETE FROM conflicts WHERE doc_id = ?1",
+            "DELETE FROM notes WHERE family_id = ?1",
+            "DELETE FROM families WHERE id = ?1",
+            "DELETE FROM family_days WHERE id = ?1",
+        ] {
+            self.tx.execute(sql, [&key])?;
+        }
+        self.touched.retain(|t| t.id != id);
+        self.cache.evict(&id);
+        Ok(())
+    }
+
     /// Adds a new document (its content may still be uncommitted).
     pub(crate) fn create(
         &mut self,

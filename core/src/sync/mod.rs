@@ -1,0 +1,633 @@
+//! The sync client: enrolment with the relay, then "sync now" over one
+//! WebSocket speaking the automerge-repo protocol, until every document the
+//! device holds or its team directory names is at the same heads on both
+//! sides.
+//!
+//! Every change received is committed (with its projections) as it arrives,
+//! so a dropped connection keeps all progress and the next sync resumes.
+//! Sync states are persisted per (document, relay peer) so an unchanged
+//! document costs one small message each way.
+
+pub(crate) mod net;
+
+use std::collections::{BTreeSet, HashMap};
+
+use automerge::AutoCommit;
+use automerge::sync::{self, SyncDoc};
+use serde::Serialize;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::{Message as WsMessage, WebSocket};
+
+use crate::error::{Error, Result};
+use crate::ids::DocumentId;
+use crate::model::{DocumentType, am, validate};
+use crate::protocol::{Message, PROTOCOL_VERSION, PeerMetadata};
+use crate::repo::Repo;
+use net::{Endpoint, Stream, network};
+
+/// What enrolment stored: the relay this device syncs with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Enrolment {
+    pub server_url: String,
+    pub device_id: String,
+    pub team: String,
+    pub worker: String,
+}
+
+/// Progress of a running sync.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SyncProgress {
+    pub documents_done: u32,
+    pub documents_total: u32,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// Told about progress as a sync runs (from the syncing thread).
+pub trait SyncListener: Send + Sync {
+    fn progress(&self, progress: &SyncProgress);
+}
+
+/// What a finished sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SyncSummary {
+    /// Documents this device had changes of that the relay did not.
+    pub documents_sent: u32,
+    /// Documents that changed here because of what the relay sent.
+    pub documents_received: u32,
+    /// Documents the relay does not have (or this device may not see).
+    pub documents_unavailable: u32,
+    pub documents_total: u32,
+    pub messages_sent: u32,
+    pub messages_received: u32,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+const PROFILE_KEYS: [&str; 4] = ["server_url", "server_ca", "token", "relay_peer"];
+
+struct Session<'a> {
+    repo: &'a Repo,
+    ws: WebSocket<Stream>,
+    device_id: String,
+    relay_peer: String,
+    states: HashMap<DocumentId, sync::State>,
+    /// Documents not yet known to be in sync.
+    pending: BTreeSet<DocumentId>,
+    all: BTreeSet<DocumentId>,
+    sent_changes: BTreeSet<DocumentId>,
+    received: BTreeSet<DocumentId>,
+    unavailable: BTreeSet<DocumentId>,
+    summary: SyncSummary,
+    listener: Option<&'a dyn SyncListener>,
+    /// Sync only these documents (and do not follow the directory).
+    only: Option<BTreeSet<DocumentId>>,
+}
+
+impl Repo {
+    /// Exchanges a one-time enrolment code for this device's credentials and
+    /// moves the device into the enrolling team. `ca_pem` pins the office's
+    /// own CA (or development certificate) beside the platform roots.
+    pub fn enrol(
+        &self,
+        server_url: &str,
+        code: &str,
+        ca_pem: Option<&str>,
+        device_name: &str,
+    ) -> Result<Enrolment> {
+        let endpoint = Endpoint::parse(server_url)?;
+        let code = validate::required_text("enrolment code", code, 64)?;
+        let device_name = validate::required_text("device name", device_name, 200)?;
+        let (status, body) = net::post_json(
+            &endpoint,
+            ca_pem,
+            "/v1/enrol",
+            &serde_json::json!({ "code": code, "device_name": device_name }),
+        )?;
+        if status != 200 {
+            let why = body["message"]
+                .as_str()
+                .unwrap_or("enrolment refused")
+                .to_string();
+            return Err(match status {
+                400..=499 => Error::Unauthorized(why),
+                _ => Error::Network(format!("the relay answered {status}: {why}")),
+            });
+        }
+        let field = |k: &str| {
+            body[k]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| network("relay answer", format!("no {k}")))
+        };
+        let (device_id, token, team, worker) = (
+            field("device_id")?,
+            field("token")?,
+            field("team")?,
+            field("worker")?,
+        );
+        self.rehome(&team)?;
+        self.set_profile_values(&[
+            ("device_id", device_id.as_str()),
+            ("worker", worker.as_str()),
+            ("server_url", server_url.trim()),
+            ("server_ca", ca_pem.unwrap_or("")),
+            ("token", token.as_str()),
+        ])?;
+        Ok(Enrolment {
+            server_url: server_url.trim().to_string(),
+            device_id,
+            team,
+            worker,
+        })
+    }
+
+    /// The relay this device is enrolled with, if any.
+    pub fn enrolment(&self) -> Result<Option<Enrolment>> {
+        let values = self.profile_values(&PROFILE_KEYS)?;
+        let p = self.profile();
+        Ok(values[0]
+            .clone()
+            .filter(|s| !s.is_empty())
+            .map(|server_url| Enrolment {
+                server_url,
+                device_id: p.device_id,
+                team: p.team,
+                worker: p.worker,
+            }))
+    }
+
+    /// Points an enrolled device at the relay's new address.
+    pub fn set_server_url(&self, server_url: &str) -> Result<()> {
+        Endpoint::parse(server_url)?;
+        if self.enrolment()?.is_none() {
+            return Err(Error::Unauthorized(
+                "this device is not enrolled: run enrol first".into(),
+            ));
+        }
+        self.set_profile_values(&[("server_url", server_url.trim())])
+    }
+
+    /// Syncs with the relay this device enrolled with until both sides hold
+    /// the same heads for every document, reporting progress to `listener`.
+    pub fn sync(&self, listener: Option<&dyn SyncListener>) -> Result<SyncSummary> {
+        self.sync_enrolled(None, listener)
+    }
+
+    /// Syncs only the named documents (e.g. a family opened from an
+    /// `automerge:` link); ones the relay will not serve count as unavailable.
+    pub fn sync_documents(
+        &self,
+        ids: &[DocumentId],
+        listener: Option<&dyn SyncListener>,
+    ) -> Result<SyncSummary> {
+        self.sync_enrolled(Some(ids), listener)
+    }
+
+    fn sync_enrolled(
+        &self,
+        only: Option<&[DocumentId]>,
+        listener: Option<&dyn SyncListener>,
+    ) -> Result<SyncSummary> {
+        let values = self.profile_values(&PROFILE_KEYS)?;
+        let (Some(server), Some(token)) = (
+            values[0].clone().filter(|s| !s.is_empty()),
+            values[2].clone(),
+        ) else {
+            return Err(Error::Unauthorized(
+                "this device is not enrolled: run enrol first".into(),
+            ));
+        };
+        let ca = values[1].clone().filter(|s| !s.is_empty());
+        self.sync_session(&server, Some(&token), ca.as_deref(), only, listener)
+    }
+
+    /// Syncs every document with the automerge-repo server at `server`
+    /// (`token` as bearer credentials, if the server wants them).
+    pub fn sync_with(
+        &self,
+        server: &str,
+        token: Option<&str>,
+        ca_pem: Option<&str>,
+        listener: Option<&dyn SyncListener>,
+    ) -> Result<SyncSummary> {
+        self.sync_session(server, token, ca_pem, None, listener)
+    }
+
+    fn sync_session(
+        &self,
+        server: &str,
+        token: Option<&str>,
+        ca_pem: Option<&str>,
+        only: Option<&[DocumentId]>,
+        listener: Option<&dyn SyncListener>,
+    ) -> Result<SyncSummary> {
+        let endpoint = Endpoint::parse(server)?;
+        let stream = net::connect(&endpoint, ca_pem)?;
+        let mut request = endpoint
+            .url_for("/v1/sync", true)
+            .into_client_request()
+            .map_err(|e| network("sync request", e))?;
+        if let Some(token) = token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Error::invalid("token", "not a valid header value"))?;
+            request.headers_mut().insert("Authorization", value);
+        }
+        let (ws, _) = tungstenite::client::client(request, stream).map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp)) => {
+                refused(resp.status().as_u16(), resp.body().as_deref())
+            }
+            other => network("opening the sync connection", other),
+        })?;
+        let mut session = Session {
+            repo: self,
+            ws,
+            device_id: self.profile().device_id,
+            relay_peer: String::new(),
+            states: HashMap::new(),
+            pending: BTreeSet::new(),
+            all: BTreeSet::new(),
+            sent_changes: BTreeSet::new(),
+            received: BTreeSet::new(),
+            unavailable: BTreeSet::new(),
+            summary: SyncSummary::default(),
+            listener,
+            only: only.map(|ids| ids.iter().copied().collect()),
+        };
+        let result = session.run();
+        // Whatever happened, keep what was learnt about the relay's heads.
+        let saved = session.save_states();
+        let _ = session.ws.close(None);
+        let _ = session.ws.flush();
+        result?;
+        saved?;
+        Ok(session.summary)
+    }
+}
+
+/// Maps the relay's HTTP refusal to the error the app acts on.
+fn refused(status: u16, body: Option<&[u8]>) -> Error {
+    let json: serde_json::Value = body
+        .and_then(|b| serde_json::from_slice(b).ok())
+        .unwrap_or_default();
+    match (status, json["error"].as_str()) {
+        (403, Some("revoked")) => Error::Revoked,
+        (401, _) => Error::Unauthorized("the relay does not accept this device's token".into()),
+        (429, _) => {
+            Error::Network("too many connections from this device; try again shortly".into())
+        }
+        _ => Error::Network(format!("the relay refused the sync connection ({status})")),
+    }
+}
+
+impl Session<'_> {
+    fn send(&mut self, m: Message) -> Result<()> {
+        tracing::trace!(message = %describe(&m), "sync send");
+        let bytes = m.encode();
+        self.summary.bytes_sent += bytes.len() as u64;
+        self.summary.messages_sent += 1;
+        self.ws
+            .send(WsMessage::Binary(bytes.into()))
+            .map_err(|e| network("sending to the relay", e))
+    }
+
+    fn receive(&mut self) -> Result<Message> {
+        loop {
+            match self
+                .ws
+                .read()
+                .map_err(|e| network("the sync connection dropped", e))?
+            {
+                WsMessage::Binary(bytes) => {
+                    self.summary.bytes_received += bytes.len() as u64;
+                    self.summary.messages_received += 1;
+                    let m = Message::decode(&bytes)
+                        .map_err(|e| network("the relay sent a malformed message", e));
+                    if let Ok(m) = &m {
+                        tracing::trace!(message = %describe(m), pending = self.pending.len(), "sync receive");
+                    }
+                    return m;
+                }
+                WsMessage::Close(_) => {
+                    return Err(Error::Network("the relay closed the connection".into()));
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    fn run(&mut self) -> Result<()> {
+        self.send(Message::Join {
+            sender_id: self.device_id.clone(),
+            peer_metadata: PeerMetadata {
+                storage_id: None,
+                is_ephemeral: false,
+            },
+            supported_protocol_versions: vec![PROTOCOL_VERSION.into()],
+        })?;
+        match self.receive()? {
+            Message::Peer {
+                sender_id,
+                selected_protocol_version,
+                ..
+            } if selected_protocol_version == PROTOCOL_VERSION => {
+                self.relay_peer = sender_id;
+            }
+            Message::Error { message } => {
+                return Err(Error::Network(format!(
+                    "the relay refused the connection: {message}"
+                )));
+            }
+            other => {
+                return Err(Error::Network(format!(
+                    "expected 'peer' from the relay, got '{}'",
+                    other.message_type()
+                )));
+            }
+        }
+        let mut docs: Vec<DocumentId> = match &self.only {
+            Some(only) => only.iter().copied().collect(),
+            None => {
+                let mut d: Vec<DocumentId> = self
+                    .repo
+                    .document_ids()?
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect();
+                d.extend(self.repo.directory_listing()?);
+                d
+            }
+        };
+        // The directory first: it names the documents this device lacks.
+        docs.sort_by_key(|id| *id != self.repo.directory_id());
+        for id in docs {
+            self.start(id)?;
+        }
+        while !self.pending.is_empty() {
+            let m = self.receive()?;
+            match m {
+                Message::Sync {
+                    document_id, data, ..
+                }
+                | Message::Request {
+                    document_id, data, ..
+                } => {
+                    let Ok(id) = DocumentId::parse(&document_id, "document id") else {
+                        continue;
+                    };
+                    let message = sync::Message::decode(&data)
+                        .map_err(|e| network("the relay sent a malformed sync message", e))?;
+                    self.handle(id, message)?;
+                }
+                Message::DocUnavailable { document_id, .. } => {
+                    if let Ok(id) = DocumentId::parse(&document_id, "document id") {
+                        if self.pending.remove(&id) {
+                            self.unavailable.insert(id);
+                        }
+                    }
+                }
+                Message::Error { message } => {
+                    return Err(Error::Network(format!(
+                        "the relay ended the sync: {message}"
+                    )));
+                }
+                _ => {}
+            }
+            self.report();
+        }
+        self.summary.documents_sent = self.sent_changes.len() as u32;
+        self.summary.documents_received = self.received.len() as u32;
+        self.summary.documents_unavailable = self.unavailable.len() as u32;
+        self.summary.documents_total = self.all.len() as u32;
+        let _ = self.send(Message::Leave {
+            sender_id: self.device_id.clone(),
+        });
+        Ok(())
+    }
+
+    fn report(&self) {
+        if let Some(l) = self.listener {
+            l.progress(&SyncProgress {
+                documents_done: (self.all.len() - self.pending.len()) as u32,
+                documents_total: self.all.len() as u32,
+                bytes_sent: self.summary.bytes_sent,
+                bytes_received: self.summary.bytes_received,
+            });
+        }
+    }
+
+    fn state(&mut self, id: DocumentId) -> Result<sync::State> {
+        if let Some(s) = self.states.remove(&id) {
+            return Ok(s);
+        }
+        Ok(self
+            .repo
+            .load_sync_state(id, &self.relay_peer)?
+            .unwrap_or_default())
+    }
+
+    /// Opens the sync of one document.
+    fn start(&mut self, id: DocumentId) -> Result<()> {
+        if !self.all.insert(id) {
+            return Ok(());
+        }
+        self.pending.insert(id);
+        let mut state = self.state(id)?;
+        let (message, held) = self.repo.generate_sync_message(id, &mut state)?;
+        self.states.insert(id, state);
+        let Some(message) = message else {
+            // Nothing to say: we already know they have what we have.
+            self.pending.remove(&id);
+            return Ok(());
+        };
+        if held && !message.changes.is_empty() {
+            self.sent_changes.insert(id);
+        }
+        let (sender_id, target_id, document_id, data) = (
+            self.device_id.clone(),
+            self.relay_peer.clone(),
+            id.to_string(),
+            message.encode(),
+        );
+        self.send(if held {
+            Message::Sync {
+                sender_id,
+                target_id,
+                document_id,
+                data,
+            }
+        } else {
+            Message::Request {
+                sender_id,
+                target_id,
+                document_id,
+                data,
+            }
+        })
+    }
+
+    fn handle(&mut self, id: DocumentId, message: sync::Message) -> Result<()> {
+        let mut state = self.state(id)?;
+        let changed = self.repo.receive_sync_message(id, &mut state, message)?;
+        if changed {
+            self.received.insert(id);
+        }
+        let (reply, _) = self.repo.generate_sync_message(id, &mut state)?;
+        if let Some(reply) = reply {
+            if !reply.changes.is_empty() {
+                self.sent_changes.insert(id);
+            }
+            self.send(Message::Sync {
+                sender_id: self.device_id.clone(),
+                target_id: self.relay_peer.clone(),
+                document_id: id.to_string(),
+                data: reply.encode(),
+            })?;
+        }
+        // In sync once the relay's last stated heads are ours: whatever we
+        // just sent is only an acknowledgement, which needs no answer.
+        let in_sync = match &state.their_heads {
+            Some(theirs) => self.repo.has_exact_heads(id, theirs)?,
+            None => false,
+        };
+        self.states.insert(id, state);
+        if in_sync {
+            self.pending.remove(&id);
+        }
+        if changed && self.only.is_none() && id == self.repo.directory_id() {
+            for listed in self.repo.directory_listing()? {
+                self.start(listed)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn save_states(&self) -> Result<()> {
+        self.repo.save_sync_states(&self.relay_peer, &self.states)
+    }
+}
+
+impl Repo {
+    /// A sync message for one document (from an empty document if this
+    /// device does not hold it); the flag says whether it does.
+    pub(crate) fn generate_sync_message(
+        &self,
+        id: DocumentId,
+        state: &mut sync::State,
+    ) -> Result<(Option<sync::Message>, bool)> {
+        let held = self.with_doc(id, |doc, _| doc.sync().generate_sync_message(state))?;
+        Ok(match held {
+            Some(m) => (m, true),
+            None => (AutoCommit::new().sync().generate_sync_message(state), false),
+        })
+    }
+
+    /// Whether this device's heads for `id` are exactly `heads`.
+    fn has_exact_heads(&self, id: DocumentId, heads: &[automerge::ChangeHash]) -> Result<bool> {
+        let mut theirs = heads.to_vec();
+        theirs.sort();
+        let ours = self.with_doc(id, |doc, _| doc.get_heads())?;
+        Ok(match ours {
+            Some(mut ours) => {
+                ours.sort();
+                ours == theirs
+            }
+            None => theirs.is_empty(),
+        })
+    }
+
+    /// Applies a sync message, committing what it brought before returning.
+    pub(crate) fn receive_sync_message(
+        &self,
+        id: DocumentId,
+        state: &mut sync::State,
+        message: sync::Message,
+    ) -> Result<bool> {
+        let team = self.profile().team;
+        self.write(|txn| {
+            if txn.exists(id)? {
+                let (doc, _) = txn.doc(id, "document")?;
+                let before = doc.get_heads();
+                doc.sync().receive_sync_message(state, message)?;
+                return Ok(doc.get_heads() != before);
+            }
+            let mut doc = AutoCommit::new();
+            doc.sync().receive_sync_message(state, message)?;
+            if doc.get_heads().is_empty() {
+                return Ok(false);
+            }
+            let key = id.to_string();
+            let kind = am::read_header(&doc, &key)?;
+            if am::get_str(&doc, &automerge::ROOT, "team").as_deref() != Some(team.as_str()) {
+                return Err(Error::InvalidDocument(format!(
+                    "{key} belongs to another team"
+                )));
+            }
+            if kind == DocumentType::TeamDirectory && id != DocumentId::team_directory(&team) {
+                return Err(Error::InvalidDocument(format!(
+                    "{key} is not this team's directory"
+                )));
+            }
+            txn.create(id, kind, doc)?;
+            Ok(true)
+        })
+    }
+
+    pub(crate) fn load_sync_state(
+        &self,
+        id: DocumentId,
+        peer: &str,
+    ) -> Result<Option<sync::State>> {
+        let bytes: Option<Vec<u8>> = self.query_row_opt(
+            "SELECT state FROM sync_states WHERE doc_id = ?1 AND peer_id = ?2",
+            &[&id.to_string(), &peer],
+        )?;
+        Ok(bytes.and_then(|b| sync::State::decode(&b).ok()))
+    }
+
+    pub(crate) fn save_sync_states(
+        &self,
+        peer: &str,
+        states: &HashMap<DocumentId, sync::State>,
+    ) -> Result<()> {
+        if peer.is_empty() || states.is_empty() {
+            return Ok(());
+        }
+        self.with_writer_tx(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO sync_states (doc_id, peer_id, state) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(doc_id, peer_id) DO UPDATE SET state = excluded.state",
+            )?;
+            for (id, state) in states {
+                stmt.execute(rusqlite::params![id.to_string(), peer, state.encode()])?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A message for trace logs: type, document, heads and sizes (no content).
+fn describe(m: &Message) -> String {
+    match m {
+        Message::Sync {
+            document_id, data, ..
+        }
+        | Message::Request {
+            document_id, data, ..
+        } => {
+            let s = sync::Message::decode(data)
+                .map(|m| {
+                    format!(
+                        "heads={:?} need={:?} changes={}",
+                        m.heads,
+                        m.need,
+                        m.changes.len()
+                    )
+                })
+                .unwrap_or_default();
+            format!("{} {} {}", m.message_type(), document_id, s)
+        }
+        other => other.message_type().to_string(),
+    }
+}

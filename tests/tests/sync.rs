@@ -1,0 +1,229 @@
+//! Devices converge through a real `linkbook-server` on 127.0.0.1 over TLS,
+//! and only within their team.
+
+use chrono::Utc;
+use linkbook_core::*;
+use linkbook_tests::Relay;
+
+struct Device {
+    repo: Repo,
+    _dir: tempfile::TempDir,
+}
+
+fn enrolled(relay: &Relay, team: &str, worker: &str) -> Device {
+    let dir = tempfile::tempdir().expect("dir");
+    let repo = Repo::open(dir.path().join("linkbook.db"), &DatabaseKey::generate()).expect("open");
+    let code = relay.enrol_code(team, worker);
+    let e = repo
+        .enrol(
+            &relay.url,
+            &code,
+            Some(&relay.ca_pem()),
+            &format!("{worker}'s tablet"),
+        )
+        .expect("enrol");
+    assert_eq!(e.team, team);
+    Device { repo, _dir: dir }
+}
+
+#[test]
+fn notes_written_offline_on_two_devices_reach_both_through_the_relay() -> Result<()> {
+    let relay = Relay::start();
+    let a = enrolled(&relay, "north", "Asha");
+    let b = enrolled(&relay, "north", "Ben");
+
+    let family = a.repo.add_family(&NewFamily {
+        name: "Smith".into(),
+        ..Default::default()
+    })?;
+    let first = a
+        .repo
+        .add_note(family, "Initial assessment done", NoteCategory::Visit)?;
+    let s = a.repo.sync(None)?;
+    assert!(s.documents_sent >= 2, "{s:?}");
+
+    // B learns of the family from the team directory.
+    let s = b.repo.sync(None)?;
+    assert!(s.documents_received >= 2, "{s:?}");
+    assert_eq!(
+        b.repo
+            .notes(family)?
+            .iter()
+            .map(|n| n.id.clone())
+            .collect::<Vec<_>>(),
+        vec![first.clone()]
+    );
+
+    // Both offline: notes and a rename each.
+    let note_a = a.repo.add_note(
+        family,
+        "Phoned mum about the visit",
+        NoteCategory::PhoneCall,
+    )?;
+    let note_b = b
+        .repo
+        .add_note(family, "School meeting booked", NoteCategory::School)?;
+    a.repo.update_family(
+        family,
+        &FamilyUpdate {
+            name: Some("Smith-Jones".into()),
+            ..Default::default()
+        },
+    )?;
+    b.repo.update_family(
+        family,
+        &FamilyUpdate {
+            name: Some("Smyth".into()),
+            ..Default::default()
+        },
+    )?;
+
+    b.repo.sync(None)?;
+    a.repo.sync(None)?;
+    b.repo.sync(None)?;
+
+    for repo in [&a.repo, &b.repo] {
+        let ids: Vec<String> = repo.notes(family)?.into_iter().map(|n| n.id).collect();
+        for n in [&first, &note_a, &note_b] {
+            assert!(ids.contains(n), "note {n} missing");
+        }
+        let conflicts = repo.conflicts()?;
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        assert_eq!(conflicts[0].path, "household/name");
+    }
+    assert_eq!(a.repo.heads(family)?, b.repo.heads(family)?);
+    assert_eq!(a.repo.family(family)?, b.repo.family(family)?);
+
+    // Nothing changed: the next sync moves no changes.
+    let s = a.repo.sync(None)?;
+    assert_eq!((s.documents_sent, s.documents_received), (0, 0), "{s:?}");
+    Ok(())
+}
+
+#[test]
+fn three_tablets_at_a_family_day_give_the_union_of_attendance() -> Result<()> {
+    let relay = Relay::start();
+    let office = enrolled(&relay, "north", "Office");
+    let families: Vec<DocumentId> = ["Smith", "Jones", "Patel", "Okafor"]
+        .iter()
+        .map(|n| {
+            office.repo.add_family(&NewFamily {
+                name: (*n).into(),
+                ..Default::default()
+            })
+        })
+        .collect::<Result<_>>()?;
+    let day = office.repo.create_family_day(&NewFamilyDay {
+        prison: "HMP Leeds".into(),
+        date: Utc::now().date_naive(),
+        capacity: Some(20),
+    })?;
+    office.repo.sync(None)?;
+    let tablets: Vec<Device> = (0..3)
+        .map(|i| enrolled(&relay, "north", &format!("Tablet {i}")))
+        .collect();
+    for t in &tablets {
+        t.repo.sync(None)?;
+    }
+    // Offline at the prison: overlapping check-ins.
+    tablets[0].repo.check_in(day, families[0], 2, 1)?;
+    tablets[1].repo.check_in(day, families[0], 2, 1)?;
+    tablets[1].repo.check_in(day, families[1], 1, 3)?;
+    tablets[2].repo.check_in(day, families[2], 1, 0)?;
+    tablets[2].repo.check_in(day, families[3], 2, 2)?;
+    for t in &tablets {
+        t.repo.sync(None)?;
+    }
+    office.repo.sync(None)?;
+    let fd = office.repo.family_day(day)?;
+    assert_eq!(fd.attendance.len(), 4, "{:?}", fd.attendance);
+    let mut ids: Vec<DocumentId> = fd.attendance.iter().map(|a| a.family_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "a family counted twice");
+    let summary = &office.repo.family_days()?[0];
+    assert_eq!(
+        (summary.families_attended, summary.adults, summary.children),
+        (4, 6, 6)
+    );
+    Ok(())
+}
+
+#[test]
+fn a_device_of_another_team_cannot_get_documents_and_a_revoked_device_gets_nothing() -> Result<()> {
+    let relay = Relay::start();
+    let a = enrolled(&relay, "north", "Asha");
+    let family = a.repo.add_family(&NewFamily {
+        name: "Smith".into(),
+        ..Default::default()
+    })?;
+    a.repo
+        .add_note(family, "confidential", NoteCategory::Visit)?;
+    a.repo.sync(None)?;
+
+    // Team B asks for team A's family by id: answered as for a missing one.
+    let b = enrolled(&relay, "south", "Ben");
+    let s = b.repo.sync(None)?;
+    assert_eq!(s.documents_received, 0);
+    let dir = tempfile::tempdir().expect("dir");
+    let probe = Repo::open(dir.path().join("p.db"), &DatabaseKey::generate())?;
+    let code = relay.enrol_code("south", "Cara");
+    probe.enrol(&relay.url, &code, Some(&relay.ca_pem()), "probe")?;
+    // Asked by id, another team's family and a family that does not exist get
+    // the same answer.
+    let missing = DocumentId::random();
+    let s = probe.sync_documents(&[family, missing], None)?;
+    assert_eq!(
+        (s.documents_received, s.documents_unavailable),
+        (0, 2),
+        "{s:?}"
+    );
+    assert!(matches!(probe.family(family), Err(Error::NotFound { .. })));
+
+    // Revoked: the next connection is refused as revoked.
+    let id = a.repo.profile().device_id;
+    let r = relay.admin(&["device", "revoke", &id]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(matches!(a.repo.sync(None), Err(Error::Revoked)));
+
+    // An enrolment code works once only.
+    let code = relay.enrol_code("north", "Dee");
+    let dir2 = tempfile::tempdir().expect("dir");
+    let c = Repo::open(dir2.path().join("c.db"), &DatabaseKey::generate())?;
+    c.enrol(&relay.url, &code, Some(&relay.ca_pem()), "tablet")?;
+    let dir3 = tempfile::tempdir().expect("dir");
+    let d = Repo::open(dir3.path().join("d.db"), &DatabaseKey::generate())?;
+    assert!(matches!(
+        d.enrol(&relay.url, &code, Some(&relay.ca_pem()), "tablet"),
+        Err(Error::Unauthorized(_))
+    ));
+    assert!(!relay.log().contains(&code), "an enrolment code was logged");
+    Ok(())
+}
+
+#[test]
+fn the_relay_restarted_between_syncs_loses_nothing() -> Result<()> {
+    let relay = Relay::start();
+    let a = enrolled(&relay, "north", "Asha");
+    let b = enrolled(&relay, "north", "Ben");
+    let family = a.repo.add_family(&NewFamily {
+        name: "Smith".into(),
+        ..Default::default()
+    })?;
+    let notes: Vec<String> = (0..20)
+        .map(|i| {
+            a.repo
+                .add_note(family, &format!("note {i}"), NoteCategory::Other)
+        })
+        .collect::<Result<_>>()?;
+    a.repo.sync(None)?;
+    let data = relay.stop();
+    let relay = Relay::start_in(data);
+    // The restarted relay listens on a new port; the device keeps trusting
+    // the same development CA, kept in the relay's data directory.
+    b.repo.set_server_url(&relay.url)?;
+    b.repo.sync(None)?;
+    let got: Vec<String> = b.repo.notes(family)?.into_iter().map(|n| n.id).collect();
+    assert_eq!(got.len(), notes.len());
+    Ok(())
+}
