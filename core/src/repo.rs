@@ -909,7 +909,7 @@ fn fts_query(query: &str) -> Result<String> {
                 .chars()
                 .filter(|c| c.is_alphanumeric() || *c == '\'' || *c == '-')
                 .collect();
-            let word = word.replace('\'', " ").replace('-', " ");
+            let word = word.replace(['\'', '-'], " ");
             let word = word.trim();
             (!word.is_empty()).then(|| format!("\"{word}\"{}", if prefix { "*" } else { "" }))
         })

@@ -90,13 +90,12 @@ pub fn enrol(
 /// The bearer token of a request: `Authorization: Bearer` or, for browsers
 /// that cannot set headers on a WebSocket, `?token=`.
 pub fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    if let Some(v) = headers
+    if let Some(t) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
     {
-        if let Some(t) = v.strip_prefix("Bearer ") {
-            return Some(t.trim().to_string());
-        }
+        return Some(t.trim().to_string());
     }
     query?
         .split('&')

@@ -376,14 +376,14 @@ impl Hub {
         };
         let key = id.to_string();
         let mut s = slot.lock().await;
-        if !s.states.contains_key(&conn_id) {
+        if let std::collections::hash_map::Entry::Vacant(e) = s.states.entry(conn_id) {
             let saved = blocking(|| self.storage.sync_state(&key, &device.id))
                 .ok()
                 .flatten();
             let state = saved
                 .and_then(|b| sync::State::decode(&b).ok())
                 .unwrap_or_default();
-            s.states.insert(conn_id, (device.id.clone(), state));
+            e.insert((device.id.clone(), state));
         }
         let before = s.doc.get_heads();
         {
@@ -396,10 +396,9 @@ impl Hub {
         }
         let after = s.doc.get_heads();
         if before != after {
-            self.store(&key, &mut s, &before, device).map_err(|close| {
+            self.store(&key, &mut s, &before, device).inspect_err(|_| {
                 // Not stored, so not kept: reload from storage next time.
                 lock(&self.docs).remove(&id);
-                close
             })?;
         }
         if is_request && s.doc.get_heads().is_empty() {

@@ -177,7 +177,7 @@ pub(crate) fn read(doc: &AutoCommit, id: DocumentId) -> FamilyDay {
                     .collect(),
             });
         }
-        attendance.sort_by(|x, y| (x.arrived_at, x.family_id).cmp(&(y.arrived_at, y.family_id)));
+        attendance.sort_by_key(|a| (a.arrived_at, a.family_id));
     }
     FamilyDay {
         id,

@@ -94,10 +94,12 @@ impl DocCache {
         }
         self.tick += 1;
         let tick = self.tick;
-        Ok(self.docs.get_mut(&id).map(|c| {
+        let cached = self.docs.get_mut(&id);
+        if let Some(c) = cached {
             c.last_used = tick;
-            c
-        }))
+            return Ok(Some(c));
+        }
+        Ok(None)
     }
 }
 

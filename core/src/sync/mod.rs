@@ -381,10 +381,10 @@ impl Session<'_> {
                     self.handle(id, message)?;
                 }
                 Message::DocUnavailable { document_id, .. } => {
-                    if let Ok(id) = DocumentId::parse(&document_id, "document id") {
-                        if self.pending.remove(&id) {
-                            self.unavailable.insert(id);
-                        }
+                    if let Ok(id) = DocumentId::parse(&document_id, "document id")
+                        && self.pending.remove(&id)
+                    {
+                        self.unavailable.insert(id);
                     }
                 }
                 Message::Error { message } => {
