@@ -33,4 +33,6 @@ pub use model::{
 };
 pub use repo::{Clock, DeviceProfile, LOCAL_TEAM, Repo};
 pub use store::DatabaseKey;
-pub use sync::{Enrolment, SyncListener, SyncProgress, SyncSummary};
+pub use sync::{
+    DeviceCredentials, Enrolment, SyncListener, SyncProgress, SyncSummary, enrol_device,
+};

@@ -95,50 +95,20 @@ impl Repo {
         ca_pem: Option<&str>,
         device_name: &str,
     ) -> Result<Enrolment> {
-        let endpoint = Endpoint::parse(server_url)?;
-        let code = validate::required_text("enrolment code", code, 64)?;
-        let device_name = validate::required_text("device name", device_name, 200)?;
-        let (status, body) = net::post_json(
-            &endpoint,
-            ca_pem,
-            "/v1/enrol",
-            &serde_json::json!({ "code": code, "device_name": device_name }),
-        )?;
-        if status != 200 {
-            let why = body["message"]
-                .as_str()
-                .unwrap_or("enrolment refused")
-                .to_string();
-            return Err(match status {
-                400..=499 => Error::Unauthorized(why),
-                _ => Error::Network(format!("the relay answered {status}: {why}")),
-            });
-        }
-        let field = |k: &str| {
-            body[k]
-                .as_str()
-                .map(str::to_string)
-                .ok_or_else(|| network("relay answer", format!("no {k}")))
-        };
-        let (device_id, token, team, worker) = (
-            field("device_id")?,
-            field("token")?,
-            field("team")?,
-            field("worker")?,
-        );
-        self.rehome(&team)?;
+        let c = enrol_device(server_url, code, ca_pem, device_name)?;
+        self.rehome(&c.team)?;
         self.set_profile_values(&[
-            ("device_id", device_id.as_str()),
-            ("worker", worker.as_str()),
+            ("device_id", c.device_id.as_str()),
+            ("worker", c.worker.as_str()),
             ("server_url", server_url.trim()),
             ("server_ca", ca_pem.unwrap_or("")),
-            ("token", token.as_str()),
+            ("token", c.token.as_str()),
         ])?;
         Ok(Enrolment {
             server_url: server_url.trim().to_string(),
-            device_id,
-            team,
-            worker,
+            device_id: c.device_id,
+            team: c.team,
+            worker: c.worker,
         })
     }
 
@@ -264,6 +234,67 @@ impl Repo {
         saved?;
         Ok(session.summary)
     }
+}
+
+/// A device's credentials from the relay; `token` is shown only this once.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DeviceCredentials {
+    pub device_id: String,
+    pub token: String,
+    pub team: String,
+    pub worker: String,
+}
+
+impl std::fmt::Debug for DeviceCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceCredentials")
+            .field("device_id", &self.device_id)
+            .field("team", &self.team)
+            .field("worker", &self.worker)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Enrols a device with the relay (`POST /v1/enrol`) without storing
+/// anything: [`Repo::enrol`] uses it; so can a peer that is not a Linkbook
+/// store (an automerge-repo client needs a token too).
+pub fn enrol_device(
+    server_url: &str,
+    code: &str,
+    ca_pem: Option<&str>,
+    device_name: &str,
+) -> Result<DeviceCredentials> {
+    let endpoint = Endpoint::parse(server_url)?;
+    let code = validate::required_text("enrolment code", code, 64)?;
+    let device_name = validate::required_text("device name", device_name, 200)?;
+    let (status, body) = net::post_json(
+        &endpoint,
+        ca_pem,
+        "/v1/enrol",
+        &serde_json::json!({ "code": code, "device_name": device_name }),
+    )?;
+    if status != 200 {
+        let why = body["message"]
+            .as_str()
+            .unwrap_or("enrolment refused")
+            .to_string();
+        return Err(match status {
+            400..=499 => Error::Unauthorized(why),
+            _ => Error::Network(format!("the relay answered {status}: {why}")),
+        });
+    }
+    let field = |k: &str| {
+        body[k]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| network("relay answer", format!("no {k}")))
+    };
+    Ok(DeviceCredentials {
+        device_id: field("device_id")?,
+        token: field("token")?,
+        team: field("team")?,
+        worker: field("worker")?,
+    })
 }
 
 /// Maps the relay's HTTP refusal to the error the app acts on.
