@@ -41,12 +41,21 @@ pub struct Relay {
 
 impl Relay {
     pub fn start() -> Relay {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra command-line options (limits).
+    pub fn start_with(args: &[&str]) -> Relay {
         let data = tempfile::tempdir().expect("relay dir");
-        Self::start_in(data)
+        Self::launch(data, args)
     }
 
     /// Starts on an existing data directory (a restart).
     pub fn start_in(data: TempDir) -> Relay {
+        Self::launch(data, &[])
+    }
+
+    fn launch(data: TempDir, args: &[&str]) -> Relay {
         use std::io::BufRead;
         let stderr_log = data.path().join("relay.log");
         let log = std::fs::OpenOptions::new()
@@ -58,6 +67,7 @@ impl Relay {
             .arg("--data")
             .arg(data.path())
             .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(log)
             .spawn()
@@ -87,6 +97,11 @@ impl Relay {
             child: Some(child),
             stderr_log,
         }
+    }
+
+    /// host:port the relay listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.url.trim_start_matches("https://").parse().expect("relay address")
     }
 
     /// The development CA devices trust.
@@ -236,5 +251,76 @@ impl CliDevice {
             .expect("key");
         conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .expect("integrity_check")
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 in front of `target` that cuts every connection
+/// once `cut_after` bytes have passed (both directions counted): a network
+/// that drops in the middle of a sync. Stops when dropped.
+#[derive(Debug)]
+pub struct CutProxy {
+    pub addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CutProxy {
+    pub fn start(target: std::net::SocketAddr, cut_after: usize) -> CutProxy {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        let addr = listener.local_addr().expect("proxy addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(target) else { continue };
+                let passed = Arc::new(AtomicUsize::new(0));
+                for (mut from, mut to) in [
+                    (client.try_clone().expect("clone"), server.try_clone().expect("clone")),
+                    (server, client),
+                ] {
+                    let passed = passed.clone();
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = [0u8; 4096];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let before = passed.fetch_add(n, Ordering::SeqCst);
+                            let allowed = cut_after.saturating_sub(before).min(n);
+                            if allowed > 0 && to.write_all(&buf[..allowed]).is_err() {
+                                break;
+                            }
+                            if allowed < n {
+                                break; // the cut
+                            }
+                        }
+                        let _ = from.shutdown(Shutdown::Both);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        CutProxy { addr, stop }
+    }
+
+    /// `https://127.0.0.1:PORT` of the proxy.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect(self.addr);
     }
 }

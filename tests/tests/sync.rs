@@ -227,3 +227,68 @@ fn the_relay_restarted_between_syncs_loses_nothing() -> Result<()> {
     assert_eq!(got.len(), notes.len());
     Ok(())
 }
+
+#[test]
+fn a_sync_cut_mid_way_keeps_its_progress_and_the_next_sync_completes() -> Result<()> {
+    let relay = Relay::start();
+    let a = enrolled(&relay, "north", "Asha");
+    let b = enrolled(&relay, "north", "Ben");
+    let mut written = Vec::new();
+    let mut families = Vec::new();
+    for f in 0..6 {
+        let family = a.repo.add_family(&NewFamily { name: format!("Family {f}"), ..Default::default() })?;
+        for n in 0..30 {
+            written.push(a.repo.add_note(family, &format!("family {f} note {n}: {}", "x".repeat(200)), NoteCategory::Visit)?);
+        }
+        families.push(family);
+    }
+    // The network drops after a few kilobytes, several times over.
+    let mut cuts = 0;
+    for cut_after in [3_000usize, 9_000, 20_000] {
+        let proxy = linkbook_tests::CutProxy::start(relay.addr(), cut_after);
+        a.repo.set_server_url(&proxy.url())?;
+        match a.repo.sync(None) {
+            Err(Error::Network(_)) => cuts += 1,
+            Ok(_) => {}
+            Err(other) => panic!("unexpected error: {other:?}"),
+        }
+    }
+    assert!(cuts >= 2, "the proxy did not cut the syncs");
+    a.repo.set_server_url(&relay.url)?;
+    a.repo.sync(None)?;
+    let s = b.repo.sync(None)?;
+    assert_eq!(s.documents_received, 7, "{s:?}");
+    let mut got = Vec::new();
+    for f in &families {
+        got.extend(b.repo.notes(*f)?.into_iter().map(|n| n.id));
+    }
+    got.sort();
+    written.sort();
+    assert_eq!(got, written, "notes lost or doubled");
+    Ok(())
+}
+
+#[test]
+fn progress_is_reported_until_every_document_is_done() -> Result<()> {
+    use std::sync::Mutex;
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<SyncProgress>>);
+    impl SyncListener for Recorder {
+        fn progress(&self, p: &SyncProgress) {
+            self.0.lock().expect("lock").push(p.clone());
+        }
+    }
+    let relay = Relay::start();
+    let a = enrolled(&relay, "north", "Asha");
+    for i in 0..5 {
+        a.repo.add_family(&NewFamily { name: format!("F{i}"), ..Default::default() })?;
+    }
+    let recorder = Recorder::default();
+    let summary = a.repo.sync(Some(&recorder))?;
+    let seen = recorder.0.lock().expect("lock");
+    let last = seen.last().expect("progress reported");
+    assert_eq!((last.documents_done, last.documents_total), (6, 6));
+    assert_eq!(summary.documents_total, 6);
+    assert!(seen.windows(2).all(|w| w[0].documents_done <= w[1].documents_done && w[0].bytes_received <= w[1].bytes_received));
+    Ok(())
+}
