@@ -101,7 +101,10 @@ impl Relay {
 
     /// host:port the relay listens on.
     pub fn addr(&self) -> std::net::SocketAddr {
-        self.url.trim_start_matches("https://").parse().expect("relay address")
+        self.url
+            .trim_start_matches("https://")
+            .parse()
+            .expect("relay address")
     }
 
     /// The development CA devices trust.
@@ -266,8 +269,8 @@ pub struct CutProxy {
 impl CutProxy {
     pub fn start(target: std::net::SocketAddr, cut_after: usize) -> CutProxy {
         use std::net::{Shutdown, TcpListener, TcpStream};
-        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
         let addr = listener.local_addr().expect("proxy addr");
         let stop = Arc::new(AtomicBool::new(false));
@@ -278,10 +281,15 @@ impl CutProxy {
                     break;
                 }
                 let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(target) else { continue };
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
                 let passed = Arc::new(AtomicUsize::new(0));
                 for (mut from, mut to) in [
-                    (client.try_clone().expect("clone"), server.try_clone().expect("clone")),
+                    (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    ),
                     (server, client),
                 ] {
                     let passed = passed.clone();
@@ -322,5 +330,62 @@ impl Drop for CutProxy {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         // Wake the accept loop so it sees the flag.
         let _ = std::net::TcpStream::connect(self.addr);
+    }
+}
+
+/// A WebSocket to the relay's sync endpoint over rustls, trusting `ca_pem`.
+pub type RelaySocket =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// Opens the sync WebSocket by hand (as any automerge-repo peer would), with
+/// `token` as bearer credentials; the error is the relay's refusal.
+pub async fn relay_socket(
+    relay_url: &str,
+    ca_pem: &str,
+    token: &str,
+) -> Result<RelaySocket, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::sync::Arc;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let addr = relay_url.trim_start_matches("https://");
+    let (host, port) = addr.rsplit_once(':').ok_or("no port")?;
+    let port: u16 = port.parse().map_err(|_| "bad port")?;
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut request = format!("wss://{addr}/v1/sync")
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {token}").parse().map_err(|_| "bad token")?,
+    );
+    match tokio_tungstenite::client_async(request, tls).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(format!(
+            "{} {}",
+            resp.status().as_u16(),
+            String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default())
+        )),
+        Err(e) => Err(e.to_string()),
     }
 }

@@ -9,10 +9,7 @@ use automerge::{ObjType, ROOT, ReadDoc};
 use futures_util::{SinkExt, StreamExt};
 use linkbook_core::*;
 use linkbook_tests::Relay;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// Dials the relay over rustls (trusting its development CA) with the
 /// device's bearer token, as any automerge-repo peer of Linkbook must.
@@ -48,44 +45,9 @@ impl samod::Dialer for RelayDialer {
         let (ws_url, token, ca_pem) =
             (self.ws_url.clone(), self.token.clone(), self.ca_pem.clone());
         Box::pin(async move {
-            let fail = |e: &dyn std::fmt::Display| {
-                samod::DialError::PermanentFailure(DialFailed(e.to_string()))
-            };
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-                roots
-                    .add(cert.map_err(|e| fail(&e))?)
-                    .map_err(|e| fail(&e))?;
-            }
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| fail(&e))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            let url = url::Url::parse(&ws_url).map_err(|e| fail(&e))?;
-            let host = url.host_str().unwrap_or_default().to_string();
-            let port = url.port().unwrap_or(443);
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            let ws = linkbook_tests::relay_socket(&ws_url, &ca_pem, &token)
                 .await
-                .map_err(|e| fail(&e))?;
-            let name = ServerName::try_from(host).map_err(|e| fail(&e))?;
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-                .connect(name, tcp)
-                .await
-                .map_err(|e| fail(&e))?;
-            let mut request = ws_url
-                .as_str()
-                .into_client_request()
-                .map_err(|e| fail(&e))?;
-            request.headers_mut().insert(
-                "Authorization",
-                format!("Bearer {token}").parse().map_err(|e| fail(&e))?,
-            );
-            let (ws, _) = tokio_tungstenite::client_async(request, tls)
-                .await
-                .map_err(|e| fail(&e))?;
+                .map_err(|e| samod::DialError::PermanentFailure(DialFailed(e)))?;
             let (sink, stream) = ws.split();
             let stream = stream.filter_map(|m| async move {
                 match m {
@@ -158,7 +120,7 @@ async fn a_samod_peer_reads_and_writes_a_family_through_the_relay() {
         .await;
     let dialer = RelayDialer {
         url: url::Url::parse(&url).expect("url"),
-        ws_url: format!("{}/v1/sync", url.replace("https://", "wss://")),
+        ws_url: url.clone(),
         token: creds.token.clone(),
         ca_pem: ca.clone(),
     };
@@ -232,6 +194,10 @@ async fn a_samod_peer_reads_and_writes_a_family_through_the_relay() {
             .iter()
             .any(|n| n.id == note_id && n.text == "Added by the samod peer"),
         "{notes:?}"
+    );
+    assert!(
+        !relay.log().contains(&creds.token),
+        "a device token was logged"
     );
     repo.stop().await;
 }

@@ -236,9 +236,16 @@ fn a_sync_cut_mid_way_keeps_its_progress_and_the_next_sync_completes() -> Result
     let mut written = Vec::new();
     let mut families = Vec::new();
     for f in 0..6 {
-        let family = a.repo.add_family(&NewFamily { name: format!("Family {f}"), ..Default::default() })?;
+        let family = a.repo.add_family(&NewFamily {
+            name: format!("Family {f}"),
+            ..Default::default()
+        })?;
         for n in 0..30 {
-            written.push(a.repo.add_note(family, &format!("family {f} note {n}: {}", "x".repeat(200)), NoteCategory::Visit)?);
+            written.push(a.repo.add_note(
+                family,
+                &format!("family {f} note {n}: {}", "x".repeat(200)),
+                NoteCategory::Visit,
+            )?);
         }
         families.push(family);
     }
@@ -281,7 +288,10 @@ fn progress_is_reported_until_every_document_is_done() -> Result<()> {
     let relay = Relay::start();
     let a = enrolled(&relay, "north", "Asha");
     for i in 0..5 {
-        a.repo.add_family(&NewFamily { name: format!("F{i}"), ..Default::default() })?;
+        a.repo.add_family(&NewFamily {
+            name: format!("F{i}"),
+            ..Default::default()
+        })?;
     }
     let recorder = Recorder::default();
     let summary = a.repo.sync(Some(&recorder))?;
@@ -289,6 +299,10 @@ fn progress_is_reported_until_every_document_is_done() -> Result<()> {
     let last = seen.last().expect("progress reported");
     assert_eq!((last.documents_done, last.documents_total), (6, 6));
     assert_eq!(summary.documents_total, 6);
-    assert!(seen.windows(2).all(|w| w[0].documents_done <= w[1].documents_done && w[0].bytes_received <= w[1].bytes_received));
+    assert!(
+        seen.windows(2)
+            .all(|w| w[0].documents_done <= w[1].documents_done
+                && w[0].bytes_received <= w[1].bytes_received)
+    );
     Ok(())
 }
