@@ -64,6 +64,10 @@ pub struct SyncSummary {
     pub bytes_received: u64,
 }
 
+/// How long a peer may be silent before heads-only announcements count as
+/// answered.
+const QUIET: std::time::Duration = std::time::Duration::from_millis(500);
+
 const PROFILE_KEYS: [&str; 4] = ["server_url", "server_ca", "token", "relay_peer"];
 
 struct Session<'a> {
@@ -74,6 +78,10 @@ struct Session<'a> {
     states: HashMap<DocumentId, sync::State>,
     /// Documents not yet known to be in sync.
     pending: BTreeSet<DocumentId>,
+    /// Pending documents whose last message asks for an answer (it carried
+    /// changes or needs, or was a request); the others are heads
+    /// announcements, which a peer with nothing to add may leave unanswered.
+    demanding: BTreeSet<DocumentId>,
     all: BTreeSet<DocumentId>,
     sent_changes: BTreeSet<DocumentId>,
     received: BTreeSet<DocumentId>,
@@ -217,6 +225,7 @@ impl Repo {
             relay_peer: String::new(),
             states: HashMap::new(),
             pending: BTreeSet::new(),
+            demanding: BTreeSet::new(),
             all: BTreeSet::new(),
             sent_changes: BTreeSet::new(),
             received: BTreeSet::new(),
@@ -323,6 +332,43 @@ impl Session<'_> {
             .map_err(|e| network("sending to the relay", e))
     }
 
+    /// The next message; `None` when the peer has been quiet for
+    /// [`QUIET`] while no pending document awaits an answer.
+    fn receive_or_quiet(&mut self) -> Result<Option<Message>> {
+        let mut quiet = std::time::Duration::ZERO;
+        loop {
+            match self.ws.read() {
+                Ok(WsMessage::Binary(bytes)) => {
+                    self.summary.bytes_received += bytes.len() as u64;
+                    self.summary.messages_received += 1;
+                    let m = Message::decode(&bytes)
+                        .map_err(|e| network("the relay sent a malformed message", e))?;
+                    tracing::trace!(message = %describe(&m), pending = self.pending.len(), "sync receive");
+                    return Ok(Some(m));
+                }
+                Ok(WsMessage::Close(_)) => {
+                    return Err(Error::Network("the relay closed the connection".into()));
+                }
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    quiet += QUIET;
+                    if self.pending.iter().all(|id| !self.demanding.contains(id)) {
+                        return Ok(None);
+                    }
+                    if quiet >= net::IO_TIMEOUT {
+                        return Err(Error::Network("the relay stopped answering".into()));
+                    }
+                }
+                Err(e) => return Err(network("the sync connection dropped", e)),
+            }
+        }
+    }
+
     fn receive(&mut self) -> Result<Message> {
         loop {
             match self
@@ -395,8 +441,25 @@ impl Session<'_> {
         for id in docs {
             self.start(id)?;
         }
+        // From here on, short reads: a peer that has nothing to add to a
+        // document may stay silent (automerge-repo's JavaScript server does).
+        self.ws
+            .get_ref()
+            .set_read_timeout(QUIET)
+            .map_err(|e| network("socket", e))?;
         while !self.pending.is_empty() {
-            let m = self.receive()?;
+            let Some(m) = self.receive_or_quiet()? else {
+                // Only heads announcements are unanswered: the peer had
+                // nothing to add, so those documents are in sync.
+                self.pending.clear();
+                break;
+            };
+            if let Message::Sync { document_id, .. } | Message::DocUnavailable { document_id, .. } =
+                &m
+                && let Ok(id) = DocumentId::parse(document_id, "document id")
+            {
+                self.demanding.remove(&id);
+            }
             match m {
                 Message::Sync {
                     document_id, data, ..
@@ -475,6 +538,9 @@ impl Session<'_> {
         if held && !message.changes.is_empty() {
             self.sent_changes.insert(id);
         }
+        if !held || !message.changes.is_empty() || !message.need.is_empty() {
+            self.demanding.insert(id);
+        }
         let (sender_id, target_id, document_id, data) = (
             self.device_id.clone(),
             self.relay_peer.clone(),
@@ -508,6 +574,9 @@ impl Session<'_> {
         if let Some(reply) = reply {
             if !reply.changes.is_empty() {
                 self.sent_changes.insert(id);
+            }
+            if !reply.changes.is_empty() || !reply.need.is_empty() {
+                self.demanding.insert(id);
             }
             self.send(Message::Sync {
                 sender_id: self.device_id.clone(),
