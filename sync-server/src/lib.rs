@@ -77,6 +77,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/enrol", post(enrol))
         .route("/v1/sync", get(sync_socket))
+        .route("/v1/changes", get(changes))
         .layer(DefaultBodyLimit::max(16 * 1024))
         .with_state(state)
 }
@@ -99,6 +100,29 @@ async fn enrol(
     })?;
     tracing::info!(device = %enrolled.device_id, team = %enrolled.team, "device enrolled");
     Ok(Json(enrolled))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ChangesQuery {
+    #[serde(default)]
+    since: i64,
+}
+
+/// The device's team's documents changed since a cursor: a reconnecting
+/// device syncs those (and its own changed ones), not everything.
+async fn changes(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<ChangesQuery>,
+) -> Result<Json<serde_json::Value>> {
+    let token = auth::token_from(&headers, None);
+    let (cursor, documents) = tokio::task::block_in_place(|| {
+        let device = auth::authenticate(&*state.storage, token.as_deref())?;
+        state.storage.changed_since(&device.team, q.since)
+    })?;
+    Ok(Json(
+        serde_json::json!({ "cursor": cursor, "documents": documents }),
+    ))
 }
 
 async fn sync_socket(

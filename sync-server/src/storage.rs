@@ -18,7 +18,10 @@ use crate::error::{Error, Result};
 /// Changes appended before the relay compacts a document into a snapshot.
 pub const COMPACT_AFTER: i64 = 256;
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/001_init.sql"),
+    include_str!("../migrations/002_change_cursor.sql"),
+];
 
 /// An enrolled device as the administrator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -82,6 +85,9 @@ pub trait Storage: Send + Sync + 'static {
         snapshot: Option<&[u8]>,
         now: DateTime<Utc>,
     ) -> Result<i64>;
+    /// The team's documents changed after cursor `since`, and the cursor to
+    /// ask from next time.
+    fn changed_since(&self, team: &str, since: i64) -> Result<(i64, Vec<String>)>;
     fn sync_state(&self, doc_id: &str, device_id: &str) -> Result<Option<Vec<u8>>>;
     fn save_sync_state(&self, doc_id: &str, device_id: &str, state: &[u8]) -> Result<()>;
 
@@ -319,15 +325,35 @@ impl Storage for SqliteStorage {
                     "INSERT INTO changes (doc_id, data) VALUES (?1, ?2)",
                     params![doc_id, changes],
                 )?;
+                let seq = tx.last_insert_rowid();
                 tx.query_row(
-                    "UPDATE documents SET change_count = change_count + 1 WHERE id = ?1 RETURNING change_count",
-                    [doc_id],
+                    "UPDATE documents SET change_count = change_count + 1, seq = ?2
+                     WHERE id = ?1 RETURNING change_count",
+                    params![doc_id, seq],
                     |r| r.get(0),
                 )?
             }
         };
         tx.commit()?;
         Ok(count)
+    }
+
+    fn changed_since(&self, team: &str, since: i64) -> Result<(i64, Vec<String>)> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, seq FROM documents WHERE team = ?1 AND seq > ?2 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![team, since], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        let mut cursor = since;
+        let mut ids = Vec::new();
+        for row in rows {
+            let (id, seq) = row?;
+            cursor = cursor.max(seq);
+            ids.push(id);
+        }
+        Ok((cursor, ids))
     }
 
     fn sync_state(&self, doc_id: &str, device_id: &str) -> Result<Option<Vec<u8>>> {

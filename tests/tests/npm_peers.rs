@@ -2,7 +2,7 @@
 //! `@automerge/automerge-repo` 2.x, unmodified): its WebSocketClientAdapter
 //! as a device of the relay, and its NodeWSServerAdapter as the server a
 //! Linkbook device syncs with. The packages are installed by `.ci/run`
-//! (`npm ci --prefix tests/npm`).
+//! (`npm install --prefix tests/npm`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -15,7 +15,7 @@ fn npm_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("npm");
     assert!(
         dir.join("node_modules/@automerge/automerge-repo").exists(),
-        "the npm peers are not installed: run `npm ci --prefix tests/npm`"
+        "the npm peers are not installed: run `npm install --prefix tests/npm`"
     );
     dir
 }

@@ -306,3 +306,38 @@ fn progress_is_reported_until_every_document_is_done() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_reconnect_only_opens_the_documents_that_changed() -> Result<()> {
+    let relay = Relay::start();
+    let a = enrolled(&relay, "north", "Asha");
+    let b = enrolled(&relay, "north", "Ben");
+    let families: Vec<DocumentId> = (0..20)
+        .map(|i| {
+            a.repo.add_family(&NewFamily {
+                name: format!("Family {i}"),
+                ..Default::default()
+            })
+        })
+        .collect::<Result<_>>()?;
+    let s = a.repo.sync(None)?;
+    assert_eq!(s.documents_total, 21, "{s:?}");
+    // The relay lists A's own uploads as changed once; after that, nothing.
+    a.repo.sync(None)?;
+    let s = a.repo.sync(None)?;
+    assert_eq!(
+        (s.documents_total, s.messages_sent),
+        (0, 2),
+        "an unchanged device opened documents: {s:?}"
+    );
+
+    b.repo.sync(None)?;
+    b.repo
+        .add_note(families[7], "Only this family changed", NoteCategory::Visit)?;
+    let s = b.repo.sync(None)?;
+    assert_eq!(s.documents_total, 1, "{s:?}");
+    let s = a.repo.sync(None)?;
+    assert_eq!((s.documents_total, s.documents_received), (1, 1), "{s:?}");
+    assert_eq!(a.repo.notes(families[7])?.len(), 1);
+    Ok(())
+}

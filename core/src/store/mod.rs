@@ -60,6 +60,7 @@ impl fmt::Debug for DatabaseKey {
 pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/001_init.sql"),
     include_str!("../../migrations/002_projections.sql"),
+    include_str!("../../migrations/003_sync_versions.sql"),
 ];
 
 /// Opens (creating if missing) and unlocks the database file.

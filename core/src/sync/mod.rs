@@ -90,6 +90,8 @@ struct Session<'a> {
     listener: Option<&'a dyn SyncListener>,
     /// Sync only these documents (and do not follow the directory).
     only: Option<BTreeSet<DocumentId>>,
+    /// Where to ask the relay what changed (`GET /v1/changes`), with what.
+    relay_changes: Option<(Endpoint, Option<String>, String)>,
 }
 
 impl Repo {
@@ -233,6 +235,8 @@ impl Repo {
             summary: SyncSummary::default(),
             listener,
             only: only.map(|ids| ids.iter().copied().collect()),
+            relay_changes: token
+                .map(|t| (endpoint.clone(), ca_pem.map(str::to_string), t.to_string())),
         };
         let result = session.run();
         // Whatever happened, keep what was learnt about the relay's heads.
@@ -423,17 +427,29 @@ impl Session<'_> {
                 )));
             }
         }
+        let mut next_cursor = None;
         let mut docs: Vec<DocumentId> = match &self.only {
             Some(only) => only.iter().copied().collect(),
             None => {
-                let mut d: Vec<DocumentId> = self
+                let held: BTreeSet<DocumentId> = self
                     .repo
                     .document_ids()?
                     .into_iter()
                     .map(|(id, _)| id)
                     .collect();
-                d.extend(self.repo.directory_listing()?);
-                d
+                let listed = self.repo.directory_listing()?;
+                match self.relay_changed()? {
+                    // Only what changed here since the last sync, what
+                    // changed on the relay since, and what we lack.
+                    Some((cursor, changed)) => {
+                        next_cursor = Some(cursor);
+                        let mut d = self.repo.changed_since_sync(&self.relay_peer)?;
+                        d.extend(changed);
+                        d.extend(listed.into_iter().filter(|id| !held.contains(id)));
+                        d
+                    }
+                    None => held.into_iter().chain(listed).collect(),
+                }
             }
         };
         // The directory first: it names the documents this device lacks.
@@ -489,6 +505,10 @@ impl Session<'_> {
                 _ => {}
             }
             self.report();
+        }
+        if let Some(cursor) = next_cursor {
+            self.repo
+                .set_profile_values(&[(&self.cursor_key(), &cursor.to_string())])?;
         }
         self.summary.documents_sent = self.sent_changes.len() as u32;
         self.summary.documents_received = self.received.len() as u32;
@@ -604,7 +624,53 @@ impl Session<'_> {
     }
 
     fn save_states(&self) -> Result<()> {
-        self.repo.save_sync_states(&self.relay_peer, &self.states)
+        let in_sync: BTreeSet<DocumentId> = self
+            .all
+            .iter()
+            .filter(|id| !self.pending.contains(id) && !self.unavailable.contains(id))
+            .copied()
+            .collect();
+        self.repo
+            .save_sync_states(&self.relay_peer, &self.states, &in_sync)
+    }
+
+    fn cursor_key(&self) -> String {
+        format!("relay_cursor:{}", self.relay_peer)
+    }
+
+    /// The relay's change cursor and the documents changed since ours;
+    /// `None` where the server has no such endpoint (any automerge-repo
+    /// server that is not a Linkbook relay): then every document is synced.
+    fn relay_changed(&self) -> Result<Option<(i64, Vec<DocumentId>)>> {
+        let Some((endpoint, ca, token)) = &self.relay_changes else {
+            return Ok(None);
+        };
+        let since: i64 = self.repo.profile_values(&[&self.cursor_key()])?[0]
+            .as_deref()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let (status, body) = net::get_json(
+            endpoint,
+            ca.as_deref(),
+            &format!("/v1/changes?since={since}"),
+            token,
+        )?;
+        if status != 200 {
+            return Ok(None);
+        }
+        let Some(cursor) = body["cursor"].as_i64() else {
+            return Ok(None);
+        };
+        let changed = body["documents"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str())
+                    .filter_map(|s| DocumentId::parse(s, "document id").ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Some((cursor, changed)))
     }
 }
 
@@ -686,23 +752,45 @@ impl Repo {
         Ok(bytes.and_then(|b| sync::State::decode(&b).ok()))
     }
 
+    /// Saves sync states; a document left in sync also records the version
+    /// it was in sync at, so the next sync skips it unless it changes.
     pub(crate) fn save_sync_states(
         &self,
         peer: &str,
         states: &HashMap<DocumentId, sync::State>,
+        in_sync: &BTreeSet<DocumentId>,
     ) -> Result<()> {
         if peer.is_empty() || states.is_empty() {
             return Ok(());
         }
         self.with_writer_tx(|tx| {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO sync_states (doc_id, peer_id, state) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(doc_id, peer_id) DO UPDATE SET state = excluded.state",
+                "INSERT INTO sync_states (doc_id, peer_id, state, doc_version)
+                 VALUES (?1, ?2, ?3, CASE WHEN ?4 THEN coalesce((SELECT version FROM documents WHERE id = ?1), -1) ELSE -1 END)
+                 ON CONFLICT(doc_id, peer_id) DO UPDATE SET state = excluded.state, doc_version = excluded.doc_version",
             )?;
             for (id, state) in states {
-                stmt.execute(rusqlite::params![id.to_string(), peer, state.encode()])?;
+                stmt.execute(rusqlite::params![id.to_string(), peer, state.encode(), in_sync.contains(id)])?;
             }
             Ok(())
+        })
+    }
+
+    /// Documents changed on this device since they were last in sync with
+    /// `peer` (or never synced with it).
+    pub(crate) fn changed_since_sync(&self, peer: &str) -> Result<Vec<DocumentId>> {
+        self.with_writer_tx(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT d.id FROM documents d
+                 LEFT JOIN sync_states s ON s.doc_id = d.id AND s.peer_id = ?1
+                 WHERE s.doc_id IS NULL OR s.doc_version != d.version",
+            )?;
+            let ids = stmt.query_map([peer], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for id in ids {
+                out.push(DocumentId::parse(&id?, "document id")?);
+            }
+            Ok(out)
         })
     }
 }

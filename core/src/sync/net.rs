@@ -209,11 +209,36 @@ pub(crate) fn post_json(
     path: &str,
     body: &serde_json::Value,
 ) -> Result<(u16, serde_json::Value)> {
+    http_json(endpoint, ca_pem, "POST", path, Some(body), None)
+}
+
+/// An HTTP/1.1 GET with a bearer token; returns (status, body).
+pub(crate) fn get_json(
+    endpoint: &Endpoint,
+    ca_pem: Option<&str>,
+    path: &str,
+    token: &str,
+) -> Result<(u16, serde_json::Value)> {
+    http_json(endpoint, ca_pem, "GET", path, None, Some(token))
+}
+
+/// One HTTP/1.1 request (`Connection: close`) with an optional JSON body.
+fn http_json(
+    endpoint: &Endpoint,
+    ca_pem: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    token: Option<&str>,
+) -> Result<(u16, serde_json::Value)> {
     let mut stream = connect(endpoint, ca_pem)?;
-    let body = body.to_string();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
     let host = endpoint.url.host_str().unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}:{}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         endpoint.port(),
         body.len()
     );
