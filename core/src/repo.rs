@@ -35,6 +35,9 @@ pub struct DeviceProfile {
     pub device_id: String,
     pub team: String,
     pub worker: String,
+    /// The team directory: given by the relay at enrolment (random, so no
+    /// other team can guess it), derived from the team name before.
+    pub directory_id: DocumentId,
 }
 
 /// One device's store of Linkbook documents.
@@ -134,18 +137,26 @@ impl Repo {
                     format!("this device already holds records of team '{current}'"),
                 ));
             }
-            w.conn.execute(
-                "INSERT OR REPLACE INTO profile (key, value) VALUES ('team', ?1)",
-                [&team],
-            )?;
+            let enrolled: Option<String> = w
+                .conn
+                .query_row("SELECT value FROM profile WHERE key = 'token'", [], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if enrolled.is_some() {
+                return Err(Error::invalid(
+                    "team",
+                    "this device is enrolled: its team comes from the relay",
+                ));
+            }
         }
-        lock(&self.profile).team = team;
+        self.set_profile_values(&[("team", team.as_str()), ("directory_id", "")])?;
         self.ensure_directory()
     }
 
     /// The id of this device's team directory.
     pub fn directory_id(&self) -> DocumentId {
-        DocumentId::team_directory(&lock(&self.profile).team)
+        lock(&self.profile).directory_id
     }
 
     fn author(&self) -> Author {
@@ -258,14 +269,16 @@ impl Repo {
     /// Moves every record on the device into `team` (at enrolment: a device
     /// may have been used before it was enrolled). The old team's directory
     /// is replaced by the new team's, listing the same records.
-    pub(crate) fn rehome(&self, team: &str) -> Result<()> {
+    pub(crate) fn rehome(&self, team: &str, directory: Option<DocumentId>) -> Result<()> {
         let team = required_text("team", team, MAX_NAME)?;
-        let old_team = lock(&self.profile).team.clone();
-        if old_team == team {
+        let (old_team, old_dir) = {
+            let p = lock(&self.profile);
+            (p.team.clone(), p.directory_id)
+        };
+        let new_dir = directory.unwrap_or_else(|| DocumentId::team_directory(&team));
+        if old_team == team && old_dir == new_dir {
             return Ok(());
         }
-        let old_dir = DocumentId::team_directory(&old_team);
-        let new_dir = DocumentId::team_directory(&team);
         let ids = self.document_ids()?;
         self.write(|txn| {
             if !txn.exists(new_dir)? {
@@ -303,7 +316,10 @@ impl Repo {
             }
             Ok(())
         })?;
-        self.set_profile_values(&[("team", team.as_str())])
+        self.set_profile_values(&[
+            ("team", team.as_str()),
+            ("directory_id", &new_dir.to_string()),
+        ])
     }
 
     fn ensure_directory(&self) -> Result<()> {
@@ -765,7 +781,10 @@ impl Repo {
     /// Merges an export file's documents into this device, all or nothing.
     pub fn import(&self, bytes: &[u8]) -> Result<ImportSummary> {
         let (team, docs) = bundle::decode(bytes)?;
-        let ours = lock(&self.profile).team.clone();
+        let (ours, directory) = {
+            let p = lock(&self.profile);
+            (p.team.clone(), p.directory_id)
+        };
         if team != ours {
             return Err(Error::invalid(
                 "import file",
@@ -775,7 +794,7 @@ impl Repo {
         self.write(|txn| {
             let mut summary = ImportSummary::default();
             for d in docs {
-                match merge_bytes(txn, d.id, &d.data, &ours)? {
+                match merge_bytes(txn, d.id, &d.data, &ours, directory)? {
                     Merged::New => summary.documents_new += 1,
                     Merged::Updated => summary.documents_updated += 1,
                     Merged::Unchanged => summary.documents_unchanged += 1,
@@ -804,7 +823,8 @@ impl Repo {
     /// Returns whether anything changed.
     pub fn apply_changes(&self, id: DocumentId, changes: &[u8]) -> Result<bool> {
         let team = lock(&self.profile).team.clone();
-        self.write(|txn| Ok(merge_bytes(txn, id, changes, &team)? != Merged::Unchanged))
+        let directory = self.directory_id();
+        self.write(|txn| Ok(merge_bytes(txn, id, changes, &team, directory)? != Merged::Unchanged))
     }
 }
 
@@ -817,7 +837,13 @@ enum Merged {
 
 /// Loads `bytes` into document `id` (new or existing), checking that what
 /// arrives is a complete Linkbook document of this team.
-fn merge_bytes(txn: &mut WriteTxn<'_>, id: DocumentId, bytes: &[u8], team: &str) -> Result<Merged> {
+fn merge_bytes(
+    txn: &mut WriteTxn<'_>,
+    id: DocumentId,
+    bytes: &[u8],
+    team: &str,
+    directory: DocumentId,
+) -> Result<Merged> {
     let key = id.to_string();
     if txn.exists(id)? {
         let (doc, _) = txn.doc(id, "document")?;
@@ -849,7 +875,7 @@ fn merge_bytes(txn: &mut WriteTxn<'_>, id: DocumentId, bytes: &[u8], team: &str)
             format!("{key} belongs to another team"),
         ));
     }
-    if kind == DocumentType::TeamDirectory && id != DocumentId::team_directory(team) {
+    if kind == DocumentType::TeamDirectory && id != directory {
         return Err(Error::InvalidDocument(format!(
             "{key} is not this team's directory"
         )));
@@ -885,10 +911,15 @@ fn load_or_create_profile(conn: &Connection) -> Result<DeviceProfile> {
         Some(w) => w,
         None => set("worker", "unnamed worker")?,
     };
+    let directory_id = match get("directory_id")?.filter(|d| !d.is_empty()) {
+        Some(d) => DocumentId::parse(&d, "directory id")?,
+        None => DocumentId::team_directory(&team),
+    };
     Ok(DeviceProfile {
         device_id,
         team,
         worker,
+        directory_id,
     })
 }
 

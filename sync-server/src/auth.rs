@@ -57,6 +57,8 @@ pub struct Enrolled {
     pub token: String,
     pub team: String,
     pub worker: String,
+    /// The team directory's document id.
+    pub directory_id: String,
 }
 
 pub fn enrol(
@@ -79,11 +81,13 @@ pub fn enrol(
     let token = hex::encode(rand::random::<[u8; 32]>());
     let device =
         storage.redeem_enrolment_code(&hash(&code), &device_id, device_name, &hash(&token), now)?;
+    let directory_id = storage.team_directory_id(&device.team, now)?;
     Ok(Enrolled {
         device_id: device.id,
         token,
         team: device.team,
         worker: device.worker,
+        directory_id,
     })
 }
 

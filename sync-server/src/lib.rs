@@ -245,3 +245,19 @@ impl Bound {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_refused_off_loopback() {
+        let any: SocketAddr = "0.0.0.0:0".parse().expect("addr");
+        assert!(matches!(
+            Bound::bind(any, Transport::InsecureHttp),
+            Err(Error::Config(_))
+        ));
+        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        assert!(Bound::bind(loopback, Transport::InsecureHttp).is_ok());
+    }
+}

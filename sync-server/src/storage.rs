@@ -21,6 +21,7 @@ pub const COMPACT_AFTER: i64 = 256;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/001_init.sql"),
     include_str!("../migrations/002_change_cursor.sql"),
+    include_str!("../migrations/003_teams.sql"),
 ];
 
 /// An enrolled device as the administrator sees it.
@@ -68,6 +69,8 @@ pub trait Storage: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Device>;
     fn device_by_token(&self, token_hash: &[u8]) -> Result<Option<Device>>;
+    /// The team's directory document id, chosen at random the first time.
+    fn team_directory_id(&self, team: &str, now: DateTime<Utc>) -> Result<String>;
     fn devices(&self) -> Result<Vec<Device>>;
     /// Returns false if there is no such device.
     fn revoke_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<bool>;
@@ -228,6 +231,20 @@ impl Storage for SqliteStorage {
                 device_row,
             )
             .optional()?)
+    }
+
+    fn team_directory_id(&self, team: &str, now: DateTime<Utc>) -> Result<String> {
+        let conn = self.conn();
+        let fresh = linkbook_core::DocumentId::random().to_string();
+        conn.execute(
+            "INSERT INTO teams (name, directory_id, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(name) DO NOTHING",
+            params![team, fresh, now.to_rfc3339()],
+        )?;
+        Ok(conn.query_row(
+            "SELECT directory_id FROM teams WHERE name = ?1",
+            [team],
+            |r| r.get(0),
+        )?)
     }
 
     fn devices(&self) -> Result<Vec<Device>> {

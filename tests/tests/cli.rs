@@ -207,3 +207,46 @@ fn without_a_key_the_cli_makes_a_private_key_file() {
     assert_eq!(d.json(&["family", "list"])[0]["id"], family);
     assert_eq!(d.integrity_check(), "ok");
 }
+
+#[test]
+fn two_cli_devices_enrol_and_sync_through_the_relay() {
+    let relay = linkbook_tests::Relay::start();
+    let ca = relay.ca_path();
+    let ca = ca.to_str().expect("path");
+    let a = CliDevice::new("Asha");
+    let b = CliDevice::new("Ben");
+    for (device, worker) in [(&a, "Asha"), (&b, "Ben")] {
+        let code = relay.enrol_code("north", worker);
+        let out = device.ok(&["enrol", "--server", &relay.url, "--code", &code, "--ca", ca]);
+        assert!(out.contains("team north"), "{out}");
+    }
+    let family = a.ok(&["family", "add", "--name", "Smith"]);
+    let note = a.ok(&[
+        "note",
+        "add",
+        &family,
+        "--text",
+        "Visit went well",
+        "--category",
+        "visit",
+    ]);
+    let summary = a.json(&["sync"]);
+    assert_eq!(summary["documents_sent"], 2, "{summary}");
+    let summary = b.json(&["sync"]);
+    assert_eq!(summary["documents_received"], 2, "{summary}");
+    assert_eq!(b.json(&["note", "list", &family])[0]["id"], note.as_str());
+    assert_eq!(a.json(&["family", "list"]), b.json(&["family", "list"]));
+
+    // A revoked device is told so, with its own exit code.
+    let device_id = a.json(&["profile", "show"])["device_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert_eq!(relay.admin(&["device", "revoke", &device_id]).code, 0);
+    let r = a.run(&["sync"]);
+    assert_eq!(r.code, 6, "{r:?}");
+    assert!(r.stderr.contains("revoked"), "{}", r.stderr);
+    // A used code is refused.
+    let r = CliDevice::new("Cara").run(&["sync"]);
+    assert_eq!(r.code, 5, "not enrolled: {r:?}");
+}

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::ids::DocumentId;
 use crate::model::{DocumentType, am, validate};
 use crate::protocol::{Message, PROTOCOL_VERSION, PeerMetadata};
-use crate::repo::Repo;
+use crate::repo::{DeviceProfile, Repo};
 use net::{Endpoint, Stream, network};
 
 /// What enrolment stored: the relay this device syncs with.
@@ -106,7 +106,7 @@ impl Repo {
         device_name: &str,
     ) -> Result<Enrolment> {
         let c = enrol_device(server_url, code, ca_pem, device_name)?;
-        self.rehome(&c.team)?;
+        self.rehome(&c.team, c.directory_id)?;
         self.set_profile_values(&[
             ("device_id", c.device_id.as_str()),
             ("worker", c.worker.as_str()),
@@ -256,6 +256,8 @@ pub struct DeviceCredentials {
     pub token: String,
     pub team: String,
     pub worker: String,
+    /// The team directory's id, chosen at random by the relay.
+    pub directory_id: Option<DocumentId>,
 }
 
 impl std::fmt::Debug for DeviceCredentials {
@@ -307,6 +309,10 @@ pub fn enrol_device(
         token: field("token")?,
         team: field("team")?,
         worker: field("worker")?,
+        directory_id: body["directory_id"]
+            .as_str()
+            .map(|d| DocumentId::parse(d, "directory id"))
+            .transpose()?,
     })
 }
 
@@ -710,7 +716,11 @@ impl Repo {
         state: &mut sync::State,
         message: sync::Message,
     ) -> Result<bool> {
-        let team = self.profile().team;
+        let DeviceProfile {
+            team,
+            directory_id: directory,
+            ..
+        } = self.profile();
         self.write(|txn| {
             if txn.exists(id)? {
                 let (doc, _) = txn.doc(id, "document")?;
@@ -730,7 +740,7 @@ impl Repo {
                     "{key} belongs to another team"
                 )));
             }
-            if kind == DocumentType::TeamDirectory && id != DocumentId::team_directory(&team) {
+            if kind == DocumentType::TeamDirectory && id != directory {
                 return Err(Error::InvalidDocument(format!(
                     "{key} is not this team's directory"
                 )));
