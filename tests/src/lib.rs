@@ -163,6 +163,54 @@ impl Drop for Relay {
     }
 }
 
+/// A Linkbook device store (core `Repo`) in its own temp directory.
+#[derive(Debug)]
+pub struct Device {
+    pub repo: linkbook_core::Repo,
+    _dir: TempDir,
+}
+
+impl Device {
+    /// A new, unenrolled device with a fresh key.
+    pub fn new() -> Device {
+        let dir = tempfile::tempdir().expect("device dir");
+        let key = linkbook_core::DatabaseKey::generate();
+        let repo = linkbook_core::Repo::open(dir.path().join("linkbook.db"), &key)
+            .expect("open device store");
+        Device { repo, _dir: dir }
+    }
+
+    /// A new device enrolled with `relay` as `worker` of `team`.
+    pub fn enrolled(relay: &Relay, team: &str, worker: &str) -> Device {
+        let d = Device::new();
+        let code = relay.enrol_code(team, worker);
+        let e = d
+            .repo
+            .enrol(
+                &relay.url,
+                &code,
+                Some(&relay.ca_pem()),
+                &format!("{worker}'s tablet"),
+            )
+            .expect("enrol");
+        assert_eq!(e.team, team);
+        d
+    }
+}
+
+impl Default for Device {
+    fn default() -> Self {
+        Device::new()
+    }
+}
+
+impl std::ops::Deref for Device {
+    type Target = linkbook_core::Repo;
+    fn deref(&self) -> &linkbook_core::Repo {
+        &self.repo
+    }
+}
+
 /// A device: a data directory driven through the `linkbook` CLI.
 #[derive(Debug)]
 pub struct CliDevice {

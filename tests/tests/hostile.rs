@@ -4,7 +4,7 @@
 use futures_util::{SinkExt, StreamExt};
 use linkbook_core::protocol::{Message, PeerMetadata};
 use linkbook_core::*;
-use linkbook_tests::{Relay, RelaySocket, relay_socket};
+use linkbook_tests::{Device, Relay, RelaySocket, relay_socket};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const LIMIT: usize = 64 * 1024;
@@ -71,11 +71,7 @@ async fn bad_connections_are_closed_and_good_devices_keep_syncing() {
             .expect("enrol");
 
     // A good device, syncing between every attack.
-    let dir = tempfile::tempdir().expect("dir");
-    let good = Repo::open(dir.path().join("good.db"), &DatabaseKey::generate()).expect("open");
-    let code = relay.enrol_code("north", "Asha");
-    good.enrol(&relay.url, &code, Some(&ca), "tablet")
-        .expect("enrol good");
+    let good = Device::enrolled(&relay, "north", "Asha");
     let family = good
         .add_family(&NewFamily {
             name: "Smith".into(),

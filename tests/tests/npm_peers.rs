@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use linkbook_core::*;
-use linkbook_tests::Relay;
+use linkbook_tests::{Device, Relay};
 
 fn npm_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("npm");
@@ -29,21 +29,11 @@ impl Drop for Node {
     }
 }
 
-fn device(name: &str) -> (Repo, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("dir");
-    let repo = Repo::open(
-        dir.path().join(format!("{name}.db")),
-        &DatabaseKey::generate(),
-    )
-    .expect("open");
-    (repo, dir)
-}
-
 #[test]
 fn the_npm_client_reads_and_writes_a_family_through_the_relay() -> Result<()> {
     let relay = Relay::start();
     let ca = relay.ca_pem();
-    let (a, _a_dir) = device("a");
+    let a = Device::new();
     a.enrol(
         &relay.url,
         &relay.enrol_code("north", "Asha"),
@@ -150,8 +140,8 @@ fn linkbook_devices_sync_through_a_plain_js_automerge_repo_server() -> Result<()
         .expect("the JS server started");
     let url = format!("http://127.0.0.1:{port}");
 
-    let (a, _a_dir) = device("a");
-    let (b, _b_dir) = device("b");
+    let a = Device::new();
+    let b = Device::new();
     let family = a.add_family(&NewFamily {
         name: "Smith".into(),
         ..Default::default()

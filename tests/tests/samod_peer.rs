@@ -8,7 +8,7 @@ use automerge::transaction::Transactable;
 use automerge::{ObjType, ROOT, ReadDoc};
 use futures_util::{SinkExt, StreamExt};
 use linkbook_core::*;
-use linkbook_tests::Relay;
+use linkbook_tests::{Device, Relay};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// Dials the relay over rustls (trusting its development CA) with the
@@ -89,12 +89,7 @@ async fn a_samod_peer_reads_and_writes_a_family_through_the_relay() {
     let (url, ca) = (relay.url.clone(), relay.ca_pem());
 
     // A Linkbook device records a family with a note and syncs it up.
-    let dir = tempfile::tempdir().expect("dir");
-    let device = Repo::open(dir.path().join("a.db"), &DatabaseKey::generate()).expect("open");
-    let code = relay.enrol_code("north", "Asha");
-    device
-        .enrol(&url, &code, Some(&ca), "Asha's tablet")
-        .expect("enrol");
+    let device = Device::enrolled(&relay, "north", "Asha");
     let family = device
         .add_family(&NewFamily {
             name: "Smith".into(),

@@ -3,34 +3,13 @@
 
 use chrono::Utc;
 use linkbook_core::*;
-use linkbook_tests::Relay;
-
-struct Device {
-    repo: Repo,
-    _dir: tempfile::TempDir,
-}
-
-fn enrolled(relay: &Relay, team: &str, worker: &str) -> Device {
-    let dir = tempfile::tempdir().expect("dir");
-    let repo = Repo::open(dir.path().join("linkbook.db"), &DatabaseKey::generate()).expect("open");
-    let code = relay.enrol_code(team, worker);
-    let e = repo
-        .enrol(
-            &relay.url,
-            &code,
-            Some(&relay.ca_pem()),
-            &format!("{worker}'s tablet"),
-        )
-        .expect("enrol");
-    assert_eq!(e.team, team);
-    Device { repo, _dir: dir }
-}
+use linkbook_tests::{Device, Relay};
 
 #[test]
 fn notes_written_offline_on_two_devices_reach_both_through_the_relay() -> Result<()> {
     let relay = Relay::start();
-    let a = enrolled(&relay, "north", "Asha");
-    let b = enrolled(&relay, "north", "Ben");
+    let a = Device::enrolled(&relay, "north", "Asha");
+    let b = Device::enrolled(&relay, "north", "Ben");
 
     let family = a.repo.add_family(&NewFamily {
         name: "Smith".into(),
@@ -103,7 +82,7 @@ fn notes_written_offline_on_two_devices_reach_both_through_the_relay() -> Result
 #[test]
 fn three_tablets_at_a_family_day_give_the_union_of_attendance() -> Result<()> {
     let relay = Relay::start();
-    let office = enrolled(&relay, "north", "Office");
+    let office = Device::enrolled(&relay, "north", "Office");
     let families: Vec<DocumentId> = ["Smith", "Jones", "Patel", "Okafor"]
         .iter()
         .map(|n| {
@@ -120,7 +99,7 @@ fn three_tablets_at_a_family_day_give_the_union_of_attendance() -> Result<()> {
     })?;
     office.repo.sync(None)?;
     let tablets: Vec<Device> = (0..3)
-        .map(|i| enrolled(&relay, "north", &format!("Tablet {i}")))
+        .map(|i| Device::enrolled(&relay, "north", &format!("Tablet {i}")))
         .collect();
     for t in &tablets {
         t.repo.sync(None)?;
@@ -152,7 +131,7 @@ fn three_tablets_at_a_family_day_give_the_union_of_attendance() -> Result<()> {
 #[test]
 fn a_device_of_another_team_cannot_get_documents_and_a_revoked_device_gets_nothing() -> Result<()> {
     let relay = Relay::start();
-    let a = enrolled(&relay, "north", "Asha");
+    let a = Device::enrolled(&relay, "north", "Asha");
     let family = a.repo.add_family(&NewFamily {
         name: "Smith".into(),
         ..Default::default()
@@ -162,11 +141,10 @@ fn a_device_of_another_team_cannot_get_documents_and_a_revoked_device_gets_nothi
     a.repo.sync(None)?;
 
     // Team B asks for team A's family by id: answered as for a missing one.
-    let b = enrolled(&relay, "south", "Ben");
+    let b = Device::enrolled(&relay, "south", "Ben");
     let s = b.repo.sync(None)?;
     assert_eq!(s.documents_received, 0);
-    let dir = tempfile::tempdir().expect("dir");
-    let probe = Repo::open(dir.path().join("p.db"), &DatabaseKey::generate())?;
+    let probe = Device::new();
     let code = relay.enrol_code("south", "Cara");
     probe.enrol(&relay.url, &code, Some(&relay.ca_pem()), "probe")?;
     // Asked by id, another team's family and a family that does not exist get
@@ -192,11 +170,9 @@ fn a_device_of_another_team_cannot_get_documents_and_a_revoked_device_gets_nothi
 
     // An enrolment code works once only.
     let code = relay.enrol_code("north", "Dee");
-    let dir2 = tempfile::tempdir().expect("dir");
-    let c = Repo::open(dir2.path().join("c.db"), &DatabaseKey::generate())?;
+    let c = Device::new();
     c.enrol(&relay.url, &code, Some(&relay.ca_pem()), "tablet")?;
-    let dir3 = tempfile::tempdir().expect("dir");
-    let d = Repo::open(dir3.path().join("d.db"), &DatabaseKey::generate())?;
+    let d = Device::new();
     assert!(matches!(
         d.enrol(&relay.url, &code, Some(&relay.ca_pem()), "tablet"),
         Err(Error::Unauthorized(_))
@@ -208,8 +184,8 @@ fn a_device_of_another_team_cannot_get_documents_and_a_revoked_device_gets_nothi
 #[test]
 fn the_relay_restarted_between_syncs_loses_nothing() -> Result<()> {
     let relay = Relay::start();
-    let a = enrolled(&relay, "north", "Asha");
-    let b = enrolled(&relay, "north", "Ben");
+    let a = Device::enrolled(&relay, "north", "Asha");
+    let b = Device::enrolled(&relay, "north", "Ben");
     let family = a.repo.add_family(&NewFamily {
         name: "Smith".into(),
         ..Default::default()
@@ -235,8 +211,8 @@ fn the_relay_restarted_between_syncs_loses_nothing() -> Result<()> {
 #[test]
 fn a_sync_cut_mid_way_keeps_its_progress_and_the_next_sync_completes() -> Result<()> {
     let relay = Relay::start();
-    let a = enrolled(&relay, "north", "Asha");
-    let b = enrolled(&relay, "north", "Ben");
+    let a = Device::enrolled(&relay, "north", "Asha");
+    let b = Device::enrolled(&relay, "north", "Ben");
     let mut written = Vec::new();
     let mut families = Vec::new();
     for f in 0..6 {
@@ -290,7 +266,7 @@ fn progress_is_reported_until_every_document_is_done() -> Result<()> {
         }
     }
     let relay = Relay::start();
-    let a = enrolled(&relay, "north", "Asha");
+    let a = Device::enrolled(&relay, "north", "Asha");
     for i in 0..5 {
         a.repo.add_family(&NewFamily {
             name: format!("F{i}"),
@@ -314,8 +290,8 @@ fn progress_is_reported_until_every_document_is_done() -> Result<()> {
 #[test]
 fn a_reconnect_only_opens_the_documents_that_changed() -> Result<()> {
     let relay = Relay::start();
-    let a = enrolled(&relay, "north", "Asha");
-    let b = enrolled(&relay, "north", "Ben");
+    let a = Device::enrolled(&relay, "north", "Asha");
+    let b = Device::enrolled(&relay, "north", "Ben");
     let families: Vec<DocumentId> = (0..20)
         .map(|i| {
             a.repo.add_family(&NewFamily {
