@@ -53,6 +53,9 @@ struct ServeArgs {
     /// Live connections allowed per device.
     #[arg(long, env = "LINKBOOK_MAX_CONNECTIONS_PER_DEVICE", default_value_t = 4)]
     max_connections_per_device: usize,
+    /// Documents kept in memory; idle ones beyond this are evicted.
+    #[arg(long, env = "LINKBOOK_MAX_LOADED_DOCS", default_value_t = 5_000)]
+    max_loaded_docs: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,6 +113,7 @@ fn serve(data: &std::path::Path, args: ServeArgs) -> linkbook_server::Result<()>
     let limits = Limits {
         max_message_bytes: args.max_message_bytes,
         max_connections_per_device: args.max_connections_per_device,
+        max_loaded_docs: args.max_loaded_docs.max(1),
         ..Limits::default()
     };
     let state = AppState::open(data, limits)?;

@@ -334,24 +334,40 @@ impl Hub {
 
     /// Drops the least recently used documents nobody is syncing.
     fn evict_idle(&self) {
-        let mut docs = lock(&self.docs);
-        if docs.len() <= self.limits.max_loaded_docs {
-            return;
+        let mut saved = Vec::new();
+        {
+            let mut docs = lock(&self.docs);
+            if docs.len() <= self.limits.max_loaded_docs {
+                return;
+            }
+            // Not in use by any request right now (the map holds the only
+            // reference and nobody holds the lock).
+            let mut idle: Vec<(u64, DocumentId)> = docs
+                .iter()
+                .filter(|(_, slot)| Arc::strong_count(slot) == 1)
+                .filter_map(|(id, slot)| slot.try_lock().ok().map(|s| (s.last_used, *id)))
+                .collect();
+            idle.sort();
+            let excess = docs.len() - self.limits.max_loaded_docs;
+            for (_, id) in idle.into_iter().take(excess) {
+                if let Some(slot) = docs.remove(&id)
+                    && let Ok(mut s) = slot.try_lock()
+                {
+                    // A connection still syncing it reloads this state from
+                    // storage, as after a reconnect.
+                    for (_, (device, state)) in s.states.drain() {
+                        saved.push((id.to_string(), device, state.encode()));
+                    }
+                }
+            }
         }
-        let mut idle: Vec<(u64, DocumentId)> = docs
-            .iter()
-            .filter(|(_, slot)| Arc::strong_count(slot) == 1)
-            .filter_map(|(id, slot)| {
-                slot.try_lock()
-                    .ok()
-                    .filter(|s| s.states.is_empty())
-                    .map(|s| (s.last_used, *id))
+        let result = blocking(|| {
+            saved.iter().try_for_each(|(doc, device, state)| {
+                self.storage.save_sync_state(doc, device, state)
             })
-            .collect();
-        idle.sort();
-        let excess = docs.len() - self.limits.max_loaded_docs;
-        for (_, id) in idle.into_iter().take(excess) {
-            docs.remove(&id);
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "saving sync states of evicted documents failed");
         }
     }
 

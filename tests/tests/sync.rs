@@ -321,3 +321,34 @@ fn a_reconnect_only_opens_the_documents_that_changed() -> Result<()> {
     assert_eq!(a.repo.notes(families[7])?.len(), 1);
     Ok(())
 }
+
+#[test]
+fn a_relay_that_evicts_idle_documents_still_serves_them_all() -> Result<()> {
+    // Two documents in memory at most: everything else is reloaded from storage.
+    let relay = Relay::start_with(&["--max-loaded-docs", "2"]);
+    let a = Device::enrolled(&relay, "north", "Asha");
+    let families: Vec<DocumentId> = (0..8)
+        .map(|i| {
+            a.repo.add_family(&NewFamily {
+                name: format!("Family {i}"),
+                ..Default::default()
+            })
+        })
+        .collect::<Result<_>>()?;
+    for f in &families {
+        a.repo.add_note(*f, "first visit", NoteCategory::Visit)?;
+    }
+    a.repo.sync(None)?;
+    for f in &families {
+        a.repo.add_note(*f, "second visit", NoteCategory::Visit)?;
+    }
+    a.repo.sync(None)?;
+    let b = Device::enrolled(&relay, "north", "Ben");
+    let s = b.repo.sync(None)?;
+    assert_eq!(s.documents_received, 9, "{s:?}");
+    for f in &families {
+        assert_eq!(b.repo.notes(*f)?.len(), 2);
+        assert_eq!(b.repo.heads(*f)?, a.repo.heads(*f)?);
+    }
+    Ok(())
+}
