@@ -76,6 +76,9 @@ enum DeviceCommand {
         /// Hours until the code expires.
         #[arg(long, default_value_t = 24)]
         expires_hours: i64,
+        /// The relay's address as devices reach it, put into the QR code.
+        #[arg(long, env = "LINKBOOK_PUBLIC_URL")]
+        server: Option<String>,
     },
     /// List enrolled devices.
     List {
@@ -167,6 +170,7 @@ fn device(data: &std::path::Path, cmd: DeviceCommand) -> linkbook_server::Result
             team,
             worker,
             expires_hours,
+            server,
         } => {
             if !(1..=24 * 30).contains(&expires_hours) {
                 return Err(linkbook_server::Error::BadRequest(
@@ -180,7 +184,19 @@ fn device(data: &std::path::Path, cmd: DeviceCommand) -> linkbook_server::Result
                 Duration::hours(expires_hours),
                 Utc::now(),
             )?;
+            // The code alone on stdout, for scripts; the QR code (for the
+            // app's camera) and the explanation on the terminal.
             println!("{code}");
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                let link = enrolment_link(&code, server.as_deref());
+                if let Ok(qr) = qrcode::QrCode::new(link.as_bytes()) {
+                    let art = qr
+                        .render::<qrcode::render::unicode::Dense1x2>()
+                        .quiet_zone(true)
+                        .build();
+                    eprintln!("{art}\n{link}");
+                }
+            }
             eprintln!(
                 "one-time enrolment code for {worker} ({team}); expires in {expires_hours} h"
             );
@@ -216,4 +232,12 @@ fn device(data: &std::path::Path, cmd: DeviceCommand) -> linkbook_server::Result
         }
     }
     Ok(())
+}
+
+/// What the enrolment QR code holds: the code and, if known, the relay.
+fn enrolment_link(code: &str, server: Option<&str>) -> String {
+    match server {
+        Some(s) => format!("linkbook://enrol?code={code}&server={s}"),
+        None => format!("linkbook://enrol?code={code}"),
+    }
 }
