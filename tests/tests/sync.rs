@@ -352,3 +352,53 @@ fn a_relay_that_evicts_idle_documents_still_serves_them_all() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_device_used_offline_before_it_was_enrolled_brings_everything_into_the_team() -> Result<()> {
+    // A new tablet used at a family day before anyone enrolled it: more
+    // families than the store keeps loaded, a family day, check-ins.
+    let relay = Relay::start();
+    let tablet = Device::new();
+    let families: Vec<DocumentId> = (0..40)
+        .map(|i| {
+            let id = tablet.add_family(&NewFamily {
+                name: format!("Family {i}"),
+                ..Default::default()
+            })?;
+            tablet.add_note(
+                id,
+                &format!("Met family {i} at the gate"),
+                NoteCategory::Visit,
+            )?;
+            Ok(id)
+        })
+        .collect::<Result<_>>()?;
+    let day = tablet.create_family_day(&NewFamilyDay {
+        prison: "HMP Example".into(),
+        date: Utc::now().date_naive(),
+        capacity: None,
+    })?;
+    tablet.check_in(day, families[0], 2, 1)?;
+
+    tablet.enrol(
+        &relay.url,
+        &relay.enrol_code("north", "Asha"),
+        Some(&relay.ca_pem()),
+        "tablet",
+    )?;
+    assert_eq!(tablet.profile().team, "north");
+    assert_eq!(tablet.families()?.len(), 40);
+    tablet.sync(None)?;
+
+    let office = Device::enrolled(&relay, "north", "Ben");
+    office.sync(None)?;
+    assert_eq!(office.families()?.len(), 40);
+    for (i, id) in families.iter().enumerate() {
+        assert_eq!(
+            office.notes(*id)?[0].text,
+            format!("Met family {i} at the gate")
+        );
+    }
+    assert_eq!(office.family_day(day)?.attendance.len(), 1);
+    Ok(())
+}

@@ -2,7 +2,7 @@
 //! small cache, written only through [`WriteTxn`], which commits every
 //! document's new changes and its projections in one SQLite transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use automerge::{AutoCommit, ChangeHash, transaction::CommitOptions};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
@@ -16,6 +16,8 @@ use crate::model::{Author, DocumentType, am};
 pub(crate) const COMPACT_AFTER: i64 = 64;
 /// Documents kept loaded; a caseload of hundreds is read from projections.
 const CACHE_DOCS: usize = 32;
+/// The cache version of a document created by the open transaction.
+const NOT_STORED: i64 = 0;
 
 pub(crate) struct Cached {
     pub doc: AutoCommit,
@@ -30,6 +32,10 @@ pub(crate) struct Cached {
 pub(crate) struct DocCache {
     docs: HashMap<DocumentId, Cached>,
     tick: u64,
+    /// Documents the open write transaction touched or created: never
+    /// evicted until it ends (their changes are not on disk yet), and ones it
+    /// created are found before they have a row.
+    pinned: HashSet<DocumentId>,
 }
 
 impl std::fmt::Debug for DocCache {
@@ -48,6 +54,7 @@ impl DocCache {
             let Some(oldest) = self
                 .docs
                 .iter()
+                .filter(|(id, _)| !self.pinned.contains(id))
                 .min_by_key(|(_, c)| c.last_used)
                 .map(|(k, _)| *k)
             else {
@@ -72,9 +79,14 @@ impl DocCache {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let Some((_, version)) = row else {
-            self.docs.remove(&id);
-            return Ok(None);
+        let version = match row {
+            Some((_, version)) => version,
+            // Created by the open transaction: no row until it commits.
+            None if self.pinned.contains(&id) && self.docs.contains_key(&id) => NOT_STORED,
+            None => {
+                self.docs.remove(&id);
+                return Ok(None);
+            }
         };
         let fresh = self.docs.get(&id).is_some_and(|c| c.version == version);
         if !fresh {
@@ -164,6 +176,11 @@ impl<'a> WriteTxn<'a> {
         author: Author,
     ) -> Result<Self> {
         let actor = device_actor(&author.device_id);
+        // A transaction that never ended (a panic inside it) left its
+        // documents pinned, possibly with uncommitted changes: drop them.
+        for id in std::mem::take(&mut cache.pinned) {
+            cache.docs.remove(&id);
+        }
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         Ok(WriteTxn {
             tx,
@@ -198,6 +215,7 @@ impl<'a> WriteTxn<'a> {
         id: DocumentId,
         what: &'static str,
     ) -> Result<(&mut AutoCommit, DocumentType)> {
+        self.cache.pinned.insert(id);
         let cached = self
             .cache
             .get(&self.tx, id, &self.actor)?
@@ -260,12 +278,13 @@ impl<'a> WriteTxn<'a> {
         }
         doc.set_actor(self.actor.clone());
         self.cache.make_room();
+        self.cache.pinned.insert(id);
         self.cache.docs.insert(
             id,
             Cached {
                 doc,
                 kind,
-                version: 0,
+                version: NOT_STORED,
                 last_used: 0,
             },
         );
@@ -288,6 +307,7 @@ impl<'a> WriteTxn<'a> {
         match self.write_all() {
             Ok(versions) => match self.tx.commit() {
                 Ok(()) => {
+                    self.cache.pinned.clear();
                     for (id, v) in versions {
                         if let Some(c) = self.cache.docs.get_mut(&id) {
                             c.version = v;
@@ -296,11 +316,13 @@ impl<'a> WriteTxn<'a> {
                     Ok(())
                 }
                 Err(e) => {
+                    self.cache.pinned.clear();
                     ids.iter().for_each(|id| self.cache.evict(id));
                     Err(e.into())
                 }
             },
             Err(e) => {
+                self.cache.pinned.clear();
                 ids.iter().for_each(|id| self.cache.evict(id));
                 Err(e)
             }
@@ -309,6 +331,7 @@ impl<'a> WriteTxn<'a> {
 
     /// Drops whatever the transaction changed in memory.
     pub(crate) fn abort(self) {
+        self.cache.pinned.clear();
         for t in &self.touched {
             self.cache.evict(&t.id);
         }
