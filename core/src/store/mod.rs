@@ -45,6 +45,11 @@ impl DatabaseKey {
         Ok(DatabaseKey(bytes))
     }
 
+    /// The raw 32 bytes (for the app to wrap with its platform keystore).
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0
+    }
+
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
