@@ -3,7 +3,7 @@
 //!
 //! The tests run the `linkbook` binary built next to them
 //! (`target/<profile>/linkbook`), so the test command builds the binaries
-//! first: `cargo build --workspace --bins && cargo test --workspace`.
+//! first: `cargo build --workspace && cargo test --workspace`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -18,7 +18,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
-        "{} is missing: build it first (cargo build --workspace --bins)",
+        "{} is missing: build it first (cargo build --workspace)",
         bin.display()
     );
     bin
