@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DocumentId([u8; 16]);
 
+/// The longest base58check text a document id can have.
+const MAX_ENCODED_ID: usize = 28;
+
 impl DocumentId {
     /// A fresh random id (UUID v4).
     pub fn random() -> Self {
@@ -52,12 +55,24 @@ impl DocumentId {
     pub fn parse(input: &str, field: &'static str) -> Result<Self> {
         let s = input.trim();
         let s = s.strip_prefix("automerge:").unwrap_or(s);
-        let invalid = || Error::InvalidInput {
-            field,
-            reason: format!(
-                "'{input}' is not a Linkbook document id (expected e.g. automerge:4NMNnkMhL8jXrdJ9jamS58PAVdXu)"
-            ),
+        let invalid = || {
+            let mut shown: String = input.chars().take(40).collect();
+            if shown.len() < input.len() {
+                shown.push('…');
+            }
+            Error::InvalidInput {
+                field,
+                reason: format!(
+                    "'{shown}' is not a Linkbook document id (expected e.g. automerge:4NMNnkMhL8jXrdJ9jamS58PAVdXu)"
+                ),
+            }
         };
+        // 16 bytes and a 4-byte checksum are at most 28 base58 characters.
+        // Longer input is refused before decoding: base58 decoding takes
+        // time quadratic in the length (100,000 characters took seconds).
+        if s.len() > MAX_ENCODED_ID {
+            return Err(invalid());
+        }
         let bytes = bs58::decode(s)
             .with_check(None)
             .into_vec()
@@ -134,6 +149,17 @@ mod tests {
         let mut raw = id.as_bytes().to_vec();
         raw.extend_from_slice(&checksum(id.as_bytes()));
         assert_eq!(id.to_string(), bs58::encode(raw).into_string());
+    }
+
+    #[test]
+    fn ids_fit_the_length_limit_and_long_input_is_refused_without_decoding() {
+        for bytes in [[0u8; 16], [255u8; 16]] {
+            assert!(DocumentId::from_bytes(bytes).to_string().len() <= MAX_ENCODED_ID);
+        }
+        let long = "x".repeat(1_000_000);
+        let err = DocumentId::parse(&long, "family id").expect_err("too long");
+        // The error names the input without repeating all of it.
+        assert!(err.to_string().len() < 200, "{err}");
     }
 
     #[test]

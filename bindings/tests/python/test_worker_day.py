@@ -178,3 +178,61 @@ def test_a_throwing_listener_does_not_break_sync(relay):
 
     summary = repo.sync(Broken())
     assert summary.documents_total >= 1
+
+
+def test_garbage_from_the_app_is_an_error_value_never_a_crash():
+    """Every call with hostile strings and numbers either works or raises a
+    LinkbookError: no Rust panic (uniffi's InternalError) crosses over."""
+    import random
+
+    rng = random.Random(4)
+    repo = new_repo()
+    family = repo.add_family("Garbage")
+    day = repo.create_family_day("HMP Example", "2026-12-05")
+    nasty = ["", " ", "\0", "\0" * 3, "x" * 100_000, "💥" * 500, "'; DROP TABLE notes; --",
+             "NEAR(", "\"", "*", "AND OR NOT", "2026-02-30", "9999-99-99", "-1", "null", "{}",
+             "automerge:" + family, family, family[:-1], family + "x", day, "1" * 28]
+    numbers = [0, 1, 2**31, 2**32 - 1]
+
+    def s():
+        return rng.choice(nasty)
+
+    calls = [
+        lambda: repo.add_family(s(), address=s(), key_worker=s()),
+        lambda: repo.update_family(rng.choice([family, s()]), lb.FamilyUpdate(name=s())),
+        lambda: repo.family(s()),
+        lambda: repo.notes(s()),
+        lambda: repo.add_note(rng.choice([family, s()]), s(), lb.NoteCategory.OTHER),
+        lambda: repo.edit_note(family, s(), s()),
+        lambda: repo.search(s()),
+        lambda: repo.add_member(family, lb.NewMember(name=s(), role=lb.MemberRole.ADULT, date_of_birth=s())),
+        lambda: repo.update_member(family, s(), lb.MemberUpdate(name=s(), date_of_birth=s())),
+        lambda: repo.remove_member(family, s()),
+        lambda: repo.link_prisoner(family, lb.NewPrisoner(name=s(), establishment=s(), custody=lb.Custody.REMAND, expected_release=s())),
+        lambda: repo.record_consent(family, lb.Consent(given_by=s(), date=s(), scope=s())),
+        lambda: repo.raise_safeguarding_flag(family, s()),
+        lambda: repo.clear_safeguarding_flag(family, s()),
+        lambda: repo.add_referral(family, lb.NewReferral(agency=s(), reason=s(), date=s())),
+        lambda: repo.set_referral_outcome(family, s(), s()),
+        lambda: repo.close_family(rng.choice([family, s()]), s(), s()),
+        lambda: repo.create_family_day(s(), s(), capacity=rng.choice(numbers)),
+        lambda: repo.check_in(rng.choice([day, s()]), rng.choice([family, s()]), rng.choice(numbers), rng.choice(numbers)),
+        lambda: repo.book(rng.choice([day, s()]), rng.choice([family, s()]), rng.choice(numbers), rng.choice(numbers)),
+        lambda: repo.attendance(s()),
+        lambda: repo.family_day(s()),
+        lambda: repo.resolve_conflict(rng.choice([family, s()]), s(), s()),
+        lambda: repo.set_worker(s()),
+        lambda: repo.enrol(s(), s(), s()),
+        lambda: lb.Repo(os.path.join(env("LB_DATA"), s()), lb.generate_database_key()),
+    ]
+    outcomes = {"ok": 0, "error": 0}
+    for _ in range(600):
+        try:
+            rng.choice(calls)()
+            outcomes["ok"] += 1
+        except lb.LinkbookError:
+            outcomes["error"] += 1
+    assert outcomes["error"] > 100 and outcomes["ok"] > 10, outcomes
+    # The store is still whole and usable.
+    assert repo.family(family).id == family
+    assert repo.add_note(family, "still fine", lb.NoteCategory.OTHER)
