@@ -420,7 +420,14 @@ fn the_database_is_encrypted_and_the_wrong_key_is_refused() -> Result<()> {
     let scan = |p: &std::path::Path| {
         let dir = p.parent().expect("dir").to_path_buf();
         for entry in std::fs::read_dir(dir).expect("read dir") {
-            let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
+            let entry = entry.expect("entry");
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = entry.metadata().expect("metadata").permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{:?} is not private", entry.path());
+            }
+            let bytes = std::fs::read(entry.path()).expect("read");
             assert!(
                 !bytes.windows(13).any(|w| w == b"zebracrossing"),
                 "note text in plain bytes"

@@ -142,7 +142,11 @@ fn errors_are_reported_on_stderr_with_distinct_exit_codes() {
 
     let r = a.run(&["note", "add", &family, "--text", "   "]);
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("note text is empty"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("invalid note text: must not be empty"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stdout.is_empty());
 
     let r = a.run(&[

@@ -13,19 +13,16 @@ pub(crate) const MAX_NOTE: usize = 100_000;
 pub(crate) fn required_text(field: &'static str, value: &str, max: usize) -> Result<String> {
     let v = value.trim();
     if v.is_empty() {
-        return Err(Error::invalid(field, format!("{field} is empty")));
+        return Err(Error::invalid(field, "must not be empty"));
     }
     if v.chars().count() > max {
         return Err(Error::invalid(
             field,
-            format!("{field} is longer than {max} characters"),
+            format!("is longer than {max} characters"),
         ));
     }
     if v.chars().any(|c| c == '\0') {
-        return Err(Error::invalid(
-            field,
-            format!("{field} contains a NUL character"),
-        ));
+        return Err(Error::invalid(field, "contains a NUL character"));
     }
     Ok(v.to_string())
 }
@@ -44,10 +41,7 @@ pub(crate) fn date_not_future(
     now: DateTime<Utc>,
 ) -> Result<()> {
     if date > now.date_naive() {
-        return Err(Error::invalid(
-            field,
-            format!("{field} {date} is in the future"),
-        ));
+        return Err(Error::invalid(field, format!("{date} is in the future")));
     }
     Ok(())
 }
@@ -75,10 +69,7 @@ mod tests {
         let err = required_text("note text", "   ", 10)
             .err()
             .map(|e| e.to_string());
-        assert_eq!(
-            err.as_deref(),
-            Some("invalid note text: note text is empty")
-        );
+        assert_eq!(err.as_deref(), Some("invalid note text: must not be empty"));
         assert!(required_text("name", "abcdef", 5).is_err());
     }
 

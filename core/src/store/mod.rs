@@ -70,6 +70,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
 
 /// Opens (creating if missing) and unlocks the database file.
 pub(crate) fn open_connection(path: &Path, key: &DatabaseKey) -> Result<Connection> {
+    create_private(path);
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -97,6 +98,18 @@ pub(crate) fn open_connection(path: &Path, key: &DatabaseKey) -> Result<Connecti
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// Creates a missing database file readable by its owner only; SQLite gives
+/// the `-wal` and `-shm` files the database file's permissions.
+fn create_private(path: &Path) {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    // It exists already, or it cannot be made (a missing directory): SQLite
+    // opens it or reports why not, as before.
+    let _ = options.open(path);
 }
 
 /// Brings the schema up to date; returns the version the file had before.
