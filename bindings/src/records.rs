@@ -687,6 +687,9 @@ pub struct SyncSummary {
     pub messages_received: u32,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Families the office purged that this sync deleted from the device
+    /// (ids only): tell the worker, their records are gone.
+    pub purged: Vec<String>,
 }
 
 impl From<core::SyncSummary> for SyncSummary {
@@ -700,6 +703,7 @@ impl From<core::SyncSummary> for SyncSummary {
             messages_received: s.messages_received,
             bytes_sent: s.bytes_sent,
             bytes_received: s.bytes_received,
+            purged: s.purged,
         }
     }
 }

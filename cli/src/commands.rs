@@ -128,6 +128,9 @@ pub fn run(data: &Path, command: Command) -> Result<(), Error> {
             if as_json {
                 return json(&s);
             }
+            for id in &s.purged {
+                eprintln!("the office purged {id}: it has been deleted from this device");
+            }
             line(format_args!(
                 "synced {} documents: {} sent, {} received, {} unavailable; {} bytes up, {} bytes down",
                 s.documents_total,

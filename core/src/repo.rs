@@ -2,6 +2,7 @@
 //! and the CLI use. Every mutating call commits its Automerge change and the
 //! projections it affects in one SQLite transaction before it returns.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -728,12 +729,60 @@ impl Repo {
     /// holds it yet (the sync client fetches the ones it lacks).
     pub fn directory_listing(&self) -> Result<Vec<DocumentId>> {
         let dir = self.directory_id();
-        self.read(
+        let purged = self.purged_ids()?;
+        let mut listed = self.read(
             dir,
             DocumentType::TeamDirectory,
             "team directory",
             directory::listed,
-        )
+        )?;
+        listed.retain(|id| !purged.contains(id));
+        Ok(listed)
+    }
+
+    /// Documents the office purged: deleted here and refused from now on.
+    pub fn purged_ids(&self) -> Result<BTreeSet<DocumentId>> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare_cached("SELECT doc_id FROM purged")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = BTreeSet::new();
+        for row in rows {
+            out.insert(DocumentId::parse(&row?, "document id")?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes the documents the office purged, with their history (SQLite
+    /// `secure_delete` overwrites the freed pages), removes them from the team
+    /// directory, and remembers them so that no replica, import or sync can
+    /// bring them back. Local edits not yet synced go too: that is what an
+    /// erasure is. Returns the ones newly purged on this device.
+    pub(crate) fn apply_purges(&self, purged: &[(DocumentId, String)]) -> Result<Vec<DocumentId>> {
+        let known = self.purged_ids()?;
+        let dir = self.directory_id();
+        let new: Vec<&(DocumentId, String)> = purged
+            .iter()
+            .filter(|(id, _)| !known.contains(id) && *id != dir)
+            .collect();
+        if new.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|txn| {
+            for (id, purged_at) in &new {
+                if txn.exists(*id)? {
+                    txn.delete(*id)?;
+                }
+                if txn.exists(dir)? {
+                    directory::remove(
+                        txn.doc_of(dir, DocumentType::TeamDirectory, "team directory")?,
+                        *id,
+                    )?;
+                }
+                txn.record_purge(*id, purged_at)?;
+            }
+            Ok(())
+        })?;
+        Ok(new.into_iter().map(|(id, _)| *id).collect())
     }
 
     /// The whole document, as Automerge `save()` bytes.
@@ -794,6 +843,11 @@ impl Repo {
         self.write(|txn| {
             let mut summary = ImportSummary::default();
             for d in docs {
+                // Purged by the office after this file was made: not again.
+                if txn.is_purged(d.id)? {
+                    summary.documents_purged += 1;
+                    continue;
+                }
                 match merge_bytes(txn, d.id, &d.data, &ours, directory)? {
                     Merged::New => summary.documents_new += 1,
                     Merged::Updated => summary.documents_updated += 1,
@@ -824,7 +878,15 @@ impl Repo {
     pub fn apply_changes(&self, id: DocumentId, changes: &[u8]) -> Result<bool> {
         let team = lock(&self.profile).team.clone();
         let directory = self.directory_id();
-        self.write(|txn| Ok(merge_bytes(txn, id, changes, &team, directory)? != Merged::Unchanged))
+        self.write(|txn| {
+            if txn.is_purged(id)? {
+                return Err(Error::invalid(
+                    "document",
+                    format!("{id} was purged by the office"),
+                ));
+            }
+            Ok(merge_bytes(txn, id, changes, &team, directory)? != Merged::Unchanged)
+        })
     }
 }
 

@@ -28,6 +28,8 @@ pub enum Error {
     },
     #[error("tls: {0}")]
     Tls(String),
+    #[error("the office purged this document")]
+    Purged,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

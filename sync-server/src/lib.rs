@@ -116,12 +116,13 @@ async fn changes(
     axum::extract::Query(q): axum::extract::Query<ChangesQuery>,
 ) -> Result<Json<serde_json::Value>> {
     let token = auth::token_from(&headers, None);
-    let (cursor, documents) = tokio::task::block_in_place(|| {
+    let (cursor, documents, purged) = tokio::task::block_in_place(|| {
         let device = auth::authenticate(&*state.storage, token.as_deref())?;
-        state.storage.changed_since(&device.team, q.since)
+        let (cursor, documents) = state.storage.changed_since(&device.team, q.since)?;
+        Ok::<_, Error>((cursor, documents, state.storage.purged(&device.team)?))
     })?;
     Ok(Json(
-        serde_json::json!({ "cursor": cursor, "documents": documents }),
+        serde_json::json!({ "cursor": cursor, "documents": documents, "purged": purged }),
     ))
 }
 

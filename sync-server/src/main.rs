@@ -63,6 +63,22 @@ enum Command {
     /// Enrol, list and revoke devices (works while the relay runs).
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Erase a family's records (works while the relay runs).
+    #[command(subcommand)]
+    Family(FamilyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum FamilyCommand {
+    /// Delete a family's case file and all its history from the relay; every
+    /// device deletes it at its next sync, and no device can upload it again.
+    Purge {
+        /// The family id (as devices show it, with or without `automerge:`).
+        id: String,
+        /// Why (kept in the relay's audit, not sent to devices).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -102,6 +118,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => serve(&cli.data, cli.serve),
         Some(Command::Device(cmd)) => device(&cli.data, cmd),
+        Some(Command::Family(cmd)) => family(&cli.data, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -232,6 +249,59 @@ fn device(data: &std::path::Path, cmd: DeviceCommand) -> linkbook_server::Result
         }
     }
     Ok(())
+}
+
+fn family(data: &std::path::Path, cmd: FamilyCommand) -> linkbook_server::Result<()> {
+    use linkbook_server::Error::BadRequest;
+    let state = AppState::open(data, Limits::default())?;
+    let storage: &dyn Storage = &*state.storage;
+    match cmd {
+        FamilyCommand::Purge { id, reason } => {
+            let id = linkbook_core::DocumentId::parse(&id, "family id")
+                .map_err(|e| BadRequest(e.to_string()))?
+                .to_string();
+            let reason = reason.trim();
+            if reason.is_empty() {
+                return Err(BadRequest(
+                    "--reason must say why (it is kept in the audit)".into(),
+                ));
+            }
+            if storage.is_purged(&id)? {
+                return Err(BadRequest(format!("{id} was purged already")));
+            }
+            let stored = storage
+                .load_document(&id)?
+                .ok_or_else(|| BadRequest(format!("no family {id} on this relay")))?;
+            let kind = document_type(&stored);
+            if kind.as_deref() != Some("family") {
+                return Err(BadRequest(format!(
+                    "{id} is a {}, not a family: only family case files are purged",
+                    kind.as_deref().unwrap_or("damaged document")
+                )));
+            }
+            let team = storage
+                .purge_document(&id, reason, Utc::now())?
+                .ok_or_else(|| BadRequest(format!("no family {id} on this relay")))?;
+            println!("purged family {id} of team {team}; devices delete it at their next sync");
+        }
+    }
+    Ok(())
+}
+
+/// The `type` a stored Linkbook document declares.
+fn document_type(stored: &linkbook_server::storage::StoredDocument) -> Option<String> {
+    use automerge::ReadDoc;
+    let mut doc = match &stored.snapshot {
+        Some(s) => automerge::Automerge::load(s).ok()?,
+        None => automerge::Automerge::new(),
+    };
+    for c in &stored.changes {
+        doc.load_incremental(c).ok()?;
+    }
+    match doc.get(automerge::ROOT, "type").ok()??.0 {
+        automerge::Value::Scalar(s) => s.as_str().map(str::to_string),
+        _ => None,
+    }
 }
 
 /// What the enrolment QR code holds: the code and, if known, the relay.

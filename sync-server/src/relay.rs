@@ -386,11 +386,22 @@ impl Hub {
         };
         let message = sync::Message::decode(data)
             .map_err(|_| Close("malformed Automerge sync message".into()))?;
+        // A purged document is gone, also from memory, and never taken again
+        // (the administrator purges from another process: checked each time).
+        let key = id.to_string();
+        let purged = blocking(|| self.storage.is_purged(&key)).map_err(|e| {
+            tracing::error!(error = %e, "checking for a purge failed");
+            Close("the relay could not read its storage".into())
+        })?;
+        if purged {
+            lock(&self.docs).remove(&id);
+            self.unavailable(device, tx, document_id);
+            return Ok(());
+        }
         let Some(slot) = self.slot(id, &device.team, !is_request).await? else {
             self.unavailable(device, tx, document_id);
             return Ok(());
         };
-        let key = id.to_string();
         let mut s = slot.lock().await;
         if let std::collections::hash_map::Entry::Vacant(e) = s.states.entry(conn_id) {
             let saved = blocking(|| self.storage.sync_state(&key, &device.id))

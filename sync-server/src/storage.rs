@@ -22,7 +22,15 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/001_init.sql"),
     include_str!("../migrations/002_change_cursor.sql"),
     include_str!("../migrations/003_teams.sql"),
+    include_str!("../migrations/004_purged.sql"),
 ];
+
+/// A document the office purged, as devices are told of it (no content).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Purged {
+    pub id: String,
+    pub purged_at: String,
+}
 
 /// An enrolled device as the administrator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -91,6 +99,17 @@ pub trait Storage: Send + Sync + 'static {
     /// The team's documents changed after cursor `since`, and the cursor to
     /// ask from next time.
     fn changed_since(&self, team: &str, since: i64) -> Result<(i64, Vec<String>)>;
+    /// Deletes every stored change, snapshot and sync state of a document and
+    /// remembers it as purged; returns its team, `None` if it is not stored.
+    fn purge_document(
+        &self,
+        doc_id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>>;
+    fn is_purged(&self, doc_id: &str) -> Result<bool>;
+    /// Every document of `team` that was purged.
+    fn purged(&self, team: &str) -> Result<Vec<Purged>>;
     fn sync_state(&self, doc_id: &str, device_id: &str) -> Result<Option<Vec<u8>>>;
     fn save_sync_state(&self, doc_id: &str, device_id: &str, state: &[u8]) -> Result<()>;
 
@@ -117,8 +136,10 @@ impl std::fmt::Debug for SqliteStorage {
 impl SqliteStorage {
     pub fn open(path: &Path) -> Result<Self> {
         let mut conn = Connection::open(path)?;
+        // secure_delete: a purged document's pages are overwritten, not left
+        // readable in the free list.
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = 2;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON; PRAGMA temp_store = 2;",
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let before: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -324,6 +345,17 @@ impl Storage for SqliteStorage {
     ) -> Result<i64> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Checked in the same transaction as the write: a purge by the
+        // administrator (another process) cannot be raced.
+        let purged = tx
+            .query_row("SELECT 1 FROM purged WHERE doc_id = ?1", [doc_id], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some();
+        if purged {
+            return Err(Error::Purged);
+        }
         tx.execute(
             "INSERT INTO documents (id, team, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING",
             params![doc_id, team, now.to_rfc3339()],
@@ -371,6 +403,69 @@ impl Storage for SqliteStorage {
             ids.push(id);
         }
         Ok((cursor, ids))
+    }
+
+    fn purge_document(
+        &self,
+        doc_id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let team: Option<String> = tx
+            .query_row("SELECT team FROM documents WHERE id = ?1", [doc_id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(team) = team else {
+            return Ok(None);
+        };
+        for sql in [
+            "DELETE FROM changes WHERE doc_id = ?1",
+            "DELETE FROM sync_states WHERE doc_id = ?1",
+            "DELETE FROM documents WHERE id = ?1",
+        ] {
+            tx.execute(sql, [doc_id])?;
+        }
+        tx.execute(
+            "INSERT INTO purged (doc_id, team, reason, purged_at) VALUES (?1, ?2, ?3, ?4)",
+            params![doc_id, team, reason, now.to_rfc3339()],
+        )?;
+        tx.execute(
+            "INSERT INTO audit (at, device_id, worker, action, doc_id) VALUES (?1, NULL, NULL, 'purged', ?2)",
+            params![now.to_rfc3339(), doc_id],
+        )?;
+        tx.commit()?;
+        // Older page images of the document are still in the WAL: fold it
+        // into the (secure-deleted) database file and truncate it. Busy if a
+        // reader holds an old snapshot; the next checkpoint then does it.
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        Ok(Some(team))
+    }
+
+    fn is_purged(&self, doc_id: &str) -> Result<bool> {
+        Ok(self
+            .conn()
+            .query_row("SELECT 1 FROM purged WHERE doc_id = ?1", [doc_id], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some())
+    }
+
+    fn purged(&self, team: &str) -> Result<Vec<Purged>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT doc_id, purged_at FROM purged WHERE team = ?1 ORDER BY purged_at",
+        )?;
+        let rows = stmt.query_map([team], |r| {
+            Ok(Purged {
+                id: r.get(0)?,
+                purged_at: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn sync_state(&self, doc_id: &str, device_id: &str) -> Result<Option<Vec<u8>>> {

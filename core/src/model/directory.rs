@@ -86,6 +86,20 @@ pub(crate) fn put_family_day(doc: &mut AutoCommit, day: &FamilyDay) -> Result<()
     )
 }
 
+/// Removes every entry of document `id` (a purged family or family day).
+pub(crate) fn remove(doc: &mut AutoCommit, id: DocumentId) -> Result<()> {
+    let prefix = format!("{id}.");
+    for map in ["families", "family_days"] {
+        let Some(m) = get_map(doc, &ROOT, map) else {
+            continue;
+        };
+        for key in keys(doc, &m).into_iter().filter(|k| k.starts_with(&prefix)) {
+            doc.delete(&m, key.as_str())?;
+        }
+    }
+    Ok(())
+}
+
 /// Every document the directory names.
 pub(crate) fn listed(doc: &AutoCommit) -> Vec<DocumentId> {
     let mut ids: Vec<DocumentId> = ["families", "family_days"]

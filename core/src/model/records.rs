@@ -323,4 +323,6 @@ pub struct ImportSummary {
     pub documents_new: u32,
     pub documents_updated: u32,
     pub documents_unchanged: u32,
+    /// Documents in the file that the office has purged: left out.
+    pub documents_purged: u32,
 }

@@ -244,6 +244,28 @@ impl<'a> WriteTxn<'a> {
         Ok(doc)
     }
 
+    /// Whether the office purged this document (it must not come back).
+    pub(crate) fn is_purged(&self, id: DocumentId) -> Result<bool> {
+        Ok(self
+            .tx
+            .query_row(
+                "SELECT 1 FROM purged WHERE doc_id = ?1",
+                [id.to_string()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Remembers that the office purged `id` at `purged_at`.
+    pub(crate) fn record_purge(&mut self, id: DocumentId, purged_at: &str) -> Result<()> {
+        self.tx.execute(
+            "INSERT OR IGNORE INTO purged (doc_id, purged_at) VALUES (?1, ?2)",
+            params![id.to_string(), purged_at],
+        )?;
+        Ok(())
+    }
+
     /// Removes a document, its changes, projections and sync states.
     pub(crate) fn delete(&mut self, id: DocumentId) -> Result<()> {
         let key = id.to_string();

@@ -66,6 +66,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/001_init.sql"),
     include_str!("../../migrations/002_projections.sql"),
     include_str!("../../migrations/003_sync_versions.sql"),
+    include_str!("../../migrations/004_purged.sql"),
 ];
 
 /// Opens (creating if missing) and unlocks the database file.
@@ -92,6 +93,7 @@ pub(crate) fn open_connection(path: &Path, key: &DatabaseKey) -> Result<Connecti
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
+         PRAGMA secure_delete = ON;
          PRAGMA foreign_keys = ON;
          PRAGMA temp_store = 2;",
     )?;

@@ -62,6 +62,9 @@ pub struct SyncSummary {
     pub messages_received: u32,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Documents the office purged that this sync deleted from the device
+    /// (ids only: their content is gone).
+    pub purged: Vec<String>,
 }
 
 /// How long a peer may be silent before heads-only announcements count as
@@ -443,8 +446,24 @@ impl Session<'_> {
                     .into_iter()
                     .map(|(id, _)| id)
                     .collect();
+                let relay = self.relay_changed()?;
+                if let Some(relay) = &relay {
+                    // Erasures first: a purged family is deleted here before
+                    // anything could offer it to the relay again.
+                    let purged = self.repo.apply_purges(&relay.purged)?;
+                    self.summary.purged = purged.iter().map(ToString::to_string).collect();
+                }
+                let held: BTreeSet<DocumentId> = match &relay {
+                    Some(r) if !r.purged.is_empty() => self
+                        .repo
+                        .document_ids()?
+                        .into_iter()
+                        .map(|(id, _)| id)
+                        .collect(),
+                    _ => held,
+                };
                 let listed = self.repo.directory_listing()?;
-                match self.relay_changed()? {
+                match relay.map(|r| (r.cursor, r.changed)) {
                     // Only what changed here since the last sync, what
                     // changed on the relay since, and what we lack.
                     Some((cursor, changed)) => {
@@ -647,7 +666,7 @@ impl Session<'_> {
     /// The relay's change cursor and the documents changed since ours;
     /// `None` where the server has no such endpoint (any automerge-repo
     /// server that is not a Linkbook relay): then every document is synced.
-    fn relay_changed(&self) -> Result<Option<(i64, Vec<DocumentId>)>> {
+    fn relay_changed(&self) -> Result<Option<RelayChanges>> {
         let Some((endpoint, ca, token)) = &self.relay_changes else {
             return Ok(None);
         };
@@ -676,8 +695,31 @@ impl Session<'_> {
                     .collect()
             })
             .unwrap_or_default();
-        Ok(Some((cursor, changed)))
+        let purged = body["purged"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| {
+                        let id = DocumentId::parse(p["id"].as_str()?, "document id").ok()?;
+                        Some((id, p["purged_at"].as_str().unwrap_or("").to_string()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Some(RelayChanges {
+            cursor,
+            changed,
+            purged,
+        }))
     }
+}
+
+/// What `GET /v1/changes` told: the team's documents changed since our
+/// cursor, and every document of the team the office purged.
+struct RelayChanges {
+    cursor: i64,
+    changed: Vec<DocumentId>,
+    purged: Vec<(DocumentId, String)>,
 }
 
 impl Repo {

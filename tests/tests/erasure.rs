@@ -1,0 +1,104 @@
+//! Erasure: the office purges a family on the relay, and it is gone from the
+//! relay and from every device at its next sync; no device can bring it back.
+
+use linkbook_core::*;
+use linkbook_tests::{Device, Relay};
+
+fn family(d: &Device, name: &str, note: &str) -> Result<DocumentId> {
+    let id = d.add_family(&NewFamily {
+        name: name.into(),
+        ..Default::default()
+    })?;
+    d.add_note(id, note, NoteCategory::Visit)?;
+    Ok(id)
+}
+
+fn relay_files_contain(relay: &Relay, needle: &[u8]) -> bool {
+    std::fs::read_dir(relay.data.path())
+        .expect("relay dir")
+        .filter_map(|e| std::fs::read(e.expect("entry").path()).ok())
+        .any(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+}
+
+#[test]
+fn a_purged_family_is_gone_from_the_relay_and_every_device_and_cannot_come_back() -> Result<()> {
+    let relay = Relay::start();
+    let a = Device::enrolled(&relay, "north", "Asha");
+    let b = Device::enrolled(&relay, "north", "Ben");
+    let secret = "zebracrossing disclosure at the visit";
+    let purged = family(&a, "Purged", secret)?;
+    let kept = family(&a, "Kept", "an ordinary visit")?;
+    a.sync(None)?;
+    b.sync(None)?;
+    assert_eq!(b.notes(purged)?.len(), 1);
+    assert!(relay_files_contain(&relay, b"zebracrossing"));
+    // An export made before the purge, and B's offline edit to the family.
+    let old_export = b.export()?;
+    b.add_note(
+        purged,
+        "written offline after the purge",
+        NoteCategory::Other,
+    )?;
+
+    let r = relay.admin(&[
+        "family",
+        "purge",
+        &purged.to_string(),
+        "--reason",
+        "erasure request",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    // The relay holds nothing of its notes any more.
+    assert!(!relay_files_contain(&relay, b"zebracrossing"));
+    // Purging again, or purging what is not a family, is refused.
+    let again = relay.admin(&["family", "purge", &purged.to_string(), "--reason", "x"]);
+    assert_ne!(again.code, 0);
+    assert!(again.stderr.contains("purged already"), "{}", again.stderr);
+    let directory = relay.admin(&[
+        "family",
+        "purge",
+        &a.directory_id().to_string(),
+        "--reason",
+        "x",
+    ]);
+    assert_ne!(directory.code, 0);
+    assert!(
+        directory.stderr.contains("not a family"),
+        "{}",
+        directory.stderr
+    );
+
+    // Each device deletes it at its next sync and is told (by id only).
+    for d in [&a, &b] {
+        let s = d.sync(None)?;
+        assert_eq!(s.purged, vec![purged.to_string()], "{s:?}");
+        assert!(matches!(d.family(purged), Err(Error::NotFound { .. })));
+        assert!(d.families()?.iter().all(|f| f.id != purged));
+        assert!(d.search("zebracrossing")?.is_empty());
+        assert!(!d.directory_listing()?.contains(&purged));
+        assert_eq!(d.notes(kept)?.len(), 1);
+        // Told once.
+        assert!(d.sync(None)?.purged.is_empty());
+    }
+
+    // B's pre-purge export cannot bring it back on B...
+    let summary = b.import(&old_export)?;
+    assert_eq!(summary.documents_purged, 1, "{summary:?}");
+    assert!(matches!(b.family(purged), Err(Error::NotFound { .. })));
+    // ...and a device that never heard of the purge cannot upload it: the
+    // relay refuses it even when asked for it directly.
+    let stale = Device::enrolled(&relay, "north", "Cleo");
+    stale.import(&old_export)?;
+    assert_eq!(stale.notes(purged)?.len(), 1);
+    let s = stale.sync_documents(&[purged], None)?;
+    assert_eq!(s.documents_unavailable, 1, "{s:?}");
+    assert!(!relay_files_contain(&relay, b"zebracrossing"));
+
+    // A new device of the team gets everything else, not the purged family.
+    let fresh = Device::enrolled(&relay, "north", "Dev");
+    fresh.sync(None)?;
+    let families: Vec<DocumentId> = fresh.families()?.into_iter().map(|f| f.id).collect();
+    assert_eq!(families, vec![kept]);
+    Ok(())
+}
