@@ -267,6 +267,32 @@ impl Repo {
         Ok(())
     }
 
+    /// Deletes every record on this device and forgets its enrolment (what a
+    /// revoked device does). Deleted pages are overwritten (`secure_delete`)
+    /// and the WAL is truncated, so nothing stays readable with the key.
+    pub(crate) fn wipe(&self) -> Result<()> {
+        let ids = self.document_ids()?;
+        self.write(|txn| {
+            for (id, _) in &ids {
+                txn.delete(*id)?;
+            }
+            Ok(())
+        })?;
+        self.with_writer_tx(|tx| {
+            tx.execute(
+                "DELETE FROM profile WHERE key IN ('token', 'server_url', 'server_ca', 'relay_peer')
+                    OR key LIKE 'relay_cursor:%'",
+                [],
+            )?;
+            Ok(())
+        })?;
+        let w = lock(&self.writer);
+        let _ = w
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        Ok(())
+    }
+
     /// Moves every record on the device into `team` (at enrolment: a device
     /// may have been used before it was enrolled). The old team's directory
     /// is replaced by the new team's, listing the same records.

@@ -162,11 +162,18 @@ fn a_device_of_another_team_cannot_get_documents_and_a_revoked_device_gets_nothi
     );
     assert!(matches!(probe.family(family), Err(Error::NotFound { .. })));
 
-    // Revoked: the next connection is refused as revoked.
+    // Revoked (a lost tablet): the next connection is refused as revoked,
+    // and the device deletes everything it holds and forgets its enrolment.
+    assert_eq!(a.repo.search("confidential")?.len(), 1);
     let id = a.repo.profile().device_id;
     let r = relay.admin(&["device", "revoke", &id]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(matches!(a.repo.sync(None), Err(Error::Revoked)));
+    assert!(a.repo.families()?.is_empty());
+    assert!(a.repo.document_ids()?.is_empty());
+    assert!(a.repo.search("confidential")?.is_empty());
+    assert_eq!(a.repo.enrolment()?, None);
+    assert!(matches!(a.repo.sync(None), Err(Error::Unauthorized(_))));
 
     // An enrolment code works once only.
     let code = relay.enrol_code("north", "Dee");

@@ -182,7 +182,15 @@ impl Repo {
             ));
         };
         let ca = values[1].clone().filter(|s| !s.is_empty());
-        self.sync_session(&server, Some(&token), ca.as_deref(), only, listener)
+        match self.sync_session(&server, Some(&token), ca.as_deref(), only, listener) {
+            // A lost or stolen device: the office revoked it, so at its first
+            // contact it deletes everything it holds.
+            Err(Error::Revoked) => {
+                self.wipe()?;
+                Err(Error::Revoked)
+            }
+            other => other,
+        }
     }
 
     /// Syncs every document with the automerge-repo server at `server`
