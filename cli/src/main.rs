@@ -17,6 +17,17 @@ use clap::Parser;
 use linkbook_core::Error;
 
 fn main() -> ExitCode {
+    // Warnings (a read log that could not be uploaded, ...) on stderr;
+    // RUST_LOG=debug for more. Never record content: core logs ids only.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "{},{}",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            linkbook_core::LOG_CAPS
+        )))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let cli = args::Cli::parse();
     let data = cli.data_dir().to_path_buf();
     match commands::run(&data, cli.command) {

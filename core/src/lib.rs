@@ -22,6 +22,12 @@ mod store;
 mod sync;
 
 pub use error::{Error, Result};
+
+/// `tracing` filter directives every Linkbook binary appends to its filter,
+/// whatever `RUST_LOG` asks for: these crates log WebSocket frames, HTTP
+/// headers or TLS details at debug and trace level, which would put record
+/// content or tokens into a log. Linkbook's own crates log ids only.
+pub const LOG_CAPS: &str = "tungstenite=info,tokio_tungstenite=info,rustls=info,hyper=info,hyper_util=info,h2=info,axum=info,tower=info,tower_http=info";
 pub use ids::DocumentId;
 pub use model::validate::parse_date;
 pub use model::{

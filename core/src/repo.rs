@@ -452,9 +452,41 @@ impl Repo {
     }
 
     /// A whole family case file.
+    /// A whole case file. The read is logged for the relay's audit (who
+    /// saw which family, when), uploaded at the next sync.
     pub fn family(&self, id: DocumentId) -> Result<Family> {
-        self.read(id, DocumentType::Family, "family", |doc| {
+        let family = self.read(id, DocumentType::Family, "family", |doc| {
             family::read(doc, id)
+        })?;
+        self.log_read(id)?;
+        Ok(family)
+    }
+
+    fn log_read(&self, id: DocumentId) -> Result<()> {
+        let now = (self.clock)().to_rfc3339();
+        self.with_writer_tx(|tx| {
+            tx.execute(
+                "INSERT INTO read_log (family_id, at) VALUES (?1, ?2)",
+                params![id.to_string(), now],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Reads logged since the last upload: (seq, family id, at), oldest first.
+    pub(crate) fn pending_reads(&self, limit: usize) -> Result<Vec<(i64, String, String)>> {
+        let conn = lock(&self.reader);
+        let mut stmt =
+            conn.prepare_cached("SELECT seq, family_id, at FROM read_log ORDER BY seq LIMIT ?1")?;
+        let rows = stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Forgets reads up to `seq` once the relay has stored them.
+    pub(crate) fn reads_uploaded(&self, seq: i64) -> Result<()> {
+        self.with_writer_tx(|tx| {
+            tx.execute("DELETE FROM read_log WHERE seq <= ?1", [seq])?;
+            Ok(())
         })
     }
 

@@ -78,6 +78,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/enrol", post(enrol))
         .route("/v1/sync", get(sync_socket))
         .route("/v1/changes", get(changes))
+        .route("/v1/audit", post(audit_reads))
         .layer(DefaultBodyLimit::max(16 * 1024))
         .with_state(state)
 }
@@ -99,7 +100,52 @@ async fn enrol(
         auth::enrol(&*state.storage, &req.code, &req.device_name, Utc::now())
     })?;
     tracing::info!(device = %enrolled.device_id, team = %enrolled.team, "device enrolled");
+    tokio::task::block_in_place(|| {
+        state.storage.audit_as(
+            Some(&enrolled.device_id),
+            Some(&enrolled.worker),
+            "enrolled",
+            None,
+            &Utc::now().to_rfc3339(),
+        )
+    })?;
     Ok(Json(enrolled))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ReadLog {
+    reads: Vec<Read>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Read {
+    family_id: String,
+    at: String,
+}
+
+/// A device's log of case-file reads, for the audit (ids and times only).
+async fn audit_reads(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>> {
+    let token = auth::token_from(&headers, None);
+    let log: ReadLog = serde_json::from_slice(&body).map_err(|_| {
+        Error::BadRequest("expected JSON {\"reads\": [{\"family_id\": …, \"at\": …}]}".into())
+    })?;
+    let mut reads = Vec::with_capacity(log.reads.len());
+    for r in log.reads {
+        let id = linkbook_core::DocumentId::parse(&r.family_id, "family id")
+            .map_err(|_| Error::BadRequest("a read names a malformed family id".into()))?;
+        let at = chrono::DateTime::parse_from_rfc3339(&r.at)
+            .map_err(|_| Error::BadRequest("a read has a malformed time".into()))?;
+        reads.push((id.to_string(), at.with_timezone(&Utc).to_rfc3339()));
+    }
+    tokio::task::block_in_place(|| {
+        let device = auth::authenticate(&*state.storage, token.as_deref())?;
+        state.storage.record_reads(&device, &reads)
+    })?;
+    Ok(Json(serde_json::json!({ "stored": reads.len() })))
 }
 
 #[derive(Debug, serde::Deserialize)]

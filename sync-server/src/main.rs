@@ -63,6 +63,18 @@ enum Command {
     /// Enrol, list and revoke devices (works while the relay runs).
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Who enrolled, synced, uploaded, received or read which family, and
+    /// what was purged or revoked, when (never any record content).
+    Audit {
+        /// Only records about this family (document id).
+        #[arg(long)]
+        family: Option<String>,
+        /// Only records of this device.
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Erase a family's records (works while the relay runs).
     #[command(subcommand)]
     Family(FamilyCommand),
@@ -107,10 +119,11 @@ enum DeviceCommand {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "{},{}",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            linkbook_core::LOG_CAPS
+        )))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -119,6 +132,11 @@ fn main() -> ExitCode {
         None => serve(&cli.data, cli.serve),
         Some(Command::Device(cmd)) => device(&cli.data, cmd),
         Some(Command::Family(cmd)) => family(&cli.data, cmd),
+        Some(Command::Audit {
+            family,
+            device,
+            json,
+        }) => audit(&cli.data, family, device, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -245,8 +263,52 @@ fn device(data: &std::path::Path, cmd: DeviceCommand) -> linkbook_server::Result
                     "no device {id}"
                 )));
             }
+            storage.audit_as(
+                Some(&id),
+                Some("office administrator"),
+                "revoked",
+                None,
+                &Utc::now().to_rfc3339(),
+            )?;
             println!("revoked {id}");
         }
+    }
+    Ok(())
+}
+
+fn audit(
+    data: &std::path::Path,
+    family: Option<String>,
+    device: Option<String>,
+    json: bool,
+) -> linkbook_server::Result<()> {
+    let family = family
+        .map(|f| {
+            linkbook_core::DocumentId::parse(&f, "family id")
+                .map(|id| id.to_string())
+                .map_err(|e| linkbook_server::Error::BadRequest(e.to_string()))
+        })
+        .transpose()?;
+    let state = AppState::open(data, Limits::default())?;
+    let entries = state
+        .storage
+        .audit_log(family.as_deref(), device.as_deref())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).unwrap_or_else(|_| "[]".into())
+        );
+        return Ok(());
+    }
+    for e in entries {
+        println!(
+            "{}  {:<9} {:<36} {:<20} {}",
+            e.at,
+            e.action,
+            e.device_id.as_deref().unwrap_or("-"),
+            e.worker.as_deref().unwrap_or("-"),
+            e.document_id.as_deref().unwrap_or("-"),
+        );
     }
     Ok(())
 }

@@ -439,6 +439,12 @@ impl Hub {
             .get_mut(&conn_id)
             .and_then(|(_, state)| doc.generate_sync_message(state));
         if let Some(reply) = reply {
+            if !reply.changes.is_empty() {
+                let _ = blocking(|| {
+                    self.storage
+                        .audit(Some(device), "received", Some(document_id), Utc::now())
+                });
+            }
             let _ = tx.send(Message::Sync {
                 sender_id: self.peer_id.clone(),
                 target_id: device.id.clone(),
@@ -454,6 +460,17 @@ impl Hub {
                 if let (Some(conn), Some(m)) =
                     (connections.get(other), doc.generate_sync_message(state))
                 {
+                    if !m.changes.is_empty() {
+                        let _ = blocking(|| {
+                            self.storage.audit_as(
+                                Some(other_device),
+                                None,
+                                "received",
+                                Some(document_id),
+                                &Utc::now().to_rfc3339(),
+                            )
+                        });
+                    }
                     let _ = conn.tx.send(Message::Sync {
                         sender_id: self.peer_id.clone(),
                         target_id: other_device.clone(),

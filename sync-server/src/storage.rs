@@ -25,6 +25,17 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/004_purged.sql"),
 ];
 
+/// One audit record: who did what to which document, when (never content).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    pub at: String,
+    pub device_id: Option<String>,
+    pub worker: Option<String>,
+    /// enrolled, connected, uploaded, received, read, purged, revoked
+    pub action: String,
+    pub document_id: Option<String>,
+}
+
 /// A document the office purged, as devices are told of it (no content).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Purged {
@@ -119,7 +130,28 @@ pub trait Storage: Send + Sync + 'static {
         action: &str,
         doc_id: Option<&str>,
         now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.audit_as(
+            device.map(|d| d.id.as_str()),
+            device.map(|d| d.worker.as_str()),
+            action,
+            doc_id,
+            &now.to_rfc3339(),
+        )
+    }
+    /// Appends one audit record (`at` as RFC 3339).
+    fn audit_as(
+        &self,
+        device_id: Option<&str>,
+        worker: Option<&str>,
+        action: &str,
+        doc_id: Option<&str>,
+        at: &str,
     ) -> Result<()>;
+    /// Appends a device's case-file reads (`(family id, at)`) in one go.
+    fn record_reads(&self, device: &Device, reads: &[(String, String)]) -> Result<()>;
+    /// The audit, oldest first, about one family and/or one device.
+    fn audit_log(&self, family: Option<&str>, device: Option<&str>) -> Result<Vec<AuditEntry>>;
 }
 
 /// The embedded default: one SQLite file.
@@ -433,7 +465,7 @@ impl Storage for SqliteStorage {
             params![doc_id, team, reason, now.to_rfc3339()],
         )?;
         tx.execute(
-            "INSERT INTO audit (at, device_id, worker, action, doc_id) VALUES (?1, NULL, NULL, 'purged', ?2)",
+            "INSERT INTO audit (at, device_id, worker, action, doc_id) VALUES (?1, NULL, 'office administrator', 'purged', ?2)",
             params![now.to_rfc3339(), doc_id],
         )?;
         tx.commit()?;
@@ -488,23 +520,52 @@ impl Storage for SqliteStorage {
         Ok(())
     }
 
-    fn audit(
+    fn audit_as(
         &self,
-        device: Option<&Device>,
+        device_id: Option<&str>,
+        worker: Option<&str>,
         action: &str,
         doc_id: Option<&str>,
-        now: DateTime<Utc>,
+        at: &str,
     ) -> Result<()> {
         self.conn().execute(
             "INSERT INTO audit (at, device_id, worker, action, doc_id) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                now.to_rfc3339(),
-                device.map(|d| d.id.as_str()),
-                device.map(|d| d.worker.as_str()),
-                action,
-                doc_id
-            ],
+            params![at, device_id, worker, action, doc_id],
         )?;
         Ok(())
+    }
+
+    fn record_reads(&self, device: &Device, reads: &[(String, String)]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO audit (at, device_id, worker, action, doc_id) VALUES (?1, ?2, ?3, 'read', ?4)",
+            )?;
+            for (family, at) in reads {
+                insert.execute(params![at, device.id, device.worker, family])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn audit_log(&self, family: Option<&str>, device: Option<&str>) -> Result<Vec<AuditEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT at, device_id, worker, action, doc_id FROM audit
+             WHERE (?1 IS NULL OR doc_id = ?1) AND (?2 IS NULL OR device_id = ?2)
+             ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![family, device], |r| {
+            Ok(AuditEntry {
+                at: r.get(0)?,
+                device_id: r.get(1)?,
+                worker: r.get(2)?,
+                action: r.get(3)?,
+                document_id: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }

@@ -47,15 +47,21 @@ impl Relay {
     /// Starts with extra command-line options (limits).
     pub fn start_with(args: &[&str]) -> Relay {
         let data = tempfile::tempdir().expect("relay dir");
-        Self::launch(data, args)
+        Self::launch(data, args, &[])
+    }
+
+    /// Starts with environment variables set (e.g. `RUST_LOG`).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Relay {
+        let data = tempfile::tempdir().expect("relay dir");
+        Self::launch(data, &[], env)
     }
 
     /// Starts on an existing data directory (a restart).
     pub fn start_in(data: TempDir) -> Relay {
-        Self::launch(data, &[])
+        Self::launch(data, &[], &[])
     }
 
-    fn launch(data: TempDir, args: &[&str]) -> Relay {
+    fn launch(data: TempDir, args: &[&str], env: &[(&str, &str)]) -> Relay {
         use std::io::BufRead;
         let stderr_log = data.path().join("relay.log");
         let log = std::fs::OpenOptions::new()
@@ -68,6 +74,7 @@ impl Relay {
             .arg(data.path())
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(log)
             .spawn()

@@ -67,6 +67,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/002_projections.sql"),
     include_str!("../../migrations/003_sync_versions.sql"),
     include_str!("../../migrations/004_purged.sql"),
+    include_str!("../../migrations/005_read_log.sql"),
 ];
 
 /// Opens (creating if missing) and unlocks the database file.

@@ -182,7 +182,15 @@ impl Repo {
             ));
         };
         let ca = values[1].clone().filter(|s| !s.is_empty());
-        match self.sync_session(&server, Some(&token), ca.as_deref(), only, listener) {
+        let result = self.sync_session(&server, Some(&token), ca.as_deref(), only, listener);
+        if result.is_ok() {
+            // The audit of who read which case file: kept here until the
+            // relay has it, so a failed upload only waits for the next sync.
+            if let Err(e) = self.upload_reads(&server, ca.as_deref(), &token) {
+                tracing::warn!(error = %e, "uploading the read log failed; kept for the next sync");
+            }
+        }
+        match result {
             // A lost or stolen device: the office revoked it, so at its first
             // contact it deletes everything it holds.
             Err(Error::Revoked) => {
@@ -190,6 +198,31 @@ impl Repo {
                 Err(Error::Revoked)
             }
             other => other,
+        }
+    }
+
+    /// Sends the case-file reads logged on this device to the relay's audit.
+    fn upload_reads(&self, server: &str, ca: Option<&str>, token: &str) -> Result<()> {
+        let endpoint = Endpoint::parse(server)?;
+        loop {
+            let reads = self.pending_reads(100)?;
+            let Some((last, _, _)) = reads.last() else {
+                return Ok(());
+            };
+            let last = *last;
+            let body = serde_json::json!({
+                "reads": reads
+                    .iter()
+                    .map(|(_, family, at)| serde_json::json!({ "family_id": family, "at": at }))
+                    .collect::<Vec<_>>(),
+            });
+            let (status, _) = net::post_json_auth(&endpoint, ca, "/v1/audit", &body, token)?;
+            if status != 200 {
+                return Err(Error::Network(format!(
+                    "the relay answered {status} to the read log"
+                )));
+            }
+            self.reads_uploaded(last)?;
         }
     }
 

@@ -212,6 +212,17 @@ pub(crate) fn post_json(
     http_json(endpoint, ca_pem, "POST", path, Some(body), None)
 }
 
+/// An HTTP/1.1 POST of JSON with a bearer token; returns (status, body).
+pub(crate) fn post_json_auth(
+    endpoint: &Endpoint,
+    ca_pem: Option<&str>,
+    path: &str,
+    body: &serde_json::Value,
+    token: &str,
+) -> Result<(u16, serde_json::Value)> {
+    http_json(endpoint, ca_pem, "POST", path, Some(body), Some(token))
+}
+
 /// An HTTP/1.1 GET with a bearer token; returns (status, body).
 pub(crate) fn get_json(
     endpoint: &Endpoint,
