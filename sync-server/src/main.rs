@@ -75,6 +75,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Subject access: every record the relay holds on a person, as JSON —
+    /// each family case file that names them (in any field or note), whole,
+    /// with its audit. The export itself is audited.
+    ExportPerson {
+        /// A name (or part of one), matched without regard to case.
+        #[arg(long, required_unless_present = "family")]
+        name: Option<String>,
+        /// Or one family's records, by id.
+        #[arg(long, conflicts_with = "name")]
+        family: Option<String>,
+    },
     /// Erase a family's records (works while the relay runs).
     #[command(subcommand)]
     Family(FamilyCommand),
@@ -137,6 +148,7 @@ fn main() -> ExitCode {
             device,
             json,
         }) => audit(&cli.data, family, device, json),
+        Some(Command::ExportPerson { name, family }) => export_person(&cli.data, name, family),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -350,9 +362,98 @@ fn family(data: &std::path::Path, cmd: FamilyCommand) -> linkbook_server::Result
     Ok(())
 }
 
-/// The `type` a stored Linkbook document declares.
-fn document_type(stored: &linkbook_server::storage::StoredDocument) -> Option<String> {
-    use automerge::ReadDoc;
+fn export_person(
+    data: &std::path::Path,
+    name: Option<String>,
+    family: Option<String>,
+) -> linkbook_server::Result<()> {
+    use linkbook_server::Error::BadRequest;
+    let name = name.map(|n| n.trim().to_lowercase());
+    if name.as_deref().is_some_and(|n| n.chars().count() < 2) {
+        return Err(BadRequest("--name needs at least two letters".into()));
+    }
+    let family = family
+        .map(|f| {
+            linkbook_core::DocumentId::parse(&f, "family id")
+                .map(|id| id.to_string())
+                .map_err(|e| BadRequest(e.to_string()))
+        })
+        .transpose()?;
+    let state = AppState::open(data, Limits::default())?;
+    let storage: &dyn Storage = &*state.storage;
+    let mut records = Vec::new();
+    for (id, team) in storage.document_ids()? {
+        if family.as_ref().is_some_and(|f| *f != id) {
+            continue;
+        }
+        let Some(stored) = storage.load_document(&id)? else {
+            continue;
+        };
+        let Some(doc) = load(&stored) else { continue };
+        if document_type_of(&doc).as_deref() != Some("family") {
+            continue;
+        }
+        let json = serde_json::to_value(automerge::AutoSerde::from(&doc))
+            .map_err(|e| BadRequest(format!("{id} could not be read: {e}")))?;
+        let mut matches = Vec::new();
+        if let Some(name) = &name {
+            find_text(&json, name, String::new(), &mut matches);
+            if matches.is_empty() {
+                continue;
+            }
+        }
+        records.push(serde_json::json!({
+            "family_id": id,
+            "team": team,
+            "matched_at": matches,
+            "record": json,
+            "audit": storage.audit_log(Some(&id), None)?,
+        }));
+    }
+    if family.is_some() && records.is_empty() {
+        return Err(BadRequest("no family with that id on this relay".into()));
+    }
+    let now = Utc::now().to_rfc3339();
+    for r in &records {
+        storage.audit_as(
+            None,
+            Some("office administrator"),
+            "subject access export",
+            r["family_id"].as_str(),
+            &now,
+        )?;
+    }
+    let out = serde_json::json!({
+        "generated_at": now,
+        "query": { "name": name, "family": family },
+        "families": records,
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).unwrap_or_else(|_| "{}".into())
+    );
+    Ok(())
+}
+
+/// Paths (`members/0/name`) of every string in `value` that contains `needle`.
+fn find_text(value: &serde_json::Value, needle: &str, path: String, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::String(s) if s.to_lowercase().contains(needle) => out.push(path),
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                find_text(v, needle, format!("{path}/{i}"), out);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                find_text(v, needle, format!("{path}/{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn load(stored: &linkbook_server::storage::StoredDocument) -> Option<automerge::Automerge> {
     let mut doc = match &stored.snapshot {
         Some(s) => automerge::Automerge::load(s).ok()?,
         None => automerge::Automerge::new(),
@@ -360,6 +461,16 @@ fn document_type(stored: &linkbook_server::storage::StoredDocument) -> Option<St
     for c in &stored.changes {
         doc.load_incremental(c).ok()?;
     }
+    Some(doc)
+}
+
+/// The `type` a stored Linkbook document declares.
+fn document_type(stored: &linkbook_server::storage::StoredDocument) -> Option<String> {
+    document_type_of(&load(stored)?)
+}
+
+fn document_type_of(doc: &automerge::Automerge) -> Option<String> {
+    use automerge::ReadDoc;
     match doc.get(automerge::ROOT, "type").ok()??.0 {
         automerge::Value::Scalar(s) => s.as_str().map(str::to_string),
         _ => None,

@@ -119,6 +119,8 @@ pub trait Storage: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Option<String>>;
     fn is_purged(&self, doc_id: &str) -> Result<bool>;
+    /// Every stored document: (id, team).
+    fn document_ids(&self) -> Result<Vec<(String, String)>>;
     /// Every document of `team` that was purged.
     fn purged(&self, team: &str) -> Result<Vec<Purged>>;
     fn sync_state(&self, doc_id: &str, device_id: &str) -> Result<Option<Vec<u8>>>;
@@ -474,6 +476,13 @@ impl Storage for SqliteStorage {
         // reader holds an old snapshot; the next checkpoint then does it.
         let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         Ok(Some(team))
+    }
+
+    fn document_ids(&self) -> Result<Vec<(String, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT id, team FROM documents ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn is_purged(&self, doc_id: &str) -> Result<bool> {

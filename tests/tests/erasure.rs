@@ -102,3 +102,86 @@ fn a_purged_family_is_gone_from_the_relay_and_every_device_and_cannot_come_back(
     assert_eq!(families, vec![kept]);
     Ok(())
 }
+
+#[test]
+fn subject_access_finds_every_family_that_names_a_person_and_is_audited() -> Result<()> {
+    let relay = Relay::start();
+    let a = Device::enrolled(&relay, "north", "Asha");
+    let own = family(&a, "Okoro", "Home visit")?;
+    a.add_member(
+        own,
+        &NewMember {
+            name: "Adaeze Okoro".into(),
+            role: MemberRole::Child,
+            relationship: Some("daughter".into()),
+            date_of_birth: None,
+            school: Some("Hill Primary".into()),
+            looked_after: false,
+            social_worker: None,
+        },
+    )?;
+    let mentioned = family(&a, "Smith", "Met ADAEZE's mum at the school gate")?;
+    let unrelated = family(&a, "Jones", "Nothing about her")?;
+    a.sync(None)?;
+
+    let r = relay.admin(&["export-person", "--name", "adaeze"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
+    let families = out["families"].as_array().expect("families");
+    let ids: Vec<&str> = families
+        .iter()
+        .filter_map(|f| f["family_id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    for id in [own, mentioned] {
+        assert!(ids.contains(&id.to_string().as_str()), "{id} missing");
+    }
+    assert!(!ids.contains(&unrelated.to_string().as_str()));
+    // The whole record, with what matched and the family's audit.
+    let okoro = families
+        .iter()
+        .find(|f| f["family_id"] == own.to_string())
+        .expect("Okoro");
+    assert!(okoro["record"].to_string().contains("Hill Primary"));
+    assert!(!okoro["matched_at"].as_array().expect("paths").is_empty());
+    assert!(
+        okoro["audit"]
+            .as_array()
+            .expect("audit")
+            .iter()
+            .any(|e| e["action"] == "uploaded")
+    );
+    let smith = families
+        .iter()
+        .find(|f| f["family_id"] == mentioned.to_string())
+        .expect("Smith");
+    assert!(smith["record"].to_string().contains("school gate"));
+
+    // By family id; and the export itself is in the audit.
+    let r = relay.admin(&["export-person", "--family", &unrelated.to_string()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("Nothing about her"));
+    let audit = relay.admin(&["audit", "--family", &own.to_string()]);
+    assert!(
+        audit.stdout.contains("subject access export"),
+        "{}",
+        audit.stdout
+    );
+
+    // Bad input is refused with a reason.
+    for args in [
+        vec!["export-person", "--name", "a"],
+        vec!["export-person", "--family", "not-an-id"],
+        vec![
+            "export-person",
+            "--family",
+            &DocumentId::random().to_string(),
+        ],
+        vec!["export-person"],
+    ] {
+        let r = relay.admin(&args);
+        assert_ne!(r.code, 0, "{args:?} was accepted");
+        assert!(!r.stderr.trim().is_empty());
+    }
+    Ok(())
+}
