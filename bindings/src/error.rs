@@ -31,6 +31,11 @@ pub enum LinkbookError {
     #[error("this device has been revoked by the office; its local data must be wiped")]
     Revoked,
 
+    /// The device has not synced for longer than its team's offline lease
+    /// allows: records are locked until it syncs with the office.
+    #[error("locked: no sync for more than {days} days; sync to unlock")]
+    Locked { days: i64 },
+
     /// The relay could not be reached or the connection failed. Everything
     /// received before is kept; sync again later.
     #[error("network: {reason}")]
@@ -56,6 +61,7 @@ impl From<core::Error> for LinkbookError {
             core::Error::WrongKey => LinkbookError::WrongKey,
             core::Error::Unauthorized(reason) => LinkbookError::Unauthorized { reason },
             core::Error::Revoked => LinkbookError::Revoked,
+            core::Error::Locked { days } => LinkbookError::Locked { days },
             core::Error::Network(reason) => LinkbookError::Network { reason },
             e @ (core::Error::UnsupportedSchema { .. }
             | core::Error::InvalidDocument(_)

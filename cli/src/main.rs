@@ -48,6 +48,7 @@ fn exit_code(e: &Error) -> u8 {
         Error::Unauthorized(_) => 5,
         Error::Revoked => 6,
         Error::Network(_) => 7,
+        Error::Locked { .. } => 8,
         Error::UnsupportedSchema { .. }
         | Error::InvalidDocument(_)
         | Error::Storage(_)

@@ -54,6 +54,13 @@ pub enum Error {
     #[error("this device has been revoked by the office; its local data must be wiped")]
     Revoked,
 
+    /// This device has not synced for longer than its team's offline lease
+    /// allows: its records are locked until it syncs with the relay.
+    #[error(
+        "this device has not synced for more than {days} days: sync with the office to unlock it"
+    )]
+    Locked { days: i64 },
+
     /// Reading or writing a file (export, import) failed.
     #[error("{context}: {source}")]
     Io {

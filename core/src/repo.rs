@@ -267,6 +267,75 @@ impl Repo {
         Ok(())
     }
 
+    /// Refuses access to records once this device has gone longer without
+    /// syncing than its team's offline lease allows (a tablet lost in a
+    /// prison locks itself); syncing unlocks it.
+    fn check_lease(&self) -> Result<()> {
+        let values = self.profile_values(&["lease_days", "last_sync_at"])?;
+        let lease = values[0].as_deref().and_then(|d| d.parse::<i64>().ok());
+        let last = values[1]
+            .as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+        if let (Some(days), Some(last)) = (lease, last) {
+            let since = (self.clock)() - last.with_timezone(&Utc);
+            if since > chrono::Duration::days(days) {
+                return Err(Error::Locked { days });
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the relay's team policy and the time of a successful sync.
+    pub(crate) fn record_policy(
+        &self,
+        retention_days: Option<i64>,
+        lease_days: Option<i64>,
+    ) -> Result<()> {
+        let r = retention_days.map(|d| d.to_string()).unwrap_or_default();
+        let l = lease_days.map(|d| d.to_string()).unwrap_or_default();
+        self.set_profile_values(&[("retention_days", r.as_str()), ("lease_days", l.as_str())])
+    }
+
+    pub(crate) fn record_sync(&self) -> Result<()> {
+        let now = (self.clock)().to_rfc3339();
+        self.set_profile_values(&[("last_sync_at", now.as_str())])
+    }
+
+    /// Drops closed cases whose retention (the team's policy: days after
+    /// closure) has run out, as if purged: deleted and never taken back.
+    pub(crate) fn apply_retention(&self) -> Result<Vec<DocumentId>> {
+        let days = self.profile_values(&["retention_days"])?[0]
+            .as_deref()
+            .and_then(|d| d.parse::<i64>().ok());
+        let Some(days) = days else {
+            return Ok(Vec::new());
+        };
+        let today = (self.clock)().date_naive();
+        let closed: Vec<DocumentId> = {
+            let conn = lock(&self.reader);
+            let mut stmt =
+                conn.prepare_cached("SELECT id FROM families WHERE status = 'closed'")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let mut ids = Vec::new();
+            for row in rows {
+                ids.push(DocumentId::parse(&row?, "family id")?);
+            }
+            ids
+        };
+        let mut due = Vec::new();
+        for id in closed {
+            let closure = self.read(id, DocumentType::Family, "family", |doc| {
+                family::read(doc, id).closure
+            })?;
+            if let Some(c) = closure
+                && c.date + chrono::Duration::days(days) <= today
+            {
+                due.push((id, (self.clock)().to_rfc3339()));
+            }
+        }
+        self.apply_purges(&due)
+    }
+
     /// Deletes every record on this device and forgets its enrolment (what a
     /// revoked device does). Deleted pages are overwritten (`secure_delete`)
     /// and the WAL is truncated, so nothing stays readable with the key.
@@ -375,6 +444,7 @@ impl Repo {
 
     /// Records a new family; returns its id.
     pub fn add_family(&self, new: &NewFamily) -> Result<DocumentId> {
+        self.check_lease()?;
         let dir = self.directory_id();
         self.write(|txn| {
             let id = DocumentId::random();
@@ -392,6 +462,7 @@ impl Repo {
 
     /// Changes a family's name, address or key worker.
     pub fn update_family(&self, id: DocumentId, update: &FamilyUpdate) -> Result<()> {
+        self.check_lease()?;
         self.family_write(id, |doc, _| family::update(doc, update))
     }
 
@@ -401,6 +472,7 @@ impl Repo {
         id: DocumentId,
         f: impl FnOnce(&mut AutoCommit, &Author) -> Result<T>,
     ) -> Result<T> {
+        self.check_lease()?;
         let dir = self.directory_id();
         self.write(|txn| {
             let author = txn.author.clone();
@@ -417,6 +489,7 @@ impl Repo {
 
     /// The caseload, from the projection, by name.
     pub fn families(&self) -> Result<Vec<FamilySummary>> {
+        self.check_lease()?;
         let conn = lock(&self.reader);
         let mut stmt = conn.prepare_cached(
             "SELECT id, name, status, key_worker, members, notes, safeguarding_flags, last_activity
@@ -455,6 +528,7 @@ impl Repo {
     /// A whole case file. The read is logged for the relay's audit (who
     /// saw which family, when), uploaded at the next sync.
     pub fn family(&self, id: DocumentId) -> Result<Family> {
+        self.check_lease()?;
         let family = self.read(id, DocumentType::Family, "family", |doc| {
             family::read(doc, id)
         })?;
@@ -579,6 +653,7 @@ impl Repo {
     /// most 100). Words are matched as words, all of them required; a word
     /// ending in `*` matches as a prefix.
     pub fn search(&self, query: &str) -> Result<Vec<NoteHit>> {
+        self.check_lease()?;
         let fts = fts_query(query)?;
         let conn = lock(&self.reader);
         let mut stmt = conn.prepare_cached(
@@ -616,6 +691,7 @@ impl Repo {
     // ----- family days -----
 
     pub fn create_family_day(&self, new: &NewFamilyDay) -> Result<DocumentId> {
+        self.check_lease()?;
         let dir = self.directory_id();
         self.write(|txn| {
             let id = DocumentId::random();
@@ -637,6 +713,7 @@ impl Repo {
         family_id: DocumentId,
         f: impl FnOnce(&mut AutoCommit, &Author) -> Result<()>,
     ) -> Result<()> {
+        self.check_lease()?;
         self.write(|txn| {
             if txn.kind_of(family_id)? != Some(DocumentType::Family) {
                 return Err(Error::not_found("family", family_id));
@@ -680,12 +757,14 @@ impl Repo {
     }
 
     pub fn family_day(&self, id: DocumentId) -> Result<FamilyDay> {
+        self.check_lease()?;
         self.read(id, DocumentType::FamilyDay, "family day", |doc| {
             family_day::read(doc, id)
         })
     }
 
     pub fn family_days(&self) -> Result<Vec<FamilyDaySummary>> {
+        self.check_lease()?;
         let conn = lock(&self.reader);
         let mut stmt = conn.prepare_cached(
             "SELECT id, prison, date, capacity, families, adults, children FROM family_days ORDER BY date, prison, id",
@@ -721,6 +800,7 @@ impl Repo {
 
     /// Every field on the device that holds concurrent values.
     pub fn conflicts(&self) -> Result<Vec<Conflict>> {
+        self.check_lease()?;
         let conn = lock(&self.reader);
         let mut stmt = conn.prepare_cached(
             "SELECT doc_id, doc_type, path, doc_values FROM conflicts ORDER BY doc_id, path",
@@ -761,6 +841,7 @@ impl Repo {
         path: &str,
         value: &serde_json::Value,
     ) -> Result<()> {
+        self.check_lease()?;
         let dir = self.directory_id();
         self.write(|txn| {
             let (doc, kind) = txn.doc(document_id, "document")?;
@@ -874,6 +955,7 @@ impl Repo {
 
     /// Every document of this device in one export file's bytes.
     pub fn export(&self) -> Result<Vec<u8>> {
+        self.check_lease()?;
         let ids = self.document_ids()?;
         let mut docs = Vec::with_capacity(ids.len());
         for (id, _) in ids {
@@ -887,6 +969,7 @@ impl Repo {
 
     /// Merges an export file's documents into this device, all or nothing.
     pub fn import(&self, bytes: &[u8]) -> Result<ImportSummary> {
+        self.check_lease()?;
         let (team, docs) = bundle::decode(bytes)?;
         let (ours, directory) = {
             let p = lock(&self.profile);

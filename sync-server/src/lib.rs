@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod error;
 pub mod relay;
+pub mod retention;
 pub mod storage;
 pub mod tls;
 
@@ -162,14 +163,22 @@ async fn changes(
     axum::extract::Query(q): axum::extract::Query<ChangesQuery>,
 ) -> Result<Json<serde_json::Value>> {
     let token = auth::token_from(&headers, None);
-    let (cursor, documents, purged) = tokio::task::block_in_place(|| {
+    let (cursor, documents, purged, policy) = tokio::task::block_in_place(|| {
         let device = auth::authenticate(&*state.storage, token.as_deref())?;
         let (cursor, documents) = state.storage.changed_since(&device.team, q.since)?;
-        Ok::<_, Error>((cursor, documents, state.storage.purged(&device.team)?))
+        Ok::<_, Error>((
+            cursor,
+            documents,
+            state.storage.purged(&device.team)?,
+            state.storage.team_policy(&device.team)?,
+        ))
     })?;
-    Ok(Json(
-        serde_json::json!({ "cursor": cursor, "documents": documents, "purged": purged }),
-    ))
+    Ok(Json(serde_json::json!({
+        "cursor": cursor,
+        "documents": documents,
+        "purged": purged,
+        "policy": policy,
+    })))
 }
 
 async fn sync_socket(

@@ -86,9 +86,58 @@ enum Command {
         #[arg(long, conflicts_with = "name")]
         family: Option<String>,
     },
+    /// A team's data-protection policy (works while the relay runs).
+    #[command(subcommand)]
+    Team(TeamCommand),
+    /// Retention: purge the closed cases whose retention period has run out
+    /// (the relay also does this at start and daily).
+    #[command(subcommand)]
+    Retention(RetentionCommand),
     /// Erase a family's records (works while the relay runs).
     #[command(subcommand)]
     Family(FamilyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TeamCommand {
+    /// Set (or show, with no limit given) a team's policy. Devices learn it
+    /// at their next sync.
+    Policy {
+        #[arg(long)]
+        team: String,
+        /// Days after a case's closure date until it is purged, or `off`.
+        #[arg(long, value_parser = days_or_off)]
+        retention_days: Option<Limit>,
+        /// Days a device may go without syncing before it locks, or `off`.
+        #[arg(long, value_parser = days_or_off)]
+        lease_days: Option<Limit>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RetentionCommand {
+    /// Purge every closed case past its team's retention period now.
+    Apply {
+        /// The date to apply it on (default: today), YYYY-MM-DD.
+        #[arg(long)]
+        today: Option<chrono::NaiveDate>,
+    },
+}
+
+/// A number of days, or no limit.
+#[derive(Debug, Clone, Copy)]
+struct Limit(Option<i64>);
+
+fn days_or_off(s: &str) -> Result<Limit, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Limit(None));
+    }
+    match s.parse::<i64>() {
+        Ok(d) if (0..=36_500).contains(&d) => Ok(Limit(Some(d))),
+        _ => Err(format!(
+            "'{s}' is not a number of days (0 to 36500) or 'off'"
+        )),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -143,6 +192,10 @@ fn main() -> ExitCode {
         None => serve(&cli.data, cli.serve),
         Some(Command::Device(cmd)) => device(&cli.data, cmd),
         Some(Command::Family(cmd)) => family(&cli.data, cmd),
+        Some(Command::Team(cmd)) => team(&cli.data, cmd),
+        Some(Command::Retention(RetentionCommand::Apply { today })) => {
+            retention_apply(&cli.data, today)
+        }
         Some(Command::Audit {
             family,
             device,
@@ -198,6 +251,23 @@ fn serve(data: &std::path::Path, args: ServeArgs) -> linkbook_server::Result<()>
     let _ = writeln!(out, "linkbook-server listening on {}", bound.url());
     let _ = out.flush();
     runtime.block_on(async move {
+        // Retention: at start, then daily (closed cases past their team's
+        // retention period are purged).
+        let storage = state.storage.clone();
+        tokio::spawn(async move {
+            let mut daily = tokio::time::interval(std::time::Duration::from_secs(24 * 60 * 60));
+            loop {
+                daily.tick().await;
+                let storage = storage.clone();
+                let swept = tokio::task::spawn_blocking(move || {
+                    linkbook_server::retention::apply(&*storage, Utc::now().date_naive())
+                })
+                .await;
+                if let Ok(Err(e)) = swept {
+                    tracing::error!(error = %e, "the retention sweep failed");
+                }
+            }
+        });
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
@@ -285,6 +355,60 @@ fn device(data: &std::path::Path, cmd: DeviceCommand) -> linkbook_server::Result
             println!("revoked {id}");
         }
     }
+    Ok(())
+}
+
+fn team(data: &std::path::Path, cmd: TeamCommand) -> linkbook_server::Result<()> {
+    let state = AppState::open(data, Limits::default())?;
+    let storage: &dyn Storage = &*state.storage;
+    let TeamCommand::Policy {
+        team,
+        retention_days,
+        lease_days,
+    } = cmd;
+    let team = team.trim();
+    if team.is_empty() {
+        return Err(linkbook_server::Error::BadRequest(
+            "--team must name a team".into(),
+        ));
+    }
+    let mut policy = storage.team_policy(team)?;
+    if retention_days.is_some() || lease_days.is_some() {
+        if let Some(Limit(d)) = retention_days {
+            policy.retention_days = d;
+        }
+        if let Some(Limit(d)) = lease_days {
+            policy.lease_days = d;
+        }
+        storage.set_team_policy(team, policy, Utc::now())?;
+        storage.audit_as(
+            None,
+            Some("office administrator"),
+            "policy changed",
+            None,
+            &Utc::now().to_rfc3339(),
+        )?;
+    }
+    let show = |d: Option<i64>| d.map_or("off".to_string(), |d| format!("{d} days"));
+    println!(
+        "team {team}: retention {}, offline lease {}",
+        show(policy.retention_days),
+        show(policy.lease_days)
+    );
+    Ok(())
+}
+
+fn retention_apply(
+    data: &std::path::Path,
+    today: Option<chrono::NaiveDate>,
+) -> linkbook_server::Result<()> {
+    let state = AppState::open(data, Limits::default())?;
+    let today = today.unwrap_or_else(|| Utc::now().date_naive());
+    let purged = linkbook_server::retention::apply(&*state.storage, today)?;
+    for id in &purged {
+        println!("purged {id}");
+    }
+    eprintln!("{} closed case(s) past retention purged", purged.len());
     Ok(())
 }
 

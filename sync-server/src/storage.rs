@@ -23,7 +23,17 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/002_change_cursor.sql"),
     include_str!("../migrations/003_teams.sql"),
     include_str!("../migrations/004_purged.sql"),
+    include_str!("../migrations/005_team_policy.sql"),
 ];
+
+/// A team's data-protection policy; `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TeamPolicy {
+    /// Closed cases are purged this many days after their closure date.
+    pub retention_days: Option<i64>,
+    /// A device unsynced for longer than this locks its records.
+    pub lease_days: Option<i64>,
+}
 
 /// One audit record: who did what to which document, when (never content).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -91,6 +101,12 @@ pub trait Storage: Send + Sync + 'static {
     /// The team's directory document id, chosen at random the first time.
     fn team_directory_id(&self, team: &str, now: DateTime<Utc>) -> Result<String>;
     fn devices(&self) -> Result<Vec<Device>>;
+    /// Sets a team's policy (creating the team if new); `None` lifts a limit.
+    fn set_team_policy(&self, team: &str, policy: TeamPolicy, now: DateTime<Utc>) -> Result<()>;
+    /// A team's policy (no limits for a team the relay does not know).
+    fn team_policy(&self, team: &str) -> Result<TeamPolicy>;
+    /// Every team with a retention period.
+    fn retention_policies(&self) -> Result<Vec<(String, i64)>>;
     /// Returns false if there is no such device.
     fn revoke_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<bool>;
     fn touch_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<()>;
@@ -300,6 +316,41 @@ impl Storage for SqliteStorage {
             [team],
             |r| r.get(0),
         )?)
+    }
+
+    fn set_team_policy(&self, team: &str, policy: TeamPolicy, now: DateTime<Utc>) -> Result<()> {
+        self.team_directory_id(team, now)?;
+        self.conn().execute(
+            "UPDATE teams SET retention_days = ?2, lease_days = ?3 WHERE name = ?1",
+            params![team, policy.retention_days, policy.lease_days],
+        )?;
+        Ok(())
+    }
+
+    fn team_policy(&self, team: &str) -> Result<TeamPolicy> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT retention_days, lease_days FROM teams WHERE name = ?1",
+                [team],
+                |r| {
+                    Ok(TeamPolicy {
+                        retention_days: r.get(0)?,
+                        lease_days: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?
+            .unwrap_or_default())
+    }
+
+    fn retention_policies(&self) -> Result<Vec<(String, i64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, retention_days FROM teams WHERE retention_days IS NOT NULL ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn devices(&self) -> Result<Vec<Device>> {

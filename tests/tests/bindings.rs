@@ -242,6 +242,7 @@ fn kotlin_worker_day_on_the_jvm_against_a_real_relay() {
         "WrongKey",
         "Unauthorized",
         "Revoked",
+        "Locked",
         "Network",
         "Storage",
     ] {
@@ -328,7 +329,7 @@ fn python_worker_day_under_pytest() {
             .env("PYTHONPATH", &generated)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("LB_RESULT", &result)
-            .envs(office.env(&data, &office.codes(6))),
+            .envs(office.env(&data, &office.codes(7))),
     );
     println!("{}", String::from_utf8_lossy(&out.stdout));
     let written = std::fs::read_to_string(&result).expect("the test wrote its result");

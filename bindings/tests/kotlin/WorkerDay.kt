@@ -43,6 +43,14 @@ inline fun <reified E : LinkbookException> expectError(what: String, block: () -
     throw AssertionError("$what: expected ${E::class.simpleName}, but the call succeeded")
 }
 
+/** Runs a linkbook-server admin command, as the office would. */
+fun admin(vararg args: String) {
+    val p = ProcessBuilder(env("LB_SERVER_BIN"), "--data", env("LB_SERVER_DATA"), *args)
+        .redirectErrorStream(true).start()
+    val out = p.inputStream.bufferedReader().readText()
+    check(p.waitFor() == 0) { "linkbook-server ${args.toList()} failed: $out" }
+}
+
 /** Counts main-thread heartbeats; lets the sync thread wait for one. */
 class Heartbeat {
     val ticks = AtomicLong()
@@ -186,10 +194,16 @@ fun workerDay(heartbeat: Heartbeat, mainThread: String): String {
     expectError<LinkbookException.Unauthorized>("made-up code") { stranger.enrol(serverUrl, "ABCD-EFGH-JKMN", caPem) }
     expectError<LinkbookException.Network>("no relay there") { stranger.enrol("https://127.0.0.1:9", "ABCD-EFGH-JKMN", caPem) }
     expectError<LinkbookException.Storage>("unopenable path") { Repo(File(data, "missing-dir/x.db").path, generateDatabaseKey()) }
-    val revoke = ProcessBuilder(env("LB_SERVER_BIN"), "--data", env("LB_SERVER_DATA"), "device", "revoke", tablet.enrolment()!!.deviceId)
-        .redirectErrorStream(true).start()
-    check(revoke.waitFor() == 0) { "revoke failed: ${revoke.inputStream.bufferedReader().readText()}" }
+    admin("device", "revoke", tablet.enrolment()!!.deviceId)
     expectError<LinkbookException.Revoked>("revoked tablet syncs") { tablet.sync(null) }
+    // The office's offline lease: 0 days locks the records right after a sync.
+    admin("team", "policy", "--team", "north", "--lease-days", "0")
+    repo.sync()
+    val locked = expectError<LinkbookException.Locked>("offline lease ran out") { repo.families() }
+    check(locked.days == 0L) { "lease ${locked.days}" }
+    admin("team", "policy", "--team", "north", "--lease-days", "off")
+    repo.sync()
+    check(repo.families().isNotEmpty()) { "still locked after the lease was lifted" }
     stranger.close()
     tablet.close()
 

@@ -168,6 +168,22 @@ def test_every_error_is_a_typed_value(relay):
     with pytest.raises(lb.LinkbookError.Revoked):
         tablet.sync()
 
+    # The office's offline lease: 0 days locks the records right after a sync.
+    def admin(*args):
+        subprocess.run([env("LB_SERVER_BIN"), "--data", env("LB_SERVER_DATA"), *args], check=True, capture_output=True)
+
+    locked = enrolled(relay, "python-locked")
+    admin("team", "policy", "--team", "north", "--lease-days", "0")
+    try:
+        locked.sync()
+        with pytest.raises(lb.LinkbookError.Locked) as caught:
+            locked.families()
+        assert caught.value.days == 0
+    finally:
+        admin("team", "policy", "--team", "north", "--lease-days", "off")
+    locked.sync()
+    locked.families()
+
 
 def test_a_throwing_listener_does_not_break_sync(relay):
     repo = enrolled(relay, "python-listener")

@@ -184,6 +184,8 @@ impl Repo {
         let ca = values[1].clone().filter(|s| !s.is_empty());
         let result = self.sync_session(&server, Some(&token), ca.as_deref(), only, listener);
         if result.is_ok() {
+            // The offline lease runs from here.
+            self.record_sync()?;
             // The audit of who read which case file: kept here until the
             // relay has it, so a failed upload only waits for the next sync.
             if let Err(e) = self.upload_reads(&server, ca.as_deref(), &token) {
@@ -490,12 +492,16 @@ impl Session<'_> {
                 let relay = self.relay_changed()?;
                 if let Some(relay) = &relay {
                     // Erasures first: a purged family is deleted here before
-                    // anything could offer it to the relay again.
-                    let purged = self.repo.apply_purges(&relay.purged)?;
+                    // anything could offer it to the relay again; then closed
+                    // cases past the team's retention.
+                    self.repo
+                        .record_policy(relay.retention_days, relay.lease_days)?;
+                    let mut purged = self.repo.apply_purges(&relay.purged)?;
+                    purged.extend(self.repo.apply_retention()?);
                     self.summary.purged = purged.iter().map(ToString::to_string).collect();
                 }
                 let held: BTreeSet<DocumentId> = match &relay {
-                    Some(r) if !r.purged.is_empty() => self
+                    Some(_) if !self.summary.purged.is_empty() => self
                         .repo
                         .document_ids()?
                         .into_iter()
@@ -751,6 +757,8 @@ impl Session<'_> {
             cursor,
             changed,
             purged,
+            retention_days: body["policy"]["retention_days"].as_i64(),
+            lease_days: body["policy"]["lease_days"].as_i64(),
         }))
     }
 }
@@ -761,6 +769,10 @@ struct RelayChanges {
     cursor: i64,
     changed: Vec<DocumentId>,
     purged: Vec<(DocumentId, String)>,
+    /// The team's policy: closed cases are dropped this many days after
+    /// closure; a device unsynced for `lease_days` locks itself.
+    retention_days: Option<i64>,
+    lease_days: Option<i64>,
 }
 
 impl Repo {
