@@ -26,12 +26,13 @@ fn a_purged_family_is_gone_from_the_relay_and_every_device_and_cannot_come_back(
     let a = Device::enrolled(&relay, "north", "Asha");
     let b = Device::enrolled(&relay, "north", "Ben");
     let secret = "zebracrossing disclosure at the visit";
-    let purged = family(&a, "Purged", secret)?;
+    let purged = family(&a, "Zyxwvufamily", secret)?;
     let kept = family(&a, "Kept", "an ordinary visit")?;
     a.sync(None)?;
     b.sync(None)?;
     assert_eq!(b.notes(purged)?.len(), 1);
     assert!(relay_files_contain(&relay, b"zebracrossing"));
+    assert!(relay_files_contain(&relay, b"Zyxwvufamily"));
     // An export made before the purge, and B's offline edit to the family.
     let old_export = b.export()?;
     b.add_note(
@@ -49,8 +50,10 @@ fn a_purged_family_is_gone_from_the_relay_and_every_device_and_cannot_come_back(
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
 
-    // The relay holds nothing of its notes any more.
+    // The relay holds nothing of it any more: not its notes, not its name
+    // (the team directory, whose history stays, never held the name).
     assert!(!relay_files_contain(&relay, b"zebracrossing"));
+    assert!(!relay_files_contain(&relay, b"Zyxwvufamily"));
     // Purging again, or purging what is not a family, is refused.
     let again = relay.admin(&["family", "purge", &purged.to_string(), "--reason", "x"]);
     assert_ne!(again.code, 0);

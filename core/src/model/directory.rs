@@ -7,9 +7,14 @@
 //! making its own `families` map.
 //! ```text
 //! { type: "team_directory", schema_version, team,
-//!   families: { "<family id>.name", "<family id>.status", "<family id>.key_worker" },
-//!   family_days: { "<day id>.prison", "<day id>.date" } }
+//!   families: { "<family id>.status" },
+//!   family_days: { "<day id>.date" } }
 //! ```
+//! No names: the directory is shared by the whole team and its history can
+//! never be rewritten, so it holds random ids, a status and a date only.
+//! When a family is purged, its entry goes and nothing personal is left in
+//! the directory's history. (Names live in the family's own document, which
+//! a purge deletes whole.)
 //! Entries are flat scalars, not an object per family, for the reason given in
 //! `family_day`: a device that learns of a family before the directory entry
 //! must not create a second, competing entry object.
@@ -58,25 +63,16 @@ fn put_field(
 }
 
 pub(crate) fn put_family(doc: &mut AutoCommit, family: &Family) -> Result<()> {
-    put_field(doc, "families", family.id, "name", Some(&family.name))?;
     put_field(
         doc,
         "families",
         family.id,
         "status",
         Some(family.status.as_str()),
-    )?;
-    put_field(
-        doc,
-        "families",
-        family.id,
-        "key_worker",
-        family.key_worker.as_deref(),
     )
 }
 
 pub(crate) fn put_family_day(doc: &mut AutoCommit, day: &FamilyDay) -> Result<()> {
-    put_field(doc, "family_days", day.id, "prison", Some(&day.prison))?;
     put_field(
         doc,
         "family_days",
