@@ -5,6 +5,7 @@
 //! until shutdown. `main.rs` only parses configuration.
 
 pub mod auth;
+pub mod cli;
 pub mod error;
 pub mod relay;
 pub mod storage;
