@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{Automerge, ChangeHash};
+use automerge::{Automerge, ChangeHash, ReadDoc};
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use chrono::Utc;
 use futures_util::{SinkExt, StreamExt};
@@ -341,11 +341,15 @@ impl Hub {
                 return;
             }
             // Not in use by any request right now (the map holds the only
-            // reference and nobody holds the lock).
+            // reference and nobody holds the lock), and holding no received
+            // changes that wait for their dependencies: those are only in
+            // memory, and their sender will not send them again this session.
             let mut idle: Vec<(u64, DocumentId)> = docs
                 .iter()
                 .filter(|(_, slot)| Arc::strong_count(slot) == 1)
-                .filter_map(|(id, slot)| slot.try_lock().ok().map(|s| (s.last_used, *id)))
+                .filter_map(|(id, slot)| slot.try_lock().ok().map(|s| (s, *id)))
+                .filter(|(s, _)| s.doc.get_missing_deps(&[]).is_empty())
+                .map(|(s, id)| (s.last_used, id))
                 .collect();
             idle.sort();
             let excess = docs.len() - self.limits.max_loaded_docs;
@@ -386,6 +390,7 @@ impl Hub {
         };
         let message = sync::Message::decode(data)
             .map_err(|_| Close("malformed Automerge sync message".into()))?;
+        tracing::trace!(device = %device.id, doc = %document_id, m = %brief(&message), "receive");
         let Some(slot) = self.slot(id, &device.team, !is_request).await? else {
             self.unavailable(device, tx, document_id);
             return Ok(());
@@ -428,6 +433,7 @@ impl Hub {
             .get_mut(&conn_id)
             .and_then(|(_, state)| doc.generate_sync_message(state));
         if let Some(reply) = reply {
+            tracing::trace!(device = %device.id, doc = %document_id, m = %brief(&reply), "reply");
             let _ = tx.send(Message::Sync {
                 sender_id: self.peer_id.clone(),
                 target_id: device.id.clone(),
@@ -443,6 +449,7 @@ impl Hub {
                 if let (Some(conn), Some(m)) =
                     (connections.get(other), doc.generate_sync_message(state))
                 {
+                    tracing::trace!(device = %other_device, doc = %document_id, m = %brief(&m), "fan-out");
                     let _ = conn.tx.send(Message::Sync {
                         sender_id: self.peer_id.clone(),
                         target_id: other_device.clone(),
@@ -506,6 +513,26 @@ impl Hub {
             tracing::warn!(error = %e, "saving sync states failed; the next sync will exchange more");
         }
     }
+}
+
+/// A sync message for trace logs: heads, need, have and changes counts.
+fn brief(m: &sync::Message) -> String {
+    let short = |h: &[ChangeHash]| {
+        h.iter()
+            .map(|h| h.to_string()[..6].to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        "heads=[{}] need=[{}] have={:?} changes={}",
+        short(&m.heads),
+        short(&m.need),
+        m.have
+            .iter()
+            .map(|h| short(&h.last_sync))
+            .collect::<Vec<_>>(),
+        m.changes.len()
+    )
 }
 
 /// The next protocol message, `None` at a clean close.

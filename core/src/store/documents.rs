@@ -15,7 +15,7 @@ use crate::model::{Author, DocumentType, am};
 /// Changes appended before a document is compacted into a new snapshot.
 pub(crate) const COMPACT_AFTER: i64 = 64;
 /// Documents kept loaded; a caseload of hundreds is read from projections.
-const CACHE_DOCS: usize = 32;
+pub(crate) const CACHE_DOCS: usize = 32;
 
 pub(crate) struct Cached {
     pub doc: AutoCommit,
@@ -43,11 +43,18 @@ impl DocCache {
         self.docs.remove(id);
     }
 
+    /// Evicts the least recently used documents, but never one holding
+    /// received changes that wait for their dependencies: those exist only
+    /// in memory (nothing was committed), and the peer that sent them will
+    /// not send them again in this session (automerge's `sent_hashes`).
+    /// Dropping them made a device and the relay exchange the same `need`
+    /// forever (found by the office-sync benchmark).
     fn make_room(&mut self) {
         while self.docs.len() >= CACHE_DOCS {
             let Some(oldest) = self
                 .docs
                 .iter()
+                .filter(|(_, c)| automerge::ReadDoc::get_missing_deps(&c.doc, &[]).is_empty())
                 .min_by_key(|(_, c)| c.last_used)
                 .map(|(k, _)| *k)
             else {

@@ -85,6 +85,9 @@ struct Session<'a> {
     all: BTreeSet<DocumentId>,
     sent_changes: BTreeSet<DocumentId>,
     received: BTreeSet<DocumentId>,
+    /// Documents whose last message to the relay asked for changes
+    /// (`need`), with how many answers since came without any.
+    needing: HashMap<DocumentId, u8>,
     unavailable: BTreeSet<DocumentId>,
     summary: SyncSummary,
     listener: Option<&'a dyn SyncListener>,
@@ -231,6 +234,7 @@ impl Repo {
             all: BTreeSet::new(),
             sent_changes: BTreeSet::new(),
             received: BTreeSet::new(),
+            needing: HashMap::new(),
             unavailable: BTreeSet::new(),
             summary: SyncSummary::default(),
             listener,
@@ -592,12 +596,30 @@ impl Session<'_> {
 
     fn handle(&mut self, id: DocumentId, message: sync::Message) -> Result<()> {
         let mut state = self.state(id)?;
+        let brought_changes = !message.changes.is_empty();
         let changed = self.repo.receive_sync_message(id, &mut state, message)?;
         if changed {
             self.received.insert(id);
         }
+        // We asked for changes and answers keep coming without them: the
+        // peer thinks it sent them already (automerge's `sent_hashes`; we
+        // lost them) and will not send them again, so the two sides would
+        // trade the same `need` forever. A sync reset makes it forget what it
+        // sent. (One change-less answer is normal: it crossed our request.)
+        let unanswered = match self.needing.remove(&id) {
+            Some(n) if !brought_changes => n + 1,
+            _ => 0,
+        };
+        let reset = unanswered >= 3;
+        if reset {
+            tracing::debug!(document = %id, "the changes we need do not come; asking for a sync reset");
+            state.needs_reset = true;
+        }
         let (reply, _) = self.repo.generate_sync_message(id, &mut state)?;
         if let Some(reply) = reply {
+            if !reply.need.is_empty() {
+                self.needing.insert(id, if reset { 0 } else { unanswered });
+            }
             if !reply.changes.is_empty() {
                 self.sent_changes.insert(id);
             }
@@ -827,5 +849,89 @@ fn describe(m: &Message) -> String {
             format!("{} {} {}", m.message_type(), document_id, s)
         }
         other => other.message_type().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Author, family};
+    use crate::{DatabaseKey, NewFamily, NoteCategory};
+
+    fn with_changes(heads: Vec<automerge::ChangeHash>, changes: Vec<u8>) -> sync::Message {
+        sync::Message {
+            heads,
+            need: vec![],
+            have: vec![],
+            changes: changes.into(),
+            flags: None,
+            version: sync::MessageVersion::V1,
+        }
+    }
+
+    /// A change that arrives before its dependency waits in the document's
+    /// queue, in memory only; the relay will not send it again this session.
+    /// The document cache must not drop it while the session touches more
+    /// documents than the cache holds (the office-sync benchmark livelocked
+    /// on exactly that: the device asked for the change forever).
+    #[test]
+    fn a_change_waiting_for_its_dependency_survives_cache_eviction() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Io {
+            context: "tempdir".into(),
+            source: e,
+        })?;
+        let repo = Repo::open(dir.path().join("device.db"), &DatabaseKey::generate())?;
+        let family_id = repo.add_family(&NewFamily {
+            name: "Smith".into(),
+            ..Default::default()
+        })?;
+        // Another replica writes two notes, the second depending on the first.
+        let mut other = AutoCommit::load(&repo.save_document(family_id)?)?
+            .with_actor(automerge::ActorId::random());
+        let author = Author {
+            device_id: uuid::Uuid::new_v4().to_string(),
+            worker: "Jo".into(),
+            team: repo.profile().team,
+            now: chrono::Utc::now(),
+        };
+        let h0 = other.get_heads();
+        family::add_note(&mut other, "first", NoteCategory::Visit, &author)?;
+        other.commit();
+        let first = other.save_after(&h0);
+        let h1 = other.get_heads();
+        family::add_note(&mut other, "second", NoteCategory::Visit, &author)?;
+        other.commit();
+        let second = other.save_after(&h1);
+
+        let mut state = sync::State::new();
+        let changed = repo.receive_sync_message(
+            family_id,
+            &mut state,
+            with_changes(other.get_heads(), second),
+        )?;
+        assert!(!changed, "the second note cannot apply before the first");
+        // The session goes on to other documents, more than the cache holds.
+        let others = (0..2 * crate::store::documents::CACHE_DOCS)
+            .map(|i| {
+                repo.add_family(&NewFamily {
+                    name: format!("Family {i}"),
+                    ..Default::default()
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for id in others {
+            repo.heads(id)?;
+        }
+        let changed = repo.receive_sync_message(
+            family_id,
+            &mut state,
+            with_changes(other.get_heads(), first),
+        )?;
+        assert!(changed);
+        let mut texts: Vec<String> = repo.notes(family_id)?.into_iter().map(|n| n.text).collect();
+        texts.sort();
+        assert_eq!(texts, ["first", "second"]);
+        assert_eq!(repo.heads(family_id)?.len(), 1);
+        Ok(())
     }
 }
