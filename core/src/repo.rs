@@ -293,7 +293,7 @@ impl Repo {
                     DocumentType::Family => {
                         let doc = txn.doc_of(*id, DocumentType::Family, "family")?;
                         doc.put(automerge::ROOT, "team", team.as_str())?;
-                        let f = family::read(doc, *id);
+                        let f = family::summary(doc, *id);
                         directory::put_family(
                             txn.doc_of(new_dir, DocumentType::TeamDirectory, "team directory")?,
                             &f,
@@ -354,7 +354,7 @@ impl Repo {
             let author = txn.author.clone();
             let doc = txn.create(id, DocumentType::Family, AutoCommit::new())?;
             family::create(doc, new, &author)?;
-            let f = family::read(doc, id);
+            let f = family::summary(doc, id);
             directory::put_family(
                 txn.doc_of(dir, DocumentType::TeamDirectory, "team directory")?,
                 &f,
@@ -379,7 +379,7 @@ impl Repo {
             let author = txn.author.clone();
             let doc = txn.doc_of(id, DocumentType::Family, "family")?;
             let out = f(doc, &author)?;
-            let fam = family::read(doc, id);
+            let fam = family::summary(doc, id);
             directory::put_family(
                 txn.doc_of(dir, DocumentType::TeamDirectory, "team directory")?,
                 &fam,
@@ -707,7 +707,7 @@ impl Repo {
             let (doc, kind) = txn.doc(document_id, "document")?;
             conflicts::resolve(doc, path, value)?;
             if kind == DocumentType::Family {
-                let fam = family::read(doc, document_id);
+                let fam = family::summary(doc, document_id);
                 directory::put_family(
                     txn.doc_of(dir, DocumentType::TeamDirectory, "team directory")?,
                     &fam,

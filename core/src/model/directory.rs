@@ -57,7 +57,15 @@ fn put_field(
     Ok(())
 }
 
-pub(crate) fn put_family(doc: &mut AutoCommit, family: &Family) -> Result<()> {
+/// A family as the directory lists it.
+pub(crate) struct Entry {
+    pub id: DocumentId,
+    pub name: String,
+    pub status: FamilyStatus,
+    pub key_worker: Option<String>,
+}
+
+pub(crate) fn put_family(doc: &mut AutoCommit, family: &Entry) -> Result<()> {
     put_field(doc, "families", family.id, "name", Some(&family.name))?;
     put_field(
         doc,
