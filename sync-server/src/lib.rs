@@ -119,7 +119,9 @@ async fn changes(
     let token = auth::token_from(&headers, None);
     let (cursor, documents) = tokio::task::block_in_place(|| {
         let device = auth::authenticate(&*state.storage, token.as_deref())?;
-        state.storage.changed_since(&device.team, q.since)
+        state
+            .storage
+            .changed_since(&device.team, q.since, &device.id)
     })?;
     Ok(Json(
         serde_json::json!({ "cursor": cursor, "documents": documents }),
@@ -146,10 +148,17 @@ async fn sync_socket(
         tracing::warn!(device = %device.id, "too many connections");
         return Err(Error::TooManyConnections);
     }
+    // `since=N`: a Linkbook device's change cursor; it asks for the pipelined
+    // session (relay::Hub::push_changed). Other automerge-repo clients never send it.
+    let since = query.as_deref().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("since="))
+            .and_then(|v| v.parse::<i64>().ok())
+    });
     let hub = state.hub.clone();
     Ok(ws
         .max_message_size(hub.limits().max_message_bytes)
-        .on_upgrade(move |socket| hub.serve(device, socket))
+        .on_upgrade(move |socket| hub.serve(device, socket, since))
         .into_response())
 }
 
@@ -232,6 +241,10 @@ impl Bound {
                     axum_server::tls_rustls::RustlsConfig::from_config(config),
                 )
                 .map_err(io)?
+                // Small writes (a 101 then the first sync messages) go out at
+                // once: Nagle held each behind the previous one's ACK, a
+                // round trip on a slow link (benchmark workload 3).
+                .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
                 .handle(handle)
                 .serve(service)
                 .await
@@ -239,6 +252,7 @@ impl Bound {
             }
             Transport::InsecureHttp => axum_server::from_tcp(self.listener)
                 .map_err(io)?
+                .acceptor(axum_server::accept::NoDelayAcceptor::new())
                 .handle(handle)
                 .serve(service)
                 .await

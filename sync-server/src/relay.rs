@@ -126,8 +126,11 @@ impl Hub {
         lock(&self.docs).len()
     }
 
-    /// Serves one authenticated device's WebSocket until it closes.
-    pub async fn serve(self: Arc<Self>, device: Device, socket: WebSocket) {
+    /// Serves one authenticated device's WebSocket until it closes. With
+    /// `since` (the device's change cursor, `/v1/sync?since=N`), the relay
+    /// tells the device what changed since then and sends those documents
+    /// without being asked (see [`Hub::push_changed`]).
+    pub async fn serve(self: Arc<Self>, device: Device, socket: WebSocket, since: Option<i64>) {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (mut sink, mut stream) = socket.split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
@@ -154,7 +157,9 @@ impl Hub {
                 }
             }
         });
-        let outcome = self.session(conn_id, &device, &tx, &mut stream).await;
+        let outcome = self
+            .session(conn_id, &device, &tx, &mut stream, since)
+            .await;
         if let Err(Close(why)) = &outcome {
             tracing::warn!(device = %device.id, reason = %why, "closing sync connection");
             let _ = tx.send(Message::Error {
@@ -174,6 +179,7 @@ impl Hub {
         device: &Device,
         tx: &mpsc::UnboundedSender<Message>,
         stream: &mut futures_util::stream::SplitStream<WebSocket>,
+        since: Option<i64>,
     ) -> Result<(), Close> {
         let timeout = std::time::Duration::from_secs(self.limits.join_timeout_secs);
         let first = match tokio::time::timeout(timeout, next_message(stream)).await {
@@ -213,6 +219,9 @@ impl Hub {
             },
             selected_protocol_version: PROTOCOL_VERSION.into(),
         });
+        if let Some(since) = since {
+            self.push_changed(conn_id, device, tx, since).await?;
+        }
         tracing::info!(device = %device.id, team = %device.team, "device joined");
         let _ = blocking(|| {
             self.storage
@@ -297,8 +306,11 @@ impl Hub {
                         .map_err(|_| Close("a stored document is damaged".into()))?,
                     None => Automerge::new(),
                 };
-                for c in &stored.changes {
-                    doc.load_incremental(c)
+                // One batch: Automerge applies it at once (per-change calls
+                // re-sort the ops each time).
+                let changes = stored.changes.concat();
+                if !changes.is_empty() {
+                    doc.load_incremental(&changes)
                         .map_err(|_| Close("a stored document is damaged".into()))?;
                 }
                 Slot {
@@ -397,15 +409,7 @@ impl Hub {
         };
         let key = id.to_string();
         let mut s = slot.lock().await;
-        if let std::collections::hash_map::Entry::Vacant(e) = s.states.entry(conn_id) {
-            let saved = blocking(|| self.storage.sync_state(&key, &device.id))
-                .ok()
-                .flatten();
-            let state = saved
-                .and_then(|b| sync::State::decode(&b).ok())
-                .unwrap_or_default();
-            e.insert((device.id.clone(), state));
-        }
+        self.load_state(&mut s, &key, conn_id, device);
         let before = s.doc.get_heads();
         {
             let Slot { doc, states, .. } = &mut *s;
@@ -462,6 +466,75 @@ impl Hub {
         Ok(())
     }
 
+    /// The connection's sync state for a document, from storage the first time.
+    fn load_state(&self, s: &mut Slot, key: &str, conn_id: u64, device: &Device) {
+        if let std::collections::hash_map::Entry::Vacant(e) = s.states.entry(conn_id) {
+            let saved = blocking(|| self.storage.sync_state(key, &device.id))
+                .ok()
+                .flatten();
+            let state = saved
+                .and_then(|b| sync::State::decode(&b).ok())
+                .unwrap_or_default();
+            e.insert((device.id.clone(), state));
+        }
+    }
+
+    /// The pipelined session (a device that connected with its change
+    /// cursor): `peer`, then `changed-since` naming the team's documents
+    /// changed since the cursor (not counting the device's own uploads), then
+    /// one `sync` per document carrying the changes made since the heads
+    /// this device and the relay last shared. Plain Automerge sync would
+    /// first trade heads and Bloom filters and only then changes; assuming
+    /// the last shared heads saves that round trip (if the device lacks
+    /// something after all, its answer says so and the usual exchange
+    /// follows). The device pipelines its own documents the same way, so a
+    /// sync takes one round trip after TLS (docs/adr/0004).
+    async fn push_changed(
+        &self,
+        conn_id: u64,
+        device: &Device,
+        tx: &mpsc::UnboundedSender<Message>,
+        since: i64,
+    ) -> Result<(), Close> {
+        let (cursor, changed) =
+            blocking(|| self.storage.changed_since(&device.team, since, &device.id)).map_err(
+                |e| {
+                    tracing::error!(error = %e, "reading the change cursor failed");
+                    Close("the relay could not read what changed".into())
+                },
+            )?;
+        let _ = tx.send(Message::ChangedSince {
+            cursor,
+            document_ids: changed.clone(),
+        });
+        for document_id in changed {
+            let Ok(id) = DocumentId::parse(&document_id, "document id") else {
+                continue;
+            };
+            let Some(slot) = self.slot(id, &device.team, false).await? else {
+                self.unavailable(device, tx, &document_id);
+                continue;
+            };
+            let mut s = slot.lock().await;
+            self.load_state(&mut s, &document_id, conn_id, device);
+            let Slot { doc, states, .. } = &mut *s;
+            let Some((_, state)) = states.get_mut(&conn_id) else {
+                continue;
+            };
+            linkbook_core::protocol::assume_shared_heads(state);
+            if let Some(m) = doc.generate_sync_message(state) {
+                tracing::trace!(device = %device.id, doc = %document_id, m = %brief(&m), "push");
+                let _ = tx.send(Message::Sync {
+                    sender_id: self.peer_id.clone(),
+                    target_id: device.id.clone(),
+                    document_id,
+                    data: m.encode(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Commits the changes made since `before`, compacting now and then.
     fn store(
         &self,
@@ -475,11 +548,11 @@ impl Hub {
         let result = blocking(|| -> crate::error::Result<()> {
             let count = self
                 .storage
-                .append_changes(key, &s.team, &changes, None, now)?;
+                .append_changes(key, &s.team, &device.id, &changes, None, now)?;
             if count >= COMPACT_AFTER {
                 let snapshot = s.doc.save();
                 self.storage
-                    .append_changes(key, &s.team, &[], Some(&snapshot), now)?;
+                    .append_changes(key, &s.team, &device.id, &[], Some(&snapshot), now)?;
             }
             self.storage
                 .audit(Some(device), "uploaded", Some(key), now)?;

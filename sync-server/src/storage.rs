@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/001_init.sql"),
     include_str!("../migrations/002_change_cursor.sql"),
     include_str!("../migrations/003_teams.sql"),
+    include_str!("../migrations/004_last_device.sql"),
 ];
 
 /// An enrolled device as the administrator sees it.
@@ -78,19 +79,20 @@ pub trait Storage: Send + Sync + 'static {
 
     fn document_team(&self, doc_id: &str) -> Result<Option<String>>;
     fn load_document(&self, doc_id: &str) -> Result<Option<StoredDocument>>;
-    /// Appends changes (creating the document for `team` if new); with
-    /// `snapshot`, replaces the stored changes by it.
+    /// Appends changes `device` sent (creating the document for `team` if
+    /// new); with `snapshot`, replaces the stored changes by it.
     fn append_changes(
         &self,
         doc_id: &str,
         team: &str,
+        device: &str,
         changes: &[u8],
         snapshot: Option<&[u8]>,
         now: DateTime<Utc>,
     ) -> Result<i64>;
-    /// The team's documents changed after cursor `since`, and the cursor to
-    /// ask from next time.
-    fn changed_since(&self, team: &str, since: i64) -> Result<(i64, Vec<String>)>;
+    /// The team's documents changed after cursor `since`, except those whose
+    /// latest change is `device`'s own, and the cursor to ask from next time.
+    fn changed_since(&self, team: &str, since: i64, device: &str) -> Result<(i64, Vec<String>)>;
     fn sync_state(&self, doc_id: &str, device_id: &str) -> Result<Option<Vec<u8>>>;
     fn save_sync_state(&self, doc_id: &str, device_id: &str, state: &[u8]) -> Result<()>;
 
@@ -318,6 +320,7 @@ impl Storage for SqliteStorage {
         &self,
         doc_id: &str,
         team: &str,
+        device: &str,
         changes: &[u8],
         snapshot: Option<&[u8]>,
         now: DateTime<Utc>,
@@ -344,9 +347,9 @@ impl Storage for SqliteStorage {
                 )?;
                 let seq = tx.last_insert_rowid();
                 tx.query_row(
-                    "UPDATE documents SET change_count = change_count + 1, seq = ?2
+                    "UPDATE documents SET change_count = change_count + 1, seq = ?2, last_device = ?3
                      WHERE id = ?1 RETURNING change_count",
-                    params![doc_id, seq],
+                    params![doc_id, seq, device],
                     |r| r.get(0),
                 )?
             }
@@ -355,20 +358,26 @@ impl Storage for SqliteStorage {
         Ok(count)
     }
 
-    fn changed_since(&self, team: &str, since: i64) -> Result<(i64, Vec<String>)> {
+    fn changed_since(&self, team: &str, since: i64, device: &str) -> Result<(i64, Vec<String>)> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT id, seq FROM documents WHERE team = ?1 AND seq > ?2 ORDER BY seq",
+            "SELECT id, seq, last_device FROM documents WHERE team = ?1 AND seq > ?2 ORDER BY seq",
         )?;
         let rows = stmt.query_map(params![team, since], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
         })?;
         let mut cursor = since;
         let mut ids = Vec::new();
         for row in rows {
-            let (id, seq) = row?;
+            let (id, seq, last_device) = row?;
             cursor = cursor.max(seq);
-            ids.push(id);
+            if last_device.as_deref() != Some(device) {
+                ids.push(id);
+            }
         }
         Ok((cursor, ids))
     }
