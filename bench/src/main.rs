@@ -71,7 +71,9 @@ const USAGE: &str = "usage: linkbook-bench [--fast] [--no-peer] [WORKLOAD...]
 workloads: office-sync (1), fresh-device (2), latency (3), device-store (4), relay-capacity (5); default all
   --fast     small sizes, seconds (the CI smoke tier)
   --no-peer  skip the JavaScript automerge-repo server
-  --keep     keep the work directories (servers' data and logs) for a look afterwards";
+  --keep     keep the work directories (servers' data and logs) for a look afterwards
+  --families N, --notes N, --devices N
+             other sizes for workloads 1-4 (e.g. to profile a middle size)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -104,8 +106,17 @@ fn main() -> ExitCode {
     let mut with_peer = true;
     let mut keep = false;
     let mut which = Workloads::default();
-    for a in &args[1..] {
+    let mut overrides: Vec<(String, usize)> = Vec::new();
+    let mut rest = args[1..].iter();
+    while let Some(a) = rest.next() {
         match a.as_str() {
+            "--families" | "--notes" | "--devices" => {
+                let Some(n) = rest.next().and_then(|n| n.parse().ok()) else {
+                    eprintln!("{a} takes a number\n{USAGE}");
+                    return ExitCode::from(2);
+                };
+                overrides.push((a.clone(), n));
+            }
             "--fast" => fast = true,
             "--no-peer" => with_peer = false,
             "--keep" => keep = true,
@@ -133,7 +144,7 @@ fn main() -> ExitCode {
             capacity: true,
         };
     }
-    match run(fast, with_peer, keep, &which) {
+    match run(fast, with_peer, keep, &overrides, &which) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("linkbook-bench: {e}");
@@ -155,9 +166,34 @@ fn machine() -> String {
     format!("{cores} cores, {model}")
 }
 
-fn run(fast: bool, with_peer: bool, keep: bool, which: &Workloads) -> Result<()> {
+fn run(
+    fast: bool,
+    with_peer: bool,
+    keep: bool,
+    overrides: &[(String, usize)],
+    which: &Workloads,
+) -> Result<()> {
     let started = Instant::now();
-    let sizes = if fast { FAST } else { FULL };
+    let mut sizes = if fast { FAST } else { FULL };
+    let mut store_sizes = Sizes {
+        families: if fast { 50 } else { 1_000 },
+        notes_per_family: if fast { 5 } else { 50 },
+        ..sizes
+    };
+    for (name, n) in overrides {
+        match name.as_str() {
+            "--families" => {
+                sizes.families = *n;
+                store_sizes.families = *n;
+            }
+            "--notes" => {
+                sizes.notes_per_family = *n;
+                store_sizes.notes_per_family = *n;
+            }
+            _ => sizes.devices = *n,
+        }
+    }
+    sizes.touched_families = sizes.touched_families.min(sizes.families);
     if with_peer && (which.office || which.fresh || which.latency || which.capacity) {
         servers::npm_dir()?;
     }
@@ -191,11 +227,6 @@ fn run(fast: bool, with_peer: bool, keep: bool, which: &Workloads) -> Result<()>
     }
     if which.store {
         eprintln!("-- device store");
-        let store_sizes = Sizes {
-            families: if fast { 50 } else { 1_000 },
-            notes_per_family: if fast { 5 } else { 50 },
-            ..sizes
-        };
         store::run(&store_sizes, work.path(), scratch.path(), &mut report)?;
     }
     if which.capacity {
