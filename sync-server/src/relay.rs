@@ -544,11 +544,20 @@ impl Hub {
         device: &Device,
     ) -> Result<(), Close> {
         let changes = s.doc.save_after(before);
+        // A document new to the relay is stored as a whole (Automerge's
+        // compressed save), not as the list of its changes: it loads in half
+        // the time, and first uploads are most of what a relay loads.
+        let snapshot = before.is_empty().then(|| s.doc.save());
         let now = Utc::now();
         let result = blocking(|| -> crate::error::Result<()> {
-            let count = self
-                .storage
-                .append_changes(key, &s.team, &device.id, &changes, None, now)?;
+            let count = self.storage.append_changes(
+                key,
+                &s.team,
+                &device.id,
+                &changes,
+                snapshot.as_deref(),
+                now,
+            )?;
             if count >= COMPACT_AFTER {
                 let snapshot = s.doc.save();
                 self.storage

@@ -80,7 +80,8 @@ pub trait Storage: Send + Sync + 'static {
     fn document_team(&self, doc_id: &str) -> Result<Option<String>>;
     fn load_document(&self, doc_id: &str) -> Result<Option<StoredDocument>>;
     /// Appends changes `device` sent (creating the document for `team` if
-    /// new); with `snapshot`, replaces the stored changes by it.
+    /// new); with `snapshot`, the stored changes (these included) are then
+    /// replaced by it. Returns the changes stored beside the snapshot.
     fn append_changes(
         &self,
         doc_id: &str,
@@ -331,29 +332,28 @@ impl Storage for SqliteStorage {
             "INSERT INTO documents (id, team, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING",
             params![doc_id, team, now.to_rfc3339()],
         )?;
-        let count = match snapshot {
-            Some(snap) => {
-                tx.execute("DELETE FROM changes WHERE doc_id = ?1", [doc_id])?;
-                tx.execute(
-                    "UPDATE documents SET snapshot = ?2, change_count = 0 WHERE id = ?1",
-                    params![doc_id, snap],
-                )?;
-                0
-            }
-            None => {
-                tx.execute(
-                    "INSERT INTO changes (doc_id, data) VALUES (?1, ?2)",
-                    params![doc_id, changes],
-                )?;
-                let seq = tx.last_insert_rowid();
-                tx.query_row(
-                    "UPDATE documents SET change_count = change_count + 1, seq = ?2, last_device = ?3
-                     WHERE id = ?1 RETURNING change_count",
-                    params![doc_id, seq, device],
-                    |r| r.get(0),
-                )?
-            }
-        };
+        let mut count = 0;
+        if !changes.is_empty() {
+            tx.execute(
+                "INSERT INTO changes (doc_id, data) VALUES (?1, ?2)",
+                params![doc_id, changes],
+            )?;
+            let seq = tx.last_insert_rowid();
+            count = tx.query_row(
+                "UPDATE documents SET change_count = change_count + 1, seq = ?2, last_device = ?3
+                 WHERE id = ?1 RETURNING change_count",
+                params![doc_id, seq, device],
+                |r| r.get(0),
+            )?;
+        }
+        if let Some(snap) = snapshot {
+            tx.execute("DELETE FROM changes WHERE doc_id = ?1", [doc_id])?;
+            tx.execute(
+                "UPDATE documents SET snapshot = ?2, change_count = 0 WHERE id = ?1",
+                params![doc_id, snap],
+            )?;
+            count = 0;
+        }
         tx.commit()?;
         Ok(count)
     }
