@@ -100,9 +100,9 @@ pub fn run(
 
     // The seed: one enrolled device makes the whole caseload, then syncs it
     // to both servers.
-    let template = Store::new(&scratch.join("template"))?;
-    let (caseload, template_device) = {
-        let repo = template.open()?;
+    let seeder = Store::new(&scratch.join("seeder"))?;
+    let caseload = {
+        let repo = seeder.open()?;
         repo.enrol(
             &relay.url,
             &relay.enrol_code(TEAM, "Seeder")?,
@@ -115,9 +115,6 @@ pub fn run(
         let t = Instant::now();
         repo.sync(None)?;
         let to_relay = t.elapsed();
-        // Again, as a device does in the course of a day: its change cursor
-        // then stands after its own uploads, as every fleet device's would.
-        repo.sync(None)?;
         let mut to_peer = Duration::ZERO;
         if let Some(p) = &peer {
             let t = Instant::now();
@@ -137,7 +134,30 @@ pub fn run(
                 String::new()
             }
         );
-        (caseload, repo.profile().device_id)
+        caseload
+    };
+    let _ = std::fs::remove_dir_all(&seeder.dir);
+    // The fleet's template: a worker's device that got the caseload the way
+    // devices do, by syncing (with both servers), not by typing all of it.
+    let template = Store::new(&scratch.join("template"))?;
+    let template_device = {
+        let t = Instant::now();
+        let repo = template.open()?;
+        repo.enrol(
+            &relay.url,
+            &relay.enrol_code(TEAM, "Template")?,
+            Some(&relay.ca_pem()?),
+            "template tablet",
+        )?;
+        repo.sync(None)?;
+        if let Some(p) = &peer {
+            repo.sync_with(&p.url, None, None, None)?;
+        }
+        eprintln!(
+            "the fleet's template device synced the caseload in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        repo.profile().device_id
     };
     let sizes_note = format!(
         "server holds {} family case files x {} notes + {} family days; {} devices each: {} families touched, {} new notes each, {} field edits, {} check-ins; device store {:.1} MB",

@@ -118,7 +118,20 @@ impl Server {
     fn start(&mut self) -> Result<()> {
         match self.side {
             Side::Linkbook => {
-                let mut child = Command::new(self_exe()?)
+                // LINKBOOK_BENCH_RELAY_WRAPPER="valgrind --tool=callgrind ..."
+                // runs the relay under a profiler (its figures then measure
+                // the profiler too).
+                let wrapper = std::env::var("LINKBOOK_BENCH_RELAY_WRAPPER").unwrap_or_default();
+                let mut words = wrapper.split_whitespace();
+                let mut command = match words.next() {
+                    Some(program) => {
+                        let mut c = Command::new(program);
+                        c.args(words).arg(self_exe()?);
+                        c
+                    }
+                    None => Command::new(self_exe()?),
+                };
+                let mut child = command
                     .arg("relay")
                     .arg("--data")
                     .arg(&self.data)
