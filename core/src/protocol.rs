@@ -79,6 +79,20 @@ pub enum Message {
         target_id: String,
         document_id: String,
     },
+    /// Linkbook's extension, sent by the relay right after `peer` to a device
+    /// that connected with `/v1/sync?since=CURSOR`: the team's documents
+    /// changed since that cursor (the relay sends a `sync` for each at once)
+    /// and the cursor to connect with next time. Never sent to other peers.
+    ChangedSince {
+        cursor: i64,
+        document_ids: Vec<String>,
+        /// Every document of the team the office purged: the device deletes
+        /// them before anything else.
+        purged: Vec<String>,
+        /// The team's policy (days; absent: no limit).
+        retention_days: Option<i64>,
+        lease_days: Option<i64>,
+    },
     /// A well-formed message of a type this version does not know.
     Unknown {
         message_type: String,
@@ -131,6 +145,7 @@ impl Message {
             Message::Ephemeral { .. } => "ephemeral",
             Message::RemoteSubscriptionChange { .. } => "remote-subscription-change",
             Message::RemoteHeadsChanged { .. } => "remote-heads-changed",
+            Message::ChangedSince { .. } => "changed-since",
             Message::Unknown { message_type } => message_type,
         }
     }
@@ -233,6 +248,29 @@ impl Message {
                     "remove",
                     Value::Array(remove.iter().map(|s| text(s)).collect()),
                 ));
+            }
+            Message::ChangedSince {
+                cursor,
+                document_ids,
+                purged,
+                retention_days,
+                lease_days,
+            } => {
+                map.push(entry("cursor", Value::Integer((*cursor).into())));
+                map.push(entry(
+                    "documentIds",
+                    Value::Array(document_ids.iter().map(|s| text(s)).collect()),
+                ));
+                map.push(entry(
+                    "purged",
+                    Value::Array(purged.iter().map(|s| text(s)).collect()),
+                ));
+                if let Some(d) = retention_days {
+                    map.push(entry("retentionDays", Value::Integer((*d).into())));
+                }
+                if let Some(d) = lease_days {
+                    map.push(entry("leaseDays", Value::Integer((*d).into())));
+                }
             }
             Message::Unknown { .. } => {}
         }
@@ -365,8 +403,43 @@ impl Message {
                 target_id: string("targetId")?,
                 document_id: string("documentId").unwrap_or_default(),
             },
+            "changed-since" => Message::ChangedSince {
+                cursor: get("cursor")
+                    .and_then(Value::as_integer)
+                    .and_then(|i| i64::try_from(i).ok())
+                    .ok_or_else(|| missing("cursor"))?,
+                document_ids: strings("documentIds"),
+                purged: strings("purged"),
+                retention_days: get("retentionDays")
+                    .and_then(Value::as_integer)
+                    .and_then(|i| i64::try_from(i).ok()),
+                lease_days: get("leaseDays")
+                    .and_then(Value::as_integer)
+                    .and_then(|i| i64::try_from(i).ok()),
+            },
             _ => Message::Unknown { message_type },
         })
+    }
+}
+
+/// Makes the next Automerge sync message carry the changes made since the
+/// heads both sides last shared, as if the peer had just said it has exactly
+/// those (an empty Bloom filter) and needs nothing else; with no shared heads
+/// at all, the whole document, compressed. Plain Automerge sync trades heads
+/// and filters first and sends changes only in its second round trip;
+/// Linkbook's device and relay both start this way instead (if the peer
+/// lacks something after all, its answer says so and the usual exchange
+/// follows). See docs/adr/0005.
+pub fn assume_shared_heads(state: &mut automerge::sync::State) {
+    use automerge::sync;
+    state.their_have = Some(vec![sync::Have {
+        last_sync: state.shared_heads.clone(),
+        bloom: sync::BloomFilter::default(),
+    }]);
+    state.their_need = Some(Vec::new());
+    if state.shared_heads.is_empty() {
+        state.their_heads = Some(Vec::new());
+        state.their_capabilities = Some(vec![sync::Capability::MessageV2]);
     }
 }
 
@@ -438,6 +511,13 @@ mod tests {
                 sender_id: s.clone(),
                 target_id: t.clone(),
                 document_id: d.clone(),
+            },
+            Message::ChangedSince {
+                cursor: 42,
+                document_ids: vec![d.clone()],
+                purged: vec![d.clone()],
+                retention_days: Some(365),
+                lease_days: None,
             },
         ] {
             assert_eq!(

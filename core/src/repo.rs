@@ -389,7 +389,7 @@ impl Repo {
                     DocumentType::Family => {
                         let doc = txn.doc_of(*id, DocumentType::Family, "family")?;
                         doc.put(automerge::ROOT, "team", team.as_str())?;
-                        let f = family::read(doc, *id);
+                        let f = family::summary(doc, *id);
                         directory::put_family(
                             txn.doc_of(new_dir, DocumentType::TeamDirectory, "team directory")?,
                             &f,
@@ -451,7 +451,7 @@ impl Repo {
             let author = txn.author.clone();
             let doc = txn.create(id, DocumentType::Family, AutoCommit::new())?;
             family::create(doc, new, &author)?;
-            let f = family::read(doc, id);
+            let f = family::summary(doc, id);
             directory::put_family(
                 txn.doc_of(dir, DocumentType::TeamDirectory, "team directory")?,
                 &f,
@@ -478,7 +478,7 @@ impl Repo {
             let author = txn.author.clone();
             let doc = txn.doc_of(id, DocumentType::Family, "family")?;
             let out = f(doc, &author)?;
-            let fam = family::read(doc, id);
+            let fam = family::summary(doc, id);
             directory::put_family(
                 txn.doc_of(dir, DocumentType::TeamDirectory, "team directory")?,
                 &fam,
@@ -847,7 +847,7 @@ impl Repo {
             let (doc, kind) = txn.doc(document_id, "document")?;
             conflicts::resolve(doc, path, value)?;
             if kind == DocumentType::Family {
-                let fam = family::read(doc, document_id);
+                let fam = family::summary(doc, document_id);
                 directory::put_family(
                     txn.doc_of(dir, DocumentType::TeamDirectory, "team directory")?,
                     &fam,

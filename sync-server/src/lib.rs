@@ -5,6 +5,7 @@
 //! until shutdown. `main.rs` only parses configuration.
 
 pub mod auth;
+pub mod cli;
 pub mod error;
 pub mod relay;
 pub mod retention;
@@ -165,7 +166,9 @@ async fn changes(
     let token = auth::token_from(&headers, None);
     let (cursor, documents, purged, policy) = tokio::task::block_in_place(|| {
         let device = auth::authenticate(&*state.storage, token.as_deref())?;
-        let (cursor, documents) = state.storage.changed_since(&device.team, q.since)?;
+        let (cursor, documents) = state
+            .storage
+            .changed_since(&device.team, q.since, &device.id)?;
         Ok::<_, Error>((
             cursor,
             documents,
@@ -201,10 +204,22 @@ async fn sync_socket(
         tracing::warn!(device = %device.id, "too many connections");
         return Err(Error::TooManyConnections);
     }
+    // `since=N`: a Linkbook device's change cursor; it asks for the pipelined
+    // session (relay::Hub::push_changed). Other automerge-repo clients never send it.
+    let since = query.as_deref().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("since="))
+            .and_then(|v| v.parse::<i64>().ok())
+    });
     let hub = state.hub.clone();
     Ok(ws
+        // tungstenite's defaults (128 KiB each way) made an idle connection
+        // cost the relay 229 KB (benchmark relay-capacity); messages larger
+        // than the buffer still arrive whole, the buffer just grows for them.
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(16 * 1024)
         .max_message_size(hub.limits().max_message_bytes)
-        .on_upgrade(move |socket| hub.serve(device, socket))
+        .on_upgrade(move |socket| hub.serve(device, socket, since))
         .into_response())
 }
 
@@ -287,6 +302,10 @@ impl Bound {
                     axum_server::tls_rustls::RustlsConfig::from_config(config),
                 )
                 .map_err(io)?
+                // Small writes (a 101 then the first sync messages) go out at
+                // once: Nagle held each behind the previous one's ACK, a
+                // round trip on a slow link (benchmark workload 3).
+                .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
                 .handle(handle)
                 .serve(service)
                 .await
@@ -294,6 +313,7 @@ impl Bound {
             }
             Transport::InsecureHttp => axum_server::from_tcp(self.listener)
                 .map_err(io)?
+                .acceptor(axum_server::accept::NoDelayAcceptor::new())
                 .handle(handle)
                 .serve(service)
                 .await

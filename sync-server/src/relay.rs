@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{Automerge, ChangeHash};
+use automerge::{Automerge, ChangeHash, ReadDoc};
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use chrono::Utc;
 use futures_util::{SinkExt, StreamExt};
@@ -126,8 +126,11 @@ impl Hub {
         lock(&self.docs).len()
     }
 
-    /// Serves one authenticated device's WebSocket until it closes.
-    pub async fn serve(self: Arc<Self>, device: Device, socket: WebSocket) {
+    /// Serves one authenticated device's WebSocket until it closes. With
+    /// `since` (the device's change cursor, `/v1/sync?since=N`), the relay
+    /// tells the device what changed since then and sends those documents
+    /// without being asked (see [`Hub::push_changed`]).
+    pub async fn serve(self: Arc<Self>, device: Device, socket: WebSocket, since: Option<i64>) {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (mut sink, mut stream) = socket.split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
@@ -154,7 +157,9 @@ impl Hub {
                 }
             }
         });
-        let outcome = self.session(conn_id, &device, &tx, &mut stream).await;
+        let outcome = self
+            .session(conn_id, &device, &tx, &mut stream, since)
+            .await;
         if let Err(Close(why)) = &outcome {
             tracing::warn!(device = %device.id, reason = %why, "closing sync connection");
             let _ = tx.send(Message::Error {
@@ -174,6 +179,7 @@ impl Hub {
         device: &Device,
         tx: &mpsc::UnboundedSender<Message>,
         stream: &mut futures_util::stream::SplitStream<WebSocket>,
+        since: Option<i64>,
     ) -> Result<(), Close> {
         let timeout = std::time::Duration::from_secs(self.limits.join_timeout_secs);
         let first = match tokio::time::timeout(timeout, next_message(stream)).await {
@@ -213,6 +219,9 @@ impl Hub {
             },
             selected_protocol_version: PROTOCOL_VERSION.into(),
         });
+        if let Some(since) = since {
+            self.push_changed(conn_id, device, tx, since).await?;
+        }
         tracing::info!(device = %device.id, team = %device.team, "device joined");
         let _ = blocking(|| {
             self.storage
@@ -297,8 +306,11 @@ impl Hub {
                         .map_err(|_| Close("a stored document is damaged".into()))?,
                     None => Automerge::new(),
                 };
-                for c in &stored.changes {
-                    doc.load_incremental(c)
+                // One batch: Automerge applies it at once (per-change calls
+                // re-sort the ops each time).
+                let changes = stored.changes.concat();
+                if !changes.is_empty() {
+                    doc.load_incremental(&changes)
                         .map_err(|_| Close("a stored document is damaged".into()))?;
                 }
                 Slot {
@@ -341,11 +353,15 @@ impl Hub {
                 return;
             }
             // Not in use by any request right now (the map holds the only
-            // reference and nobody holds the lock).
+            // reference and nobody holds the lock), and holding no received
+            // changes that wait for their dependencies: those are only in
+            // memory, and their sender will not send them again this session.
             let mut idle: Vec<(u64, DocumentId)> = docs
                 .iter()
                 .filter(|(_, slot)| Arc::strong_count(slot) == 1)
-                .filter_map(|(id, slot)| slot.try_lock().ok().map(|s| (s.last_used, *id)))
+                .filter_map(|(id, slot)| slot.try_lock().ok().map(|s| (s, *id)))
+                .filter(|(s, _)| s.doc.get_missing_deps(&[]).is_empty())
+                .map(|(s, id)| (s.last_used, id))
                 .collect();
             idle.sort();
             let excess = docs.len() - self.limits.max_loaded_docs;
@@ -386,6 +402,7 @@ impl Hub {
         };
         let message = sync::Message::decode(data)
             .map_err(|_| Close("malformed Automerge sync message".into()))?;
+        tracing::trace!(device = %device.id, doc = %document_id, m = %brief(&message), "receive");
         // A purged document is gone, also from memory, and never taken again
         // (the administrator purges from another process: checked each time).
         let key = id.to_string();
@@ -403,15 +420,7 @@ impl Hub {
             return Ok(());
         };
         let mut s = slot.lock().await;
-        if let std::collections::hash_map::Entry::Vacant(e) = s.states.entry(conn_id) {
-            let saved = blocking(|| self.storage.sync_state(&key, &device.id))
-                .ok()
-                .flatten();
-            let state = saved
-                .and_then(|b| sync::State::decode(&b).ok())
-                .unwrap_or_default();
-            e.insert((device.id.clone(), state));
-        }
+        self.load_state(&mut s, &key, conn_id, device);
         let before = s.doc.get_heads();
         {
             let Slot { doc, states, .. } = &mut *s;
@@ -439,11 +448,9 @@ impl Hub {
             .get_mut(&conn_id)
             .and_then(|(_, state)| doc.generate_sync_message(state));
         if let Some(reply) = reply {
+            tracing::trace!(device = %device.id, doc = %document_id, m = %brief(&reply), "reply");
             if !reply.changes.is_empty() {
-                let _ = blocking(|| {
-                    self.storage
-                        .audit(Some(device), "received", Some(document_id), Utc::now())
-                });
+                self.audit_received(&device.id, document_id);
             }
             let _ = tx.send(Message::Sync {
                 sender_id: self.peer_id.clone(),
@@ -460,16 +467,9 @@ impl Hub {
                 if let (Some(conn), Some(m)) =
                     (connections.get(other), doc.generate_sync_message(state))
                 {
+                    tracing::trace!(device = %other_device, doc = %document_id, m = %brief(&m), "fan-out");
                     if !m.changes.is_empty() {
-                        let _ = blocking(|| {
-                            self.storage.audit_as(
-                                Some(other_device),
-                                None,
-                                "received",
-                                Some(document_id),
-                                &Utc::now().to_rfc3339(),
-                            )
-                        });
+                        self.audit_received(other_device, document_id);
                     }
                     let _ = conn.tx.send(Message::Sync {
                         sender_id: self.peer_id.clone(),
@@ -483,6 +483,103 @@ impl Hub {
         Ok(())
     }
 
+    /// The connection's sync state for a document, from storage the first time.
+    fn load_state(&self, s: &mut Slot, key: &str, conn_id: u64, device: &Device) {
+        if let std::collections::hash_map::Entry::Vacant(e) = s.states.entry(conn_id) {
+            let saved = blocking(|| self.storage.sync_state(key, &device.id))
+                .ok()
+                .flatten();
+            let state = saved
+                .and_then(|b| sync::State::decode(&b).ok())
+                .unwrap_or_default();
+            e.insert((device.id.clone(), state));
+        }
+    }
+
+    /// The pipelined session (a device that connected with its change
+    /// cursor): `peer`, then `changed-since` naming the team's documents
+    /// changed since the cursor (not counting the device's own uploads), then
+    /// one `sync` per document carrying the changes made since the heads
+    /// this device and the relay last shared. Plain Automerge sync would
+    /// first trade heads and Bloom filters and only then changes; assuming
+    /// the last shared heads saves that round trip (if the device lacks
+    /// something after all, its answer says so and the usual exchange
+    /// follows). The device pipelines its own documents the same way, so a
+    /// sync takes one round trip after TLS (docs/adr/0005).
+    async fn push_changed(
+        &self,
+        conn_id: u64,
+        device: &Device,
+        tx: &mpsc::UnboundedSender<Message>,
+        since: i64,
+    ) -> Result<(), Close> {
+        let ((cursor, changed), purged, policy) = blocking(|| {
+            Ok::<_, crate::error::Error>((
+                self.storage
+                    .changed_since(&device.team, since, &device.id)?,
+                self.storage.purged(&device.team)?,
+                self.storage.team_policy(&device.team)?,
+            ))
+        })
+        .map_err(|e| {
+            tracing::error!(error = %e, "reading the change cursor failed");
+            Close("the relay could not read what changed".into())
+        })?;
+        let _ = tx.send(Message::ChangedSince {
+            cursor,
+            document_ids: changed.clone(),
+            purged: purged.into_iter().map(|p| p.id).collect(),
+            retention_days: policy.retention_days,
+            lease_days: policy.lease_days,
+        });
+        for document_id in changed {
+            let Ok(id) = DocumentId::parse(&document_id, "document id") else {
+                continue;
+            };
+            let Some(slot) = self.slot(id, &device.team, false).await? else {
+                self.unavailable(device, tx, &document_id);
+                continue;
+            };
+            let mut s = slot.lock().await;
+            self.load_state(&mut s, &document_id, conn_id, device);
+            let Slot { doc, states, .. } = &mut *s;
+            let Some((_, state)) = states.get_mut(&conn_id) else {
+                continue;
+            };
+            linkbook_core::protocol::assume_shared_heads(state);
+            if let Some(m) = doc.generate_sync_message(state) {
+                tracing::trace!(device = %device.id, doc = %document_id, m = %brief(&m), "push");
+                if !m.changes.is_empty() {
+                    self.audit_received(&device.id, &document_id);
+                }
+                let _ = tx.send(Message::Sync {
+                    sender_id: self.peer_id.clone(),
+                    target_id: device.id.clone(),
+                    document_id,
+                    data: m.encode(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Audits that a device was sent changes of a document. The audit is
+    /// best effort here: failing to write it must not stop the sync.
+    fn audit_received(&self, device_id: &str, document_id: &str) {
+        let result = blocking(|| {
+            self.storage.audit_as(
+                Some(device_id),
+                None,
+                "received",
+                Some(document_id),
+                &Utc::now().to_rfc3339(),
+            )
+        });
+        if let Err(e) = result {
+            tracing::error!(error = %e, "writing the audit failed");
+        }
+    }
+
     /// Commits the changes made since `before`, compacting now and then.
     fn store(
         &self,
@@ -492,15 +589,24 @@ impl Hub {
         device: &Device,
     ) -> Result<(), Close> {
         let changes = s.doc.save_after(before);
+        // A document new to the relay is stored as a whole (Automerge's
+        // compressed save), not as the list of its changes: it loads in half
+        // the time, and first uploads are most of what a relay loads.
+        let snapshot = before.is_empty().then(|| s.doc.save());
         let now = Utc::now();
         let result = blocking(|| -> crate::error::Result<()> {
-            let count = self
-                .storage
-                .append_changes(key, &s.team, &changes, None, now)?;
+            let count = self.storage.append_changes(
+                key,
+                &s.team,
+                &device.id,
+                &changes,
+                snapshot.as_deref(),
+                now,
+            )?;
             if count >= COMPACT_AFTER {
                 let snapshot = s.doc.save();
                 self.storage
-                    .append_changes(key, &s.team, &[], Some(&snapshot), now)?;
+                    .append_changes(key, &s.team, &device.id, &[], Some(&snapshot), now)?;
             }
             self.storage
                 .audit(Some(device), "uploaded", Some(key), now)?;
@@ -534,6 +640,26 @@ impl Hub {
             tracing::warn!(error = %e, "saving sync states failed; the next sync will exchange more");
         }
     }
+}
+
+/// A sync message for trace logs: heads, need, have and changes counts.
+fn brief(m: &sync::Message) -> String {
+    let short = |h: &[ChangeHash]| {
+        h.iter()
+            .map(|h| h.to_string()[..6].to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        "heads=[{}] need=[{}] have={:?} changes={}",
+        short(&m.heads),
+        short(&m.need),
+        m.have
+            .iter()
+            .map(|h| short(&h.last_sync))
+            .collect::<Vec<_>>(),
+        m.changes.len()
+    )
 }
 
 /// The next protocol message, `None` at a clean close.

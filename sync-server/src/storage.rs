@@ -22,8 +22,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/001_init.sql"),
     include_str!("../migrations/002_change_cursor.sql"),
     include_str!("../migrations/003_teams.sql"),
-    include_str!("../migrations/004_purged.sql"),
-    include_str!("../migrations/005_team_policy.sql"),
+    include_str!("../migrations/004_last_device.sql"),
+    include_str!("../migrations/005_purged.sql"),
+    include_str!("../migrations/006_team_policy.sql"),
 ];
 
 /// A team's data-protection policy; `None` is no limit.
@@ -113,19 +114,21 @@ pub trait Storage: Send + Sync + 'static {
 
     fn document_team(&self, doc_id: &str) -> Result<Option<String>>;
     fn load_document(&self, doc_id: &str) -> Result<Option<StoredDocument>>;
-    /// Appends changes (creating the document for `team` if new); with
-    /// `snapshot`, replaces the stored changes by it.
+    /// Appends changes `device` sent (creating the document for `team` if
+    /// new); with `snapshot`, the stored changes (these included) are then
+    /// replaced by it. Returns the changes stored beside the snapshot.
     fn append_changes(
         &self,
         doc_id: &str,
         team: &str,
+        device: &str,
         changes: &[u8],
         snapshot: Option<&[u8]>,
         now: DateTime<Utc>,
     ) -> Result<i64>;
-    /// The team's documents changed after cursor `since`, and the cursor to
-    /// ask from next time.
-    fn changed_since(&self, team: &str, since: i64) -> Result<(i64, Vec<String>)>;
+    /// The team's documents changed after cursor `since`, except those whose
+    /// latest change is `device`'s own, and the cursor to ask from next time.
+    fn changed_since(&self, team: &str, since: i64, device: &str) -> Result<(i64, Vec<String>)>;
     /// Deletes every stored change, snapshot and sync state of a document and
     /// remembers it as purged; returns its team, `None` if it is not stored.
     fn purge_document(
@@ -424,6 +427,7 @@ impl Storage for SqliteStorage {
         &self,
         doc_id: &str,
         team: &str,
+        device: &str,
         changes: &[u8],
         snapshot: Option<&[u8]>,
         now: DateTime<Utc>,
@@ -445,47 +449,52 @@ impl Storage for SqliteStorage {
             "INSERT INTO documents (id, team, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING",
             params![doc_id, team, now.to_rfc3339()],
         )?;
-        let count = match snapshot {
-            Some(snap) => {
-                tx.execute("DELETE FROM changes WHERE doc_id = ?1", [doc_id])?;
-                tx.execute(
-                    "UPDATE documents SET snapshot = ?2, change_count = 0 WHERE id = ?1",
-                    params![doc_id, snap],
-                )?;
-                0
-            }
-            None => {
-                tx.execute(
-                    "INSERT INTO changes (doc_id, data) VALUES (?1, ?2)",
-                    params![doc_id, changes],
-                )?;
-                let seq = tx.last_insert_rowid();
-                tx.query_row(
-                    "UPDATE documents SET change_count = change_count + 1, seq = ?2
-                     WHERE id = ?1 RETURNING change_count",
-                    params![doc_id, seq],
-                    |r| r.get(0),
-                )?
-            }
-        };
+        let mut count = 0;
+        if !changes.is_empty() {
+            tx.execute(
+                "INSERT INTO changes (doc_id, data) VALUES (?1, ?2)",
+                params![doc_id, changes],
+            )?;
+            let seq = tx.last_insert_rowid();
+            count = tx.query_row(
+                "UPDATE documents SET change_count = change_count + 1, seq = ?2, last_device = ?3
+                 WHERE id = ?1 RETURNING change_count",
+                params![doc_id, seq, device],
+                |r| r.get(0),
+            )?;
+        }
+        if let Some(snap) = snapshot {
+            tx.execute("DELETE FROM changes WHERE doc_id = ?1", [doc_id])?;
+            tx.execute(
+                "UPDATE documents SET snapshot = ?2, change_count = 0 WHERE id = ?1",
+                params![doc_id, snap],
+            )?;
+            count = 0;
+        }
         tx.commit()?;
         Ok(count)
     }
 
-    fn changed_since(&self, team: &str, since: i64) -> Result<(i64, Vec<String>)> {
+    fn changed_since(&self, team: &str, since: i64, device: &str) -> Result<(i64, Vec<String>)> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT id, seq FROM documents WHERE team = ?1 AND seq > ?2 ORDER BY seq",
+            "SELECT id, seq, last_device FROM documents WHERE team = ?1 AND seq > ?2 ORDER BY seq",
         )?;
         let rows = stmt.query_map(params![team, since], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
         })?;
         let mut cursor = since;
         let mut ids = Vec::new();
         for row in rows {
-            let (id, seq) = row?;
+            let (id, seq, last_device) = row?;
             cursor = cursor.max(seq);
-            ids.push(id);
+            if last_device.as_deref() != Some(device) {
+                ids.push(id);
+            }
         }
         Ok((cursor, ids))
     }

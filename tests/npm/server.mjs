@@ -2,7 +2,10 @@
 // automerge-repo-sync-server is: NodeWSServerAdapter on a `ws` server, files
 // on disk, sharePolicy false (serve what is asked for, announce nothing).
 //
-//   node server.mjs --data DIR
+//   node server.mjs --data DIR [--peer-id ID]
+//
+// --peer-id fixes the server's peer id across restarts (the public server
+// uses `storage-server-${hostname}`); by default it is per process.
 //
 // Listens on 127.0.0.1 on a free port and prints `LISTENING <port>`; stops on
 // SIGTERM or when its stdin closes.
@@ -24,7 +27,7 @@ const wss = new WebSocketServer({ host: "127.0.0.1", port: 0 })
 const repo = new Repo({
   network: [new NodeWSServerAdapter(wss)],
   storage: new NodeFSStorageAdapter(args.data),
-  peerId: `js-sync-server-${process.pid}`,
+  peerId: args["peer-id"] ?? `js-sync-server-${process.pid}`,
   sharePolicy: async () => false,
 })
 

@@ -309,8 +309,7 @@ fn a_reconnect_only_opens_the_documents_that_changed() -> Result<()> {
         .collect::<Result<_>>()?;
     let s = a.repo.sync(None)?;
     assert_eq!(s.documents_total, 21, "{s:?}");
-    // The relay lists A's own uploads as changed once; after that, nothing.
-    a.repo.sync(None)?;
+    // A's own uploads do not count as changed on the relay: nothing to open.
     let s = a.repo.sync(None)?;
     assert_eq!(
         (s.documents_total, s.messages_sent),
@@ -326,6 +325,54 @@ fn a_reconnect_only_opens_the_documents_that_changed() -> Result<()> {
     let s = a.repo.sync(None)?;
     assert_eq!((s.documents_total, s.documents_received), (1, 1), "{s:?}");
     assert_eq!(a.repo.notes(families[7])?.len(), 1);
+    Ok(())
+}
+
+/// The pipelined session (docs/adr/0005): each document changed on either
+/// side is one message each way, changes in the first one; nothing else.
+#[test]
+fn a_sync_after_offline_work_is_one_exchange_per_document() -> Result<()> {
+    let relay = Relay::start();
+    let a = Device::enrolled(&relay, "north", "Asha");
+    let b = Device::enrolled(&relay, "north", "Ben");
+    let families: Vec<DocumentId> = (0..6)
+        .map(|i| {
+            a.repo.add_family(&NewFamily {
+                name: format!("Family {i}"),
+                ..Default::default()
+            })
+        })
+        .collect::<Result<_>>()?;
+    a.repo.sync(None)?;
+    b.repo.sync(None)?;
+    assert_eq!(b.repo.families()?.len(), 6);
+
+    // Offline: B writes on three families, A on two others and syncs first.
+    for f in &families[..3] {
+        b.repo
+            .add_note(*f, "Seen at the visit", NoteCategory::Visit)?;
+    }
+    for f in &families[3..5] {
+        a.repo
+            .add_note(*f, "Phoned the school", NoteCategory::School)?;
+    }
+    a.repo.sync(None)?;
+
+    let s = b.repo.sync(None)?;
+    // Sent: join, B's 3 documents (with their changes), an answer to each of
+    // the 2 the relay sent unasked, leave. Received: peer, changed-since,
+    // A's 2 documents, the relay's answers to B's 3.
+    assert_eq!((s.messages_sent, s.messages_received), (7, 7), "{s:?}");
+    assert_eq!((s.documents_sent, s.documents_received), (3, 2), "{s:?}");
+    assert_eq!(b.repo.notes(families[3])?.len(), 1);
+
+    // Nothing changed since: the relay has nothing to send, B nothing to say.
+    let s = b.repo.sync(None)?;
+    assert_eq!((s.messages_sent, s.messages_received), (2, 2), "{s:?}");
+    a.repo.sync(None)?;
+    for f in &families[..5] {
+        assert_eq!(a.repo.heads(*f)?, b.repo.heads(*f)?);
+    }
     Ok(())
 }
 

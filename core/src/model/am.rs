@@ -7,6 +7,84 @@ use automerge::{
 use super::{DocumentType, SCHEMA_VERSION};
 use crate::error::{Error, Result};
 
+/// One map object's entries, read in a single pass. Automerge seeks through
+/// its op columns for every `get`; reading a whole record field by field cost
+/// more than everything else in a write (profile of the benchmark's seeding:
+/// 64% in `seek_ops_by_map_key`), one `map_range` pass per object much less.
+pub(crate) struct Fields(Vec<(String, Value<'static>, ObjId)>);
+
+impl Fields {
+    pub(crate) fn of(doc: &AutoCommit, obj: &ObjId) -> Fields {
+        Fields(
+            doc.map_range(obj, ..)
+                .map(|item| {
+                    let id = item.id();
+                    (item.key.into_owned(), item.value.into_value(), id)
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Option<(&Value<'static>, &ObjId)> {
+        self.0
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, v, id)| (v, id))
+    }
+
+    /// As [`get_str`].
+    pub(crate) fn str(&self, doc: &AutoCommit, key: &str) -> Option<String> {
+        match self.get(key)? {
+            (Value::Scalar(s), _) => match s.as_ref() {
+                ScalarValue::Str(s) => Some(s.to_string()),
+                _ => None,
+            },
+            (Value::Object(ObjType::Text), id) => doc.text(id).ok(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn bool(&self, key: &str) -> Option<bool> {
+        match self.get(key)? {
+            (Value::Scalar(s), _) => match s.as_ref() {
+                ScalarValue::Boolean(b) => Some(*b),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    pub(crate) fn u64(&self, key: &str) -> Option<u64> {
+        match self.get(key)? {
+            (Value::Scalar(s), _) => scalar_u64(s),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn map(&self, key: &str) -> Option<ObjId> {
+        match self.get(key)? {
+            (Value::Object(ObjType::Map), id) => Some(id.clone()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn list(&self, key: &str) -> Option<ObjId> {
+        match self.get(key)? {
+            (Value::Object(ObjType::List), id) => Some(id.clone()),
+            _ => None,
+        }
+    }
+
+    /// The entries holding map objects, as (key, object), in key order.
+    pub(crate) fn maps(&self) -> Vec<(String, ObjId)> {
+        self.0
+            .iter()
+            .filter(|(_, v, _)| matches!(v, Value::Object(ObjType::Map)))
+            .map(|(k, _, id)| (k.clone(), id.clone()))
+            .collect()
+    }
+}
+
 /// A string at `key`, from a scalar string or (as JavaScript clients write
 /// them) a Text object.
 pub(crate) fn get_str(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<String> {
@@ -33,16 +111,6 @@ pub(crate) fn scalar_u64(s: &ScalarValue) -> Option<u64> {
         ScalarValue::Uint(n) => Some(*n),
         ScalarValue::Int(n) if *n >= 0 => Some(*n as u64),
         ScalarValue::F64(f) if *f >= 0.0 && f.fract() == 0.0 => Some(*f as u64),
-        _ => None,
-    }
-}
-
-pub(crate) fn get_bool(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<bool> {
-    match doc.get(obj, key).ok().flatten()? {
-        (Value::Scalar(s), _) => match s.as_ref() {
-            ScalarValue::Boolean(b) => Some(*b),
-            _ => None,
-        },
         _ => None,
     }
 }

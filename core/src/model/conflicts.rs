@@ -6,7 +6,8 @@
 //! is reported (value and device) until a worker writes the one to keep.
 
 use automerge::{
-    AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value, transaction::Transactable,
+    AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value, ValueRef,
+    transaction::Transactable,
 };
 use serde_json::Value as Json;
 
@@ -43,16 +44,24 @@ fn walk(
     kind: DocumentType,
     out: &mut Vec<Conflict>,
 ) {
-    for key in doc.keys(obj) {
+    // One pass over the object tells which keys hold several values and
+    // which hold maps; only those are read again (per-key gets were most of
+    // a write's cost).
+    let items: Vec<(String, bool, Option<ObjId>)> = doc
+        .map_range(obj, ..)
+        .map(|item| {
+            let child = matches!(item.value, ValueRef::Object(ObjType::Map)).then(|| item.id());
+            (item.key.into_owned(), item.conflict, child)
+        })
+        .collect();
+    for (key, conflict, child) in items {
         let path = if prefix.is_empty() {
             key.clone()
         } else {
             format!("{prefix}/{key}")
         };
-        let values = doc.get_all(obj, key.as_str()).unwrap_or_default();
-        if values.len() > 1
-            && !(kind == DocumentType::FamilyDay && family_day::merges_by_rule(&path))
-        {
+        if conflict && !(kind == DocumentType::FamilyDay && family_day::merges_by_rule(&path)) {
+            let values = doc.get_all(obj, key.as_str()).unwrap_or_default();
             let scalars: Vec<ConflictValue> = values
                 .iter()
                 .filter_map(|(v, exid)| match v {
@@ -74,7 +83,7 @@ fn walk(
             }
         }
         // Walk into the value plain reads see; only maps hold editable fields.
-        if let Ok(Some((Value::Object(ObjType::Map), child))) = doc.get(obj, key.as_str()) {
+        if let Some(child) = child {
             walk(doc, &child, &path, id, kind, out);
         }
     }

@@ -62,7 +62,14 @@ fn put_field(
     Ok(())
 }
 
-pub(crate) fn put_family(doc: &mut AutoCommit, family: &Family) -> Result<()> {
+/// A family as the directory lists it.
+pub(crate) struct Entry {
+    pub id: DocumentId,
+    pub status: FamilyStatus,
+}
+
+/// Only the status is written: see the module documentation (no names).
+pub(crate) fn put_family(doc: &mut AutoCommit, family: &Entry) -> Result<()> {
     put_field(
         doc,
         "families",

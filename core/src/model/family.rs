@@ -16,12 +16,10 @@
 //!   closure: { date, reason } }
 //! ```
 
-use automerge::{AutoCommit, ObjId, ObjType, ROOT, ReadDoc, transaction::Transactable};
+use automerge::{AutoCommit, ObjType, ROOT, ReadDoc, transaction::Transactable};
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::am::{
-    ensure_map, get_bool, get_list, get_map, get_str, get_u64, keys, put_opt_str, write_header,
-};
+use super::am::{Fields, ensure_map, get_list, get_map, get_str, put_opt_str, write_header};
 use super::validate::{MAX_NAME, MAX_NOTE, date_not_future, optional_text, required_text};
 use super::*;
 use crate::error::{Error, Result};
@@ -312,110 +310,129 @@ pub(crate) fn reopen(doc: &mut AutoCommit) -> Result<()> {
     Ok(())
 }
 
-fn time(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<DateTime<Utc>> {
-    get_str(doc, obj, key)
-        .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+fn parse_time(s: Option<String>) -> Option<DateTime<Utc>> {
+    s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
         .map(|t| t.with_timezone(&Utc))
 }
 
-fn date(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<NaiveDate> {
-    get_str(doc, obj, key).and_then(|s| s.parse().ok())
+fn parse_date(s: Option<String>) -> Option<NaiveDate> {
+    s.and_then(|s| s.parse().ok())
 }
 
-/// Entries of a collection map, as (id, object).
-fn entries(doc: &AutoCommit, key: &str) -> Vec<(String, ObjId)> {
-    let Some(map) = get_map(doc, &ROOT, key) else {
+/// Entries of a collection map, as (id, fields).
+fn entries(doc: &AutoCommit, root: &Fields, key: &str) -> Vec<(String, Fields)> {
+    let Some(map) = root.map(key) else {
         return Vec::new();
     };
-    keys(doc, &map)
+    Fields::of(doc, &map)
+        .maps()
         .into_iter()
-        .filter_map(|k| get_map(doc, &map, &k).map(|o| (k, o)))
+        .map(|(k, o)| (k, Fields::of(doc, &o)))
         .collect()
+}
+
+/// What the team directory shows of a family: its status (no names).
+/// Reads one field, not the case file.
+pub(crate) fn summary(doc: &AutoCommit, id: DocumentId) -> directory::Entry {
+    let root = Fields::of(doc, &ROOT);
+    directory::Entry {
+        id,
+        status: root
+            .str(doc, "status")
+            .and_then(|s| FamilyStatus::parse(&s).ok())
+            .unwrap_or(FamilyStatus::Open),
+    }
 }
 
 /// Reads the whole case file. Fields missing from a document written by
 /// another client read as empty rather than failing the read.
 pub(crate) fn read(doc: &AutoCommit, id: DocumentId) -> Family {
-    let household = get_map(doc, &ROOT, "household");
-    let hh = |key| household.as_ref().and_then(|h| get_str(doc, h, key));
-    let members = entries(doc, "members")
+    let root = Fields::of(doc, &ROOT);
+    let household = root.map("household").map(|h| Fields::of(doc, &h));
+    let hh = |key| household.as_ref().and_then(|h| h.str(doc, key));
+    let members = entries(doc, &root, "members")
         .into_iter()
         .map(|(id, m)| Member {
             id,
-            name: get_str(doc, &m, "name").unwrap_or_default(),
-            role: get_str(doc, &m, "role")
+            name: m.str(doc, "name").unwrap_or_default(),
+            role: m
+                .str(doc, "role")
                 .and_then(|r| MemberRole::parse(&r).ok())
                 .unwrap_or(MemberRole::Adult),
-            relationship: get_str(doc, &m, "relationship"),
-            date_of_birth: date(doc, &m, "date_of_birth"),
-            school: get_str(doc, &m, "school"),
-            looked_after: get_bool(doc, &m, "looked_after").unwrap_or(false),
-            social_worker: get_str(doc, &m, "social_worker"),
+            relationship: m.str(doc, "relationship"),
+            date_of_birth: parse_date(m.str(doc, "date_of_birth")),
+            school: m.str(doc, "school"),
+            looked_after: m.bool("looked_after").unwrap_or(false),
+            social_worker: m.str(doc, "social_worker"),
         })
         .collect();
-    let prisoners = entries(doc, "prisoners")
+    let prisoners = entries(doc, &root, "prisoners")
         .into_iter()
         .map(|(id, p)| Prisoner {
             id,
-            name: get_str(doc, &p, "name").unwrap_or_default(),
-            establishment: get_str(doc, &p, "establishment").unwrap_or_default(),
-            prison_number: get_str(doc, &p, "prison_number"),
-            custody: get_str(doc, &p, "custody")
+            name: p.str(doc, "name").unwrap_or_default(),
+            establishment: p.str(doc, "establishment").unwrap_or_default(),
+            prison_number: p.str(doc, "prison_number"),
+            custody: p
+                .str(doc, "custody")
                 .and_then(|c| Custody::parse(&c).ok())
                 .unwrap_or(Custody::Remand),
-            category: get_str(doc, &p, "category"),
-            expected_release: date(doc, &p, "expected_release"),
+            category: p.str(doc, "category"),
+            expected_release: parse_date(p.str(doc, "expected_release")),
         })
         .collect();
-    let consent = get_map(doc, &ROOT, "consent").and_then(|c| {
+    let consent = root.map("consent").and_then(|c| {
+        let c = Fields::of(doc, &c);
         Some(Consent {
-            given_by: get_str(doc, &c, "given_by")?,
-            date: date(doc, &c, "date")?,
-            scope: get_str(doc, &c, "scope").unwrap_or_default(),
+            given_by: c.str(doc, "given_by")?,
+            date: parse_date(c.str(doc, "date"))?,
+            scope: c.str(doc, "scope").unwrap_or_default(),
         })
     });
-    let safeguarding = entries(doc, "safeguarding")
+    let safeguarding = entries(doc, &root, "safeguarding")
         .into_iter()
         .map(|(id, f)| SafeguardingFlag {
             id,
-            text: get_str(doc, &f, "text").unwrap_or_default(),
-            raised_by: get_str(doc, &f, "raised_by").unwrap_or_default(),
-            raised_at: time(doc, &f, "raised_at").unwrap_or_default(),
-            cleared_at: time(doc, &f, "cleared_at"),
+            text: f.str(doc, "text").unwrap_or_default(),
+            raised_by: f.str(doc, "raised_by").unwrap_or_default(),
+            raised_at: parse_time(f.str(doc, "raised_at")).unwrap_or_default(),
+            cleared_at: parse_time(f.str(doc, "cleared_at")),
         })
         .collect();
-    let mut notes: Vec<CaseNote> = entries(doc, "notes")
+    let mut notes: Vec<CaseNote> = entries(doc, &root, "notes")
         .into_iter()
         .map(|(note_id, n)| read_note(doc, id, note_id, &n))
         .collect();
     notes.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    let referrals = entries(doc, "referrals")
+    let referrals = entries(doc, &root, "referrals")
         .into_iter()
         .map(|(id, r)| Referral {
             id,
-            agency: get_str(doc, &r, "agency").unwrap_or_default(),
-            reason: get_str(doc, &r, "reason").unwrap_or_default(),
-            date: date(doc, &r, "date").unwrap_or_default(),
-            outcome: get_str(doc, &r, "outcome"),
+            agency: r.str(doc, "agency").unwrap_or_default(),
+            reason: r.str(doc, "reason").unwrap_or_default(),
+            date: parse_date(r.str(doc, "date")).unwrap_or_default(),
+            outcome: r.str(doc, "outcome"),
         })
         .collect();
-    let closure = get_map(doc, &ROOT, "closure").and_then(|c| {
+    let closure = root.map("closure").and_then(|c| {
+        let c = Fields::of(doc, &c);
         Some(Closure {
-            date: date(doc, &c, "date")?,
-            reason: get_str(doc, &c, "reason").unwrap_or_default(),
+            date: parse_date(c.str(doc, "date"))?,
+            reason: c.str(doc, "reason").unwrap_or_default(),
         })
     });
     Family {
         id,
-        schema_version: get_u64(doc, &ROOT, "schema_version").unwrap_or(SCHEMA_VERSION),
+        schema_version: root.u64("schema_version").unwrap_or(SCHEMA_VERSION),
         name: hh("name").unwrap_or_default(),
         address: hh("address"),
-        key_worker: get_str(doc, &ROOT, "key_worker"),
-        status: get_str(doc, &ROOT, "status")
+        key_worker: root.str(doc, "key_worker"),
+        status: root
+            .str(doc, "status")
             .and_then(|s| FamilyStatus::parse(&s).ok())
             .unwrap_or(FamilyStatus::Open),
-        created_at: time(doc, &ROOT, "created_at").unwrap_or_default(),
-        created_by: get_str(doc, &ROOT, "created_by").unwrap_or_default(),
+        created_at: parse_time(root.str(doc, "created_at")).unwrap_or_default(),
+        created_by: root.str(doc, "created_by").unwrap_or_default(),
         members,
         prisoners,
         consent,
@@ -426,16 +443,21 @@ pub(crate) fn read(doc: &AutoCommit, id: DocumentId) -> Family {
     }
 }
 
-fn read_note(doc: &AutoCommit, family_id: DocumentId, id: String, n: &ObjId) -> CaseNote {
-    let history = get_list(doc, n, "history")
+fn read_note(doc: &AutoCommit, family_id: DocumentId, id: String, n: &Fields) -> CaseNote {
+    let history = n
+        .list("history")
         .map(|h| {
             (0..doc.length(&h))
                 .filter_map(|i| match doc.get(&h, i).ok().flatten() {
-                    Some((automerge::Value::Object(ObjType::Map), rev)) => Some(NoteRevision {
-                        text: get_str(doc, &rev, "text").unwrap_or_default(),
-                        replaced_at: time(doc, &rev, "replaced_at").unwrap_or_default(),
-                        replaced_by: get_str(doc, &rev, "replaced_by").unwrap_or_default(),
-                    }),
+                    Some((automerge::Value::Object(ObjType::Map), rev)) => {
+                        let rev = Fields::of(doc, &rev);
+                        Some(NoteRevision {
+                            text: rev.str(doc, "text").unwrap_or_default(),
+                            replaced_at: parse_time(rev.str(doc, "replaced_at"))
+                                .unwrap_or_default(),
+                            replaced_by: rev.str(doc, "replaced_by").unwrap_or_default(),
+                        })
+                    }
                     _ => None,
                 })
                 .collect()
@@ -444,14 +466,15 @@ fn read_note(doc: &AutoCommit, family_id: DocumentId, id: String, n: &ObjId) -> 
     CaseNote {
         id,
         family_id,
-        author: get_str(doc, n, "author").unwrap_or_default(),
-        device: get_str(doc, n, "device").unwrap_or_default(),
-        created_at: time(doc, n, "created_at").unwrap_or_default(),
-        category: get_str(doc, n, "category")
+        author: n.str(doc, "author").unwrap_or_default(),
+        device: n.str(doc, "device").unwrap_or_default(),
+        created_at: parse_time(n.str(doc, "created_at")).unwrap_or_default(),
+        category: n
+            .str(doc, "category")
             .and_then(|c| NoteCategory::parse(&c).ok())
             .unwrap_or(NoteCategory::Other),
-        text: get_str(doc, n, "text").unwrap_or_default(),
-        edited_at: time(doc, n, "edited_at"),
+        text: n.str(doc, "text").unwrap_or_default(),
+        edited_at: parse_time(n.str(doc, "edited_at")),
         history,
     }
 }

@@ -15,7 +15,7 @@ use crate::model::{Author, DocumentType, am};
 /// Changes appended before a document is compacted into a new snapshot.
 pub(crate) const COMPACT_AFTER: i64 = 64;
 /// Documents kept loaded; a caseload of hundreds is read from projections.
-const CACHE_DOCS: usize = 32;
+pub(crate) const CACHE_DOCS: usize = 32;
 /// The cache version of a document created by the open transaction.
 const NOT_STORED: i64 = 0;
 
@@ -49,12 +49,19 @@ impl DocCache {
         self.docs.remove(id);
     }
 
+    /// Evicts the least recently used documents, but never one holding
+    /// received changes that wait for their dependencies: those exist only
+    /// in memory (nothing was committed), and the peer that sent them will
+    /// not send them again in this session (automerge's `sent_hashes`).
+    /// Dropping them made a device and the relay exchange the same `need`
+    /// forever (found by the office-sync benchmark).
     fn make_room(&mut self) {
         while self.docs.len() >= CACHE_DOCS {
             let Some(oldest) = self
                 .docs
                 .iter()
                 .filter(|(id, _)| !self.pinned.contains(id))
+                .filter(|(_, c)| automerge::ReadDoc::get_missing_deps(&c.doc, &[]).is_empty())
                 .min_by_key(|(_, c)| c.last_used)
                 .map(|(k, _)| *k)
             else {
@@ -130,9 +137,15 @@ pub(crate) fn load(conn: &Connection, id: DocumentId) -> Result<(AutoCommit, Doc
     let mut stmt =
         conn.prepare_cached("SELECT data FROM changes WHERE doc_id = ?1 ORDER BY seq")?;
     let mut rows = stmt.query([&key])?;
+    // All the changes since the snapshot in one call: Automerge applies a
+    // batch at once, where one call per change re-sorted its ops each time
+    // (most of a sync's device CPU in the office-sync benchmark).
+    let mut changes = Vec::new();
     while let Some(row) = rows.next()? {
-        let data: Vec<u8> = row.get(0)?;
-        doc.load_incremental(&data)?;
+        changes.extend_from_slice(row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?);
+    }
+    if !changes.is_empty() {
+        doc.load_incremental(&changes)?;
     }
     let kind = am::read_header(&doc, &key)?;
     Ok((doc, kind))

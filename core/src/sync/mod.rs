@@ -23,7 +23,7 @@ use crate::ids::DocumentId;
 use crate::model::{DocumentType, am, validate};
 use crate::protocol::{Message, PROTOCOL_VERSION, PeerMetadata};
 use crate::repo::{DeviceProfile, Repo};
-use net::{Endpoint, Stream, network};
+use net::{Endpoint, network};
 
 /// What enrolment stored: the relay this device syncs with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -75,9 +75,11 @@ const PROFILE_KEYS: [&str; 4] = ["server_url", "server_ca", "token", "relay_peer
 
 struct Session<'a> {
     repo: &'a Repo,
-    ws: WebSocket<Stream>,
+    ws: WebSocket<net::Prefixed>,
     device_id: String,
     relay_peer: String,
+    /// Speaking to Linkbook's relay the pipelined way (docs/adr/0005).
+    pipelined: bool,
     states: HashMap<DocumentId, sync::State>,
     /// Documents not yet known to be in sync.
     pending: BTreeSet<DocumentId>,
@@ -88,6 +90,11 @@ struct Session<'a> {
     all: BTreeSet<DocumentId>,
     sent_changes: BTreeSet<DocumentId>,
     received: BTreeSet<DocumentId>,
+    /// Documents changed on this device since its last sync with this peer.
+    locally_changed: BTreeSet<DocumentId>,
+    /// Documents whose last message to the relay asked for changes
+    /// (`need`), with how many answers since came without any.
+    needing: HashMap<DocumentId, u8>,
     unavailable: BTreeSet<DocumentId>,
     summary: SyncSummary,
     listener: Option<&'a dyn SyncListener>,
@@ -182,7 +189,7 @@ impl Repo {
             ));
         };
         let ca = values[1].clone().filter(|s| !s.is_empty());
-        let result = self.sync_session(&server, Some(&token), ca.as_deref(), only, listener);
+        let result = self.sync_session(&server, Some(&token), ca.as_deref(), only, listener, true);
         if result.is_ok() {
             // The offline lease runs from here.
             self.record_sync()?;
@@ -237,7 +244,7 @@ impl Repo {
         ca_pem: Option<&str>,
         listener: Option<&dyn SyncListener>,
     ) -> Result<SyncSummary> {
-        self.sync_session(server, token, ca_pem, None, listener)
+        self.sync_session(server, token, ca_pem, None, listener, false)
     }
 
     fn sync_session(
@@ -247,44 +254,82 @@ impl Repo {
         ca_pem: Option<&str>,
         only: Option<&[DocumentId]>,
         listener: Option<&dyn SyncListener>,
+        pipelined: bool,
     ) -> Result<SyncSummary> {
         let endpoint = Endpoint::parse(server)?;
-        let stream = net::connect(&endpoint, ca_pem)?;
-        let mut request = endpoint
-            .url_for("/v1/sync", true)
-            .into_client_request()
-            .map_err(|e| network("sync request", e))?;
-        if let Some(token) = token {
-            let value = format!("Bearer {token}")
-                .parse()
-                .map_err(|_| Error::invalid("token", "not a valid header value"))?;
-            request.headers_mut().insert("Authorization", value);
-        }
-        let (ws, _) = tungstenite::client::client(request, stream).map_err(|e| match e {
-            tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp)) => {
-                refused(resp.status().as_u16(), resp.body().as_deref())
+        let (ws, opening, relay_peer) = match (pipelined, token) {
+            // Our own relay: one round trip after TLS (docs/adr/0005).
+            (true, Some(token)) => {
+                let known_peer = self.profile_values(&["relay_peer"])?[0]
+                    .clone()
+                    .unwrap_or_default();
+                let since = match only {
+                    Some(_) => None,
+                    None => Some(
+                        self.profile_values(&[&cursor_key(&known_peer)])?[0]
+                            .as_deref()
+                            .and_then(|c| c.parse::<i64>().ok())
+                            .unwrap_or(0),
+                    ),
+                };
+                let path = match since {
+                    Some(n) => format!("/v1/sync?since={n}"),
+                    None => "/v1/sync".to_string(),
+                };
+                let (ws, opening) = net::open_pipelined(&endpoint, ca_pem, &path, token)?;
+                (ws, Some((opening, since.is_some())), known_peer)
             }
-            other => network("opening the sync connection", other),
-        })?;
+            _ => {
+                let stream = net::Prefixed::new(net::connect(&endpoint, ca_pem)?);
+                let mut request = endpoint
+                    .url_for("/v1/sync", true)
+                    .into_client_request()
+                    .map_err(|e| network("sync request", e))?;
+                if let Some(token) = token {
+                    let value = format!("Bearer {token}")
+                        .parse()
+                        .map_err(|_| Error::invalid("token", "not a valid header value"))?;
+                    request.headers_mut().insert("Authorization", value);
+                }
+                let (ws, _) =
+                    tungstenite::client::client(request, stream).map_err(|e| match e {
+                        tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp)) => {
+                            refused(resp.status().as_u16(), resp.body().as_deref())
+                        }
+                        other => network("opening the sync connection", other),
+                    })?;
+                (ws, None, String::new())
+            }
+        };
         let mut session = Session {
             repo: self,
             ws,
             device_id: self.profile().device_id,
-            relay_peer: String::new(),
+            relay_peer,
+            pipelined: opening.is_some(),
             states: HashMap::new(),
             pending: BTreeSet::new(),
             demanding: BTreeSet::new(),
             all: BTreeSet::new(),
             sent_changes: BTreeSet::new(),
             received: BTreeSet::new(),
+            needing: HashMap::new(),
+            locally_changed: BTreeSet::new(),
             unavailable: BTreeSet::new(),
             summary: SyncSummary::default(),
             listener,
             only: only.map(|ids| ids.iter().copied().collect()),
-            relay_changes: token
-                .map(|t| (endpoint.clone(), ca_pem.map(str::to_string), t.to_string())),
+            relay_changes: match (&opening, token) {
+                (None, Some(t)) => {
+                    Some((endpoint.clone(), ca_pem.map(str::to_string), t.to_string()))
+                }
+                _ => None,
+            },
         };
-        let result = session.run();
+        let result = match opening {
+            Some((opening, asked)) => session.run_pipelined(opening, asked),
+            None => session.run(),
+        };
         // Whatever happened, keep what was learnt about the relay's heads.
         let saved = session.save_states();
         let _ = session.ws.close(None);
@@ -293,6 +338,11 @@ impl Repo {
         saved?;
         Ok(session.summary)
     }
+}
+
+/// The profile key of the relay's change cursor for a relay peer.
+fn cursor_key(relay_peer: &str) -> String {
+    format!("relay_cursor:{relay_peer}")
 }
 
 /// A device's credentials from the relay; `token` is shown only this once.
@@ -413,7 +463,10 @@ impl Session<'_> {
                     ) =>
                 {
                     quiet += QUIET;
-                    if self.pending.iter().all(|id| !self.demanding.contains(id)) {
+                    // Our relay answers every message; only other servers
+                    // may leave a heads announcement unanswered.
+                    if !self.pipelined && self.pending.iter().all(|id| !self.demanding.contains(id))
+                    {
                         return Ok(None);
                     }
                     if quiet >= net::IO_TIMEOUT {
@@ -459,26 +512,18 @@ impl Session<'_> {
             },
             supported_protocol_versions: vec![PROTOCOL_VERSION.into()],
         })?;
-        match self.receive()? {
-            Message::Peer {
-                sender_id,
-                selected_protocol_version,
-                ..
-            } if selected_protocol_version == PROTOCOL_VERSION => {
-                self.relay_peer = sender_id;
-            }
-            Message::Error { message } => {
-                return Err(Error::Network(format!(
-                    "the relay refused the connection: {message}"
-                )));
-            }
-            other => {
-                return Err(Error::Network(format!(
-                    "expected 'peer' from the relay, got '{}'",
-                    other.message_type()
-                )));
-            }
-        }
+        self.expect_peer()?;
+        // A server may leave a heads announcement unanswered when it has
+        // nothing to add, but never one that differs from what it holds:
+        // documents changed here since the last sync with it must hear back.
+        // (Waiting only on changes and needs made devices give up on a busy
+        // JavaScript server before their changes went up: office-sync
+        // benchmark, 20 devices at once.)
+        self.locally_changed = self
+            .repo
+            .changed_since_sync(&self.relay_peer)?
+            .into_iter()
+            .collect();
         let mut next_cursor = None;
         let mut docs: Vec<DocumentId> = match &self.only {
             Some(only) => only.iter().copied().collect(),
@@ -515,7 +560,7 @@ impl Session<'_> {
                     // changed on the relay since, and what we lack.
                     Some((cursor, changed)) => {
                         next_cursor = Some(cursor);
-                        let mut d = self.repo.changed_since_sync(&self.relay_peer)?;
+                        let mut d: Vec<DocumentId> = self.locally_changed.iter().copied().collect();
                         d.extend(changed);
                         d.extend(listed.into_iter().filter(|id| !held.contains(id)));
                         d
@@ -529,6 +574,138 @@ impl Session<'_> {
         for id in docs {
             self.start(id)?;
         }
+        self.exchange(next_cursor)
+    }
+
+    /// The pipelined session with Linkbook's relay (docs/adr/0005): the
+    /// upgrade request, `join` and a sync message for every document to
+    /// send (carrying the changes made since the heads last shared with the
+    /// relay) leave in one flight; the relay answers with `peer`,
+    /// `changed-since` and its own changes, and its answers to ours.
+    fn run_pipelined(&mut self, opening: net::Pipelined, asked_changes: bool) -> Result<()> {
+        self.send(Message::Join {
+            sender_id: self.device_id.clone(),
+            peer_metadata: PeerMetadata {
+                storage_id: None,
+                is_ephemeral: false,
+            },
+            supported_protocol_versions: vec![PROTOCOL_VERSION.into()],
+        })?;
+        let mut docs: Vec<DocumentId> = match &self.only {
+            Some(only) => only.iter().copied().collect(),
+            None => {
+                let held: BTreeSet<DocumentId> = self
+                    .repo
+                    .document_ids()?
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect();
+                // What changed here since the last sync (everything, the
+                // first time), and what the directory names that we lack;
+                // the relay sends what changed there.
+                let mut d = self.repo.changed_since_sync(&self.relay_peer)?;
+                d.extend(
+                    self.repo
+                        .directory_listing()?
+                        .into_iter()
+                        .filter(|id| !held.contains(id)),
+                );
+                d
+            }
+        };
+        docs.sort_by_key(|id| *id != self.repo.directory_id());
+        for id in docs {
+            self.start(id)?;
+        }
+        if let Err((status, body)) = opening.finish(&mut self.ws)? {
+            return Err(refused(status, Some(&body)));
+        }
+        self.expect_peer()?;
+        let mut next_cursor = None;
+        if asked_changes {
+            match self.receive()? {
+                Message::ChangedSince {
+                    cursor,
+                    document_ids,
+                    purged,
+                    retention_days,
+                    lease_days,
+                } => {
+                    next_cursor = Some(cursor);
+                    // Erasures and the team's policy first: purged families
+                    // and closed cases past retention are deleted here (what
+                    // this flight offered of them the relay refuses).
+                    let now = chrono::Utc::now().to_rfc3339();
+                    let purged: Vec<(DocumentId, String)> = purged
+                        .iter()
+                        .filter_map(|p| DocumentId::parse(p, "document id").ok())
+                        .map(|id| (id, now.clone()))
+                        .collect();
+                    self.repo.record_policy(retention_days, lease_days)?;
+                    let mut gone = self.repo.apply_purges(&purged)?;
+                    gone.extend(self.repo.apply_retention()?);
+                    for id in &gone {
+                        self.forget(*id);
+                    }
+                    self.summary.purged = gone.iter().map(ToString::to_string).collect();
+                    for d in document_ids {
+                        if let Ok(id) = DocumentId::parse(&d, "document id") {
+                            // The relay sends these without being asked.
+                            self.all.insert(id);
+                            self.pending.insert(id);
+                            self.demanding.insert(id);
+                        }
+                    }
+                }
+                Message::Error { message } => {
+                    return Err(Error::Network(format!(
+                        "the relay ended the sync: {message}"
+                    )));
+                }
+                other => {
+                    return Err(Error::Network(format!(
+                        "expected 'changed-since' from the relay, got '{}'",
+                        other.message_type()
+                    )));
+                }
+            }
+        }
+        self.exchange(next_cursor)
+    }
+
+    /// Stops syncing a document deleted during the session (purged).
+    fn forget(&mut self, id: DocumentId) {
+        self.all.remove(&id);
+        self.pending.remove(&id);
+        self.demanding.remove(&id);
+        self.states.remove(&id);
+        self.needing.remove(&id);
+        self.locally_changed.remove(&id);
+        self.sent_changes.remove(&id);
+    }
+
+    fn expect_peer(&mut self) -> Result<()> {
+        match self.receive()? {
+            Message::Peer {
+                sender_id,
+                selected_protocol_version,
+                ..
+            } if selected_protocol_version == PROTOCOL_VERSION => {
+                self.relay_peer = sender_id;
+                Ok(())
+            }
+            Message::Error { message } => Err(Error::Network(format!(
+                "the relay refused the connection: {message}"
+            ))),
+            other => Err(Error::Network(format!(
+                "expected 'peer' from the relay, got '{}'",
+                other.message_type()
+            ))),
+        }
+    }
+
+    /// Answers the relay until every opened document is in sync.
+    fn exchange(&mut self, next_cursor: Option<i64>) -> Result<()> {
         // From here on, short reads: a peer that has nothing to add to a
         // document may stay silent (automerge-repo's JavaScript server does).
         self.ws
@@ -578,9 +755,15 @@ impl Session<'_> {
             }
             self.report();
         }
-        if let Some(cursor) = next_cursor {
-            self.repo
-                .set_profile_values(&[(&self.cursor_key(), &cursor.to_string())])?;
+        match next_cursor {
+            Some(cursor) => self.repo.set_profile_values(&[
+                ("relay_peer", &self.relay_peer),
+                (&cursor_key(&self.relay_peer), &cursor.to_string()),
+            ])?,
+            None if self.pipelined => self
+                .repo
+                .set_profile_values(&[("relay_peer", &self.relay_peer)])?,
+            None => {}
         }
         self.summary.documents_sent = self.sent_changes.len() as u32;
         self.summary.documents_received = self.received.len() as u32;
@@ -620,6 +803,9 @@ impl Session<'_> {
         }
         self.pending.insert(id);
         let mut state = self.state(id)?;
+        if self.pipelined && self.repo.holds(id)? {
+            crate::protocol::assume_shared_heads(&mut state);
+        }
         let (message, held) = self.repo.generate_sync_message(id, &mut state)?;
         self.states.insert(id, state);
         let Some(message) = message else {
@@ -630,7 +816,12 @@ impl Session<'_> {
         if held && !message.changes.is_empty() {
             self.sent_changes.insert(id);
         }
-        if !held || !message.changes.is_empty() || !message.need.is_empty() {
+        if self.pipelined
+            || !held
+            || !message.changes.is_empty()
+            || !message.need.is_empty()
+            || self.locally_changed.contains(&id)
+        {
             self.demanding.insert(id);
         }
         let (sender_id, target_id, document_id, data) = (
@@ -658,12 +849,30 @@ impl Session<'_> {
 
     fn handle(&mut self, id: DocumentId, message: sync::Message) -> Result<()> {
         let mut state = self.state(id)?;
+        let brought_changes = !message.changes.is_empty();
         let changed = self.repo.receive_sync_message(id, &mut state, message)?;
         if changed {
             self.received.insert(id);
         }
+        // We asked for changes and answers keep coming without them: the
+        // peer thinks it sent them already (automerge's `sent_hashes`; we
+        // lost them) and will not send them again, so the two sides would
+        // trade the same `need` forever. A sync reset makes it forget what it
+        // sent. (One change-less answer is normal: it crossed our request.)
+        let unanswered = match self.needing.remove(&id) {
+            Some(n) if !brought_changes => n + 1,
+            _ => 0,
+        };
+        let reset = unanswered >= 3;
+        if reset {
+            tracing::debug!(document = %id, "the changes we need do not come; asking for a sync reset");
+            state.needs_reset = true;
+        }
         let (reply, _) = self.repo.generate_sync_message(id, &mut state)?;
         if let Some(reply) = reply {
+            if !reply.need.is_empty() {
+                self.needing.insert(id, if reset { 0 } else { unanswered });
+            }
             if !reply.changes.is_empty() {
                 self.sent_changes.insert(id);
             }
@@ -706,10 +915,6 @@ impl Session<'_> {
             .save_sync_states(&self.relay_peer, &self.states, &in_sync)
     }
 
-    fn cursor_key(&self) -> String {
-        format!("relay_cursor:{}", self.relay_peer)
-    }
-
     /// The relay's change cursor and the documents changed since ours;
     /// `None` where the server has no such endpoint (any automerge-repo
     /// server that is not a Linkbook relay): then every document is synced.
@@ -717,7 +922,7 @@ impl Session<'_> {
         let Some((endpoint, ca, token)) = &self.relay_changes else {
             return Ok(None);
         };
-        let since: i64 = self.repo.profile_values(&[&self.cursor_key()])?[0]
+        let since: i64 = self.repo.profile_values(&[&cursor_key(&self.relay_peer)])?[0]
             .as_deref()
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
@@ -788,6 +993,13 @@ impl Repo {
             Some(m) => (m, true),
             None => (AutoCommit::new().sync().generate_sync_message(state), false),
         })
+    }
+
+    /// Whether this device holds the document.
+    fn holds(&self, id: DocumentId) -> Result<bool> {
+        let found: Option<i64> =
+            self.query_row_opt("SELECT 1 FROM documents WHERE id = ?1", &[&id.to_string()])?;
+        Ok(found.is_some())
     }
 
     /// Whether this device's heads for `id` are exactly `heads`.
@@ -922,5 +1134,89 @@ fn describe(m: &Message) -> String {
             format!("{} {} {}", m.message_type(), document_id, s)
         }
         other => other.message_type().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Author, family};
+    use crate::{DatabaseKey, NewFamily, NoteCategory};
+
+    fn with_changes(heads: Vec<automerge::ChangeHash>, changes: Vec<u8>) -> sync::Message {
+        sync::Message {
+            heads,
+            need: vec![],
+            have: vec![],
+            changes: changes.into(),
+            flags: None,
+            version: sync::MessageVersion::V1,
+        }
+    }
+
+    /// A change that arrives before its dependency waits in the document's
+    /// queue, in memory only; the relay will not send it again this session.
+    /// The document cache must not drop it while the session touches more
+    /// documents than the cache holds (the office-sync benchmark livelocked
+    /// on exactly that: the device asked for the change forever).
+    #[test]
+    fn a_change_waiting_for_its_dependency_survives_cache_eviction() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Io {
+            context: "tempdir".into(),
+            source: e,
+        })?;
+        let repo = Repo::open(dir.path().join("device.db"), &DatabaseKey::generate())?;
+        let family_id = repo.add_family(&NewFamily {
+            name: "Smith".into(),
+            ..Default::default()
+        })?;
+        // Another replica writes two notes, the second depending on the first.
+        let mut other = AutoCommit::load(&repo.save_document(family_id)?)?
+            .with_actor(automerge::ActorId::random());
+        let author = Author {
+            device_id: uuid::Uuid::new_v4().to_string(),
+            worker: "Jo".into(),
+            team: repo.profile().team,
+            now: chrono::Utc::now(),
+        };
+        let h0 = other.get_heads();
+        family::add_note(&mut other, "first", NoteCategory::Visit, &author)?;
+        other.commit();
+        let first = other.save_after(&h0);
+        let h1 = other.get_heads();
+        family::add_note(&mut other, "second", NoteCategory::Visit, &author)?;
+        other.commit();
+        let second = other.save_after(&h1);
+
+        let mut state = sync::State::new();
+        let changed = repo.receive_sync_message(
+            family_id,
+            &mut state,
+            with_changes(other.get_heads(), second),
+        )?;
+        assert!(!changed, "the second note cannot apply before the first");
+        // The session goes on to other documents, more than the cache holds.
+        let others = (0..2 * crate::store::documents::CACHE_DOCS)
+            .map(|i| {
+                repo.add_family(&NewFamily {
+                    name: format!("Family {i}"),
+                    ..Default::default()
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for id in others {
+            repo.heads(id)?;
+        }
+        let changed = repo.receive_sync_message(
+            family_id,
+            &mut state,
+            with_changes(other.get_heads(), first),
+        )?;
+        assert!(changed);
+        let mut texts: Vec<String> = repo.notes(family_id)?.into_iter().map(|n| n.text).collect();
+        texts.sort();
+        assert_eq!(texts, ["first", "second"]);
+        assert_eq!(repo.heads(family_id)?.len(), 1);
+        Ok(())
     }
 }

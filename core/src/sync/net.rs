@@ -303,3 +303,150 @@ fn dechunk(body: &str) -> String {
     }
     out
 }
+
+/// A stream that first yields bytes already read from it (those after an
+/// HTTP response head), then reads on.
+#[derive(Debug)]
+pub(crate) struct Prefixed {
+    pre: Vec<u8>,
+    pos: usize,
+    pub(crate) inner: Stream,
+}
+
+impl Prefixed {
+    pub(crate) fn new(inner: Stream) -> Self {
+        Prefixed {
+            pre: Vec::new(),
+            pos: 0,
+            inner,
+        }
+    }
+
+    pub(crate) fn set_read_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+        self.inner.set_read_timeout(timeout)
+    }
+}
+
+impl Read for Prefixed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos < self.pre.len() {
+            let n = buf.len().min(self.pre.len() - self.pos);
+            buf[..n].copy_from_slice(&self.pre[self.pos..self.pos + n]);
+            self.pos += n;
+            return Ok(n);
+        }
+        self.inner.read(buf)
+    }
+}
+
+impl Write for Prefixed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The opening of a pipelined sync WebSocket: the upgrade request is sent
+/// and the caller may write WebSocket frames at once, in the same flight,
+/// before [`Pipelined::finish`] reads the relay's answer. Only Linkbook's
+/// own relay is spoken to this way (RFC 6455 asks a client to wait for the
+/// 101; the relay, hyper underneath, keeps bytes that follow the request
+/// for the upgraded connection), to save the round trip of waiting
+/// (docs/adr/0005).
+#[derive(Debug)]
+pub(crate) struct Pipelined {
+    key: String,
+}
+
+pub(crate) fn open_pipelined(
+    endpoint: &Endpoint,
+    ca_pem: Option<&str>,
+    path: &str,
+    token: &str,
+) -> Result<(tungstenite::WebSocket<Prefixed>, Pipelined)> {
+    let mut stream = connect(endpoint, ca_pem)?;
+    let key = tungstenite::handshake::client::generate_key();
+    let host = endpoint.url.host_str().unwrap_or_default();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\nAuthorization: Bearer {token}\r\n\r\n",
+        endpoint.port()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| network("sending to the relay", e))?;
+    let ws = tungstenite::WebSocket::from_raw_socket(
+        Prefixed::new(stream),
+        tungstenite::protocol::Role::Client,
+        None,
+    );
+    Ok((ws, Pipelined { key }))
+}
+
+impl Pipelined {
+    /// Reads the relay's answer to the upgrade request: Ok for a 101 with
+    /// the right accept key, else the status and body of the refusal.
+    pub(crate) fn finish(
+        self,
+        ws: &mut tungstenite::WebSocket<Prefixed>,
+    ) -> Result<std::result::Result<(), (u16, Vec<u8>)>> {
+        let stream = ws.get_mut();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > 64 * 1024 {
+                return Err(network("relay answer", "HTTP head too long"));
+            }
+            let n = stream
+                .inner
+                .read(&mut chunk)
+                .map_err(|e| network("opening the sync connection", e))?;
+            if n == 0 {
+                return Err(Error::Network(
+                    "the relay closed the connection while opening the sync".into(),
+                ));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| network("relay answer", "no status"))?;
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
+            })
+        };
+        let mut rest = buf[head_end..].to_vec();
+        if status != 101 {
+            let length: usize = header("content-length")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0)
+                .min(64 * 1024);
+            while rest.len() < length {
+                match stream.inner.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => rest.extend_from_slice(&chunk[..n]),
+                }
+            }
+            rest.truncate(length);
+            return Ok(Err((status, rest)));
+        }
+        let expected = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
+        if header("sec-websocket-accept").as_deref() != Some(expected.as_str()) {
+            return Err(network("opening the sync connection", "wrong accept key"));
+        }
+        stream.pre = std::mem::take(&mut rest);
+        stream.pos = 0;
+        Ok(Ok(()))
+    }
+}

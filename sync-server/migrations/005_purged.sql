@@ -1,4 +1,4 @@
--- Schema 4: purged documents (erasure at the office's request). Their
+-- Schema 5: purged documents (erasure at the office's request). Their
 -- changes, snapshot and sync states are deleted; the id stays here so no
 -- device can upload them again, and devices learn of the purge at sync.
 -- `reason` is the administrator's words, for the audit; it is not sent to

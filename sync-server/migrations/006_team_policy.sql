@@ -1,4 +1,4 @@
--- Schema 5: each team's data-protection policy. `retention_days`: closed
+-- Schema 6: each team's data-protection policy. `retention_days`: closed
 -- cases are purged this many days after their closure date. `lease_days`:
 -- a device that has not synced for longer locks its records until it syncs.
 -- NULL: no such limit.

@@ -1,0 +1,616 @@
+//! The `linkbook-server` command line: parses configuration and runs the
+//! relay or an admin command. Every option can also come from the
+//! environment. In the library (not only `main.rs`) so that the benchmarks
+//! can run this same relay as a child process of their own binary.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::relay::Limits;
+use crate::storage::Storage;
+use crate::{AppState, Bound, Transport, auth, tls};
+use chrono::{Duration, Utc};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "linkbook-server",
+    version,
+    about = "The Linkbook relay: devices sync their team's records through it"
+)]
+struct Cli {
+    /// Directory holding the relay database and the development certificate.
+    #[arg(
+        long,
+        env = "LINKBOOK_SERVER_DATA",
+        default_value = "linkbook-server-data",
+        global = true
+    )]
+    data: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "LINKBOOK_LISTEN", default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// Production certificate chain (PEM); without it a development certificate is made.
+    #[arg(long, env = "LINKBOOK_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key for --tls-cert (PEM).
+    #[arg(long, env = "LINKBOOK_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP (loopback addresses only; for development).
+    #[arg(long, env = "LINKBOOK_INSECURE_HTTP", conflicts_with = "tls_cert")]
+    insecure_http: bool,
+    /// Largest sync message accepted, in bytes.
+    #[arg(long, env = "LINKBOOK_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_message_bytes: usize,
+    /// Live connections allowed per device.
+    #[arg(long, env = "LINKBOOK_MAX_CONNECTIONS_PER_DEVICE", default_value_t = 4)]
+    max_connections_per_device: usize,
+    /// Documents kept in memory; idle ones beyond this are evicted.
+    #[arg(long, env = "LINKBOOK_MAX_LOADED_DOCS", default_value_t = 5_000)]
+    max_loaded_docs: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Enrol, list and revoke devices (works while the relay runs).
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Who enrolled, synced, uploaded, received or read which family, and
+    /// what was purged or revoked, when (never any record content).
+    Audit {
+        /// Only records about this family (document id).
+        #[arg(long)]
+        family: Option<String>,
+        /// Only records of this device.
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Subject access: every record the relay holds on a person, as JSON —
+    /// each family case file that names them (in any field or note), whole,
+    /// with its audit. The export itself is audited.
+    ExportPerson {
+        /// A name (or part of one), matched without regard to case.
+        #[arg(long, required_unless_present = "family")]
+        name: Option<String>,
+        /// Or one family's records, by id.
+        #[arg(long, conflicts_with = "name")]
+        family: Option<String>,
+    },
+    /// A team's data-protection policy (works while the relay runs).
+    #[command(subcommand)]
+    Team(TeamCommand),
+    /// Retention: purge the closed cases whose retention period has run out
+    /// (the relay also does this at start and daily).
+    #[command(subcommand)]
+    Retention(RetentionCommand),
+    /// Erase a family's records (works while the relay runs).
+    #[command(subcommand)]
+    Family(FamilyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TeamCommand {
+    /// Set (or show, with no limit given) a team's policy. Devices learn it
+    /// at their next sync.
+    Policy {
+        #[arg(long)]
+        team: String,
+        /// Days after a case's closure date until it is purged, or `off`.
+        #[arg(long, value_parser = days_or_off)]
+        retention_days: Option<Limit>,
+        /// Days a device may go without syncing before it locks, or `off`.
+        #[arg(long, value_parser = days_or_off)]
+        lease_days: Option<Limit>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RetentionCommand {
+    /// Purge every closed case past its team's retention period now.
+    Apply {
+        /// The date to apply it on (default: today), YYYY-MM-DD.
+        #[arg(long)]
+        today: Option<chrono::NaiveDate>,
+    },
+}
+
+/// A number of days, or no limit.
+#[derive(Debug, Clone, Copy)]
+struct Limit(Option<i64>);
+
+fn days_or_off(s: &str) -> Result<Limit, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Limit(None));
+    }
+    match s.parse::<i64>() {
+        Ok(d) if (0..=36_500).contains(&d) => Ok(Limit(Some(d))),
+        _ => Err(format!(
+            "'{s}' is not a number of days (0 to 36500) or 'off'"
+        )),
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum FamilyCommand {
+    /// Delete a family's case file and all its history from the relay; every
+    /// device deletes it at its next sync, and no device can upload it again.
+    Purge {
+        /// The family id (as devices show it, with or without `automerge:`).
+        id: String,
+        /// Why (kept in the relay's audit, not sent to devices).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeviceCommand {
+    /// Print a one-time enrolment code for a worker's device.
+    Enrol {
+        #[arg(long)]
+        team: String,
+        #[arg(long)]
+        worker: String,
+        /// Hours until the code expires.
+        #[arg(long, default_value_t = 24)]
+        expires_hours: i64,
+        /// The relay's address as devices reach it, put into the QR code.
+        #[arg(long, env = "LINKBOOK_PUBLIC_URL")]
+        server: Option<String>,
+    },
+    /// List enrolled devices.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a device: its next connection is refused and told to wipe.
+    Revoke { id: String },
+}
+
+/// Runs `linkbook-server` with these arguments (the first is the program
+/// name), as its `main` does.
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    tracing_subscriber::fmt()
+        // Automerge instruments hot internals (column parsing, change
+        // loading) with info-level spans: enabled, they formatted their
+        // arguments on every call, 15% of the relay's CPU in the office-sync
+        // benchmark (callgrind). LOG_CAPS keeps dependencies that log frames
+        // or headers quiet whatever RUST_LOG says.
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "{},{}",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info,automerge=warn".into()),
+            linkbook_core::LOG_CAPS
+        )))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse_from(args);
+    let result = match cli.command {
+        None => serve(&cli.data, cli.serve),
+        Some(Command::Device(cmd)) => device(&cli.data, cmd),
+        Some(Command::Family(cmd)) => family(&cli.data, cmd),
+        Some(Command::Team(cmd)) => team(&cli.data, cmd),
+        Some(Command::Retention(RetentionCommand::Apply { today })) => {
+            retention_apply(&cli.data, today)
+        }
+        Some(Command::Audit {
+            family,
+            device,
+            json,
+        }) => audit(&cli.data, family, device, json),
+        Some(Command::ExportPerson { name, family }) => export_person(&cli.data, name, family),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(data: &std::path::Path, args: ServeArgs) -> crate::Result<()> {
+    let limits = Limits {
+        max_message_bytes: args.max_message_bytes,
+        max_connections_per_device: args.max_connections_per_device,
+        max_loaded_docs: args.max_loaded_docs.max(1),
+        ..Limits::default()
+    };
+    let state = AppState::open(data, limits)?;
+    let (transport, trust) = match (args.tls_cert, args.tls_key, args.insecure_http) {
+        (Some(cert), Some(key), _) => (Transport::Tls { cert, key }, None),
+        (_, _, true) => (Transport::InsecureHttp, None),
+        _ => {
+            let (cert, key) = tls::ensure_dev_certificate(data)?;
+            (
+                Transport::Tls { cert, key },
+                Some(data.join(tls::DEV_CA_FILE)),
+            )
+        }
+    };
+    let bound = Bound::bind(args.listen, transport)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| crate::Error::Io {
+            context: "starting the runtime".into(),
+            source: e,
+        })?;
+    // Whoever started the relay may stop reading its output: never fail on it.
+    let mut out = std::io::stdout();
+    if let Some(ca) = trust {
+        let _ = writeln!(
+            out,
+            "development certificate: devices trust {}",
+            ca.display()
+        );
+    }
+    let _ = writeln!(out, "linkbook-server listening on {}", bound.url());
+    let _ = out.flush();
+    runtime.block_on(async move {
+        // Retention: at start, then daily (closed cases past their team's
+        // retention period are purged).
+        let storage = state.storage.clone();
+        tokio::spawn(async move {
+            let mut daily = tokio::time::interval(std::time::Duration::from_secs(24 * 60 * 60));
+            loop {
+                daily.tick().await;
+                let storage = storage.clone();
+                let swept = tokio::task::spawn_blocking(move || {
+                    crate::retention::apply(&*storage, Utc::now().date_naive())
+                })
+                .await;
+                if let Ok(Err(e)) = swept {
+                    tracing::error!(error = %e, "the retention sweep failed");
+                }
+            }
+        });
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
+            }
+        };
+        bound.serve(state, shutdown).await
+    })
+}
+
+fn device(data: &std::path::Path, cmd: DeviceCommand) -> crate::Result<()> {
+    let state = AppState::open(data, Limits::default())?;
+    let storage: &dyn Storage = &*state.storage;
+    match cmd {
+        DeviceCommand::Enrol {
+            team,
+            worker,
+            expires_hours,
+            server,
+        } => {
+            if !(1..=24 * 30).contains(&expires_hours) {
+                return Err(crate::Error::BadRequest(
+                    "--expires-hours must be 1 to 720".into(),
+                ));
+            }
+            let code = auth::new_enrolment_code(
+                storage,
+                &team,
+                &worker,
+                Duration::hours(expires_hours),
+                Utc::now(),
+            )?;
+            // The code alone on stdout, for scripts; the QR code (for the
+            // app's camera) and the explanation on the terminal.
+            println!("{code}");
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                let link = enrolment_link(&code, server.as_deref());
+                if let Ok(qr) = qrcode::QrCode::new(link.as_bytes()) {
+                    let art = qr
+                        .render::<qrcode::render::unicode::Dense1x2>()
+                        .quiet_zone(true)
+                        .build();
+                    eprintln!("{art}\n{link}");
+                }
+            }
+            eprintln!(
+                "one-time enrolment code for {worker} ({team}); expires in {expires_hours} h"
+            );
+        }
+        DeviceCommand::List { json } => {
+            let devices = storage.devices()?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&devices).unwrap_or_else(|_| "[]".into())
+                );
+            } else {
+                for d in devices {
+                    let status = if d.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{}  {:<12} {:<20} {:<20} {}",
+                        d.id, d.team, d.worker, d.device_name, status
+                    );
+                }
+            }
+        }
+        DeviceCommand::Revoke { id } => {
+            if !storage.revoke_device(&id, Utc::now())? {
+                return Err(crate::Error::BadRequest(format!("no device {id}")));
+            }
+            storage.audit_as(
+                Some(&id),
+                Some("office administrator"),
+                "revoked",
+                None,
+                &Utc::now().to_rfc3339(),
+            )?;
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
+fn team(data: &std::path::Path, cmd: TeamCommand) -> crate::Result<()> {
+    let state = AppState::open(data, Limits::default())?;
+    let storage: &dyn Storage = &*state.storage;
+    let TeamCommand::Policy {
+        team,
+        retention_days,
+        lease_days,
+    } = cmd;
+    let team = team.trim();
+    if team.is_empty() {
+        return Err(crate::Error::BadRequest("--team must name a team".into()));
+    }
+    let mut policy = storage.team_policy(team)?;
+    if retention_days.is_some() || lease_days.is_some() {
+        if let Some(Limit(d)) = retention_days {
+            policy.retention_days = d;
+        }
+        if let Some(Limit(d)) = lease_days {
+            policy.lease_days = d;
+        }
+        storage.set_team_policy(team, policy, Utc::now())?;
+        storage.audit_as(
+            None,
+            Some("office administrator"),
+            "policy changed",
+            None,
+            &Utc::now().to_rfc3339(),
+        )?;
+    }
+    let show = |d: Option<i64>| d.map_or("off".to_string(), |d| format!("{d} days"));
+    println!(
+        "team {team}: retention {}, offline lease {}",
+        show(policy.retention_days),
+        show(policy.lease_days)
+    );
+    Ok(())
+}
+
+fn retention_apply(data: &std::path::Path, today: Option<chrono::NaiveDate>) -> crate::Result<()> {
+    let state = AppState::open(data, Limits::default())?;
+    let today = today.unwrap_or_else(|| Utc::now().date_naive());
+    let purged = crate::retention::apply(&*state.storage, today)?;
+    for id in &purged {
+        println!("purged {id}");
+    }
+    eprintln!("{} closed case(s) past retention purged", purged.len());
+    Ok(())
+}
+
+fn audit(
+    data: &std::path::Path,
+    family: Option<String>,
+    device: Option<String>,
+    json: bool,
+) -> crate::Result<()> {
+    let family = family
+        .map(|f| {
+            linkbook_core::DocumentId::parse(&f, "family id")
+                .map(|id| id.to_string())
+                .map_err(|e| crate::Error::BadRequest(e.to_string()))
+        })
+        .transpose()?;
+    let state = AppState::open(data, Limits::default())?;
+    let entries = state
+        .storage
+        .audit_log(family.as_deref(), device.as_deref())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).unwrap_or_else(|_| "[]".into())
+        );
+        return Ok(());
+    }
+    for e in entries {
+        println!(
+            "{}  {:<9} {:<36} {:<20} {}",
+            e.at,
+            e.action,
+            e.device_id.as_deref().unwrap_or("-"),
+            e.worker.as_deref().unwrap_or("-"),
+            e.document_id.as_deref().unwrap_or("-"),
+        );
+    }
+    Ok(())
+}
+
+fn family(data: &std::path::Path, cmd: FamilyCommand) -> crate::Result<()> {
+    use crate::Error::BadRequest;
+    let state = AppState::open(data, Limits::default())?;
+    let storage: &dyn Storage = &*state.storage;
+    match cmd {
+        FamilyCommand::Purge { id, reason } => {
+            let id = linkbook_core::DocumentId::parse(&id, "family id")
+                .map_err(|e| BadRequest(e.to_string()))?
+                .to_string();
+            let reason = reason.trim();
+            if reason.is_empty() {
+                return Err(BadRequest(
+                    "--reason must say why (it is kept in the audit)".into(),
+                ));
+            }
+            if storage.is_purged(&id)? {
+                return Err(BadRequest(format!("{id} was purged already")));
+            }
+            let stored = storage
+                .load_document(&id)?
+                .ok_or_else(|| BadRequest(format!("no family {id} on this relay")))?;
+            let kind = document_type(&stored);
+            if kind.as_deref() != Some("family") {
+                return Err(BadRequest(format!(
+                    "{id} is a {}, not a family: only family case files are purged",
+                    kind.as_deref().unwrap_or("damaged document")
+                )));
+            }
+            let team = storage
+                .purge_document(&id, reason, Utc::now())?
+                .ok_or_else(|| BadRequest(format!("no family {id} on this relay")))?;
+            println!("purged family {id} of team {team}; devices delete it at their next sync");
+        }
+    }
+    Ok(())
+}
+
+fn export_person(
+    data: &std::path::Path,
+    name: Option<String>,
+    family: Option<String>,
+) -> crate::Result<()> {
+    use crate::Error::BadRequest;
+    let name = name.map(|n| n.trim().to_lowercase());
+    if name.as_deref().is_some_and(|n| n.chars().count() < 2) {
+        return Err(BadRequest("--name needs at least two letters".into()));
+    }
+    let family = family
+        .map(|f| {
+            linkbook_core::DocumentId::parse(&f, "family id")
+                .map(|id| id.to_string())
+                .map_err(|e| BadRequest(e.to_string()))
+        })
+        .transpose()?;
+    let state = AppState::open(data, Limits::default())?;
+    let storage: &dyn Storage = &*state.storage;
+    let mut records = Vec::new();
+    for (id, team) in storage.document_ids()? {
+        if family.as_ref().is_some_and(|f| *f != id) {
+            continue;
+        }
+        let Some(stored) = storage.load_document(&id)? else {
+            continue;
+        };
+        let Some(doc) = load(&stored) else { continue };
+        if document_type_of(&doc).as_deref() != Some("family") {
+            continue;
+        }
+        let json = serde_json::to_value(automerge::AutoSerde::from(&doc))
+            .map_err(|e| BadRequest(format!("{id} could not be read: {e}")))?;
+        let mut matches = Vec::new();
+        if let Some(name) = &name {
+            find_text(&json, name, String::new(), &mut matches);
+            if matches.is_empty() {
+                continue;
+            }
+        }
+        records.push(serde_json::json!({
+            "family_id": id,
+            "team": team,
+            "matched_at": matches,
+            "record": json,
+            "audit": storage.audit_log(Some(&id), None)?,
+        }));
+    }
+    if family.is_some() && records.is_empty() {
+        return Err(BadRequest("no family with that id on this relay".into()));
+    }
+    let now = Utc::now().to_rfc3339();
+    for r in &records {
+        storage.audit_as(
+            None,
+            Some("office administrator"),
+            "subject access export",
+            r["family_id"].as_str(),
+            &now,
+        )?;
+    }
+    let out = serde_json::json!({
+        "generated_at": now,
+        "query": { "name": name, "family": family },
+        "families": records,
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).unwrap_or_else(|_| "{}".into())
+    );
+    Ok(())
+}
+
+/// Paths (`members/0/name`) of every string in `value` that contains `needle`.
+fn find_text(value: &serde_json::Value, needle: &str, path: String, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::String(s) if s.to_lowercase().contains(needle) => out.push(path),
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                find_text(v, needle, format!("{path}/{i}"), out);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                find_text(v, needle, format!("{path}/{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn load(stored: &crate::storage::StoredDocument) -> Option<automerge::Automerge> {
+    let mut doc = match &stored.snapshot {
+        Some(s) => automerge::Automerge::load(s).ok()?,
+        None => automerge::Automerge::new(),
+    };
+    for c in &stored.changes {
+        doc.load_incremental(c).ok()?;
+    }
+    Some(doc)
+}
+
+/// The `type` a stored Linkbook document declares.
+fn document_type(stored: &crate::storage::StoredDocument) -> Option<String> {
+    document_type_of(&load(stored)?)
+}
+
+fn document_type_of(doc: &automerge::Automerge) -> Option<String> {
+    use automerge::ReadDoc;
+    match doc.get(automerge::ROOT, "type").ok()??.0 {
+        automerge::Value::Scalar(s) => s.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+/// What the enrolment QR code holds: the code and, if known, the relay.
+fn enrolment_link(code: &str, server: Option<&str>) -> String {
+    match server {
+        Some(s) => format!("linkbook://enrol?code={code}&server={s}"),
+        None => format!("linkbook://enrol?code={code}"),
+    }
+}
