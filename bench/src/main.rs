@@ -207,6 +207,12 @@ fn run(
         .prefix("linkbook-bench-")
         .tempdir_in(data::scratch_root())
         .map_err(|e| format!("scratch dir: {e}"))?;
+    // With --keep the directories outlive the run, failed or not.
+    let (work, scratch) = if keep {
+        (Dirs::Kept(work.keep()), Dirs::Kept(scratch.keep()))
+    } else {
+        (Dirs::Temp(work), Dirs::Temp(scratch))
+    };
     eprintln!(
         "linkbook-bench, {} tier, {}; work in {} and {}",
         if fast { "fast" } else { "full" },
@@ -246,13 +252,6 @@ fn run(
         };
         capacity::run(&c, with_peer, work.path(), scratch.path(), &mut report)?;
     }
-    if keep {
-        eprintln!(
-            "kept {} and {}",
-            work.keep().display(),
-            scratch.keep().display()
-        );
-    }
     println!(
         "Linkbook benchmarks ({} tier) on {}; {:.0} s",
         if fast { "fast" } else { "full" },
@@ -266,4 +265,20 @@ fn run(
     println!();
     print!("{}", report.result_lines());
     Ok(())
+}
+
+/// A work directory, removed at the end unless kept.
+#[derive(Debug)]
+enum Dirs {
+    Temp(tempfile::TempDir),
+    Kept(std::path::PathBuf),
+}
+
+impl Dirs {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Dirs::Temp(t) => t.path(),
+            Dirs::Kept(p) => p,
+        }
+    }
 }

@@ -219,16 +219,34 @@ impl Hub {
             },
             selected_protocol_version: PROTOCOL_VERSION.into(),
         });
-        if let Some(since) = since {
-            self.push_changed(conn_id, device, tx, since).await?;
-        }
+        let mut to_push = match since {
+            Some(since) => self.changed_since(device, tx, since)?,
+            None => std::collections::VecDeque::new(),
+        };
         tracing::info!(device = %device.id, team = %device.team, "device joined");
         let _ = blocking(|| {
             self.storage
                 .audit(Some(device), "connected", None, Utc::now())
         });
         loop {
-            let Some(m) = next_message(stream).await? else {
+            // Pushes go out between the device's messages, not before them
+            // all: a fresh device answers each push, and a relay that did not
+            // read meanwhile would leave it blocked on a full socket.
+            let next = if to_push.is_empty() {
+                next_message(stream).await?
+            } else {
+                tokio::select! {
+                    biased;
+                    m = next_message(stream) => m?,
+                    () = std::future::ready(()) => {
+                        if let Some(document_id) = to_push.pop_front() {
+                            self.push(conn_id, device, tx, document_id).await?;
+                        }
+                        continue;
+                    }
+                }
+            };
+            let Some(m) = next else {
                 return Ok(());
             };
             match m {
@@ -506,13 +524,14 @@ impl Hub {
     /// something after all, its answer says so and the usual exchange
     /// follows). The device pipelines its own documents the same way, so a
     /// sync takes one round trip after TLS (docs/adr/0005).
-    async fn push_changed(
+    /// Tells the device what changed since its cursor (`changed-since`):
+    /// the documents the relay will send it unasked.
+    fn changed_since(
         &self,
-        conn_id: u64,
         device: &Device,
         tx: &mpsc::UnboundedSender<Message>,
         since: i64,
-    ) -> Result<(), Close> {
+    ) -> Result<std::collections::VecDeque<String>, Close> {
         let ((cursor, changed), purged, policy) = blocking(|| {
             Ok::<_, crate::error::Error>((
                 self.storage
@@ -532,33 +551,52 @@ impl Hub {
             retention_days: policy.retention_days,
             lease_days: policy.lease_days,
         });
-        for document_id in changed {
-            let Ok(id) = DocumentId::parse(&document_id, "document id") else {
-                continue;
-            };
-            let Some(slot) = self.slot(id, &device.team, false).await? else {
-                self.unavailable(device, tx, &document_id);
-                continue;
-            };
-            let mut s = slot.lock().await;
-            self.load_state(&mut s, &document_id, conn_id, device);
-            let Slot { doc, states, .. } = &mut *s;
-            let Some((_, state)) = states.get_mut(&conn_id) else {
-                continue;
-            };
+        Ok(changed.into())
+    }
+
+    /// Sends one changed document unasked: the changes made since the heads
+    /// this device and the relay last shared. Plain Automerge sync would
+    /// first trade heads and Bloom filters and only then changes; assuming
+    /// the last shared heads saves that round trip (if the device lacks
+    /// something after all, its answer says so and the usual exchange
+    /// follows). The device pipelines its own documents the same way, so a
+    /// sync takes one round trip after TLS (docs/adr/0005).
+    async fn push(
+        &self,
+        conn_id: u64,
+        device: &Device,
+        tx: &mpsc::UnboundedSender<Message>,
+        document_id: String,
+    ) -> Result<(), Close> {
+        let Ok(id) = DocumentId::parse(&document_id, "document id") else {
+            return Ok(());
+        };
+        let Some(slot) = self.slot(id, &device.team, false).await? else {
+            self.unavailable(device, tx, &document_id);
+            return Ok(());
+        };
+        let mut s = slot.lock().await;
+        self.load_state(&mut s, &document_id, conn_id, device);
+        let Slot { doc, states, .. } = &mut *s;
+        let Some((_, state)) = states.get_mut(&conn_id) else {
+            return Ok(());
+        };
+        // Not if the device spoke about this document first: then the usual
+        // exchange is under way.
+        if state.their_heads.is_none() {
             linkbook_core::protocol::assume_shared_heads(state);
-            if let Some(m) = doc.generate_sync_message(state) {
-                tracing::trace!(device = %device.id, doc = %document_id, m = %brief(&m), "push");
-                if !m.changes.is_empty() {
-                    self.audit_received(&device.id, &document_id);
-                }
-                let _ = tx.send(Message::Sync {
-                    sender_id: self.peer_id.clone(),
-                    target_id: device.id.clone(),
-                    document_id,
-                    data: m.encode(),
-                });
+        }
+        if let Some(m) = doc.generate_sync_message(state) {
+            tracing::trace!(device = %device.id, doc = %document_id, m = %brief(&m), "push");
+            if !m.changes.is_empty() {
+                self.audit_received(&device.id, &document_id);
             }
+            let _ = tx.send(Message::Sync {
+                sender_id: self.peer_id.clone(),
+                target_id: device.id.clone(),
+                document_id,
+                data: m.encode(),
+            });
         }
         Ok(())
     }

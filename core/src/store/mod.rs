@@ -79,12 +79,20 @@ pub(crate) fn open_connection(path: &Path, key: &DatabaseKey) -> Result<Connecti
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
+    // Opening a fresh store failed once (of many test runs) with "PRAGMA key
+    // requires a key of one or more characters" while another thread keyed
+    // its own store; a race in SQLCipher's crypto-provider set-up is the
+    // likely cause. Keying is rare and fast, so it is done one at a time.
+    static KEYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let keying = KEYING.lock().unwrap_or_else(|p| p.into_inner());
     // A wrong key would otherwise print an HMAC error on stderr.
     conn.execute_batch("PRAGMA cipher_log_level = NONE;")?;
     conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", key.to_hex()))?;
-    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+    let unlocked = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
         r.get::<_, i64>(0)
-    }) {
+    });
+    drop(keying);
+    match unlocked {
         Ok(_) => {}
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::NotADatabase => {
             return Err(Error::WrongKey);

@@ -67,6 +67,11 @@ pub struct SyncSummary {
     pub purged: Vec<String>,
 }
 
+/// At most this much is sent ahead of the relay's `101` (a day's offline
+/// work is tens of KB; a first upload of a whole caseload, tens of MB, waits
+/// for the upgrade rather than sitting in the relay's HTTP buffers).
+const PIPELINE_BYTES: u64 = 256 * 1024;
+
 /// How long a peer may be silent before heads-only announcements count as
 /// answered.
 const QUIET: std::time::Duration = std::time::Duration::from_millis(500);
@@ -614,13 +619,21 @@ impl Session<'_> {
             }
         };
         docs.sort_by_key(|id| *id != self.repo.directory_id());
-        for id in docs {
+        let mut docs = docs.into_iter();
+        for id in docs.by_ref() {
             self.start(id)?;
+            if self.summary.bytes_sent > PIPELINE_BYTES {
+                break;
+            }
         }
         if let Err((status, body)) = opening.finish(&mut self.ws)? {
             return Err(refused(status, Some(&body)));
         }
         self.expect_peer()?;
+        // The rest of a big upload (a device's first sync) after the 101.
+        for id in docs {
+            self.start(id)?;
+        }
         let mut next_cursor = None;
         if asked_changes {
             match self.receive()? {
