@@ -58,6 +58,17 @@ struct ServeArgs {
     /// Documents kept in memory; idle ones beyond this are evicted.
     #[arg(long, env = "LINKBOOK_MAX_LOADED_DOCS", default_value_t = 5_000)]
     max_loaded_docs: usize,
+    /// Failed enrolment codes or device tokens from one address within
+    /// --auth-window-secs that lock the address out (brute force brake).
+    #[arg(long, env = "LINKBOOK_AUTH_MAX_FAILURES", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    auth_max_failures: u32,
+    /// The window failed authentications are counted in, in seconds.
+    #[arg(long, env = "LINKBOOK_AUTH_WINDOW_SECS", default_value_t = 60)]
+    auth_window_secs: u64,
+    /// How long a locked-out address is refused every authentication (429), in seconds.
+    #[arg(long, env = "LINKBOOK_AUTH_LOCKOUT_SECS", default_value_t = 300)]
+    auth_lockout_secs: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -232,7 +243,12 @@ fn serve(data: &std::path::Path, args: ServeArgs) -> crate::Result<()> {
         max_loaded_docs: args.max_loaded_docs.max(1),
         ..Limits::default()
     };
-    let state = AppState::open(data, limits)?;
+    let state = AppState::open(data, limits)?.with_auth_limits(crate::ratelimit::AuthLimits {
+        max_failures: args.auth_max_failures,
+        window: std::time::Duration::from_secs(args.auth_window_secs),
+        lockout: std::time::Duration::from_secs(args.auth_lockout_secs),
+        ..crate::ratelimit::AuthLimits::default()
+    });
     let (transport, trust) = match (args.tls_cert, args.tls_key, args.insecure_http) {
         (Some(cert), Some(key), _) => (Transport::Tls { cert, key }, None),
         (_, _, true) => (Transport::InsecureHttp, None),

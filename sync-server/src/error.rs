@@ -20,6 +20,12 @@ pub enum Error {
     Revoked,
     #[error("too many connections for this device")]
     TooManyConnections,
+    /// This client address failed to authenticate too often (ratelimit.rs).
+    #[error(
+        "too many failed enrolment or token attempts from this address: try again in {} s",
+        retry_after_secs(*retry_after)
+    )]
+    TooManyAuthFailures { retry_after: std::time::Duration },
     #[error("io: {context}: {source}")]
     Io {
         context: String,
@@ -33,6 +39,11 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whole seconds to wait, rounded up (`Retry-After` has no fractions).
+fn retry_after_secs(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
@@ -50,6 +61,21 @@ impl IntoResponse for Error {
                 "too_many_connections",
                 self.to_string(),
             ),
+            Error::TooManyAuthFailures { retry_after } => {
+                let mut response = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    axum::Json(serde_json::json!({
+                        "error": "too_many_auth_failures",
+                        "message": self.to_string(),
+                    })),
+                )
+                    .into_response();
+                response.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from(retry_after_secs(*retry_after)),
+                );
+                return response;
+            }
             other => {
                 tracing::error!(error = %other, "request failed");
                 (

@@ -7,23 +7,28 @@
 pub mod auth;
 pub mod cli;
 pub mod error;
+pub mod ratelimit;
 pub mod relay;
 pub mod retention;
 pub mod storage;
 pub mod tls;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, RawQuery, State, WebSocketUpgrade};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequestParts, RawQuery, State, WebSocketUpgrade,
+};
 use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 
 pub use error::{Error, Result};
+use ratelimit::{AuthLimiter, AuthLimits};
 use relay::{Hub, Limits};
 use storage::{SqliteStorage, Storage};
 
@@ -32,6 +37,8 @@ use storage::{SqliteStorage, Storage};
 pub struct AppState {
     pub storage: Arc<dyn Storage>,
     pub hub: Arc<Hub>,
+    /// Failed enrolments and tokens per client address (brute force brake).
+    pub auth: Arc<AuthLimiter>,
 }
 
 impl std::fmt::Debug for dyn Storage {
@@ -55,7 +62,58 @@ impl AppState {
         Ok(AppState {
             hub: Arc::new(Hub::new(storage.clone(), storage_id, limits)),
             storage,
+            auth: Arc::new(AuthLimiter::new(AuthLimits::default())),
         })
+    }
+
+    /// The same state with these limits on failed authentication.
+    pub fn with_auth_limits(mut self, limits: AuthLimits) -> Self {
+        self.auth = Arc::new(AuthLimiter::new(limits));
+        self
+    }
+
+    /// Refuses a client address that failed to authenticate too often: every
+    /// attempt, right or wrong, until its lockout ends. Checked before any
+    /// code or token is looked at.
+    fn auth_allowed(&self, client: ClientAddr) -> Result<()> {
+        let Some(ip) = client.0 else { return Ok(()) };
+        self.auth
+            .check(ip, std::time::Instant::now())
+            .map_err(|retry_after| Error::TooManyAuthFailures { retry_after })
+    }
+
+    /// Counts a wrong code or token against the client's address (a success
+    /// is not counted).
+    fn count_auth<T>(&self, client: ClientAddr, result: Result<T>) -> Result<T> {
+        if let (Some(ip), Err(Error::Unauthorized | Error::EnrolmentRefused(_))) =
+            (client.0, &result)
+            && let Some(lockout) = self.auth.failure(ip, std::time::Instant::now())
+        {
+            tracing::warn!(
+                client = %ip,
+                lockout_secs = lockout.as_secs(),
+                "too many failed enrolment or token attempts: address locked out"
+            );
+        }
+        result
+    }
+}
+
+/// The client's IP address, when the server runs with connect info (the
+/// router called directly, as in unit tests, has none and counts nothing).
+#[derive(Debug, Clone, Copy)]
+struct ClientAddr(Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
     }
 }
 
@@ -93,14 +151,17 @@ struct EnrolRequest {
 
 async fn enrol(
     State(state): State<AppState>,
+    client: ClientAddr,
     body: axum::body::Bytes,
 ) -> Result<Json<auth::Enrolled>> {
+    state.auth_allowed(client)?;
     let req: EnrolRequest = serde_json::from_slice(&body).map_err(|_| {
         Error::BadRequest("expected JSON {\"code\": \"…\", \"device_name\": \"…\"}".into())
     })?;
     let enrolled = tokio::task::block_in_place(|| {
         auth::enrol(&*state.storage, &req.code, &req.device_name, Utc::now())
-    })?;
+    });
+    let enrolled = state.count_auth(client, enrolled)?;
     tracing::info!(device = %enrolled.device_id, team = %enrolled.team, "device enrolled");
     tokio::task::block_in_place(|| {
         state.storage.audit_as(
@@ -128,9 +189,11 @@ struct Read {
 /// A device's log of case-file reads, for the audit (ids and times only).
 async fn audit_reads(
     State(state): State<AppState>,
+    client: ClientAddr,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>> {
+    state.auth_allowed(client)?;
     let token = auth::token_from(&headers, None);
     let log: ReadLog = serde_json::from_slice(&body).map_err(|_| {
         Error::BadRequest("expected JSON {\"reads\": [{\"family_id\": …, \"at\": …}]}".into())
@@ -143,10 +206,10 @@ async fn audit_reads(
             .map_err(|_| Error::BadRequest("a read has a malformed time".into()))?;
         reads.push((id.to_string(), at.with_timezone(&Utc).to_rfc3339()));
     }
-    tokio::task::block_in_place(|| {
-        let device = auth::authenticate(&*state.storage, token.as_deref())?;
-        state.storage.record_reads(&device, &reads)
-    })?;
+    let device =
+        tokio::task::block_in_place(|| auth::authenticate(&*state.storage, token.as_deref()));
+    let device = state.count_auth(client, device)?;
+    tokio::task::block_in_place(|| state.storage.record_reads(&device, &reads))?;
     Ok(Json(serde_json::json!({ "stored": reads.len() })))
 }
 
@@ -160,12 +223,16 @@ struct ChangesQuery {
 /// device syncs those (and its own changed ones), not everything.
 async fn changes(
     State(state): State<AppState>,
+    client: ClientAddr,
     headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<ChangesQuery>,
 ) -> Result<Json<serde_json::Value>> {
+    state.auth_allowed(client)?;
     let token = auth::token_from(&headers, None);
+    let device =
+        tokio::task::block_in_place(|| auth::authenticate(&*state.storage, token.as_deref()));
+    let device = state.count_auth(client, device)?;
     let (cursor, documents, purged, policy) = tokio::task::block_in_place(|| {
-        let device = auth::authenticate(&*state.storage, token.as_deref())?;
         let (cursor, documents) = state
             .storage
             .changed_since(&device.team, q.since, &device.id)?;
@@ -186,14 +253,19 @@ async fn changes(
 
 async fn sync_socket(
     State(state): State<AppState>,
+    client: ClientAddr,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     ws: WebSocketUpgrade,
 ) -> Result<Response> {
+    if let Err(e) = state.auth_allowed(client) {
+        tracing::info!(reason = %e, "sync connection refused");
+        return Err(e);
+    }
     let token = auth::token_from(&headers, query.as_deref());
     let device =
         tokio::task::block_in_place(|| auth::authenticate(&*state.storage, token.as_deref()));
-    let device = match device {
+    let device = match state.count_auth(client, device) {
         Ok(d) => d,
         Err(e) => {
             tracing::info!(reason = %e, "sync connection refused");
@@ -289,7 +361,8 @@ impl Bound {
             tracing::info!("shutting down: finishing in-flight work");
             h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
         });
-        let service = app(state).into_make_service();
+        // Connect info: the limit on failed authentication is per address.
+        let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
         let io = |e| Error::Io {
             context: "serving".into(),
             source: e,
