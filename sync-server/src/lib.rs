@@ -107,11 +107,11 @@ struct ClientAddr(Option<IpAddr>);
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         Ok(ClientAddr(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
+            ConnectInfo::<SocketAddr>::from_request_parts(parts, state)
+                .await
+                .ok()
                 .map(|c| c.0.ip()),
         ))
     }
@@ -408,5 +408,94 @@ mod tests {
         ));
         let loopback: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         assert!(Bound::bind(loopback, Transport::InsecureHttp).is_ok());
+    }
+
+    /// One address guessing is locked out with 429 and `Retry-After`, for
+    /// every authentication (also a good token); another address is not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_authentications_lock_out_only_their_address() -> Result<()> {
+        use axum::body::Body;
+        use axum::extract::connect_info::MockConnectInfo;
+        use axum::http::{Request, StatusCode};
+        use tower::ServiceExt;
+
+        let dir = tempfile::tempdir().map_err(|e| Error::Io {
+            context: "tempdir".into(),
+            source: e,
+        })?;
+        let state = AppState::open(dir.path(), Limits::default())?.with_auth_limits(AuthLimits {
+            max_failures: 3,
+            lockout: std::time::Duration::from_secs(120),
+            ..AuthLimits::default()
+        });
+        let code = auth::new_enrolment_code(
+            &*state.storage,
+            "north",
+            "Asha",
+            chrono::Duration::hours(1),
+            Utc::now(),
+        )?;
+        let token = auth::enrol(&*state.storage, &code, "tablet", Utc::now())?.token;
+        let from = |ip: &str| {
+            let addr: SocketAddr = format!("{ip}:40000").parse().expect("addr");
+            app(state.clone()).layer(MockConnectInfo(addr))
+        };
+        let enrol = |code: &str| {
+            Request::post("/v1/enrol")
+                .body(Body::from(
+                    serde_json::json!({ "code": code, "device_name": "t" }).to_string(),
+                ))
+                .expect("request")
+        };
+        let changes = |token: &str| {
+            Request::get("/v1/changes")
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::empty())
+                .expect("request")
+        };
+        let status = |r: &Response| r.status();
+        let attacker = "192.0.2.10";
+        for guess in ["AAAA-AAAA-AAAA", "BBBB-BBBB-BBBB"] {
+            let r = from(attacker)
+                .oneshot(enrol(guess))
+                .await
+                .expect("infallible");
+            assert_eq!(status(&r), StatusCode::FORBIDDEN);
+        }
+        let r = from(attacker)
+            .oneshot(changes("nope"))
+            .await
+            .expect("infallible");
+        assert_eq!(status(&r), StatusCode::UNAUTHORIZED);
+        // Locked out: the good token too, with how long to wait.
+        let r = from(attacker)
+            .oneshot(changes(&token))
+            .await
+            .expect("infallible");
+        assert_eq!(status(&r), StatusCode::TOO_MANY_REQUESTS);
+        let retry_after: u64 = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .expect("a Retry-After header in seconds");
+        assert!((119..=120).contains(&retry_after), "{retry_after}");
+        let body = axum::body::to_bytes(r.into_body(), 4096)
+            .await
+            .expect("body");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(body["error"], "too_many_auth_failures");
+        let r = from(attacker)
+            .oneshot(enrol(&code))
+            .await
+            .expect("infallible");
+        assert_eq!(status(&r), StatusCode::TOO_MANY_REQUESTS);
+        // Another address is not affected.
+        let r = from("192.0.2.11")
+            .oneshot(changes(&token))
+            .await
+            .expect("infallible");
+        assert_eq!(status(&r), StatusCode::OK);
+        Ok(())
     }
 }

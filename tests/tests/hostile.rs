@@ -224,3 +224,214 @@ async fn bad_connections_are_closed_and_good_devices_keep_syncing() {
     let notes = good.notes(family).expect("notes");
     assert_eq!(notes.len(), 8);
 }
+
+/// What a peer without a document sends in a `request`.
+fn empty_sync_message() -> Vec<u8> {
+    use automerge::sync::SyncDoc;
+    automerge::AutoCommit::new()
+        .sync()
+        .generate_sync_message(&mut automerge::sync::State::new())
+        .expect("a first sync message")
+        .encode()
+}
+
+/// Guessing codes and tokens from one address: after `--auth-max-failures`
+/// failures that address is refused every authentication (right or wrong)
+/// with 429 until the lockout ends; a connection opened before keeps
+/// syncing. All test traffic comes from 127.0.0.1, so "another address" is
+/// the relay's unit test (sync-server/src/lib.rs); here the lockout covers
+/// the good device too, and its end lets everyone in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_codes_and_tokens_locks_the_address_out_until_the_lockout_ends() {
+    let relay = Relay::start_with(&[
+        "--auth-max-failures",
+        "5",
+        "--auth-window-secs",
+        "60",
+        "--auth-lockout-secs",
+        "3",
+    ]);
+    let ca = relay.ca_pem();
+    // Enrolled and connected before the attack.
+    let code = relay.enrol_code("north", "Asha");
+    let asha =
+        tokio::task::block_in_place(|| enrol_device(&relay.url, &code, Some(&ca), "Asha's tablet"))
+            .expect("enrol");
+    let mut open = joined(&relay, &ca, &asha).await;
+    let ben = tokio::task::block_in_place(|| Device::enrolled(&relay, "north", "Ben"));
+    let family = ben
+        .add_family(&NewFamily {
+            name: "Smith".into(),
+            ..Default::default()
+        })
+        .expect("family");
+    tokio::task::block_in_place(|| ben.sync(None)).expect("sync before the attack");
+    let waiting = relay.enrol_code("north", "Cara");
+
+    // Three wrong codes and two wrong tokens: ordinary refusals.
+    for guess in ["AAAA-BBBB-CCCC", "0000-0000-0000", "ZZZZ-ZZZZ-ZZZZ"] {
+        let r = tokio::task::block_in_place(|| enrol_device(&relay.url, guess, Some(&ca), "x"));
+        match r {
+            Err(Error::Unauthorized(why)) => assert_eq!(why, "unknown enrolment code"),
+            other => panic!("a wrong code: {other:?}"),
+        }
+    }
+    for _ in 0..2 {
+        let r = relay_socket(&relay.url, &ca, &"ab".repeat(32)).await;
+        assert!(r.err().unwrap_or_default().starts_with("401"));
+    }
+
+    // Locked out: a wrong token, the right token, the right code all get 429.
+    let wrong = relay_socket(&relay.url, &ca, &"cd".repeat(32))
+        .await
+        .err()
+        .unwrap_or_default();
+    assert!(wrong.starts_with("429"), "{wrong}");
+    assert!(
+        wrong.contains("too many failed enrolment or token attempts"),
+        "{wrong}"
+    );
+    let right = relay_socket(&relay.url, &ca, &asha.token)
+        .await
+        .err()
+        .unwrap_or_default();
+    assert!(right.starts_with("429"), "{right}");
+    match tokio::task::block_in_place(|| enrol_device(&relay.url, &waiting, Some(&ca), "Cara's")) {
+        Err(Error::Unauthorized(why)) => assert!(why.contains("try again in"), "{why}"),
+        other => panic!("the right code during the lockout: {other:?}"),
+    }
+    match tokio::task::block_in_place(|| ben.sync(None)) {
+        Err(Error::Network(why)) => assert!(why.contains("too many failed"), "{why}"),
+        other => panic!("a sync during the lockout: {other:?}"),
+    }
+
+    // The connection opened before the attack is still served.
+    let probe = Message::Request {
+        sender_id: asha.device_id.clone(),
+        target_id: "relay".into(),
+        document_id: DocumentId::random().to_string(),
+        data: empty_sync_message(),
+    };
+    open.send(WsMessage::Binary(probe.encode().into()))
+        .await
+        .expect("send on the open connection");
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match open.next().await {
+                Some(Ok(WsMessage::Binary(b))) => match Message::decode(&b) {
+                    Ok(m @ Message::DocUnavailable { .. }) => return Some(m),
+                    _ => continue,
+                },
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the open connection answered in time");
+    assert!(answer.is_some(), "the open connection was closed");
+
+    // After the lockout the right code and the good device get in again
+    // (attempts refused with 429 are not counted, so polling is safe).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let cara = loop {
+        match tokio::task::block_in_place(|| {
+            enrol_device(&relay.url, &waiting, Some(&ca), "Cara's tablet")
+        }) {
+            Ok(c) => break c,
+            Err(Error::Unauthorized(why)) if why.contains("try again in") => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "still locked out after 20 s"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("after the lockout: {e:?}"),
+        }
+    };
+    assert_eq!(cara.team, "north");
+    ben.add_note(family, "after the lockout", NoteCategory::Other)
+        .expect("note");
+    tokio::task::block_in_place(|| ben.sync(None)).expect("sync after the lockout");
+    let log = relay.log();
+    assert!(log.contains("address locked out"), "the lockout is logged");
+    assert!(!log.contains(&waiting), "an enrolment code was logged");
+}
+
+/// A device of one team sends changes for another team's document id (and
+/// asks for it): it gets `doc-unavailable`, as for a missing document, the
+/// other team's document is untouched, and its devices keep syncing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_of_one_team_cannot_read_or_write_another_teams_document() {
+    let relay = Relay::start();
+    let ca = relay.ca_pem();
+    let north = tokio::task::block_in_place(|| Device::enrolled(&relay, "north", "Asha"));
+    let family = north
+        .add_family(&NewFamily {
+            name: "Smith".into(),
+            ..Default::default()
+        })
+        .expect("family");
+    tokio::task::block_in_place(|| north.sync(None)).expect("sync");
+
+    let code = relay.enrol_code("south", "Mallory");
+    let south =
+        tokio::task::block_in_place(|| enrol_device(&relay.url, &code, Some(&ca), "attacker"))
+            .expect("enrol");
+    let mut ws = joined(&relay, &ca, &south).await;
+    // Changes that would rename the family, as a whole new document.
+    use automerge::sync::SyncDoc;
+    use automerge::transaction::Transactable;
+    let mut forged = automerge::AutoCommit::new();
+    forged.put(automerge::ROOT, "name", "Forged").expect("put");
+    let mut state = automerge::sync::State::new();
+    protocol::assume_shared_heads(&mut state);
+    let data = forged
+        .sync()
+        .generate_sync_message(&mut state)
+        .expect("a sync message")
+        .encode();
+    for m in [
+        Message::Sync {
+            sender_id: south.device_id.clone(),
+            target_id: "relay".into(),
+            document_id: family.to_string(),
+            data: data.clone(),
+        },
+        Message::Request {
+            sender_id: south.device_id.clone(),
+            target_id: "relay".into(),
+            document_id: family.to_string(),
+            data: empty_sync_message(),
+        },
+    ] {
+        ws.send(WsMessage::Binary(m.encode().into()))
+            .await
+            .expect("send");
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .expect("an answer in time");
+        match answer {
+            Some(Ok(WsMessage::Binary(b))) => match Message::decode(&b) {
+                Ok(Message::DocUnavailable {
+                    target_id,
+                    document_id,
+                    ..
+                }) => {
+                    assert_eq!(target_id, south.device_id);
+                    assert_eq!(document_id, family.to_string());
+                }
+                other => panic!("expected doc-unavailable, got {other:?}"),
+            },
+            other => panic!("expected doc-unavailable, got {other:?}"),
+        }
+    }
+    // The family is untouched, and its team still syncs it.
+    north
+        .add_note(family, "still ours", NoteCategory::Other)
+        .expect("note");
+    tokio::task::block_in_place(|| north.sync(None)).expect("north still syncs");
+    let other = tokio::task::block_in_place(|| Device::enrolled(&relay, "north", "Ben"));
+    tokio::task::block_in_place(|| other.sync(None)).expect("sync");
+    assert_eq!(other.family(family).expect("family").name, "Smith");
+}

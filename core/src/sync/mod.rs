@@ -425,9 +425,15 @@ fn refused(status: u16, body: Option<&[u8]>) -> Error {
     match (status, json["error"].as_str()) {
         (403, Some("revoked")) => Error::Revoked,
         (401, _) => Error::Unauthorized("the relay does not accept this device's token".into()),
-        (429, _) => {
-            Error::Network("too many connections from this device; try again shortly".into())
-        }
+        // Too many connections of this device, or too many failed
+        // authentications from this address: the relay says which, and when.
+        (429, _) => Error::Network(
+            json["message"]
+                .as_str()
+                .map_or("the relay is busy; try again shortly".into(), |m| {
+                    format!("the relay refused the sync connection: {m}")
+                }),
+        ),
         _ => Error::Network(format!("the relay refused the sync connection ({status})")),
     }
 }
