@@ -236,7 +236,61 @@ where
     }
 }
 
+/// The file in the data directory a serving relay holds locked.
+pub const LOCK_FILE: &str = "relay.lock";
+
+/// Takes the data directory's lock for as long as the returned file lives, or
+/// says which process holds it. One relay per directory: each keeps documents
+/// in memory and compacts them from that copy (`Storage::append_changes`
+/// with a snapshot replaces the stored changes), so a second relay's uploads
+/// to the same document would be deleted by the first one's next
+/// compaction. Only `serve` takes it: the admin commands open the database
+/// directly (SQLite's own locking) while a relay serves. An advisory lock
+/// (`flock`), released by the kernel when the process dies, even by
+/// SIGKILL: a crashed relay never leaves a stale lock behind.
+fn lock_data_dir(data: &std::path::Path) -> crate::Result<std::fs::File> {
+    use std::io::{Read, Seek};
+    let path = data.join(LOCK_FILE);
+    let io = |e| crate::Error::Io {
+        context: format!("opening {}", path.display()),
+        source: e,
+    };
+    std::fs::create_dir_all(data).map_err(io)?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim().parse::<u32>() {
+                Ok(pid) => format!("(process {pid}) "),
+                Err(_) => String::new(),
+            };
+            return Err(crate::Error::Config(format!(
+                "another linkbook-server {holder}is already serving {}: stop it first, or give this relay its own --data directory",
+                data.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    // Which process holds it, for the message above (informative only: the
+    // lock is what counts).
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    Ok(file)
+}
+
 fn serve(data: &std::path::Path, args: ServeArgs) -> crate::Result<()> {
+    // Held until this function returns, i.e. for the relay's whole life.
+    let _lock = lock_data_dir(data)?;
     let limits = Limits {
         max_message_bytes: args.max_message_bytes,
         max_connections_per_device: args.max_connections_per_device,

@@ -45,6 +45,20 @@ fn retry_after_secs(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+impl Error {
+    /// SQLite could not write its files: a full disk (SQLITE_FULL), a write
+    /// that failed (SQLITE_IOERR: also a file size limit), a read-only file
+    /// or directory. Nothing was committed; the operator has to act.
+    pub fn is_disk_problem(&self) -> bool {
+        use rusqlite::ErrorCode::{CannotOpen, DiskFull, ReadOnly, SystemIoFailure};
+        matches!(
+            self,
+            Error::Storage(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, DiskFull | SystemIoFailure | ReadOnly | CannotOpen)
+        )
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code, message) = match &self {

@@ -651,7 +651,14 @@ impl Hub {
             Ok(())
         });
         result.map_err(|e| {
-            tracing::error!(error = %e, "storing changes failed");
+            // The transaction was rolled back and the device keeps its
+            // changes; it sends them again at its next sync.
+            if e.is_disk_problem() {
+                tracing::error!(error = %e, device = %device.id, doc = %key,
+                    "storing changes failed: the relay's disk is full or not writable; free space (or fix the data directory) and devices' next syncs deliver their changes");
+            } else {
+                tracing::error!(error = %e, device = %device.id, doc = %key, "storing changes failed");
+            }
             Close("the relay could not store your changes; try again later".into())
         })
     }

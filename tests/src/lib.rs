@@ -61,7 +61,42 @@ impl Relay {
         Self::launch(data, &[], &[])
     }
 
+    /// Starts on `data` so that a file size limit set later with
+    /// [`Relay::limit_file_size`] makes its writes fail as on a full disk.
+    ///
+    /// Why a file size limit (RLIMIT_FSIZE): it needs no privileges, so it
+    /// works the same on a developer's machine and in a CI container, where
+    /// mounting a small tmpfs is usually not allowed, and chmod does not stop
+    /// root (the tests may run as root). A write that would grow a file past
+    /// the limit fails with EFBIG, which SQLite reports as an I/O error
+    /// where a full disk (ENOSPC) is SQLITE_FULL: the same write path fails,
+    /// the transaction is rolled back the same way. The process would get
+    /// SIGXFSZ (and die) as well, so the relay runs under `sh` that ignores
+    /// it and then execs it (an ignored signal stays ignored across exec;
+    /// no unsafe code: the workspace forbids it).
+    pub fn start_fillable(data: TempDir) -> Relay {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"trap '' XFSZ; exec "$0" "$@""#)
+            .arg(workspace_bin("linkbook-server"));
+        Self::launch_command(data, &[], &[], cmd)
+    }
+
     fn launch(data: TempDir, args: &[&str], env: &[(&str, &str)]) -> Relay {
+        Self::launch_command(
+            data,
+            args,
+            env,
+            Command::new(workspace_bin("linkbook-server")),
+        )
+    }
+
+    fn launch_command(
+        data: TempDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+        mut command: Command,
+    ) -> Relay {
         use std::io::BufRead;
         let stderr_log = data.path().join("relay.log");
         let log = std::fs::OpenOptions::new()
@@ -69,7 +104,7 @@ impl Relay {
             .append(true)
             .open(&stderr_log)
             .expect("log file");
-        let mut child = Command::new(workspace_bin("linkbook-server"))
+        let mut child = command
             .arg("--data")
             .arg(data.path())
             .args(["--listen", "127.0.0.1:0"])
@@ -146,6 +181,47 @@ impl Relay {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 
+    /// The relay's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("relay running")
+    }
+
+    /// The relay's SQLite database.
+    pub fn db_path(&self) -> PathBuf {
+        self.data.path().join("relay.db")
+    }
+
+    /// `PRAGMA integrity_check` of the relay's database, read from this
+    /// process (SQLite's locking makes that safe while the relay runs).
+    pub fn integrity_check(&self) -> String {
+        relay_integrity_check(&self.db_path())
+    }
+
+    /// Sets (`Some(bytes)`) or lifts (`None`) the relay process's file size
+    /// limit, its soft RLIMIT_FSIZE, with util-linux `prlimit` (see
+    /// [`Relay::start_fillable`]; only the soft limit, so no privileges).
+    pub fn limit_file_size(&self, bytes: Option<u64>) {
+        let limit = bytes.map_or("unlimited".to_string(), |b| b.to_string());
+        let status = Command::new("prlimit")
+            .arg("--pid")
+            .arg(self.pid().to_string())
+            .arg(format!("--fsize={limit}:"))
+            .status()
+            .expect("run prlimit (util-linux)");
+        assert!(status.success(), "prlimit --fsize={limit}: failed");
+    }
+
+    /// Kills the process with SIGKILL (a crash: nothing of a graceful
+    /// shutdown runs), waits for it, and hands back its data directory.
+    pub fn kill(mut self) -> TempDir {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL the relay");
+            let _ = child.wait();
+        }
+        let data = tempfile::tempdir().expect("placeholder");
+        std::mem::replace(&mut self.data, data)
+    }
+
     /// Stops the process (SIGTERM, then waits) and hands back its data
     /// directory for a restart.
     pub fn stop(mut self) -> TempDir {
@@ -168,6 +244,17 @@ impl Drop for Relay {
             let _ = child.wait();
         }
     }
+}
+
+/// `PRAGMA integrity_check` of a relay database file ("ok" when sound).
+pub fn relay_integrity_check(db: &Path) -> String {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .expect("open the relay database");
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .expect("busy timeout");
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check")
 }
 
 /// A Linkbook device store (core `Repo`) in its own temp directory.
