@@ -1,5 +1,17 @@
 //! Enrolment codes and device tokens. Both are random, shown once, and stored
 //! only as SHA-256 hashes; a token is 256 bits, so a fast hash is enough.
+//!
+//! Guessing is bounded: a code is 60 random bits, expires (`device enrol
+//! --expires-hours`) and works once; a token is 256 random bits; an address
+//! that fails too often is locked out (`ratelimit.rs`).
+//!
+//! Timing: no secret is compared byte by byte here. A presented code or
+//! token is hashed and looked up by its SHA-256 in SQLite's index, whose
+//! comparison does stop at the first differing byte; what that can leak is
+//! how many leading bytes of the *hash* of a guess match a stored hash, which
+//! says nothing about the secret (finding a guess whose hash shares more
+//! bytes is a preimage search), so a constant-time compare of the hashes
+//! would protect nothing.
 
 use axum::http::HeaderMap;
 use chrono::{DateTime, Duration, Utc};
