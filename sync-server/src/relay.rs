@@ -55,6 +55,12 @@ struct Slot {
     /// Sync state per connection that has touched this document.
     states: HashMap<u64, (String, sync::State)>,
     last_used: u64,
+    /// Its document holds changes that storage refused (a full disk). The
+    /// slot is out of the map by then, but a connection that was waiting
+    /// for its lock still holds it: that one must reload the document from
+    /// storage, not build on (and answer with heads of) changes the relay
+    /// does not have. See [`Hub::locked_slot`].
+    unstored: bool,
 }
 
 struct Connection {
@@ -336,6 +342,7 @@ impl Hub {
                     doc,
                     states: HashMap::new(),
                     last_used: tick,
+                    unstored: false,
                 }
             }
             None if create => Slot {
@@ -343,6 +350,7 @@ impl Hub {
                 doc: Automerge::new(),
                 states: HashMap::new(),
                 last_used: tick,
+                unstored: false,
             },
             None => return Ok(None),
         };
@@ -360,6 +368,27 @@ impl Hub {
         }
         drop(s);
         Ok(Some(slot))
+    }
+
+    /// The document's slot, locked (see [`Hub::slot`]); one left behind by
+    /// a failed write is passed over and the document loaded again.
+    async fn locked_slot(
+        &self,
+        id: DocumentId,
+        team: &str,
+        create: bool,
+    ) -> Result<Option<tokio::sync::OwnedMutexGuard<Slot>>, Close> {
+        loop {
+            let Some(slot) = self.slot(id, team, create).await? else {
+                return Ok(None);
+            };
+            let s = slot.lock_owned().await;
+            // Removed from the map before its lock was released, so the
+            // next `slot` call loads from storage: this loop ends.
+            if !s.unstored {
+                return Ok(Some(s));
+            }
+        }
     }
 
     /// Drops the least recently used documents nobody is syncing.
@@ -433,11 +462,10 @@ impl Hub {
             self.unavailable(device, tx, document_id);
             return Ok(());
         }
-        let Some(slot) = self.slot(id, &device.team, !is_request).await? else {
+        let Some(mut s) = self.locked_slot(id, &device.team, !is_request).await? else {
             self.unavailable(device, tx, document_id);
             return Ok(());
         };
-        let mut s = slot.lock().await;
         self.load_state(&mut s, &key, conn_id, device);
         let before = s.doc.get_heads();
         {
@@ -449,11 +477,13 @@ impl Hub {
                 .map_err(|_| Close("the Automerge sync message could not be applied".into()))?;
         }
         let after = s.doc.get_heads();
-        if before != after {
-            self.store(&key, &mut s, &before, device).inspect_err(|_| {
-                // Not stored, so not kept: reload from storage next time.
-                lock(&self.docs).remove(&id);
-            })?;
+        if before != after
+            && let Err(close) = self.store(&key, &mut s, &before, device)
+        {
+            // Not stored, so not kept: reload from storage next time.
+            s.unstored = true;
+            lock(&self.docs).remove(&id);
+            return Err(close);
         }
         if is_request && s.doc.get_heads().is_empty() {
             s.states.remove(&conn_id);
@@ -571,11 +601,10 @@ impl Hub {
         let Ok(id) = DocumentId::parse(&document_id, "document id") else {
             return Ok(());
         };
-        let Some(slot) = self.slot(id, &device.team, false).await? else {
+        let Some(mut s) = self.locked_slot(id, &device.team, false).await? else {
             self.unavailable(device, tx, &document_id);
             return Ok(());
         };
-        let mut s = slot.lock().await;
         self.load_state(&mut s, &document_id, conn_id, device);
         let Slot { doc, states, .. } = &mut *s;
         let Some((_, state)) = states.get_mut(&conn_id) else {
