@@ -328,11 +328,15 @@ fn the_relay_killed_during_fifty_syncs_keeps_every_acknowledged_note_and_devices
     sync_all(&all(&workers, &offices));
     let setup = t0.elapsed();
 
-    // Two crashes at different points: early (a few uploads stored), and
-    // once some devices were told their sync succeeded.
+    // Three crashes at different points: early (a few uploads stored), once
+    // some devices were told their sync succeeded, and in between.
     let mut relay = relay;
     let mut faults = Vec::new();
-    for (round, kill_at) in [(0, KillPoint::Uploads(8)), (1, KillPoint::Acknowledged(5))] {
+    for (round, kill_at) in [
+        (0, KillPoint::Uploads(8)),
+        (1, KillPoint::Acknowledged(5)),
+        (2, KillPoint::Uploads(40)),
+    ] {
         // Offline work on the team's shared family and the worker's own.
         for (i, w) in workers.iter_mut().enumerate() {
             for f in [shared[w.team], w.family] {
