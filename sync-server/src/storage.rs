@@ -189,6 +189,14 @@ impl std::fmt::Debug for SqliteStorage {
 impl SqliteStorage {
     pub fn open(path: &Path) -> Result<Self> {
         let mut conn = Connection::open(path)?;
+        // SQLite opens a file it may not write read-only, without a word:
+        // the relay would start and then refuse every upload.
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(Error::Config(format!(
+                "the relay database {} is read-only (its permissions, or a read-only mount): the relay must be able to write it",
+                path.display()
+            )));
+        }
         // secure_delete: a purged document's pages are overwritten, not left
         // readable in the free list.
         conn.execute_batch(

@@ -571,3 +571,63 @@ fn wait_for_exit(mut child: std::process::Child, limit: Duration) -> std::proces
         }
     }
 }
+
+/// Whether this process runs as root (chmod does not stop root).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_relay_whose_database_is_read_only_refuses_to_start_instead_of_refusing_every_upload() {
+    let data = tempfile::tempdir().expect("relay dir");
+    let code = Command::new(workspace_bin("linkbook-server"))
+        .arg("--data")
+        .arg(data.path())
+        .args(["device", "enrol", "--team", TEAM, "--worker", "Asha"])
+        .output()
+        .expect("run linkbook-server");
+    assert!(code.status.success(), "{code:?}");
+    let db = data.path().join("relay.db");
+    let mut perms = std::fs::metadata(&db).expect("relay.db").permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(&db, perms).expect("chmod");
+    // Root writes read-only files anyway: then the relay runs as nobody
+    // (util-linux setpriv, no unsafe code), owning the directory.
+    let mut relay = if running_as_root() {
+        let chown = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(data.path())
+            .status()
+            .expect("chown");
+        assert!(chown.success());
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(workspace_bin("linkbook-server"));
+        c
+    } else {
+        Command::new(workspace_bin("linkbook-server"))
+    };
+    let child = relay
+        .arg("--data")
+        .arg(data.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start linkbook-server");
+    let out = wait_for_exit(child, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it started: {stderr}");
+    assert!(
+        stderr.contains("relay.db is read-only") && stderr.contains("must be able to write it"),
+        "unclear refusal: {stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+}
