@@ -631,3 +631,77 @@ fn a_relay_whose_database_is_read_only_refuses_to_start_instead_of_refusing_ever
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
 }
+
+/// Random cut points (printed when it fails) beside `sync.rs`'s fixed
+/// ones: a cut anywhere, in the TLS handshake, the pipelined opening, or a
+/// reply, costs only a retry.
+#[test]
+fn syncs_cut_at_random_points_lose_nothing_and_two_devices_converge() -> Result<()> {
+    let relay = Relay::start();
+    let asha = Device::enrolled(&relay, TEAM, "Asha");
+    let ben = Device::enrolled(&relay, TEAM, "Ben");
+    let mut written: Vec<(DocumentId, String)> = Vec::new();
+    let mut families = Vec::new();
+    for (who, device) in [("Asha", &asha), ("Ben", &ben)] {
+        for f in 0..2 {
+            let family = device.add_family(&NewFamily {
+                name: format!("{who}'s family {f}"),
+                ..Default::default()
+            })?;
+            families.push(family);
+        }
+    }
+    let (mut cuts, mut cut_points) = (0, Vec::new());
+    for round in 0..8 {
+        // Both write offline, into their own families and each other's
+        // (once they have them), then sync through a network that drops
+        // after a random number of bytes.
+        for (who, device) in [("Asha", &asha), ("Ben", &ben)] {
+            for family in &families {
+                if device.notes(*family).is_ok() {
+                    let text = format!("round {round}: {who} {}", "z".repeat(400));
+                    written.push((
+                        *family,
+                        device.add_note(*family, &text, NoteCategory::Visit)?,
+                    ));
+                }
+            }
+        }
+        for device in [&asha, &ben] {
+            let cut_after = rand::random_range(200..16_000usize);
+            cut_points.push(cut_after);
+            let proxy = linkbook_tests::CutProxy::start(relay.addr(), cut_after);
+            device.set_server_url(&proxy.url())?;
+            match device.sync(None) {
+                Ok(_) => {}
+                Err(Error::Network(_)) => cuts += 1,
+                Err(other) => panic!(
+                    "cut at {cut_after} bytes: unexpected error {other:?} (cut points so far {cut_points:?})"
+                ),
+            }
+        }
+    }
+    assert!(
+        cuts >= 2,
+        "only {cuts} of 16 syncs were cut: {cut_points:?}"
+    );
+    for device in [&asha, &ben, &asha] {
+        device.set_server_url(&relay.url)?;
+        device.sync(None)?;
+    }
+    for (family, note) in &written {
+        for (who, device) in [("Asha", &asha), ("Ben", &ben)] {
+            assert!(
+                note_ids(device, *family).contains(note),
+                "{who} lacks note {note} (cut points {cut_points:?})"
+            );
+        }
+    }
+    assert_eq!(records(&asha), records(&ben), "cut points {cut_points:?}");
+    assert_eq!(relay.integrity_check(), "ok");
+    eprintln!(
+        "{cuts} of 16 syncs cut at random points {cut_points:?}; {} notes",
+        written.len()
+    );
+    Ok(())
+}
