@@ -10,7 +10,7 @@
 
 pub(crate) mod net;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use automerge::AutoCommit;
 use automerge::sync::{self, SyncDoc};
@@ -76,6 +76,10 @@ const PIPELINE_BYTES: u64 = 256 * 1024;
 /// answered.
 const QUIET: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// While writing a long opening (a first sync of thousands of documents), the
+/// socket is read at least this often: see [`Session::keep_alive`].
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+
 const PROFILE_KEYS: [&str; 4] = ["server_url", "server_ca", "token", "relay_peer"];
 
 struct Session<'a> {
@@ -101,6 +105,9 @@ struct Session<'a> {
     /// (`need`), with how many answers since came without any.
     needing: HashMap<DocumentId, u8>,
     unavailable: BTreeSet<DocumentId>,
+    /// Messages read while still writing ([`Session::keep_alive`]), in order;
+    /// handled before anything read later.
+    backlog: VecDeque<Message>,
     summary: SyncSummary,
     listener: Option<&'a dyn SyncListener>,
     /// Sync only these documents (and do not follow the directory).
@@ -321,6 +328,7 @@ impl Repo {
             needing: HashMap::new(),
             locally_changed: BTreeSet::new(),
             unavailable: BTreeSet::new(),
+            backlog: VecDeque::new(),
             summary: SyncSummary::default(),
             listener,
             only: only.map(|ids| ids.iter().copied().collect()),
@@ -452,6 +460,9 @@ impl Session<'_> {
     /// The next message; `None` when the peer has been quiet for
     /// [`QUIET`] while no pending document awaits an answer.
     fn receive_or_quiet(&mut self) -> Result<Option<Message>> {
+        if let Some(m) = self.backlog.pop_front() {
+            return Ok(Some(m));
+        }
         let mut quiet = std::time::Duration::ZERO;
         loop {
             match self.ws.read() {
@@ -490,6 +501,9 @@ impl Session<'_> {
     }
 
     fn receive(&mut self) -> Result<Message> {
+        if let Some(m) = self.backlog.pop_front() {
+            return Ok(m);
+        }
         loop {
             match self
                 .ws
@@ -582,10 +596,63 @@ impl Session<'_> {
         };
         // The directory first: it names the documents this device lacks.
         docs.sort_by_key(|id| *id != self.repo.directory_id());
+        let mut last_read = std::time::Instant::now();
         for id in docs {
             self.start(id)?;
+            if last_read.elapsed() >= KEEP_ALIVE {
+                self.keep_alive()?;
+                last_read = std::time::Instant::now();
+            }
         }
         self.exchange(next_cursor)
+    }
+
+    /// Reads what the server has sent so far without waiting for more,
+    /// keeping its messages for later: tungstenite answers pings as it reads
+    /// them. automerge-repo's NodeWSServerAdapter pings every 5 s and drops
+    /// a client that missed a pong; a first sync of 2,000 documents with it
+    /// took longer than that to write on a busy machine, and was reset
+    /// (benchmark fresh-device, full tier).
+    fn keep_alive(&mut self) -> Result<()> {
+        self.ws
+            .get_ref()
+            .set_read_timeout(std::time::Duration::from_millis(1))
+            .map_err(|e| network("socket", e))?;
+        let read = loop {
+            match self.ws.read() {
+                Ok(WsMessage::Binary(bytes)) => {
+                    self.summary.bytes_received += bytes.len() as u64;
+                    self.summary.messages_received += 1;
+                    match Message::decode(&bytes) {
+                        Ok(m) => self.backlog.push_back(m),
+                        Err(e) => break Err(network("the relay sent a malformed message", e)),
+                    }
+                }
+                Ok(WsMessage::Close(_)) => {
+                    break Err(Error::Network("the relay closed the connection".into()));
+                }
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break Ok(());
+                }
+                Err(e) => break Err(network("the sync connection dropped", e)),
+            }
+        };
+        self.ws
+            .get_ref()
+            .set_read_timeout(net::IO_TIMEOUT)
+            .map_err(|e| network("socket", e))?;
+        read?;
+        // The pongs tungstenite queued go out now, not with the next message.
+        match self.ws.flush() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(network("sending to the relay", e)),
+        }
     }
 
     /// The pipelined session with Linkbook's relay (docs/adr/0005): the
@@ -754,7 +821,7 @@ impl Session<'_> {
                     let Ok(id) = DocumentId::parse(&document_id, "document id") else {
                         continue;
                     };
-                    let message = sync::Message::decode(&data)
+                    let message = crate::protocol::decode_sync_message(&data)
                         .map_err(|e| network("the relay sent a malformed sync message", e))?;
                     self.handle(id, message)?;
                 }
