@@ -422,6 +422,68 @@ impl Message {
     }
 }
 
+/// Why an Automerge sync message from a peer is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyncMessageError {
+    #[error("malformed Automerge sync message")]
+    Malformed,
+    #[error("Automerge sync message with an unusable Bloom filter")]
+    BadBloomFilter,
+}
+
+/// `have` entries accepted in one sync message (Automerge sends one).
+const MAX_HAVES: usize = 64;
+/// Probes per Bloom filter entry accepted (Automerge writes 7).
+const MAX_BLOOM_PROBES: u64 = 64;
+
+/// Decodes a peer's Automerge sync message (the `data` of `sync` and
+/// `request`) and refuses one whose Bloom filters Automerge 0.12 cannot use
+/// safely: with entries but no bits it divides by zero (a panic in
+/// `generate_sync_message`, found by core/tests/fuzz.rs; kept in
+/// tests/fuzz-crashers/automerge-sync/), and with billions of probes it
+/// allocates and loops without bound. Both the relay and the device decode
+/// every peer's sync message through this, never with
+/// `sync::Message::decode` alone.
+pub fn decode_sync_message(data: &[u8]) -> Result<automerge::sync::Message, SyncMessageError> {
+    let message =
+        automerge::sync::Message::decode(data).map_err(|_| SyncMessageError::Malformed)?;
+    if message.have.len() > MAX_HAVES {
+        return Err(SyncMessageError::BadBloomFilter);
+    }
+    for have in &message.have {
+        check_bloom_filter(&have.bloom.to_bytes())?;
+    }
+    Ok(message)
+}
+
+/// A Bloom filter's wire form: empty (no entries), or LEB128 entries, bits
+/// per entry and probes, then the bits.
+fn check_bloom_filter(bytes: &[u8]) -> Result<(), SyncMessageError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let mut rest = bytes;
+    let mut leb128 = || -> Result<u64, SyncMessageError> {
+        let mut value: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let (&byte, tail) = rest.split_first().ok_or(SyncMessageError::BadBloomFilter)?;
+            rest = tail;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(SyncMessageError::BadBloomFilter)
+    };
+    let _entries = leb128()?;
+    let _bits_per_entry = leb128()?;
+    let probes = leb128()?;
+    if rest.is_empty() || probes == 0 || probes > MAX_BLOOM_PROBES {
+        return Err(SyncMessageError::BadBloomFilter);
+    }
+    Ok(())
+}
+
 /// Makes the next Automerge sync message carry the changes made since the
 /// heads both sides last shared, as if the peer had just said it has exactly
 /// those (an empty Bloom filter) and needs nothing else; with no shared heads
@@ -562,6 +624,53 @@ mod tests {
                 },
                 supported_protocol_versions: vec!["1".into()],
             }
+        );
+    }
+
+    /// A sync message whose Bloom filter has entries but no bits: Automerge
+    /// 0.12 divides by zero on it (tests/fuzz-crashers/automerge-sync/).
+    #[test]
+    fn sync_messages_with_unusable_bloom_filters_are_refused() {
+        // type 0x42, no heads, no needs, one have: no last-sync heads and a
+        // 3-byte filter (1 entry, 0 bits per entry, 7 probes), no changes.
+        let no_bits = [0x42, 0x00, 0x00, 0x01, 0x00, 0x03, 0x01, 0x00, 0x07, 0x00];
+        assert!(automerge::sync::Message::decode(&no_bits).is_ok());
+        assert_eq!(
+            decode_sync_message(&no_bits).err(),
+            Some(SyncMessageError::BadBloomFilter)
+        );
+        // 1 entry, 8 bits per entry, 2^32-1 probes, one byte of bits.
+        let many_probes = [
+            0x42, 0x00, 0x00, 0x01, 0x00, 0x08, 0x01, 0x08, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x00,
+            0x00,
+        ];
+        assert_eq!(
+            decode_sync_message(&many_probes).err(),
+            Some(SyncMessageError::BadBloomFilter)
+        );
+        // What Automerge itself writes passes.
+        let mut doc = automerge::AutoCommit::new();
+        automerge::transaction::Transactable::put(&mut doc, automerge::ROOT, "a", 1).expect("put");
+        let mut peer = automerge::AutoCommit::new();
+        let mut state = automerge::sync::State::new();
+        use automerge::sync::SyncDoc;
+        let first = peer
+            .sync()
+            .generate_sync_message(&mut state)
+            .expect("first message");
+        let mut theirs = automerge::sync::State::new();
+        doc.sync()
+            .receive_sync_message(&mut theirs, first)
+            .expect("receive");
+        let reply = doc
+            .sync()
+            .generate_sync_message(&mut theirs)
+            .expect("reply")
+            .encode();
+        assert!(decode_sync_message(&reply).is_ok());
+        assert_eq!(
+            decode_sync_message(b"\x42\xff").err(),
+            Some(SyncMessageError::Malformed)
         );
     }
 

@@ -501,10 +501,12 @@ fn load_every_way(snapshot: &[u8], changes: &[u8]) {
 }
 
 /// Decodes and applies bytes as an Automerge sync message, as the relay does
-/// with a device's `sync` data.
+/// with a device's `sync` data (and the device with the relay's): through
+/// `protocol::decode_sync_message`, which refuses the Bloom filters that made
+/// Automerge 0.12 panic here.
 fn apply_sync_message(data: &[u8]) {
-    let Ok(message) = bounded("sync::Message::decode", data, || {
-        automerge::sync::Message::decode(data)
+    let Ok(message) = bounded("decode_sync_message", data, || {
+        linkbook_core::protocol::decode_sync_message(data)
     }) else {
         return;
     };
