@@ -132,6 +132,24 @@ async fn bad_connections_are_closed_and_good_devices_keep_syncing() {
     );
     good_sync(3);
 
+    // A sync message whose Bloom filter has entries but no bits: Automerge
+    // 0.12 divides by zero on it (tests/fuzz-crashers/automerge-sync/).
+    let mut ws = joined(&relay, &ca, &creds).await;
+    let crasher = Message::Sync {
+        sender_id: creds.device_id.clone(),
+        target_id: "relay".into(),
+        document_id: family.to_string(),
+        data: vec![0x42, 0x00, 0x00, 0x01, 0x00, 0x03, 0x01, 0x00, 0x07, 0x00],
+    };
+    ws.send(WsMessage::Binary(crasher.encode().into()))
+        .await
+        .expect("send");
+    assert_eq!(
+        closing_error(&mut ws).await.as_deref(),
+        Some("Automerge sync message with an unusable Bloom filter")
+    );
+    good_sync(3);
+
     // A message over the size limit: the connection goes, nothing else.
     let mut ws = joined(&relay, &ca, &creds).await;
     let _ = ws
@@ -222,7 +240,7 @@ async fn bad_connections_are_closed_and_good_devices_keep_syncing() {
     );
     assert!(!log.contains(&creds.token), "a token was logged");
     let notes = good.notes(family).expect("notes");
-    assert_eq!(notes.len(), 8);
+    assert_eq!(notes.len(), 9);
 }
 
 /// What a peer without a document sends in a `request`.
