@@ -448,8 +448,8 @@ impl Hub {
             return Ok(());
         };
         // Never `sync::Message::decode` alone: see protocol::decode_sync_message.
-        let message = linkbook_core::protocol::decode_sync_message(data)
-            .map_err(|e| Close(e.to_string()))?;
+        let message =
+            linkbook_core::protocol::decode_sync_message(data).map_err(|e| Close(e.to_string()))?;
         tracing::trace!(device = %device.id, doc = %document_id, m = %brief(&message), "receive");
         // A purged document is gone, also from memory, and never taken again
         // (the administrator purges from another process: checked each time).
