@@ -484,6 +484,23 @@ fn check_bloom_filter(bytes: &[u8]) -> Result<(), SyncMessageError> {
     Ok(())
 }
 
+/// Automerge panicked on bytes it was given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Automerge could not read the bytes (it panicked on them)")]
+pub struct AutomergePanicked;
+
+/// Runs an Automerge call on bytes from a peer, a file or storage, and turns
+/// a panic inside Automerge into an error. catch_unwind is the only option:
+/// Automerge 0.12's column decoder (hexane) unwraps on malformed input, so an
+/// 18-byte document chunk (tests/fuzz-crashers/automerge-load/, found by
+/// cargo-fuzz) panics in `load` and `load_incremental`, and bytes cannot be
+/// checked for that before Automerge parses them. The caller must drop the
+/// document the call was changing: after a panic it may be half-changed.
+/// (With `panic = "abort"` this cannot help; no Linkbook profile sets it.)
+pub fn catch_automerge_panic<T>(f: impl FnOnce() -> T) -> Result<T, AutomergePanicked> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| AutomergePanicked)
+}
+
 /// Makes the next Automerge sync message carry the changes made since the
 /// heads both sides last shared, as if the peer had just said it has exactly
 /// those (an empty Bloom filter) and needs nothing else; with no shared heads

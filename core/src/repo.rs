@@ -1051,7 +1051,9 @@ fn merge_bytes(
     if txn.exists(id)? {
         let (doc, _) = txn.doc(id, "document")?;
         let before = doc.get_heads();
-        doc.load_incremental(bytes)?;
+        // A panic leaves the cached document half-changed: the error drops it.
+        crate::protocol::catch_automerge_panic(|| doc.load_incremental(bytes))
+            .map_err(|e| Error::InvalidDocument(e.to_string()))??;
         if !doc.get_missing_deps(&[]).is_empty() {
             return Err(Error::InvalidDocument(format!(
                 "changes for {key} depend on changes this device does not have"
@@ -1064,7 +1066,8 @@ fn merge_bytes(
         });
     }
     let mut doc = AutoCommit::new();
-    doc.load_incremental(bytes)?;
+    crate::protocol::catch_automerge_panic(|| doc.load_incremental(bytes))
+        .map_err(|e| Error::InvalidDocument(e.to_string()))??;
     if doc.get_heads().is_empty() || !doc.get_missing_deps(&[]).is_empty() {
         return Err(Error::InvalidDocument(format!(
             "{key} is incomplete: it needs earlier changes"

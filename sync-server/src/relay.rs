@@ -19,6 +19,7 @@ use axum::extract::ws::{Message as WsMessage, WebSocket};
 use chrono::Utc;
 use futures_util::{SinkExt, StreamExt};
 use linkbook_core::DocumentId;
+use linkbook_core::protocol::catch_automerge_panic;
 use linkbook_core::protocol::{Message, PROTOCOL_VERSION, PeerMetadata};
 use tokio::sync::mpsc;
 
@@ -325,17 +326,25 @@ impl Hub {
                 if stored.team != team {
                     return Ok(None);
                 }
+                // Automerge panics on some malformed bytes: see
+                // protocol::catch_automerge_panic.
                 let mut doc = match &stored.snapshot {
-                    Some(s) => Automerge::load(s)
-                        .map_err(|_| Close("a stored document is damaged".into()))?,
+                    Some(s) => match catch_automerge_panic(|| Automerge::load(s)) {
+                        Ok(Ok(doc)) => doc,
+                        _ => return Err(Close("a stored document is damaged".into())),
+                    },
                     None => Automerge::new(),
                 };
                 // One batch: Automerge applies it at once (per-change calls
                 // re-sort the ops each time).
                 let changes = stored.changes.concat();
-                if !changes.is_empty() {
-                    doc.load_incremental(&changes)
-                        .map_err(|_| Close("a stored document is damaged".into()))?;
+                if !changes.is_empty()
+                    && !matches!(
+                        catch_automerge_panic(|| doc.load_incremental(&changes)),
+                        Ok(Ok(_))
+                    )
+                {
+                    return Err(Close("a stored document is damaged".into()));
                 }
                 Slot {
                     team: stored.team,
@@ -474,8 +483,17 @@ impl Hub {
             let (_, state) = states
                 .get_mut(&conn_id)
                 .ok_or_else(|| Close("internal state lost".into()))?;
-            doc.receive_sync_message(state, message)
-                .map_err(|_| Close("the Automerge sync message could not be applied".into()))?;
+            let applied = catch_automerge_panic(|| doc.receive_sync_message(state, message));
+            if applied.is_err() {
+                // Automerge panicked half-way: forget the loaded copy, so the
+                // next use reloads it from storage.
+                lock(&self.docs).remove(&id);
+            }
+            if !matches!(applied, Ok(Ok(()))) {
+                return Err(Close(
+                    "the Automerge sync message could not be applied".into(),
+                ));
+            }
         }
         let after = s.doc.get_heads();
         if before != after

@@ -35,11 +35,16 @@ pub fn apply(storage: &dyn Storage, today: NaiveDate) -> Result<Vec<String>> {
 /// The closure date of a closed family case file.
 fn closure_date(stored: &crate::storage::StoredDocument) -> Option<NaiveDate> {
     let mut doc = match &stored.snapshot {
-        Some(s) => Automerge::load(s).ok()?,
+        // Automerge panics on some malformed bytes (protocol::catch_automerge_panic).
+        Some(s) => linkbook_core::protocol::catch_automerge_panic(|| Automerge::load(s))
+            .ok()?
+            .ok()?,
         None => Automerge::new(),
     };
     for c in &stored.changes {
-        doc.load_incremental(c).ok()?;
+        linkbook_core::protocol::catch_automerge_panic(|| doc.load_incremental(c))
+            .ok()?
+            .ok()?;
     }
     let text = |obj: &automerge::ObjId, key: &str| match doc.get(obj, key).ok()?? {
         (Value::Scalar(s), _) => s.as_str().map(str::to_string),

@@ -133,7 +133,8 @@ pub(crate) fn load(conn: &Connection, id: DocumentId) -> Result<(AutoCommit, Doc
         )
         .optional()?
         .ok_or_else(|| Error::not_found("document", id))?;
-    let mut doc = AutoCommit::load(&snapshot)?;
+    let mut doc = crate::protocol::catch_automerge_panic(|| AutoCommit::load(&snapshot))
+        .map_err(|e| Error::InvalidDocument(e.to_string()))??;
     let mut stmt =
         conn.prepare_cached("SELECT data FROM changes WHERE doc_id = ?1 ORDER BY seq")?;
     let mut rows = stmt.query([&key])?;
@@ -145,7 +146,8 @@ pub(crate) fn load(conn: &Connection, id: DocumentId) -> Result<(AutoCommit, Doc
         changes.extend_from_slice(row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?);
     }
     if !changes.is_empty() {
-        doc.load_incremental(&changes)?;
+        crate::protocol::catch_automerge_panic(|| doc.load_incremental(&changes))
+            .map_err(|e| Error::InvalidDocument(e.to_string()))??;
     }
     let kind = am::read_header(&doc, &key)?;
     Ok((doc, kind))

@@ -1118,11 +1118,18 @@ impl Repo {
             if txn.exists(id)? {
                 let (doc, _) = txn.doc(id, "document")?;
                 let before = doc.get_heads();
-                doc.sync().receive_sync_message(state, message)?;
+                // A panic leaves the cached document half-changed: the error drops it.
+                crate::protocol::catch_automerge_panic(|| {
+                    doc.sync().receive_sync_message(state, message)
+                })
+                .map_err(|e| Error::InvalidDocument(e.to_string()))??;
                 return Ok(doc.get_heads() != before);
             }
             let mut doc = AutoCommit::new();
-            doc.sync().receive_sync_message(state, message)?;
+            crate::protocol::catch_automerge_panic(|| {
+                doc.sync().receive_sync_message(state, message)
+            })
+            .map_err(|e| Error::InvalidDocument(e.to_string()))??;
             if doc.get_heads().is_empty() {
                 return Ok(false);
             }
