@@ -699,6 +699,9 @@ fn crashers_replay() {
                 }
                 // Replayed by sync-server/tests/fuzz.rs.
                 "enrol" => continue,
+                // Not fixed yet, so not replayed (they exhaust memory or time
+                // inside Automerge): see tests/fuzz-crashers/README.md.
+                "unfixed" => continue,
                 other => panic!("tests/fuzz-crashers/{other}/ has no replayer: add one here"),
             }
             replayed += 1;
