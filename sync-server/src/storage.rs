@@ -169,6 +169,9 @@ pub trait Storage: Send + Sync + 'static {
         doc_id: Option<&str>,
         at: &str,
     ) -> Result<()>;
+    /// Appends one `received` record per device (sent changes of
+    /// `doc_id`), in one transaction.
+    fn audit_received(&self, device_ids: &[String], doc_id: &str, at: &str) -> Result<()>;
     /// Appends a device's case-file reads (`(family id, at)`) in one go.
     fn record_reads(&self, device: &Device, reads: &[(String, String)]) -> Result<()>;
     /// The audit, oldest first, about one family and/or one device.
@@ -609,6 +612,21 @@ impl Storage for SqliteStorage {
             "INSERT INTO audit (at, device_id, worker, action, doc_id) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![at, device_id, worker, action, doc_id],
         )?;
+        Ok(())
+    }
+
+    fn audit_received(&self, device_ids: &[String], doc_id: &str, at: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO audit (at, device_id, worker, action, doc_id) VALUES (?1, ?2, NULL, 'received', ?3)",
+            )?;
+            for device_id in device_ids {
+                insert.execute(params![at, device_id, doc_id])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
