@@ -259,6 +259,23 @@ impl Repo {
         self.sync_session(server, token, ca_pem, None, listener, false)
     }
 
+    /// Syncs only the named documents with the automerge-repo server at
+    /// `server`. A device with a large upload for another server sends it in
+    /// batches this way: the JavaScript sync server drops a client that has
+    /// not answered its ping within 5 s, and a single 30 MB opening keeps
+    /// the pong queued behind data the server has not read yet (measured
+    /// with 2,000 case files, bench/README.md).
+    pub fn sync_documents_with(
+        &self,
+        server: &str,
+        token: Option<&str>,
+        ca_pem: Option<&str>,
+        ids: &[DocumentId],
+        listener: Option<&dyn SyncListener>,
+    ) -> Result<SyncSummary> {
+        self.sync_session(server, token, ca_pem, Some(ids), listener, false)
+    }
+
     fn sync_session(
         &self,
         server: &str,
