@@ -464,6 +464,13 @@ fn refused(status: u16, body: Option<&[u8]>) -> Error {
 }
 
 impl Session<'_> {
+    /// Counts a binary WebSocket message and decodes it.
+    fn decode_received(&mut self, bytes: &[u8]) -> Result<Message> {
+        self.summary.bytes_received += bytes.len() as u64;
+        self.summary.messages_received += 1;
+        Message::decode(bytes).map_err(|e| network("the relay sent a malformed message", e))
+    }
+
     fn send(&mut self, m: Message) -> Result<()> {
         tracing::trace!(message = %describe(&m), "sync send");
         let bytes = m.encode();
@@ -484,10 +491,7 @@ impl Session<'_> {
         loop {
             match self.ws.read() {
                 Ok(WsMessage::Binary(bytes)) => {
-                    self.summary.bytes_received += bytes.len() as u64;
-                    self.summary.messages_received += 1;
-                    let m = Message::decode(&bytes)
-                        .map_err(|e| network("the relay sent a malformed message", e))?;
+                    let m = self.decode_received(&bytes)?;
                     tracing::trace!(message = %describe(&m), pending = self.pending.len(), "sync receive");
                     return Ok(Some(m));
                 }
@@ -637,14 +641,10 @@ impl Session<'_> {
             .map_err(|e| network("socket", e))?;
         let read = loop {
             match self.ws.read() {
-                Ok(WsMessage::Binary(bytes)) => {
-                    self.summary.bytes_received += bytes.len() as u64;
-                    self.summary.messages_received += 1;
-                    match Message::decode(&bytes) {
-                        Ok(m) => self.backlog.push_back(m),
-                        Err(e) => break Err(network("the relay sent a malformed message", e)),
-                    }
-                }
+                Ok(WsMessage::Binary(bytes)) => match self.decode_received(&bytes) {
+                    Ok(m) => self.backlog.push_back(m),
+                    Err(e) => break Err(e),
+                },
                 Ok(WsMessage::Close(_)) => {
                     break Err(Error::Network("the relay closed the connection".into()));
                 }
