@@ -12,14 +12,14 @@ use std::process::Command;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use linkbook_core::{Repo, SyncSummary};
+use linkbook_core::{DocumentId, Repo, SyncSummary};
 
 use crate::data::{self, Caseload, Sizes, Store};
 use crate::procstat;
 use crate::proxy::{Link, Proxy};
 use crate::report::{Against, Better, Report};
 use crate::servers::{Server, Side};
-use crate::{Result, Workloads};
+use crate::{Error, Result, Workloads};
 
 pub const OFFICE: &str = "office-sync";
 pub const FRESH: &str = "fresh-device";
@@ -70,8 +70,33 @@ struct Side3 {
     fresh: Option<Fresh>,
 }
 
-/// Documents per session when the seed device uploads to the JS server.
+/// Documents per session when a device syncs the caseload with the JS server.
 const SEED_BATCH: usize = 100;
+
+/// Syncs `ids` with the JS server in sessions of [`SEED_BATCH`] documents,
+/// then everything once more (the team directory, and a check). In batches:
+/// the JS server resets a client whose whole 30 MB upload is one opening
+/// (its 5 s pings go unanswered behind it).
+fn sync_with_peer_in_batches(repo: &Repo, url: &str, ids: &[DocumentId]) -> Result<()> {
+    for batch in ids.chunks(SEED_BATCH) {
+        repo.sync_documents_with(url, None, None, batch, None)?;
+    }
+    repo.sync_with(url, None, None, None)?;
+    Ok(())
+}
+
+/// The JS server could not take the setup: the run goes on without it, and
+/// the report says why its figures are missing.
+fn peer_failed(peer: &mut Option<Server>, report: &mut Report, what: &str, e: &Error) {
+    eprintln!("the JS server failed to {what}: {e}; going on without it");
+    report.note(
+        OFFICE,
+        format!("the JS automerge-repo server failed to {what} ({e}); its figures are missing"),
+    );
+    if let Some(mut p) = peer.take() {
+        let _ = p.stop();
+    }
+}
 
 fn addr_of(url: &str) -> Result<std::net::SocketAddr> {
     let hostport = url.split("://").nth(1).unwrap_or(url);
@@ -121,19 +146,15 @@ pub fn run(
         let mut to_peer = Duration::ZERO;
         if let Some(p) = &peer {
             let t = Instant::now();
-            // In batches: the JS server resets a client whose whole 30 MB
-            // upload is one opening (its pings go unanswered behind it).
             let ids: Vec<_> = caseload
                 .families
                 .iter()
                 .chain(&caseload.family_days)
                 .copied()
                 .collect();
-            for batch in ids.chunks(SEED_BATCH) {
-                repo.sync_documents_with(&p.url, None, None, batch, None)?;
+            if let Err(e) = sync_with_peer_in_batches(&repo, &p.url, &ids) {
+                peer_failed(&mut peer, report, "upload the caseload from one device", &e);
             }
-            // The rest (the team directory) and a check that all is there.
-            repo.sync_with(&p.url, None, None, None)?;
             to_peer = t.elapsed();
         }
         eprintln!(
@@ -166,7 +187,10 @@ pub fn run(
         )?;
         repo.sync(None)?;
         if let Some(p) = &peer {
-            repo.sync_with(&p.url, None, None, None)?;
+            let ids: Vec<_> = repo.document_ids()?.into_iter().map(|(id, _)| id).collect();
+            if let Err(e) = sync_with_peer_in_batches(&repo, &p.url, &ids) {
+                peer_failed(&mut peer, report, "give a device the caseload", &e);
+            }
         }
         eprintln!(
             "the fleet's template device synced the caseload in {:.1} s",
