@@ -70,18 +70,21 @@ struct Side3 {
     fresh: Option<Fresh>,
 }
 
-/// Documents per session when a device syncs the caseload with the JS server.
-const SEED_BATCH: usize = 100;
+/// Documents per session when a device syncs the caseload with the JS
+/// server. Its `NodeWSServerAdapter` pings every 5 s and terminates a client
+/// whose pong has not been read by the next ping; it reads the pong only
+/// after it has applied every message before it, one at a time on its one
+/// thread, so a session must stay well under 5 s of its work: 100 case files
+/// of 50 notes did not on this (busy) 2-core machine.
+const SEED_BATCH: usize = 20;
 
-/// Syncs `ids` with the JS server in sessions of [`SEED_BATCH`] documents,
-/// then everything once more (the team directory, and a check). In batches:
-/// the JS server resets a client whose whole 30 MB upload is one opening
-/// (its 5 s pings go unanswered behind it).
-fn sync_with_peer_in_batches(repo: &Repo, url: &str, ids: &[DocumentId]) -> Result<()> {
+/// Syncs every document `repo` holds with the JS server, in sessions of
+/// [`SEED_BATCH`] documents.
+fn sync_with_peer_in_batches(repo: &Repo, url: &str) -> Result<()> {
+    let ids: Vec<DocumentId> = repo.document_ids()?.into_iter().map(|(id, _)| id).collect();
     for batch in ids.chunks(SEED_BATCH) {
         repo.sync_documents_with(url, None, None, batch, None)?;
     }
-    repo.sync_with(url, None, None, None)?;
     Ok(())
 }
 
@@ -146,13 +149,7 @@ pub fn run(
         let mut to_peer = Duration::ZERO;
         if let Some(p) = &peer {
             let t = Instant::now();
-            let ids: Vec<_> = caseload
-                .families
-                .iter()
-                .chain(&caseload.family_days)
-                .copied()
-                .collect();
-            if let Err(e) = sync_with_peer_in_batches(&repo, &p.url, &ids) {
+            if let Err(e) = sync_with_peer_in_batches(&repo, &p.url) {
                 peer_failed(&mut peer, report, "upload the caseload from one device", &e);
             }
             to_peer = t.elapsed();
@@ -186,11 +183,10 @@ pub fn run(
             "template tablet",
         )?;
         repo.sync(None)?;
-        if let Some(p) = &peer {
-            let ids: Vec<_> = repo.document_ids()?.into_iter().map(|(id, _)| id).collect();
-            if let Err(e) = sync_with_peer_in_batches(&repo, &p.url, &ids) {
-                peer_failed(&mut peer, report, "give a device the caseload", &e);
-            }
+        if let Some(p) = &peer
+            && let Err(e) = sync_with_peer_in_batches(&repo, &p.url)
+        {
+            peer_failed(&mut peer, report, "give a device the caseload", &e);
         }
         eprintln!(
             "the fleet's template device synced the caseload in {:.1} s",
