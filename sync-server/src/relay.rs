@@ -56,8 +56,9 @@ struct Slot {
     /// Sync state per connection that has touched this document.
     states: HashMap<u64, (String, sync::State)>,
     last_used: u64,
-    /// Its document holds changes that storage refused (a full disk). The
-    /// slot is out of the map by then, but a connection that was waiting
+    /// Its document holds changes that storage refused (a full disk), or
+    /// was left half-changed by an Automerge panic. The slot is out of the
+    /// map by then, but a connection that was waiting
     /// for its lock still holds it: that one must reload the document from
     /// storage, not build on (and answer with heads of) changes the relay
     /// does not have. See [`Hub::locked_slot`].
@@ -478,22 +479,23 @@ impl Hub {
         };
         self.load_state(&mut s, &key, conn_id, device);
         let before = s.doc.get_heads();
-        {
+        let applied = {
             let Slot { doc, states, .. } = &mut *s;
             let (_, state) = states
                 .get_mut(&conn_id)
                 .ok_or_else(|| Close("internal state lost".into()))?;
-            let applied = catch_automerge_panic(|| doc.receive_sync_message(state, message));
-            if applied.is_err() {
-                // Automerge panicked half-way: forget the loaded copy, so the
-                // next use reloads it from storage.
-                lock(&self.docs).remove(&id);
-            }
-            if !matches!(applied, Ok(Ok(()))) {
-                return Err(Close(
-                    "the Automerge sync message could not be applied".into(),
-                ));
-            }
+            catch_automerge_panic(|| doc.receive_sync_message(state, message))
+        };
+        if applied.is_err() {
+            // Automerge panicked half-way: forget the loaded copy, and make a
+            // connection already waiting for this slot reload it too.
+            s.unstored = true;
+            lock(&self.docs).remove(&id);
+        }
+        if !matches!(applied, Ok(Ok(()))) {
+            return Err(Close(
+                "the Automerge sync message could not be applied".into(),
+            ));
         }
         let after = s.doc.get_heads();
         if before != after
