@@ -87,3 +87,11 @@ impl Error {
         }
     }
 }
+
+/// Automerge panicked on bytes from outside (see
+/// [`crate::protocol::catch_automerge_panic`]): they are not a document.
+impl From<crate::protocol::AutomergePanicked> for Error {
+    fn from(e: crate::protocol::AutomergePanicked) -> Self {
+        Error::InvalidDocument(e.to_string())
+    }
+}

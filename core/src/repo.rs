@@ -1052,8 +1052,7 @@ fn merge_bytes(
         let (doc, _) = txn.doc(id, "document")?;
         let before = doc.get_heads();
         // A panic leaves the cached document half-changed: the error drops it.
-        crate::protocol::catch_automerge_panic(|| doc.load_incremental(bytes))
-            .map_err(|e| Error::InvalidDocument(e.to_string()))??;
+        crate::protocol::catch_automerge_panic(|| doc.load_incremental(bytes))??;
         if !doc.get_missing_deps(&[]).is_empty() {
             return Err(Error::InvalidDocument(format!(
                 "changes for {key} depend on changes this device does not have"
@@ -1066,8 +1065,7 @@ fn merge_bytes(
         });
     }
     let mut doc = AutoCommit::new();
-    crate::protocol::catch_automerge_panic(|| doc.load_incremental(bytes))
-        .map_err(|e| Error::InvalidDocument(e.to_string()))??;
+    crate::protocol::catch_automerge_panic(|| doc.load_incremental(bytes))??;
     if doc.get_heads().is_empty() || !doc.get_missing_deps(&[]).is_empty() {
         return Err(Error::InvalidDocument(format!(
             "{key} is incomplete: it needs earlier changes"

@@ -133,8 +133,7 @@ pub(crate) fn load(conn: &Connection, id: DocumentId) -> Result<(AutoCommit, Doc
         )
         .optional()?
         .ok_or_else(|| Error::not_found("document", id))?;
-    let mut doc = crate::protocol::catch_automerge_panic(|| AutoCommit::load(&snapshot))
-        .map_err(|e| Error::InvalidDocument(e.to_string()))??;
+    let mut doc = crate::protocol::catch_automerge_panic(|| AutoCommit::load(&snapshot))??;
     let mut stmt =
         conn.prepare_cached("SELECT data FROM changes WHERE doc_id = ?1 ORDER BY seq")?;
     let mut rows = stmt.query([&key])?;
@@ -146,8 +145,7 @@ pub(crate) fn load(conn: &Connection, id: DocumentId) -> Result<(AutoCommit, Doc
         changes.extend_from_slice(row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?);
     }
     if !changes.is_empty() {
-        crate::protocol::catch_automerge_panic(|| doc.load_incremental(&changes))
-            .map_err(|e| Error::InvalidDocument(e.to_string()))??;
+        crate::protocol::catch_automerge_panic(|| doc.load_incremental(&changes))??;
     }
     let kind = am::read_header(&doc, &key)?;
     Ok((doc, kind))

@@ -1138,15 +1138,13 @@ impl Repo {
                 // A panic leaves the cached document half-changed: the error drops it.
                 crate::protocol::catch_automerge_panic(|| {
                     doc.sync().receive_sync_message(state, message)
-                })
-                .map_err(|e| Error::InvalidDocument(e.to_string()))??;
+                })??;
                 return Ok(doc.get_heads() != before);
             }
             let mut doc = AutoCommit::new();
             crate::protocol::catch_automerge_panic(|| {
                 doc.sync().receive_sync_message(state, message)
-            })
-            .map_err(|e| Error::InvalidDocument(e.to_string()))??;
+            })??;
             if doc.get_heads().is_empty() {
                 return Ok(false);
             }
