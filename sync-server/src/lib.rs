@@ -82,6 +82,14 @@ impl AppState {
             .map_err(|retry_after| Error::TooManyAuthFailures { retry_after })
     }
 
+    /// The device a bearer token belongs to, for a client address that is
+    /// not locked out; a wrong token counts against the address.
+    fn authenticate(&self, client: ClientAddr, token: Option<&str>) -> Result<storage::Device> {
+        self.auth_allowed(client)?;
+        let device = tokio::task::block_in_place(|| auth::authenticate(&*self.storage, token));
+        self.count_auth(client, device)
+    }
+
     /// Counts a wrong code or token against the client's address (a success
     /// is not counted).
     fn count_auth<T>(&self, client: ClientAddr, result: Result<T>) -> Result<T> {
@@ -227,11 +235,8 @@ async fn changes(
     headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<ChangesQuery>,
 ) -> Result<Json<serde_json::Value>> {
-    state.auth_allowed(client)?;
     let token = auth::token_from(&headers, None);
-    let device =
-        tokio::task::block_in_place(|| auth::authenticate(&*state.storage, token.as_deref()));
-    let device = state.count_auth(client, device)?;
+    let device = state.authenticate(client, token.as_deref())?;
     let (cursor, documents, purged, policy) = tokio::task::block_in_place(|| {
         let (cursor, documents) = state
             .storage
@@ -258,14 +263,8 @@ async fn sync_socket(
     RawQuery(query): RawQuery,
     ws: WebSocketUpgrade,
 ) -> Result<Response> {
-    if let Err(e) = state.auth_allowed(client) {
-        tracing::info!(reason = %e, "sync connection refused");
-        return Err(e);
-    }
     let token = auth::token_from(&headers, query.as_deref());
-    let device =
-        tokio::task::block_in_place(|| auth::authenticate(&*state.storage, token.as_deref()));
-    let device = match state.count_auth(client, device) {
+    let device = match state.authenticate(client, token.as_deref()) {
         Ok(d) => d,
         Err(e) => {
             tracing::info!(reason = %e, "sync connection refused");
