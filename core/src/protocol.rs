@@ -9,6 +9,8 @@
 
 use ciborium::Value;
 
+pub mod split;
+
 /// The only protocol version Linkbook speaks.
 pub const PROTOCOL_VERSION: &str = "1";
 
@@ -17,6 +19,10 @@ pub const PROTOCOL_VERSION: &str = "1";
 pub struct PeerMetadata {
     pub storage_id: Option<String>,
     pub is_ephemeral: bool,
+    /// Linkbook's extension (`maxMessageBytes`): the largest message the
+    /// relay accepts, so the device splits its sync messages under it
+    /// (`split`). Other peers ignore it.
+    pub max_message_bytes: Option<u64>,
 }
 
 /// One protocol message.
@@ -127,6 +133,9 @@ fn metadata_value(m: &PeerMetadata) -> Value {
     let mut map = vec![entry("isEphemeral", Value::Bool(m.is_ephemeral))];
     if let Some(s) = &m.storage_id {
         map.push(entry("storageId", text(s)));
+    }
+    if let Some(n) = m.max_message_bytes {
+        map.push(entry("maxMessageBytes", Value::Integer(n.into())));
     }
     Value::Map(map)
 }
@@ -344,6 +353,9 @@ impl Message {
                 is_ephemeral: field("isEphemeral")
                     .and_then(Value::as_bool)
                     .unwrap_or(false),
+                max_message_bytes: field("maxMessageBytes")
+                    .and_then(Value::as_integer)
+                    .and_then(|n| u64::try_from(n).ok()),
             }
         };
         Ok(match message_type.as_str() {
@@ -536,6 +548,7 @@ mod tests {
         let meta = PeerMetadata {
             storage_id: Some("store".into()),
             is_ephemeral: false,
+            max_message_bytes: Some(1 << 20),
         };
         for m in [
             Message::Join {
@@ -637,7 +650,8 @@ mod tests {
                 sender_id: "peer-js".into(),
                 peer_metadata: PeerMetadata {
                     storage_id: None,
-                    is_ephemeral: true
+                    is_ephemeral: true,
+                    max_message_bytes: None,
                 },
                 supported_protocol_versions: vec!["1".into()],
             }

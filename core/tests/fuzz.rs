@@ -150,6 +150,7 @@ fn message() -> impl Strategy<Value = Message> {
         .prop_map(|(storage_id, e)| PeerMetadata {
             storage_id,
             is_ephemeral: e,
+            max_message_bytes: None,
         })
         .boxed();
     let data = proptest::collection::vec(any::<u8>(), 0..64);

@@ -49,7 +49,8 @@ struct ServeArgs {
     /// Serve plain HTTP (loopback addresses only; for development).
     #[arg(long, env = "LINKBOOK_INSECURE_HTTP", conflicts_with = "tls_cert")]
     insecure_http: bool,
-    /// Largest sync message accepted, in bytes.
+    /// Largest sync message accepted (and sent: bigger syncs are split), in
+    /// bytes; at least 65536 (smaller values are raised to it).
     #[arg(long, env = "LINKBOOK_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     max_message_bytes: usize,
     /// Live connections allowed per device.
@@ -292,7 +293,9 @@ fn serve(data: &std::path::Path, args: ServeArgs) -> crate::Result<()> {
     // Held until this function returns, i.e. for the relay's whole life.
     let _lock = lock_data_dir(data)?;
     let limits = Limits {
-        max_message_bytes: args.max_message_bytes,
+        max_message_bytes: args
+            .max_message_bytes
+            .max(linkbook_core::protocol::split::MIN_MAX_MESSAGE_BYTES),
         max_connections_per_device: args.max_connections_per_device,
         max_loaded_docs: args.max_loaded_docs.max(1),
         ..Limits::default()

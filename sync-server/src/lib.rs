@@ -10,6 +10,7 @@ pub mod error;
 pub mod ratelimit;
 pub mod relay;
 pub mod retention;
+mod split;
 pub mod storage;
 pub mod tls;
 

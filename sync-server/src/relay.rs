@@ -224,6 +224,7 @@ impl Hub {
             peer_metadata: PeerMetadata {
                 storage_id: Some(self.storage_id.clone()),
                 is_ephemeral: false,
+                max_message_bytes: Some(self.limits.max_message_bytes as u64),
             },
             selected_protocol_version: PROTOCOL_VERSION.into(),
         });
@@ -519,34 +520,50 @@ impl Hub {
         // devices on one document cost 50 x 50 fsyncs, under the slot's lock.
         let mut outgoing: Vec<(mpsc::UnboundedSender<Message>, Message)> = Vec::new();
         let mut received: Vec<String> = Vec::new();
-        let reply = states
+        let max = self.limits.max_message_bytes;
+        let replies = states
             .get_mut(&conn_id)
-            .and_then(|(_, state)| doc.generate_sync_message(state));
-        if let Some(reply) = reply {
-            tracing::trace!(device = %device.id, doc = %document_id, m = %brief(&reply), "reply");
-            if !reply.changes.is_empty() {
+            .map(|(_, state)| crate::split::outgoing(doc, state, max, &device.id, document_id));
+        for reply in replies.iter().flat_map(|r| r.iter().flatten()) {
+            tracing::trace!(device = %device.id, doc = %document_id, m = %brief(reply), "reply");
+            if !reply.changes.is_empty() && !received.contains(&device.id) {
                 received.push(device.id.clone());
             }
-            outgoing.push((
+        }
+        match replies {
+            Some(Some(replies)) => outgoing.extend(replies.into_iter().map(|reply| {
+                (
+                    tx.clone(),
+                    Message::Sync {
+                        sender_id: self.peer_id.clone(),
+                        target_id: device.id.clone(),
+                        document_id: document_id.to_string(),
+                        data: reply.encode(),
+                    },
+                )
+            })),
+            Some(None) => outgoing.push((
                 tx.clone(),
-                Message::Sync {
+                Message::DocUnavailable {
                     sender_id: self.peer_id.clone(),
                     target_id: device.id.clone(),
                     document_id: document_id.to_string(),
-                    data: reply.encode(),
                 },
-            ));
+            )),
+            None => {}
         }
         if before != after {
             // Live fan-out to the other devices syncing this document now.
             let connections = lock(&self.connections);
             for (other, (other_device, state)) in states.iter_mut().filter(|(c, _)| **c != conn_id)
             {
-                if let (Some(conn), Some(m)) =
-                    (connections.get(other), doc.generate_sync_message(state))
-                {
+                let Some(conn) = connections.get(other) else {
+                    continue;
+                };
+                let parts = crate::split::outgoing(doc, state, max, other_device, document_id);
+                for m in parts.into_iter().flatten() {
                     tracing::trace!(device = %other_device, doc = %document_id, m = %brief(&m), "fan-out");
-                    if !m.changes.is_empty() {
+                    if !m.changes.is_empty() && !received.contains(other_device) {
                         received.push(other_device.clone());
                     }
                     outgoing.push((
@@ -652,15 +669,21 @@ impl Hub {
         if state.their_heads.is_none() {
             linkbook_core::protocol::assume_shared_heads(state);
         }
-        if let Some(m) = doc.generate_sync_message(state) {
+        let max = self.limits.max_message_bytes;
+        let Some(parts) = crate::split::outgoing(doc, state, max, &device.id, &document_id) else {
+            drop(s);
+            self.unavailable(device, tx, &document_id);
+            return Ok(());
+        };
+        if parts.iter().any(|m| !m.changes.is_empty()) {
+            self.audit_received(std::slice::from_ref(&device.id), &document_id);
+        }
+        for m in parts {
             tracing::trace!(device = %device.id, doc = %document_id, m = %brief(&m), "push");
-            if !m.changes.is_empty() {
-                self.audit_received(std::slice::from_ref(&device.id), &document_id);
-            }
             let _ = tx.send(Message::Sync {
                 sender_id: self.peer_id.clone(),
                 target_id: device.id.clone(),
-                document_id,
+                document_id: document_id.clone(),
                 data: m.encode(),
             });
         }

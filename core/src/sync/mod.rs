@@ -21,6 +21,7 @@ use tungstenite::{Message as WsMessage, WebSocket};
 use crate::error::{Error, Result};
 use crate::ids::DocumentId;
 use crate::model::{DocumentType, am, validate};
+use crate::protocol::split::{self, SplitMessages};
 use crate::protocol::{Message, PROTOCOL_VERSION, PeerMetadata};
 use crate::repo::{DeviceProfile, Repo};
 use net::{Endpoint, network};
@@ -65,6 +66,9 @@ pub struct SyncSummary {
     /// Documents the office purged that this sync deleted from the device
     /// (ids only: their content is gone).
     pub purged: Vec<String>,
+    /// Documents that could not be sent because one of their changes is
+    /// larger than the relay's message limit (ids only); the others synced.
+    pub failed: Vec<String>,
 }
 
 /// At most this much is sent ahead of the relay's `101` (a day's offline
@@ -89,6 +93,8 @@ struct Session<'a> {
     relay_peer: String,
     /// Speaking to Linkbook's relay the pipelined way (docs/adr/0005).
     pipelined: bool,
+    /// The largest message to send (`protocol::split`).
+    max_message_bytes: usize,
     states: HashMap<DocumentId, sync::State>,
     /// Documents not yet known to be in sync.
     pending: BTreeSet<DocumentId>,
@@ -336,6 +342,12 @@ impl Repo {
             device_id: self.profile().device_id,
             relay_peer,
             pipelined: opening.is_some(),
+            // Until the relay's `peer` states its limit (our relay's never
+            // is below this).
+            max_message_bytes: match opening {
+                Some(_) => split::MIN_MAX_MESSAGE_BYTES,
+                None => split::DEFAULT_MAX_MESSAGE_BYTES,
+            },
             states: HashMap::new(),
             pending: BTreeSet::new(),
             demanding: BTreeSet::new(),
@@ -555,6 +567,7 @@ impl Session<'_> {
             peer_metadata: PeerMetadata {
                 storage_id: None,
                 is_ephemeral: false,
+                max_message_bytes: None,
             },
             supported_protocol_versions: vec![PROTOCOL_VERSION.into()],
         })?;
@@ -683,6 +696,7 @@ impl Session<'_> {
             peer_metadata: PeerMetadata {
                 storage_id: None,
                 is_ephemeral: false,
+                max_message_bytes: None,
             },
             supported_protocol_versions: vec![PROTOCOL_VERSION.into()],
         })?;
@@ -792,9 +806,11 @@ impl Session<'_> {
             Message::Peer {
                 sender_id,
                 selected_protocol_version,
+                peer_metadata,
                 ..
             } if selected_protocol_version == PROTOCOL_VERSION => {
                 self.relay_peer = sender_id;
+                self.max_message_bytes = split::message_limit(peer_metadata.max_message_bytes);
                 Ok(())
             }
             Message::Error { message } => Err(Error::Network(format!(
@@ -909,45 +925,72 @@ impl Session<'_> {
         if self.pipelined && self.repo.holds(id)? {
             crate::protocol::assume_shared_heads(&mut state);
         }
-        let (message, held) = self.repo.generate_sync_message(id, &mut state)?;
+        let (messages, held) =
+            self.repo
+                .generate_sync_message(id, &mut state, self.max_message_bytes)?;
         self.states.insert(id, state);
-        let Some(message) = message else {
+        let Some(messages) = self.sendable(id, messages) else {
+            return Ok(());
+        };
+        if messages.is_empty() {
             // Nothing to say: we already know they have what we have.
             self.pending.remove(&id);
             return Ok(());
-        };
-        if held && !message.changes.is_empty() {
-            self.sent_changes.insert(id);
         }
-        if self.pipelined
-            || !held
-            || !message.changes.is_empty()
-            || !message.need.is_empty()
-            || self.locally_changed.contains(&id)
-        {
-            self.demanding.insert(id);
+        for message in messages {
+            if held && !message.changes.is_empty() {
+                self.sent_changes.insert(id);
+            }
+            if self.pipelined
+                || !held
+                || !message.changes.is_empty()
+                || !message.need.is_empty()
+                || self.locally_changed.contains(&id)
+            {
+                self.demanding.insert(id);
+            }
+            let (sender_id, target_id, document_id, data) = (
+                self.device_id.clone(),
+                self.relay_peer.clone(),
+                id.to_string(),
+                message.encode(),
+            );
+            self.send(if held {
+                Message::Sync {
+                    sender_id,
+                    target_id,
+                    document_id,
+                    data,
+                }
+            } else {
+                Message::Request {
+                    sender_id,
+                    target_id,
+                    document_id,
+                    data,
+                }
+            })?;
         }
-        let (sender_id, target_id, document_id, data) = (
-            self.device_id.clone(),
-            self.relay_peer.clone(),
-            id.to_string(),
-            message.encode(),
-        );
-        self.send(if held {
-            Message::Sync {
-                sender_id,
-                target_id,
-                document_id,
-                data,
+        Ok(())
+    }
+
+    /// The messages to send, or `None` for a document with a change larger
+    /// than the message limit: reported, and no longer awaited, so the
+    /// session goes on with the other documents.
+    fn sendable(&mut self, id: DocumentId, messages: SplitMessages) -> Option<Vec<sync::Message>> {
+        match messages {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(document = %id, change_bytes = e.change_bytes, limit = e.max_message_bytes, "a change is larger than the relay's message limit; this document is not synced");
+                self.pending.remove(&id);
+                self.demanding.remove(&id);
+                let id = id.to_string();
+                if !self.summary.failed.contains(&id) {
+                    self.summary.failed.push(id);
+                }
+                None
             }
-        } else {
-            Message::Request {
-                sender_id,
-                target_id,
-                document_id,
-                data,
-            }
-        })
+        }
     }
 
     fn handle(&mut self, id: DocumentId, message: sync::Message) -> Result<()> {
@@ -971,8 +1014,14 @@ impl Session<'_> {
             tracing::debug!(document = %id, "the changes we need do not come; asking for a sync reset");
             state.needs_reset = true;
         }
-        let (reply, _) = self.repo.generate_sync_message(id, &mut state)?;
-        if let Some(reply) = reply {
+        let (replies, _) =
+            self.repo
+                .generate_sync_message(id, &mut state, self.max_message_bytes)?;
+        let Some(replies) = self.sendable(id, replies) else {
+            self.states.insert(id, state);
+            return Ok(());
+        };
+        for reply in replies {
             if !reply.need.is_empty() {
                 self.needing.insert(id, if reset { 0 } else { unanswered });
             }
@@ -1090,11 +1139,21 @@ impl Repo {
         &self,
         id: DocumentId,
         state: &mut sync::State,
-    ) -> Result<(Option<sync::Message>, bool)> {
-        let held = self.with_doc(id, |doc, _| doc.sync().generate_sync_message(state))?;
+        max_message_bytes: usize,
+    ) -> Result<(SplitMessages, bool)> {
+        let held = self.with_doc(id, |doc, _| {
+            split::generate_sync_messages(state, max_message_bytes, |s| {
+                doc.sync().generate_sync_message(s)
+            })
+        })?;
         Ok(match held {
             Some(m) => (m, true),
-            None => (AutoCommit::new().sync().generate_sync_message(state), false),
+            None => (
+                split::generate_sync_messages(state, max_message_bytes, |s| {
+                    AutoCommit::new().sync().generate_sync_message(s)
+                }),
+                false,
+            ),
         })
     }
 
