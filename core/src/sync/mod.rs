@@ -984,6 +984,9 @@ impl Session<'_> {
                 tracing::warn!(document = %id, change_bytes = e.change_bytes, limit = e.max_message_bytes, "a change is larger than the relay's message limit; this document is not synced");
                 self.pending.remove(&id);
                 self.demanding.remove(&id);
+                // Not saved: the last saved state still says what the relay
+                // lacks, so the next sync tries (and reports) it again.
+                self.states.remove(&id);
                 let id = id.to_string();
                 if !self.summary.failed.contains(&id) {
                     self.summary.failed.push(id);
@@ -1018,7 +1021,6 @@ impl Session<'_> {
             self.repo
                 .generate_sync_message(id, &mut state, self.max_message_bytes)?;
         let Some(replies) = self.sendable(id, replies) else {
-            self.states.insert(id, state);
             return Ok(());
         };
         for reply in replies {
@@ -1060,7 +1062,11 @@ impl Session<'_> {
         let in_sync: BTreeSet<DocumentId> = self
             .all
             .iter()
-            .filter(|id| !self.pending.contains(id) && !self.unavailable.contains(id))
+            .filter(|id| {
+                !self.pending.contains(id)
+                    && !self.unavailable.contains(id)
+                    && !self.summary.failed.contains(&id.to_string())
+            })
             .copied()
             .collect();
         self.repo
