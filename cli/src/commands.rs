@@ -131,6 +131,11 @@ pub fn run(data: &Path, command: Command) -> Result<(), Error> {
             for id in &s.purged {
                 eprintln!("the office purged {id}: it has been deleted from this device");
             }
+            for id in &s.failed {
+                eprintln!(
+                    "{id} was not synced: one of its changes is larger than the relay accepts; the other documents synced"
+                );
+            }
             line(format_args!(
                 "synced {} documents: {} sent, {} received, {} unavailable; {} bytes up, {} bytes down",
                 s.documents_total,
