@@ -197,3 +197,172 @@ fn a_change_over_the_limit_fails_only_its_document() {
     assert_eq!(note_texts(&a, huge).len(), 1);
     assert_eq!(relay.integrity_check(), "ok");
 }
+
+/// Every scalar string in an Automerge document.
+fn strings(doc: &automerge::AutoCommit) -> std::collections::HashSet<String> {
+    use automerge::{ObjType, ReadDoc, ScalarValue, Value};
+    let mut out = std::collections::HashSet::new();
+    let mut stack = vec![(automerge::ROOT, ObjType::Map)];
+    while let Some((obj, kind)) = stack.pop() {
+        let values: Vec<_> = match kind {
+            ObjType::Map | ObjType::Table => doc
+                .keys(&obj)
+                .filter_map(|k| doc.get(&obj, &k).ok().flatten())
+                .collect(),
+            _ => (0..doc.length(&obj))
+                .filter_map(|i| doc.get(&obj, i).ok().flatten())
+                .collect(),
+        };
+        for (value, id) in values {
+            match value {
+                Value::Object(kind) => stack.push((id, kind)),
+                Value::Scalar(s) => {
+                    if let ScalarValue::Str(s) = s.as_ref() {
+                        out.insert(s.to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A peer on a raw socket that holds the family while another device
+/// uploads a burst of notes bigger than the limit: the relay's live fan-out
+/// reaches it in several messages, none over the limit, and it ends up with
+/// every note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_fan_out_of_a_big_upload_is_split_under_the_limit() {
+    use automerge::sync::{self, SyncDoc};
+    use futures_util::{SinkExt, StreamExt};
+    use linkbook_core::protocol::{Message, PeerMetadata};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    const LIMIT: usize = 64 * 1024;
+    let relay = Relay::start_with(&["--max-message-bytes", &LIMIT.to_string()]);
+    let ca = relay.ca_pem();
+    let a = Device::enrolled(&relay, "north", "Asha");
+    let family = a
+        .add_family(&NewFamily {
+            name: "Burst".into(),
+            ..Default::default()
+        })
+        .expect("family");
+    a.add_note(family, "first", NoteCategory::Visit)
+        .expect("note");
+    tokio::task::block_in_place(|| a.sync(None)).expect("sync");
+
+    let code = relay.enrol_code("north", "Ben");
+    let creds = tokio::task::block_in_place(|| enrol_device(&relay.url, &code, Some(&ca), "raw"))
+        .expect("enrol");
+    let mut ws = tokio::time::timeout(
+        Duration::from_secs(10),
+        linkbook_tests::relay_socket(&relay.url, &ca, &creds.token),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connect");
+    let send = |m: Message| WsMessage::Binary(m.encode().into());
+    ws.send(send(Message::Join {
+        sender_id: creds.device_id.clone(),
+        peer_metadata: PeerMetadata::default(),
+        supported_protocol_versions: vec!["1".into()],
+    }))
+    .await
+    .expect("join");
+    match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        Ok(Some(Ok(WsMessage::Binary(b)))) => match Message::decode(&b) {
+            Ok(Message::Peer { peer_metadata, .. }) => {
+                assert_eq!(peer_metadata.max_message_bytes, Some(LIMIT as u64));
+            }
+            other => panic!("expected peer, got {other:?}"),
+        },
+        other => panic!("expected peer, got {other:?}"),
+    }
+
+    let mut doc = automerge::AutoCommit::new();
+    let mut state = sync::State::new();
+    let first = doc
+        .sync()
+        .generate_sync_message(&mut state)
+        .expect("a first message");
+    ws.send(send(Message::Request {
+        sender_id: creds.device_id.clone(),
+        target_id: String::new(),
+        document_id: family.to_string(),
+        data: first.encode(),
+    }))
+    .await
+    .expect("request");
+
+    // Syncs until the relay has been quiet for a second; returns how many
+    // messages carried changes. Bounded: at most 10,000 messages.
+    async fn until_quiet(
+        ws: &mut linkbook_tests::RelaySocket,
+        doc: &mut automerge::AutoCommit,
+        state: &mut sync::State,
+        me: &str,
+        family: &str,
+    ) -> usize {
+        let mut with_changes = 0;
+        for _ in 0..10_000 {
+            let frame = match tokio::time::timeout(Duration::from_secs(1), ws.next()).await {
+                Err(_) => return with_changes,
+                Ok(Some(Ok(frame))) => frame,
+                Ok(other) => panic!("the relay dropped the peer: {other:?}"),
+            };
+            let WsMessage::Binary(bytes) = frame else {
+                continue;
+            };
+            assert!(bytes.len() <= LIMIT, "a {}-byte message", bytes.len());
+            let Ok(Message::Sync { data, .. }) = Message::decode(&bytes) else {
+                continue;
+            };
+            let m = sync::Message::decode(&data).expect("sync message");
+            if !m.changes.is_empty() {
+                with_changes += 1;
+            }
+            doc.sync().receive_sync_message(state, m).expect("apply");
+            if let Some(reply) = doc.sync().generate_sync_message(state) {
+                ws.send(WsMessage::Binary(
+                    Message::Sync {
+                        sender_id: me.to_string(),
+                        target_id: String::new(),
+                        document_id: family.to_string(),
+                        data: reply.encode(),
+                    }
+                    .encode()
+                    .into(),
+                ))
+                .await
+                .expect("reply");
+            }
+        }
+        panic!("the exchange did not end");
+    }
+    let me = creds.device_id.clone();
+    until_quiet(&mut ws, &mut doc, &mut state, &me, &family.to_string()).await;
+    assert!(strings(&doc).contains("first"));
+
+    // A burst of about 90 KB of notes from A while the peer is connected.
+    let alphabet = letters();
+    let texts: Vec<String> = (0..60).map(|i| noise(1_500, 900 + i, &alphabet)).collect();
+    for t in &texts {
+        a.add_note(family, t, NoteCategory::Visit).expect("note");
+    }
+    let s = tokio::task::block_in_place(|| a.sync(None)).expect("sync");
+    assert!(s.failed.is_empty(), "{s:?}");
+    let fanned = until_quiet(&mut ws, &mut doc, &mut state, &me, &family.to_string()).await;
+    assert!(fanned >= 2, "the fan-out came in {fanned} messages");
+    let held = strings(&doc);
+    eprintln!(
+        "fan-out: {fanned} messages with changes; {} of {} notes; {} changes held",
+        texts.iter().filter(|t| held.contains(t.trim())).count(),
+        texts.len(),
+        doc.get_changes(&[]).len()
+    );
+    for t in &texts {
+        assert!(held.contains(t.trim()), "a note did not reach the peer");
+    }
+    assert_eq!(relay.integrity_check(), "ok");
+}
