@@ -326,3 +326,106 @@ async fn slow_idle_and_stale_connections_do_not_stop_good_devices() {
          relay under attack: {rss_attack} kB RSS, {fds_attack} fds"
     );
 }
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime, stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+/// With the caps set above the descriptor limit, 1,100 slow connections run
+/// the relay out of file descriptors (EMFILE): the accept loop backs off
+/// instead of spinning or dying, and once the header timeout frees them
+/// the good device syncs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_file_descriptors_does_not_kill_the_accept_loop() {
+    let relay = Relay::start_with(&[
+        "--header-timeout-secs",
+        "5",
+        "--max-unauthenticated",
+        "5000",
+        "--max-unauthenticated-per-address",
+        "5000",
+    ]);
+    let pid = relay.pid();
+    let limited = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            "--nofile=1024:1024",
+            "--as=3000000000:3000000000",
+        ])
+        .status()
+        .expect("run prlimit (util-linux)");
+    assert!(limited.success(), "prlimit failed");
+    let ca = relay.ca_pem();
+    let config = tls_config(&ca);
+    let addr = relay.addr();
+    let attacker: IpAddr = "127.0.0.2".parse().expect("ip");
+    let good = Device::enrolled(&relay, "north", "Asha");
+    tokio::task::block_in_place(|| good.sync(None)).expect("sync before");
+
+    let cpu_before = cpu_ticks(pid);
+    let started = Instant::now();
+    let mut slow = tokio::task::JoinSet::new();
+    for _ in 0..1_100 {
+        let config = config.clone();
+        slow.spawn(async move {
+            let drip = async {
+                let Ok(mut tls) = tls_from(addr, attacker, config).await else {
+                    return;
+                };
+                for b in b"GET /healthz HTTP/1.1\r\nX-Slow: ".iter().cycle() {
+                    if tls.write_all(&[*b]).await.is_err() || tls.flush().await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(30), drip).await;
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let fds_attack = open_fds(pid);
+    let all = tokio::time::timeout(Duration::from_secs(60), async {
+        while slow.join_next().await.is_some() {}
+    })
+    .await;
+    assert!(all.is_ok(), "slow tasks did not end in time");
+    let attack = started.elapsed();
+    let cpu = cpu_ticks(pid).saturating_sub(cpu_before);
+
+    // The loop lives: the good device syncs again (retrying briefly while
+    // the last descriptors are freed).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let synced = loop {
+        match tokio::task::block_in_place(|| good.sync(None)) {
+            Ok(_) => break true,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(_) => break false,
+        }
+    };
+    assert!(
+        synced,
+        "the good device does not sync after the fd exhaustion"
+    );
+    let log = relay.log();
+    assert!(!log.contains("panicked"), "the relay panicked");
+    assert!(
+        log.contains("connections failed before serving"),
+        "accept errors are logged"
+    );
+    assert_eq!(relay.integrity_check(), "ok");
+    // A spinning accept loop would burn a core for the whole attack.
+    let ticks_per_sec = 100;
+    assert!(
+        cpu < attack.as_secs() * ticks_per_sec / 2,
+        "the relay used {cpu} ticks of CPU in {attack:?}"
+    );
+    eprintln!("fd exhaustion: {fds_attack} fds at peak, {cpu} CPU ticks in {attack:?}");
+}
