@@ -286,6 +286,22 @@ async fn slow_idle_and_stale_connections_do_not_stop_good_devices() {
     })
     .await;
     assert!(live.is_err(), "the live device was disconnected: {live:?}");
+    // The stale copies' slots are free: three more connections fit next to
+    // the real one without closing it.
+    let mut more = Vec::new();
+    for _ in 0..3 {
+        more.push(joined(&relay, &ca, &ben).await);
+    }
+    let still = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match real.next().await {
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Binary(_))) => {}
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(still.is_err(), "a free slot was not free: {still:?}");
 
     // Every slow connection was refused or closed by the relay, none held.
     let mut refused = 0;
