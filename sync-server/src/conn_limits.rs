@@ -362,4 +362,36 @@ mod tests {
         assert_eq!(counter.unauthenticated(), 2, "released once only");
         assert!(counter.admit(a).is_some());
     }
+
+    /// Reads fail with `TimedOut` after `read_idle` of silence, and every
+    /// byte received restarts the clock; writes do not.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_times_out_and_a_talking_one_does_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let counter = Counter::new(ConnLimits {
+            read_idle: Duration::from_secs(10),
+            ..ConnLimits::default()
+        });
+        let guard = Unauthenticated(Arc::new(
+            counter
+                .admit("192.0.2.1".parse().expect("ip"))
+                .expect("admit"),
+        ));
+        let (server, mut client) = tokio::io::duplex(64);
+        let mut s = IdleStream::new(server, Duration::from_secs(10), guard);
+        let mut buf = [0u8; 8];
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            client.write_all(b"x").await.expect("write");
+            assert_eq!(s.read(&mut buf).await.expect("read"), 1);
+            s.write_all(b"ping").await.expect("server writes");
+        }
+        let started = tokio::time::Instant::now();
+        let err = s.read(&mut buf).await.expect_err("times out");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert_eq!(counter.unauthenticated(), 1);
+        drop(s);
+        assert_eq!(counter.unauthenticated(), 0, "closing uncounts");
+    }
 }
