@@ -70,6 +70,25 @@ struct ServeArgs {
     /// How long a locked-out address is refused every authentication (429), in seconds.
     #[arg(long, env = "LINKBOOK_AUTH_LOCKOUT_SECS", default_value_t = 300)]
     auth_lockout_secs: u64,
+    /// Connections not yet authenticated, in total; new ones beyond are closed.
+    #[arg(long, env = "LINKBOOK_MAX_UNAUTHENTICATED", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_unauthenticated: u64,
+    /// Connections not yet authenticated per client address (IPv6: per /64).
+    #[arg(long, env = "LINKBOOK_MAX_UNAUTHENTICATED_PER_ADDRESS", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_unauthenticated_per_address: u64,
+    /// Seconds a connection has for its TLS handshake, and for each request's headers.
+    #[arg(long, env = "LINKBOOK_HEADER_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_secs: u64,
+    /// Seconds without a byte from the client (idle keep-alive, dead device) before closing.
+    #[arg(long, env = "LINKBOOK_IDLE_TIMEOUT_SECS", default_value_t = 45,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_secs: u64,
+    /// Seconds between WebSocket pings (0: none); keep well below --idle-timeout-secs.
+    #[arg(long, env = "LINKBOOK_PING_INTERVAL_SECS", default_value_t = 15)]
+    ping_interval_secs: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -298,14 +317,29 @@ fn serve(data: &std::path::Path, args: ServeArgs) -> crate::Result<()> {
             .max(linkbook_core::protocol::split::MIN_MAX_MESSAGE_BYTES),
         max_connections_per_device: args.max_connections_per_device,
         max_loaded_docs: args.max_loaded_docs.max(1),
+        ping_interval_secs: args.ping_interval_secs,
         ..Limits::default()
     };
-    let state = AppState::open(data, limits)?.with_auth_limits(crate::ratelimit::AuthLimits {
-        max_failures: args.auth_max_failures,
-        window: std::time::Duration::from_secs(args.auth_window_secs),
-        lockout: std::time::Duration::from_secs(args.auth_lockout_secs),
-        ..crate::ratelimit::AuthLimits::default()
-    });
+    if args.ping_interval_secs == 0 || args.ping_interval_secs * 2 > args.idle_timeout_secs {
+        tracing::warn!(
+            "--ping-interval-secs is off or over half of --idle-timeout-secs: idle devices may be disconnected"
+        );
+    }
+    let conn_limits = crate::conn_limits::ConnLimits {
+        max_unauthenticated: usize::try_from(args.max_unauthenticated).unwrap_or(usize::MAX),
+        max_unauthenticated_per_address: usize::try_from(args.max_unauthenticated_per_address)
+            .unwrap_or(usize::MAX),
+        read_idle: std::time::Duration::from_secs(args.idle_timeout_secs),
+        header_read_timeout: std::time::Duration::from_secs(args.header_timeout_secs),
+    };
+    let state = AppState::open(data, limits)?
+        .with_auth_limits(crate::ratelimit::AuthLimits {
+            max_failures: args.auth_max_failures,
+            window: std::time::Duration::from_secs(args.auth_window_secs),
+            lockout: std::time::Duration::from_secs(args.auth_lockout_secs),
+            ..crate::ratelimit::AuthLimits::default()
+        })
+        .with_conn_limits(conn_limits);
     let (transport, trust) = match (args.tls_cert, args.tls_key, args.insecure_http) {
         (Some(cert), Some(key), _) => (Transport::Tls { cert, key }, None),
         (_, _, true) => (Transport::InsecureHttp, None),

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod conn_limits;
 pub mod error;
 pub mod ratelimit;
 pub mod relay;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Failed enrolments and tokens per client address (brute force brake).
     pub auth: Arc<AuthLimiter>,
+    /// Unauthenticated connections and read-idle timeout (conn_limits.rs).
+    pub conns: Arc<conn_limits::Counter>,
 }
 
 impl std::fmt::Debug for dyn Storage {
@@ -64,7 +67,14 @@ impl AppState {
             hub: Arc::new(Hub::new(storage.clone(), storage_id, limits)),
             storage,
             auth: Arc::new(AuthLimiter::new(AuthLimits::default())),
+            conns: conn_limits::Counter::new(conn_limits::ConnLimits::default()),
         })
+    }
+
+    /// The same state with these connection limits.
+    pub fn with_conn_limits(mut self, limits: conn_limits::ConnLimits) -> Self {
+        self.conns = conn_limits::Counter::new(limits);
+        self
     }
 
     /// The same state with these limits on failed authentication.
@@ -262,6 +272,7 @@ async fn sync_socket(
     client: ClientAddr,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
+    unauthenticated: Option<axum::Extension<conn_limits::Unauthenticated>>,
     ws: WebSocketUpgrade,
 ) -> Result<Response> {
     let token = auth::token_from(&headers, query.as_deref());
@@ -272,10 +283,11 @@ async fn sync_socket(
             return Err(e);
         }
     };
-    if state.hub.connections_of(&device.id) >= state.hub.limits().max_connections_per_device {
-        tracing::warn!(device = %device.id, "too many connections");
-        return Err(Error::TooManyConnections);
+    if let Some(axum::Extension(u)) = unauthenticated {
+        u.authenticated();
     }
+    // At the cap, the device's oldest connection gives way (relay::Hub::make_room).
+    state.hub.make_room(&device.id);
     // `since=N`: a Linkbook device's change cursor; it asks for the pipelined
     // session (relay::Hub::push_changed). Other automerge-repo clients never send it.
     let since = query.as_deref().and_then(|q| {
@@ -362,6 +374,8 @@ impl Bound {
             h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
         });
         // Connect info: the limit on failed authentication is per address.
+        let acceptor = conn_limits::LimitAcceptor::new(state.conns.clone());
+        let limits = state.conns.limits().clone();
         let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
         let io = |e| Error::Io {
             context: "serving".into(),
@@ -370,7 +384,7 @@ impl Bound {
         match self.transport {
             Transport::Tls { cert, key } => {
                 let config = tls::server_config(&cert, &key)?;
-                axum_server::from_tcp_rustls(
+                let server = axum_server::from_tcp_rustls(
                     self.listener,
                     axum_server::tls_rustls::RustlsConfig::from_config(config),
                 )
@@ -378,19 +392,26 @@ impl Bound {
                 // Small writes (a 101 then the first sync messages) go out at
                 // once: Nagle held each behind the previous one's ACK, a
                 // round trip on a slow link (benchmark workload 3).
-                .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
-                .handle(handle)
-                .serve(service)
-                .await
-                .map_err(io)
+                .map(|tls| {
+                    tls.handshake_timeout(limits.header_read_timeout)
+                        .acceptor(acceptor)
+                })
+                .handle(handle);
+                conn_limits::configure(server, &limits)
+                    .serve(service)
+                    .await
+                    .map_err(io)
             }
-            Transport::InsecureHttp => axum_server::from_tcp(self.listener)
-                .map_err(io)?
-                .acceptor(axum_server::accept::NoDelayAcceptor::new())
-                .handle(handle)
-                .serve(service)
-                .await
-                .map_err(io),
+            Transport::InsecureHttp => {
+                let server = axum_server::from_tcp(self.listener)
+                    .map_err(io)?
+                    .acceptor(acceptor)
+                    .handle(handle);
+                conn_limits::configure(server, &limits)
+                    .serve(service)
+                    .await
+                    .map_err(io)
+            }
         }
     }
 }

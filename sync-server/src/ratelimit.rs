@@ -64,7 +64,7 @@ pub struct AuthLimiter {
 }
 
 /// The key an address is counted under.
-fn key(addr: IpAddr) -> IpAddr {
+pub(crate) fn key(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V4(_) => addr,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

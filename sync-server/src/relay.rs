@@ -36,6 +36,10 @@ pub struct Limits {
     pub max_loaded_docs: usize,
     /// Seconds a new connection has to send its `join`.
     pub join_timeout_secs: u64,
+    /// Seconds between WebSocket pings to each device (0: none). A live
+    /// device's pong keeps its connection inside the read-idle timeout
+    /// (conn_limits.rs); a dead one is closed by it.
+    pub ping_interval_secs: u64,
 }
 
 impl Default for Limits {
@@ -45,6 +49,7 @@ impl Default for Limits {
             max_connections_per_device: 4,
             max_loaded_docs: 5_000,
             join_timeout_secs: 10,
+            ping_interval_secs: 15,
         }
     }
 }
@@ -68,6 +73,8 @@ struct Slot {
 struct Connection {
     device_id: String,
     tx: mpsc::UnboundedSender<Message>,
+    /// Ends the session when a newer connection of the device takes its place.
+    kick: Arc<tokio::sync::Notify>,
 }
 
 /// Everything connections share.
@@ -93,6 +100,10 @@ impl std::fmt::Debug for Hub {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// Sent to a connection closed because a newer one of the device took its slot.
+pub const REPLACED: &str =
+    "closed: a newer connection of this device took its place (too many connections)";
 
 /// Why a connection is being closed: the text the device is sent.
 #[derive(Debug)]
@@ -121,6 +132,31 @@ impl Hub {
         &self.limits
     }
 
+    /// Makes room for a new connection of `device_id`: at the cap, its
+    /// oldest connection is closed with [`REPLACED`] (a phone that lost
+    /// signal, or a stale copy). A thief holding a copied token can kick the
+    /// real device this way too, and vice versa: revoking the device ends
+    /// that (its token stops authenticating).
+    pub fn make_room(&self, device_id: &str) {
+        let mut conns = lock(&self.connections);
+        let mut mine: Vec<u64> = conns
+            .iter()
+            .filter(|(_, c)| c.device_id == device_id)
+            .map(|(id, _)| *id)
+            .collect();
+        if mine.len() < self.limits.max_connections_per_device.max(1) {
+            return;
+        }
+        mine.sort_unstable();
+        let excess = mine.len() + 1 - self.limits.max_connections_per_device.max(1);
+        for id in mine.into_iter().take(excess) {
+            if let Some(old) = conns.remove(&id) {
+                tracing::warn!(device = %device_id, "connection cap reached: closing the device's oldest connection");
+                old.kick.notify_one();
+            }
+        }
+    }
+
     /// Live connections of a device.
     pub fn connections_of(&self, device_id: &str) -> usize {
         lock(&self.connections)
@@ -142,15 +178,28 @@ impl Hub {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (mut sink, mut stream) = socket.split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        let kick = Arc::new(tokio::sync::Notify::new());
         lock(&self.connections).insert(
             conn_id,
             Connection {
                 device_id: device.id.clone(),
                 tx: tx.clone(),
+                kick: kick.clone(),
             },
         );
+        let ping_every = std::time::Duration::from_secs(self.limits.ping_interval_secs);
         let writer = tokio::spawn(async move {
-            while let Some(m) = rx.recv().await {
+            let mut ping = crate::conn_limits::ping_timer(ping_every);
+            loop {
+                let m = tokio::select! {
+                    m = rx.recv() => match m { Some(m) => m, None => break },
+                    () = crate::conn_limits::tick(&mut ping) => {
+                        if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                };
                 let close = matches!(m, Message::Error { .. });
                 if sink
                     .send(WsMessage::Binary(m.encode().into()))
@@ -166,7 +215,7 @@ impl Hub {
             }
         });
         let outcome = self
-            .session(conn_id, &device, &tx, &mut stream, since)
+            .session(conn_id, &device, &tx, (&mut stream, &kick), since)
             .await;
         if let Err(Close(why)) = &outcome {
             tracing::warn!(device = %device.id, reason = %why, "closing sync connection");
@@ -186,11 +235,15 @@ impl Hub {
         conn_id: u64,
         device: &Device,
         tx: &mpsc::UnboundedSender<Message>,
-        stream: &mut futures_util::stream::SplitStream<WebSocket>,
+        (stream, kick): (
+            &mut futures_util::stream::SplitStream<WebSocket>,
+            &tokio::sync::Notify,
+        ),
         since: Option<i64>,
     ) -> Result<(), Close> {
+        // Replaced only while waiting for the device (next_or_replaced), never inside a sync.
         let timeout = std::time::Duration::from_secs(self.limits.join_timeout_secs);
-        let first = match tokio::time::timeout(timeout, next_message(stream)).await {
+        let first = match tokio::time::timeout(timeout, next_or_replaced(stream, kick)).await {
             Ok(Ok(Some(m))) => m,
             Ok(Ok(None)) => return Ok(()),
             Ok(Err(close)) => return Err(close),
@@ -242,11 +295,11 @@ impl Hub {
             // all: a fresh device answers each push, and a relay that did not
             // read meanwhile would leave it blocked on a full socket.
             let next = if to_push.is_empty() {
-                next_message(stream).await?
+                next_or_replaced(stream, kick).await?
             } else {
                 tokio::select! {
                     biased;
-                    m = next_message(stream) => m?,
+                    m = next_or_replaced(stream, kick) => m?,
                     () = std::future::ready(()) => {
                         if let Some(document_id) = to_push.pop_front() {
                             self.push(conn_id, device, tx, document_id).await?;
@@ -793,6 +846,17 @@ fn brief(m: &sync::Message) -> String {
             .collect::<Vec<_>>(),
         m.changes.len()
     )
+}
+
+/// The next message, or [`REPLACED`] when a newer connection took the slot.
+async fn next_or_replaced(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    kick: &tokio::sync::Notify,
+) -> Result<Option<Message>, Close> {
+    tokio::select! {
+        m = next_message(stream) => m,
+        () = kick.notified() => Err(Close(REPLACED.into())),
+    }
 }
 
 /// The next protocol message, `None` at a clean close.
