@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod cli;
 pub mod error;
+mod heavy;
 pub mod ratelimit;
 pub mod relay;
 pub mod retention;
