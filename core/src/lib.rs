@@ -12,6 +12,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod budget;
 mod bundle;
 mod error;
 mod ids;

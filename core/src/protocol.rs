@@ -441,6 +441,8 @@ pub enum SyncMessageError {
     Malformed,
     #[error("Automerge sync message with an unusable Bloom filter")]
     BadBloomFilter,
+    #[error("Automerge sync message refused before loading: {0}")]
+    OverBudget(#[from] crate::budget::OverBudget),
 }
 
 /// `have` entries accepted in one sync message (Automerge sends one).
@@ -457,6 +459,16 @@ const MAX_BLOOM_PROBES: u64 = 64;
 /// every peer's sync message through this, never with
 /// `sync::Message::decode` alone.
 pub fn decode_sync_message(data: &[u8]) -> Result<automerge::sync::Message, SyncMessageError> {
+    decode_sync_message_within(data, &crate::budget::Budget::default())
+}
+
+/// [`decode_sync_message`] with the caller's [`crate::budget::Budget`] for
+/// the changes it carries (V1 change chunks or V2's one whole document):
+/// Automerge 0.12 loads them without limit, so each is checked first.
+pub fn decode_sync_message_within(
+    data: &[u8],
+    budget: &crate::budget::Budget,
+) -> Result<automerge::sync::Message, SyncMessageError> {
     let message =
         automerge::sync::Message::decode(data).map_err(|_| SyncMessageError::Malformed)?;
     if message.have.len() > MAX_HAVES {
@@ -464,6 +476,9 @@ pub fn decode_sync_message(data: &[u8]) -> Result<automerge::sync::Message, Sync
     }
     for have in &message.have {
         check_bloom_filter(&have.bloom.to_bytes())?;
+    }
+    for chunk in message.changes.iter() {
+        crate::budget::check(chunk, budget)?;
     }
     Ok(message)
 }

@@ -1048,6 +1048,9 @@ fn merge_bytes(
     directory: DocumentId,
 ) -> Result<Merged> {
     let key = id.to_string();
+    // Automerge 0.12 loads without limit: check the bytes first (budget.rs).
+    crate::budget::check(bytes, &crate::budget::Budget::default())
+        .map_err(|e| Error::InvalidDocument(format!("{key}: {e}")))?;
     if txn.exists(id)? {
         let (doc, _) = txn.doc(id, "document")?;
         let before = doc.get_heads();

@@ -53,6 +53,10 @@ struct ServeArgs {
     /// bytes; at least 65536 (smaller values are raised to it).
     #[arg(long, env = "LINKBOOK_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     max_message_bytes: usize,
+    /// Rows (ops) any column of one sync message may declare; more is refused
+    /// before Automerge loads it (10,000 notes of ~1 KB are ~200,000 ops).
+    #[arg(long, env = "LINKBOOK_MAX_DOCUMENT_OPS", default_value_t = 1_000_000)]
+    max_document_ops: u64,
     /// Live connections allowed per device.
     #[arg(long, env = "LINKBOOK_MAX_CONNECTIONS_PER_DEVICE", default_value_t = 4)]
     max_connections_per_device: usize,
@@ -315,6 +319,7 @@ fn serve(data: &std::path::Path, args: ServeArgs) -> crate::Result<()> {
         max_message_bytes: args
             .max_message_bytes
             .max(linkbook_core::protocol::split::MIN_MAX_MESSAGE_BYTES),
+        max_document_ops: args.max_document_ops,
         max_connections_per_device: args.max_connections_per_device,
         max_loaded_docs: args.max_loaded_docs.max(1),
         ping_interval_secs: args.ping_interval_secs,

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cli;
 pub mod conn_limits;
 pub mod error;
+mod heavy;
 pub mod ratelimit;
 pub mod relay;
 pub mod retention;

@@ -40,6 +40,8 @@ pub struct Limits {
     /// device's pong keeps its connection inside the read-idle timeout
     /// (conn_limits.rs); a dead one is closed by it.
     pub ping_interval_secs: u64,
+    /// Rows (ops) any column of one sync message may declare (budget.rs).
+    pub max_document_ops: u64,
 }
 
 impl Default for Limits {
@@ -50,6 +52,7 @@ impl Default for Limits {
             max_loaded_docs: 5_000,
             join_timeout_secs: 10,
             ping_interval_secs: 15,
+            max_document_ops: linkbook_core::budget::Budget::default().max_rows,
         }
     }
 }
@@ -512,8 +515,7 @@ impl Hub {
             return Ok(());
         };
         // Never `sync::Message::decode` alone: see protocol::decode_sync_message.
-        let message =
-            linkbook_core::protocol::decode_sync_message(data).map_err(|e| Close(e.to_string()))?;
+        let message = self.decode_within_budget(device, document_id, data)?;
         tracing::trace!(device = %device.id, doc = %document_id, m = %brief(&message), "receive");
         // A purged document is gone, also from memory, and never taken again
         // (the administrator purges from another process: checked each time).
@@ -533,6 +535,8 @@ impl Hub {
         };
         self.load_state(&mut s, &key, conn_id, device);
         let before = s.doc.get_heads();
+        // At most heavy::PERMITS messages are applied at once (heavy.rs).
+        let turn = crate::heavy::permit().await;
         let applied = {
             let Slot { doc, states, .. } = &mut *s;
             let (_, state) = states
@@ -540,6 +544,7 @@ impl Hub {
                 .ok_or_else(|| Close("internal state lost".into()))?;
             catch_automerge_panic(|| doc.receive_sync_message(state, message))
         };
+        drop(turn);
         if applied.is_err() {
             // Automerge panicked half-way: forget the loaded copy, and make a
             // connection already waiting for this slot reload it too.
@@ -746,6 +751,30 @@ impl Hub {
     /// Audits that devices were sent changes of a document, in one
     /// transaction. The audit is best effort here: failing to write it must
     /// not stop the sync.
+    /// Decodes a sync message within the relay's budget; bytes over it are
+    /// refused before Automerge loads them, logged and audited (ids only).
+    fn decode_within_budget(
+        &self,
+        device: &Device,
+        document_id: &str,
+        data: &[u8],
+    ) -> Result<automerge::sync::Message, Close> {
+        let budget = linkbook_core::budget::Budget {
+            max_rows: self.limits.max_document_ops,
+            ..Default::default()
+        };
+        linkbook_core::protocol::decode_sync_message_within(data, &budget).map_err(|e| {
+            if let linkbook_core::protocol::SyncMessageError::OverBudget(_) = e {
+                tracing::warn!(device = %device.id, doc = %document_id, bytes = data.len(), "sync message over budget refused");
+                let _ = blocking(|| {
+                    self.storage
+                        .audit(Some(device), "refused-over-budget", Some(document_id), Utc::now())
+                });
+            }
+            Close(e.to_string())
+        })
+    }
+
     fn audit_received(&self, device_ids: &[String], document_id: &str) {
         if device_ids.is_empty() {
             return;
