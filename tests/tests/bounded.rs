@@ -1,0 +1,192 @@
+//! Automerge bytes from outside are checked against a budget before
+//! Automerge loads them (core/src/budget.rs, docs/adr/0006): the fuzz
+//! crashers that aborted the relay (4 GiB allocation) are refused as sync
+//! messages for a new and an existing document, the relay keeps serving, a
+//! good device syncs right after, and the refusal is audited.
+
+use futures_util::SinkExt;
+use linkbook_core::protocol::{Message, PeerMetadata};
+use linkbook_core::*;
+use linkbook_tests::{Device, Relay, RelaySocket, relay_socket};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+const CRASHERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz-crashers/automerge-load");
+
+fn crashers() -> Vec<(String, Vec<u8>)> {
+    let mut all: Vec<_> = std::fs::read_dir(CRASHERS)
+        .expect("crasher folder")
+        .flatten()
+        .map(|f| {
+            let name = f.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read(f.path()).expect("crasher"))
+        })
+        .collect();
+    all.sort();
+    assert!(all.iter().any(|(n, _)| n.starts_with("oom-167")));
+    all
+}
+
+/// A sync message carrying `chunk` as its changes, in the V1 or V2 form.
+fn sync_carrying(chunk: &[u8], version: automerge::sync::MessageVersion) -> Vec<u8> {
+    automerge::sync::Message {
+        heads: Vec::new(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: vec![chunk.to_vec()].into(),
+        flags: None,
+        version,
+    }
+    .encode()
+}
+
+async fn closing_error(ws: &mut RelaySocket) -> Option<String> {
+    use futures_util::StreamExt;
+    let mut error = None;
+    let read = async {
+        while let Some(frame) = ws.next().await {
+            match frame {
+                Ok(WsMessage::Binary(b)) => {
+                    if let Ok(Message::Error { message }) = Message::decode(&b) {
+                        error = Some(message);
+                    }
+                }
+                Ok(WsMessage::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(15), read)
+        .await
+        .expect("the relay closed the connection in time");
+    error
+}
+
+async fn joined(relay: &Relay, ca: &str, creds: &DeviceCredentials) -> RelaySocket {
+    use futures_util::StreamExt;
+    let mut ws = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        relay_socket(&relay.url, ca, &creds.token),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connect");
+    let join = Message::Join {
+        sender_id: creds.device_id.clone(),
+        peer_metadata: PeerMetadata::default(),
+        supported_protocol_versions: vec!["1".into()],
+    };
+    ws.send(WsMessage::Binary(join.encode().into()))
+        .await
+        .expect("join");
+    let peer = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+        .await
+        .expect("peer in time");
+    assert!(matches!(peer, Some(Ok(WsMessage::Binary(_)))), "{peer:?}");
+    ws
+}
+
+fn vm_hwm_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashers_as_sync_messages_are_refused_and_the_relay_keeps_serving() {
+    let relay = Relay::start();
+    let ca = relay.ca_pem();
+    let code = relay.enrol_code("north", "Mallory");
+    let creds =
+        tokio::task::block_in_place(|| enrol_device(&relay.url, &code, Some(&ca), "attacker"))
+            .expect("enrol");
+    let good = Device::enrolled(&relay, "north", "Asha");
+    let family = good
+        .add_family(&NewFamily {
+            name: "Smith".into(),
+            ..Default::default()
+        })
+        .expect("family");
+    let mut n = 0;
+    let mut good_sync = || {
+        n += 1;
+        good.add_note(family, &format!("note {n}"), NoteCategory::Other)
+            .expect("note");
+        let start = std::time::Instant::now();
+        let s =
+            tokio::task::block_in_place(|| good.sync(None)).expect("the good device still syncs");
+        assert!(s.documents_sent >= 1);
+        start.elapsed()
+    };
+    let unattacked = good_sync();
+    let hwm_before = vm_hwm_kb(relay.pid());
+
+    let existing = family.to_string();
+    let new = DocumentId::random().to_string();
+    for (name, bytes) in crashers() {
+        for version in [
+            automerge::sync::MessageVersion::V1,
+            automerge::sync::MessageVersion::V2,
+        ] {
+            for doc in [&new, &existing] {
+                let mut ws = joined(&relay, &ca, &creds).await;
+                let sync = Message::Sync {
+                    sender_id: creds.device_id.clone(),
+                    target_id: "relay".into(),
+                    document_id: doc.clone(),
+                    data: sync_carrying(&bytes, version.clone()),
+                };
+                ws.send(WsMessage::Binary(sync.encode().into()))
+                    .await
+                    .expect("send");
+                let error = closing_error(&mut ws).await.unwrap_or_default();
+                assert!(
+                    error.contains("refused before loading"),
+                    "{name} {version:?}: {error}"
+                );
+                let took = good_sync();
+                assert!(
+                    took < std::time::Duration::from_secs(10)
+                        && took < unattacked * 5 + std::time::Duration::from_secs(2),
+                    "a good sync after {name} took {took:?} (unattacked {unattacked:?})"
+                );
+            }
+        }
+    }
+    let hwm_after = vm_hwm_kb(relay.pid());
+    eprintln!("relay VmHWM {hwm_before} kB before the crashers, {hwm_after} kB after");
+    assert!(
+        hwm_after < hwm_before + 256 * 1024,
+        "the relay's peak grew from {hwm_before} to {hwm_after} kB"
+    );
+    let audit = relay.admin(&["audit"]).stdout;
+    assert!(audit.contains("refused-over-budget"), "{audit}");
+    assert_eq!(relay.integrity_check(), "ok");
+}
+
+#[test]
+fn import_of_an_export_carrying_a_crasher_is_refused_and_the_store_is_intact() {
+    let device = Device::new();
+    let family = device
+        .add_family(&NewFamily {
+            name: "Smith".into(),
+            ..Default::default()
+        })
+        .expect("family");
+    let (_, bytes) = &crashers()[0];
+    let id = DocumentId::random();
+    let err = device.apply_changes(id, bytes).expect_err("refused");
+    assert!(
+        err.to_string().contains("rows") || err.to_string().contains("malformed"),
+        "{err}"
+    );
+    assert!(
+        device
+            .families()
+            .expect("families")
+            .iter()
+            .any(|f| f.id == family)
+    );
+}
