@@ -190,3 +190,51 @@ fn import_of_an_export_carrying_a_crasher_is_refused_and_the_store_is_intact() {
             .any(|f| f.id == family)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_document_over_the_ops_cap_is_refused_cheaply() {
+    use automerge::transaction::Transactable;
+    let relay = Relay::start_with(&["--max-document-ops", "200000"]);
+    let ca = relay.ca_pem();
+    let code = relay.enrol_code("north", "Mallory");
+    let creds =
+        tokio::task::block_in_place(|| enrol_device(&relay.url, &code, Some(&ca), "attacker"))
+            .expect("enrol");
+    // As a JavaScript client writes note bodies: one Text op per character.
+    let mut doc = automerge::AutoCommit::new();
+    let text = doc
+        .put_object(automerge::ROOT, "body", automerge::ObjType::Text)
+        .expect("text");
+    doc.splice_text(&text, 0, 0, &"note text ".repeat(30_000))
+        .expect("splice");
+    let whole = doc.save();
+    let hwm_before = vm_hwm_kb(relay.pid());
+    let mut ws = joined(&relay, &ca, &creds).await;
+    let sync = Message::Sync {
+        sender_id: creds.device_id.clone(),
+        target_id: "relay".into(),
+        document_id: DocumentId::random().to_string(),
+        data: sync_carrying(&whole, automerge::sync::MessageVersion::V2),
+    };
+    let start = std::time::Instant::now();
+    ws.send(WsMessage::Binary(sync.encode().into()))
+        .await
+        .expect("send");
+    let error = closing_error(&mut ws).await.unwrap_or_default();
+    let took = start.elapsed();
+    let hwm_after = vm_hwm_kb(relay.pid());
+    eprintln!(
+        "{} bytes, 300,000 Text ops refused in {took:?}; relay VmHWM {hwm_before} -> {hwm_after} kB",
+        whole.len()
+    );
+    assert!(error.contains("more than the 200000 allowed"), "{error}");
+    assert!(hwm_after < hwm_before + 64 * 1024);
+    let good = Device::enrolled(&relay, "north", "Asha");
+    good.add_family(&NewFamily {
+        name: "Smith".into(),
+        ..Default::default()
+    })
+    .expect("family");
+    tokio::task::block_in_place(|| good.sync(None)).expect("a good device syncs after");
+    assert_eq!(relay.integrity_check(), "ok");
+}
