@@ -238,3 +238,92 @@ async fn a_text_document_over_the_ops_cap_is_refused_cheaply() {
     tokio::task::block_in_place(|| good.sync(None)).expect("a good device syncs after");
     assert_eq!(relay.integrity_check(), "ok");
 }
+
+/// A real export with every document's bytes replaced by `bytes`.
+fn crafted_export(real: &[u8], bytes: &[u8]) -> Vec<u8> {
+    use ciborium::Value;
+    let mut root: Value = ciborium::from_reader(real).expect("export is CBOR");
+    let Value::Map(fields) = &mut root else {
+        panic!("export is a map")
+    };
+    for (k, v) in fields.iter_mut() {
+        if k.as_text() == Some("documents") {
+            let Value::Array(docs) = v else {
+                panic!("documents")
+            };
+            for d in docs {
+                let Value::Map(d) = d else { panic!("document") };
+                for (k, v) in d.iter_mut() {
+                    if k.as_text() == Some("data") {
+                        *v = Value::Bytes(bytes.to_vec());
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    ciborium::into_writer(&root, &mut out).expect("encode");
+    out
+}
+
+#[test]
+fn linkbook_import_of_a_crafted_export_fails_with_a_typed_error_and_keeps_the_store() {
+    let a = linkbook_tests::CliDevice::new("Asha");
+    a.ok(&["family", "add", "--name", "Smith"]);
+    let real = a.data().join("real.linkbook");
+    a.ok(&["export", real.to_str().expect("path")]);
+    let families = a.ok(&["family", "list"]);
+    let real = std::fs::read(&real).expect("export");
+    for (name, bytes) in crashers() {
+        let path = a.data().join(format!("{name}.linkbook"));
+        std::fs::write(&path, crafted_export(&real, &bytes)).expect("write");
+        let start = std::time::Instant::now();
+        let run = prlimit_run(&a, &["import", path.to_str().expect("path")]);
+        eprintln!(
+            "linkbook import {name}: exit {} in {:?}",
+            run.code,
+            start.elapsed()
+        );
+        assert_ne!(run.code, 0, "{name}: {}", run.stdout);
+        assert!(
+            run.code != 134 && run.code > 0,
+            "{name} aborted: {}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("refused")
+                || run.stderr.contains("malformed")
+                || run.stderr.contains("rows"),
+            "{name}: {}",
+            run.stderr
+        );
+        assert_eq!(a.ok(&["family", "list"]), families);
+    }
+    assert_eq!(a.integrity_check(), "ok");
+}
+
+/// Runs `linkbook args` as `a` would, under a 3 GB address-space limit, so
+/// an unbounded allocation fails (abort) instead of swapping the machine.
+fn prlimit_run(a: &linkbook_tests::CliDevice, args: &[&str]) -> linkbook_tests::Run {
+    let cmd = a.command(args);
+    let mut p = std::process::Command::new("prlimit");
+    p.arg("--as=3000000000")
+        .arg("--")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => p.env(k, v),
+            None => p.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        p.current_dir(dir);
+    }
+    let o = p.output().expect("run linkbook under prlimit");
+    linkbook_tests::Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
