@@ -327,3 +327,69 @@ fn prlimit_run(a: &linkbook_tests::CliDevice, args: &[&str]) -> linkbook_tests::
         stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_big_uploads_in_parallel_do_not_abort_a_relay_capped_at_3_gb() {
+    use automerge::transaction::Transactable;
+    let relay = Relay::start();
+    let limited = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", relay.pid()))
+        .arg("--as=3000000000")
+        .status()
+        .expect("prlimit");
+    assert!(limited.success());
+    let ca = relay.ca_pem();
+    // Another team: its documents are no Linkbook type the good device reads.
+    let code = relay.enrol_code("south", "Mallory");
+    let creds =
+        tokio::task::block_in_place(|| enrol_device(&relay.url, &code, Some(&ca), "attacker"))
+            .expect("enrol");
+    // Just under the default cap of 1 M ops: the largest upload accepted.
+    let mut doc = automerge::AutoCommit::new();
+    let text = doc
+        .put_object(automerge::ROOT, "body", automerge::ObjType::Text)
+        .expect("text");
+    doc.splice_text(&text, 0, 0, &"note text ".repeat(60_000))
+        .expect("splice");
+    let whole = doc.save();
+    let start = std::time::Instant::now();
+    let mut uploads = Vec::new();
+    for _ in 0..3 {
+        let mut ws = joined(&relay, &ca, &creds).await;
+        let sync = Message::Sync {
+            sender_id: creds.device_id.clone(),
+            target_id: "relay".into(),
+            document_id: DocumentId::random().to_string(),
+            data: sync_carrying(&whole, automerge::sync::MessageVersion::V2),
+        };
+        uploads.push(tokio::spawn(async move {
+            ws.send(WsMessage::Binary(sync.encode().into()))
+                .await
+                .expect("send");
+            use futures_util::StreamExt;
+            // The relay answers a sync it applied; wait for that (or close).
+            tokio::time::timeout(std::time::Duration::from_secs(120), ws.next())
+                .await
+                .is_ok()
+        }));
+    }
+    for u in uploads {
+        assert!(
+            u.await.expect("upload task"),
+            "an upload got no answer in time"
+        );
+    }
+    eprintln!(
+        "three 600,000-op uploads in {:?}; relay VmHWM {} kB",
+        start.elapsed(),
+        vm_hwm_kb(relay.pid())
+    );
+    let good = Device::enrolled(&relay, "north", "Asha");
+    good.add_family(&NewFamily {
+        name: "Smith".into(),
+        ..Default::default()
+    })
+    .expect("family");
+    tokio::task::block_in_place(|| good.sync(None)).expect("the relay is alive and serving");
+    assert_eq!(relay.integrity_check(), "ok");
+}
