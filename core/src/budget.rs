@@ -332,6 +332,31 @@ mod tests {
         }
     }
 
+    /// The device's chokepoint (`linkbook sync` from a malicious relay) and
+    /// the relay's: a sync message carrying a crasher, V1 or V2.
+    #[test]
+    fn sync_messages_carrying_the_crashers_are_refused() {
+        use automerge::sync::{Message, MessageVersion};
+        for name in ["oom-167-bytes-take-4gb.bin", "slow-97-bytes.bin"] {
+            let bytes = std::fs::read(format!("{CRASHERS}/{name}")).expect("crasher file");
+            for version in [MessageVersion::V1, MessageVersion::V2] {
+                let message = Message {
+                    heads: Vec::new(),
+                    need: Vec::new(),
+                    have: Vec::new(),
+                    changes: vec![bytes.clone()].into(),
+                    flags: None,
+                    version,
+                }
+                .encode();
+                assert!(matches!(
+                    crate::protocol::decode_sync_message(&message),
+                    Err(crate::protocol::SyncMessageError::OverBudget(_))
+                ));
+            }
+        }
+    }
+
     #[test]
     fn valid_documents_and_changes_pass() {
         let mut doc = AutoCommit::new();
