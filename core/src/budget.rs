@@ -316,7 +316,7 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use automerge::transaction::Transactable;
-    use automerge::{AutoCommit, ObjType, ROOT};
+    use automerge::{AutoCommit, ObjType, ROOT, ReadDoc};
 
     const CRASHERS: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -329,6 +329,31 @@ mod tests {
             let bytes = std::fs::read(format!("{CRASHERS}/{name}")).expect("crasher file");
             let err = check(&bytes, &Budget::default()).expect_err(name);
             println!("{name}: {err}");
+        }
+    }
+
+    /// The device's chokepoint (`linkbook sync` from a malicious relay) and
+    /// the relay's: a sync message carrying a crasher, V1 or V2.
+    #[test]
+    fn sync_messages_carrying_the_crashers_are_refused() {
+        use automerge::sync::{Message, MessageVersion};
+        for name in ["oom-167-bytes-take-4gb.bin", "slow-97-bytes.bin"] {
+            let bytes = std::fs::read(format!("{CRASHERS}/{name}")).expect("crasher file");
+            for version in [MessageVersion::V1, MessageVersion::V2] {
+                let message = Message {
+                    heads: Vec::new(),
+                    need: Vec::new(),
+                    have: Vec::new(),
+                    changes: vec![bytes.clone()].into(),
+                    flags: None,
+                    version,
+                }
+                .encode();
+                assert!(matches!(
+                    crate::protocol::decode_sync_message(&message),
+                    Err(crate::protocol::SyncMessageError::OverBudget(_))
+                ));
+            }
         }
     }
 
@@ -358,6 +383,66 @@ mod tests {
         let heads = doc.get_heads();
         doc.put(ROOT, "more", 2).expect("put");
         check(&doc.save_after(&heads), &budget).expect("incremental");
+    }
+
+    /// Many shapes: maps, lists, Text inserts and deletes, counters, several
+    /// actors merged, big values that DEFLATE compresses.
+    #[test]
+    fn documents_of_many_shapes_and_actors_pass() {
+        use automerge::ScalarValue;
+        let budget = Budget::default();
+        let mut base = AutoCommit::new();
+        let list = base
+            .put_object(ROOT, "visits", ObjType::List)
+            .expect("list");
+        let body = base.put_object(ROOT, "body", ObjType::Text).expect("text");
+        base.put(ROOT, "count", ScalarValue::counter(0))
+            .expect("counter");
+        base.commit();
+        let mut peers: Vec<AutoCommit> = (0..4).map(|_| base.fork()).collect();
+        for (p, doc) in peers.iter_mut().enumerate() {
+            for i in 0..200usize {
+                match (i + p) % 5 {
+                    0 => {
+                        doc.put(ROOT, format!("k{}", i % 37), i as i64)
+                            .expect("put");
+                    }
+                    1 => {
+                        doc.insert(&list, 0, "x".repeat(i * 13 % 3000))
+                            .expect("insert");
+                    }
+                    2 => {
+                        doc.splice_text(&body, 0, 0, "lorem ipsum ")
+                            .expect("splice");
+                    }
+                    3 => {
+                        let len = doc.text(&body).expect("text").chars().count();
+                        if len > 4 {
+                            doc.splice_text(&body, 1, 3, "").expect("delete");
+                        }
+                    }
+                    _ => {
+                        doc.increment(ROOT, "count", 1).expect("increment");
+                    }
+                }
+                if i % 7 == 0 {
+                    doc.commit();
+                }
+            }
+        }
+        let (first, rest) = peers.split_at_mut(1);
+        for other in rest {
+            first[0].merge(other).expect("merge");
+        }
+        let merged = &mut first[0];
+        check(&merged.save(), &budget).expect("merged document");
+        check(&merged.save_nocompress(), &budget).expect("merged, uncompressed");
+        let all: Vec<u8> = merged
+            .get_changes(&[])
+            .iter()
+            .flat_map(|c| c.raw_bytes().to_vec())
+            .collect();
+        check(&all, &budget).expect("all changes, concatenated");
     }
 
     #[test]
