@@ -96,7 +96,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Why a connection is being closed: the text the device is sent.
 #[derive(Debug)]
-struct Close(String);
+pub(crate) struct Close(pub(crate) String);
 
 /// Runs blocking storage work without stalling the async workers.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -318,6 +318,16 @@ impl Hub {
             return Ok(Some(slot));
         }
         let key = id.to_string();
+        // The team first, from its index, before any document is loaded:
+        // another team's large document must cost what a missing id costs,
+        // or the answer's time tells that the id exists (issue 11).
+        let owner = blocking(|| self.storage.document_team(&key)).map_err(|e| {
+            tracing::error!(error = %e, "reading a document's team failed");
+            Close("the relay could not load a document".into())
+        })?;
+        if owner.as_deref().is_some_and(|t| t != team) {
+            return Ok(None);
+        }
         let stored = blocking(|| self.storage.load_document(&key)).map_err(|e| {
             tracing::error!(error = %e, "loading a document failed");
             Close("the relay could not load a document".into())
@@ -464,18 +474,28 @@ impl Hub {
         // A purged document is gone, also from memory, and never taken again
         // (the administrator purges from another process: checked each time).
         let key = id.to_string();
-        let purged = blocking(|| self.storage.is_purged(&key)).map_err(|e| {
+        let purged = blocking(|| self.storage.purged_team(&key)).map_err(|e| {
             tracing::error!(error = %e, "checking for a purge failed");
             Close("the relay could not read its storage".into())
         })?;
-        if purged {
+        if let Some(purged_team) = purged {
             lock(&self.docs).remove(&id);
-            self.unavailable(device, tx, document_id);
-            return Ok(());
+            if purged_team == device.team || is_request {
+                self.unavailable(device, tx, document_id);
+                return Ok(());
+            }
+            // Another team's purged id: answered as a never-stored one.
+            return crate::oracle::answer_as_new(&self.peer_id, device, tx, document_id, message);
         }
         let Some(mut s) = self.locked_slot(id, &device.team, !is_request).await? else {
-            self.unavailable(device, tx, document_id);
-            return Ok(());
+            if is_request {
+                // Missing or another team's: the same answer.
+                self.unavailable(device, tx, document_id);
+                return Ok(());
+            }
+            // With `create`, `None` is only ever another team's document.
+            crate::oracle::note_cross_team(&self.storage, device, &key);
+            return crate::oracle::answer_as_new(&self.peer_id, device, tx, document_id, message);
         };
         self.load_state(&mut s, &key, conn_id, device);
         let before = s.doc.get_heads();
