@@ -63,6 +63,11 @@ struct Slot {
     /// storage, not build on (and answer with heads of) changes the relay
     /// does not have. See [`Hub::locked_slot`].
     unstored: bool,
+    /// SHA-256 of the last reply sent to each connection: a peer repeating
+    /// "I have nothing" is not sent the same whole document again (issue
+    /// 11, finding 8; Automerge resets `sent_hashes` whenever the peer's
+    /// heads are empty, so its state alone resends everything each time).
+    last_reply: HashMap<u64, [u8; 32]>,
 }
 
 struct Connection {
@@ -363,6 +368,7 @@ impl Hub {
                     states: HashMap::new(),
                     last_used: tick,
                     unstored: false,
+                    last_reply: HashMap::new(),
                 }
             }
             None if create => Slot {
@@ -371,6 +377,7 @@ impl Hub {
                 states: HashMap::new(),
                 last_used: tick,
                 unstored: false,
+                last_reply: HashMap::new(),
             },
             None => return Ok(None),
         };
@@ -532,7 +539,12 @@ impl Hub {
             self.unavailable(device, tx, document_id);
             return Ok(());
         }
-        let Slot { doc, states, .. } = &mut *s;
+        let Slot {
+            doc,
+            states,
+            last_reply,
+            ..
+        } = &mut *s;
         // The reply and the live fan-out are gathered first, so that every
         // device they carry changes to is audited in one transaction (one
         // fsync) before any is sent: one commit per recipient made fifty
@@ -542,6 +554,15 @@ impl Hub {
         let reply = states
             .get_mut(&conn_id)
             .and_then(|(_, state)| doc.generate_sync_message(state));
+        let reply = reply.and_then(|reply| {
+            use sha2::Digest;
+            let digest: [u8; 32] = sha2::Sha256::digest(reply.clone().encode()).into();
+            // The same bytes already went to this connection, which reads
+            // in order: it has them.
+            let repeat = before == after && last_reply.get(&conn_id) == Some(&digest);
+            last_reply.insert(conn_id, digest);
+            (!repeat).then_some(reply)
+        });
         if let Some(reply) = reply {
             tracing::trace!(device = %device.id, doc = %document_id, m = %brief(&reply), "reply");
             if !reply.changes.is_empty() {
@@ -757,7 +778,9 @@ impl Hub {
             .collect();
         let mut states = Vec::new();
         for (id, slot) in slots {
-            if let Some((device, state)) = slot.lock().await.states.remove(&conn_id) {
+            let mut slot = slot.lock().await;
+            slot.last_reply.remove(&conn_id);
+            if let Some((device, state)) = slot.states.remove(&conn_id) {
                 states.push((id.to_string(), device, state.encode()));
             }
         }

@@ -271,3 +271,78 @@ async fn forged_reads_are_not_recorded_as_claimed_and_refused_tokens_are_audited
     assert_eq!(refused[0]["client"], "127.0.0.1");
     assert_eq!(relay.integrity_check(), "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_nothing_messages_are_not_each_answered_with_the_whole_document() {
+    let relay = Relay::start();
+    let ca = relay.ca_pem();
+    let code = relay.enrol_code("north", "Mallory");
+    let creds =
+        tokio::task::block_in_place(|| enrol_device(&relay.url, &code, Some(&ca), "repeater"))
+            .expect("enrol");
+    let good = Device::enrolled(&relay, "north", "Asha");
+    let family = good
+        .add_family(&NewFamily {
+            name: "Smith".into(),
+            ..Default::default()
+        })
+        .expect("family");
+    for i in 0..50 {
+        good.add_note(
+            family,
+            &format!("note {i} {}", "x".repeat(200)),
+            NoteCategory::Other,
+        )
+        .expect("note");
+    }
+    tokio::task::block_in_place(|| good.sync(None)).expect("sync");
+
+    let mut ws = joined(&relay, &ca, &creds).await;
+    let nothing = sync::Message {
+        heads: vec![],
+        need: vec![],
+        have: vec![sync::Have::default()],
+        changes: sync::ChunkList::empty(),
+        flags: None,
+        version: sync::MessageVersion::V1,
+    }
+    .encode();
+    let first = answer(
+        &mut ws,
+        &creds.device_id,
+        &family.to_string(),
+        false,
+        &nothing,
+    )
+    .await;
+    assert!(
+        first.len() > 5_000,
+        "the first answer carries the document: {}",
+        first.len()
+    );
+    const N: usize = 2_000;
+    let m = Message::Sync {
+        sender_id: creds.device_id.clone(),
+        target_id: "relay".into(),
+        document_id: family.to_string(),
+        data: nothing.clone(),
+    }
+    .encode();
+    for _ in 1..N {
+        ws.send(WsMessage::Binary(m.clone().into()))
+            .await
+            .expect("send");
+    }
+    // Whatever comes back within a quiet second, counted.
+    let mut bytes = 0usize;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(1), ws.next()).await {
+        bytes += frame.len();
+    }
+    assert!(
+        bytes < first.len() * N / 100,
+        "{N} repeated messages were answered with {bytes} bytes (one answer: {} bytes)",
+        first.len()
+    );
+    tokio::task::block_in_place(|| good.sync(None)).expect("the good device still syncs");
+    assert_eq!(relay.integrity_check(), "ok");
+}
