@@ -350,3 +350,61 @@ async fn repeated_nothing_messages_are_not_each_answered_with_the_whole_document
     tokio::task::block_in_place(|| good.sync(None)).expect("the good device still syncs");
     assert_eq!(relay.integrity_check(), "ok");
 }
+
+/// The median of `n` request round trips for `doc`, in microseconds.
+async fn median_request_us(ws: &mut RelaySocket, me: &str, doc: &str, n: usize) -> u128 {
+    let empty = sync::Message {
+        heads: vec![],
+        need: vec![],
+        have: vec![],
+        changes: sync::ChunkList::empty(),
+        flags: None,
+        version: sync::MessageVersion::V1,
+    }
+    .encode();
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        answer(ws, me, doc, true, &empty).await;
+        times.push(t.elapsed().as_micros());
+    }
+    times.sort_unstable();
+    times[n / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_for_another_teams_large_document_takes_as_long_as_for_a_missing_id() {
+    // One loaded document at most: each request would load it again, were
+    // the team not checked first.
+    let relay = Relay::start_with(&["--max-loaded-docs", "1"]);
+    let ca = relay.ca_pem();
+    let north = Device::enrolled(&relay, "north", "Asha");
+    let family = north
+        .add_family(&NewFamily {
+            name: "Smith".into(),
+            ..Default::default()
+        })
+        .expect("family");
+    for i in 0..300 {
+        north
+            .add_note(
+                family,
+                &format!("note {i} {}", "y".repeat(1_000)),
+                NoteCategory::Other,
+            )
+            .expect("note");
+    }
+    tokio::task::block_in_place(|| north.sync(None)).expect("sync");
+    let code = relay.enrol_code("south", "Mallory");
+    let creds = tokio::task::block_in_place(|| enrol_device(&relay.url, &code, Some(&ca), "timer"))
+        .expect("enrol");
+    let mut ws = joined(&relay, &ca, &creds).await;
+    let missing = DocumentId::random().to_string();
+    let theirs = median_request_us(&mut ws, &creds.device_id, &family.to_string(), 200).await;
+    let absent = median_request_us(&mut ws, &creds.device_id, &missing, 200).await;
+    eprintln!("median request: another team's document {theirs} us, a missing id {absent} us");
+    assert!(
+        theirs < absent * 3 + 500,
+        "another team's document {theirs} us vs a missing id {absent} us"
+    );
+}
