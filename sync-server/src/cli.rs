@@ -559,7 +559,10 @@ fn audit(
             "{}  {:<9} {:<36} {:<20} {}",
             e.at,
             e.action,
-            e.device_id.as_deref().unwrap_or("-"),
+            e.device_id
+                .as_deref()
+                .or(e.client.as_deref())
+                .unwrap_or("-"),
             e.worker.as_deref().unwrap_or("-"),
             e.document_id.as_deref().unwrap_or("-"),
         );

@@ -34,6 +34,9 @@ pub enum Error {
     },
     #[error("tls: {0}")]
     Tls(String),
+    /// A device uploaded more reads today than audit_upload.rs allows.
+    #[error("this device logged too many case-file reads today: try again tomorrow")]
+    AuditQuota,
     #[error("the office purged this document")]
     Purged,
 }
@@ -70,6 +73,11 @@ impl IntoResponse for Error {
             Error::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m.clone()),
             Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", self.to_string()),
             Error::Revoked => (StatusCode::FORBIDDEN, "revoked", self.to_string()),
+            Error::AuditQuota => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "audit_quota",
+                self.to_string(),
+            ),
             Error::TooManyConnections => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_connections",

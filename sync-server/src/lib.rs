@@ -4,11 +4,13 @@
 //! [`serve`] binds it with TLS (or, on loopback only, plain HTTP) and runs it
 //! until shutdown. `main.rs` only parses configuration.
 
+mod audit_upload;
 pub mod auth;
 pub mod cli;
 pub mod conn_limits;
 pub mod error;
 mod heavy;
+mod oracle;
 pub mod ratelimit;
 pub mod relay;
 pub mod retention;
@@ -107,13 +109,31 @@ impl AppState {
     fn count_auth<T>(&self, client: ClientAddr, result: Result<T>) -> Result<T> {
         if let (Some(ip), Err(Error::Unauthorized | Error::EnrolmentRefused(_))) =
             (client.0, &result)
-            && let Some(lockout) = self.auth.failure(ip, std::time::Instant::now())
         {
-            tracing::warn!(
-                client = %ip,
-                lockout_secs = lockout.as_secs(),
-                "too many failed enrolment or token attempts: address locked out"
-            );
+            // Audited aggregated (the audit must not be floodable): the
+            // first refusal of an address in its window, and each lockout.
+            let lockout = self.auth.failure(ip, std::time::Instant::now());
+            let action = match lockout {
+                Some(lockout) => {
+                    tracing::warn!(
+                        client = %ip,
+                        lockout_secs = lockout.as_secs(),
+                        "too many failed enrolment or token attempts: address locked out"
+                    );
+                    Some("auth-lockout")
+                }
+                None if self.auth.failures(ip) == 1 => Some("auth-refused"),
+                None => None,
+            };
+            if let Some(action) = action {
+                let at = Utc::now().to_rfc3339();
+                let written = tokio::task::block_in_place(|| {
+                    self.storage.audit_client(action, &ip.to_string(), &at)
+                });
+                if let Err(e) = written {
+                    tracing::error!(error = %e, "writing the audit failed");
+                }
+            }
         }
         result
     }
@@ -224,13 +244,17 @@ async fn audit_reads(
             .map_err(|_| Error::BadRequest("a read names a malformed family id".into()))?;
         let at = chrono::DateTime::parse_from_rfc3339(&r.at)
             .map_err(|_| Error::BadRequest("a read has a malformed time".into()))?;
-        reads.push((id.to_string(), at.with_timezone(&Utc).to_rfc3339()));
+        reads.push((id.to_string(), at.with_timezone(&Utc)));
     }
     let device =
         tokio::task::block_in_place(|| auth::authenticate(&*state.storage, token.as_deref()));
     let device = state.count_auth(client, device)?;
-    tokio::task::block_in_place(|| state.storage.record_reads(&device, &reads))?;
-    Ok(Json(serde_json::json!({ "stored": reads.len() })))
+    let (stored, refused) = tokio::task::block_in_place(|| {
+        audit_upload::record(&*state.storage, &device, reads, Utc::now())
+    })?;
+    Ok(Json(
+        serde_json::json!({ "stored": stored, "refused": refused }),
+    ))
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -144,6 +144,12 @@ impl AuthLimiter {
         None
     }
 
+    /// Failures counted against `addr` in its current window (1 right
+    /// after the first: what the audit records, once per window).
+    pub fn failures(&self, addr: IpAddr) -> u32 {
+        self.table().get(&key(addr)).map_or(0, |e| e.failures)
+    }
+
     /// Addresses remembered now.
     pub fn len(&self) -> usize {
         self.table().len()

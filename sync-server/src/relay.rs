@@ -71,6 +71,11 @@ struct Slot {
     /// storage, not build on (and answer with heads of) changes the relay
     /// does not have. See [`Hub::locked_slot`].
     unstored: bool,
+    /// SHA-256 of the last reply sent to each connection: a peer repeating
+    /// "I have nothing" is not sent the same whole document again (issue
+    /// 11, finding 8; Automerge resets `sent_hashes` whenever the peer's
+    /// heads are empty, so its state alone resends everything each time).
+    last_reply: HashMap<u64, [u8; 32]>,
 }
 
 struct Connection {
@@ -110,7 +115,7 @@ pub const REPLACED: &str =
 
 /// Why a connection is being closed: the text the device is sent.
 #[derive(Debug)]
-struct Close(String);
+pub(crate) struct Close(pub(crate) String);
 
 /// Runs blocking storage work without stalling the async workers.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -375,6 +380,16 @@ impl Hub {
             return Ok(Some(slot));
         }
         let key = id.to_string();
+        // The team first, from its index, before any document is loaded:
+        // another team's large document must cost what a missing id costs,
+        // or the answer's time tells that the id exists (issue 11).
+        let owner = blocking(|| self.storage.document_team(&key)).map_err(|e| {
+            tracing::error!(error = %e, "reading a document's team failed");
+            Close("the relay could not load a document".into())
+        })?;
+        if owner.as_deref().is_some_and(|t| t != team) {
+            return Ok(None);
+        }
         let stored = blocking(|| self.storage.load_document(&key)).map_err(|e| {
             tracing::error!(error = %e, "loading a document failed");
             Close("the relay could not load a document".into())
@@ -410,6 +425,7 @@ impl Hub {
                     states: HashMap::new(),
                     last_used: tick,
                     unstored: false,
+                    last_reply: HashMap::new(),
                 }
             }
             None if create => Slot {
@@ -418,6 +434,7 @@ impl Hub {
                 states: HashMap::new(),
                 last_used: tick,
                 unstored: false,
+                last_reply: HashMap::new(),
             },
             None => return Ok(None),
         };
@@ -520,18 +537,28 @@ impl Hub {
         // A purged document is gone, also from memory, and never taken again
         // (the administrator purges from another process: checked each time).
         let key = id.to_string();
-        let purged = blocking(|| self.storage.is_purged(&key)).map_err(|e| {
+        let purged = blocking(|| self.storage.purged_team(&key)).map_err(|e| {
             tracing::error!(error = %e, "checking for a purge failed");
             Close("the relay could not read its storage".into())
         })?;
-        if purged {
+        if let Some(purged_team) = purged {
             lock(&self.docs).remove(&id);
-            self.unavailable(device, tx, document_id);
-            return Ok(());
+            if purged_team == device.team || is_request {
+                self.unavailable(device, tx, document_id);
+                return Ok(());
+            }
+            // Another team's purged id: answered as a never-stored one.
+            return crate::oracle::answer_as_new(&self.peer_id, device, tx, document_id, message);
         }
         let Some(mut s) = self.locked_slot(id, &device.team, !is_request).await? else {
-            self.unavailable(device, tx, document_id);
-            return Ok(());
+            if is_request {
+                // Missing or another team's: the same answer.
+                self.unavailable(device, tx, document_id);
+                return Ok(());
+            }
+            // With `create`, `None` is only ever another team's document.
+            crate::oracle::note_cross_team(&self.storage, device, &key);
+            return crate::oracle::answer_as_new(&self.peer_id, device, tx, document_id, message);
         };
         self.load_state(&mut s, &key, conn_id, device);
         let before = s.doc.get_heads();
@@ -571,7 +598,12 @@ impl Hub {
             self.unavailable(device, tx, document_id);
             return Ok(());
         }
-        let Slot { doc, states, .. } = &mut *s;
+        let Slot {
+            doc,
+            states,
+            last_reply,
+            ..
+        } = &mut *s;
         // The reply and the live fan-out are gathered first, so that every
         // device they carry changes to is audited in one transaction (one
         // fsync) before any is sent: one commit per recipient made fifty
@@ -582,24 +614,48 @@ impl Hub {
         let replies = states
             .get_mut(&conn_id)
             .map(|(_, state)| crate::split::outgoing(doc, state, max, &device.id, document_id));
-        for reply in replies.iter().flat_map(|r| r.iter().flatten()) {
-            tracing::trace!(device = %device.id, doc = %document_id, m = %brief(reply), "reply");
-            if !reply.changes.is_empty() && !received.contains(&device.id) {
-                received.push(device.id.clone());
-            }
-        }
+        // Encoded once: the bytes are both sent and compared with the last
+        // reply. The same bytes already went to this connection, which reads
+        // in order, so it has them: repeated "nothing" messages do not each
+        // cost the whole document (Automerge clears `sent_hashes` whenever
+        // the peer's heads are empty).
+        let replies = replies.map(|parts| {
+            parts.map(|parts| {
+                use sha2::Digest;
+                let parts: Vec<(bool, Vec<u8>)> = parts
+                    .into_iter()
+                    .map(|reply| {
+                        tracing::trace!(device = %device.id, doc = %document_id, m = %brief(&reply), "reply");
+                        (!reply.changes.is_empty(), reply.encode())
+                    })
+                    .collect();
+                let mut hasher = sha2::Sha256::new();
+                for (_, bytes) in &parts {
+                    hasher.update(bytes);
+                }
+                let digest: [u8; 32] = hasher.finalize().into();
+                let repeat = before == after && last_reply.get(&conn_id) == Some(&digest);
+                last_reply.insert(conn_id, digest);
+                if repeat { Vec::new() } else { parts }
+            })
+        });
         match replies {
-            Some(Some(replies)) => outgoing.extend(replies.into_iter().map(|reply| {
-                (
-                    tx.clone(),
-                    Message::Sync {
-                        sender_id: self.peer_id.clone(),
-                        target_id: device.id.clone(),
-                        document_id: document_id.to_string(),
-                        data: reply.encode(),
-                    },
-                )
-            })),
+            Some(Some(parts)) => {
+                if parts.iter().any(|(changes, _)| *changes) {
+                    received.push(device.id.clone());
+                }
+                outgoing.extend(parts.into_iter().map(|(_, data)| {
+                    (
+                        tx.clone(),
+                        Message::Sync {
+                            sender_id: self.peer_id.clone(),
+                            target_id: device.id.clone(),
+                            document_id: document_id.to_string(),
+                            data,
+                        },
+                    )
+                }))
+            }
             Some(None) => outgoing.push((
                 tx.clone(),
                 Message::DocUnavailable {
@@ -842,7 +898,9 @@ impl Hub {
             .collect();
         let mut states = Vec::new();
         for (id, slot) in slots {
-            if let Some((device, state)) = slot.lock().await.states.remove(&conn_id) {
+            let mut slot = slot.lock().await;
+            slot.last_reply.remove(&conn_id);
+            if let Some((device, state)) = slot.states.remove(&conn_id) {
                 states.push((id.to_string(), device, state.encode()));
             }
         }

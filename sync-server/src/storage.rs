@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/004_last_device.sql"),
     include_str!("../migrations/005_purged.sql"),
     include_str!("../migrations/006_team_policy.sql"),
+    include_str!("../migrations/007_audit_receipt.sql"),
 ];
 
 /// A team's data-protection policy; `None` is no limit.
@@ -45,6 +46,13 @@ pub struct AuditEntry {
     /// enrolled, connected, uploaded, received, read, purged, revoked
     pub action: String,
     pub document_id: Option<String>,
+    /// A refused client's address (auth-refused, auth-lockout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// When the relay received an uploaded read (`at` is the device's
+    /// claim, clamped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<String>,
 }
 
 /// A document the office purged, as devices are told of it (no content).
@@ -138,6 +146,20 @@ pub trait Storage: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Option<String>>;
     fn is_purged(&self, doc_id: &str) -> Result<bool>;
+    /// The team a purged document belonged to (`None`: not purged).
+    fn purged_team(&self, doc_id: &str) -> Result<Option<String>>;
+    /// Appends one record about a client address (a refused token, a lockout).
+    fn audit_client(&self, action: &str, client: &str, at: &str) -> Result<()>;
+    /// Case-file reads a device uploaded since `since` (receipt time).
+    fn reads_received_since(&self, device_id: &str, since: &str) -> Result<i64>;
+    /// Appends a device's reads: `(family id, claimed at, clamped at)`,
+    /// the relay's receipt time beside them.
+    fn record_reads_received(
+        &self,
+        device: &Device,
+        reads: &[(String, String)],
+        received_at: &str,
+    ) -> Result<()>;
     /// Every stored document: (id, team).
     fn document_ids(&self) -> Result<Vec<(String, String)>>;
     /// Every document of `team` that was purged.
@@ -566,6 +588,53 @@ impl Storage for SqliteStorage {
             .is_some())
     }
 
+    fn purged_team(&self, doc_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row("SELECT team FROM purged WHERE doc_id = ?1", [doc_id], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    fn audit_client(&self, action: &str, client: &str, at: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO audit (at, action, client) VALUES (?1, ?2, ?3)",
+            params![at, action, client],
+        )?;
+        Ok(())
+    }
+
+    fn reads_received_since(&self, device_id: &str, since: &str) -> Result<i64> {
+        Ok(self.conn().query_row(
+            "SELECT COUNT(*) FROM audit
+             WHERE device_id = ?1 AND action = 'read' AND received_at >= ?2",
+            [device_id, since],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn record_reads_received(
+        &self,
+        device: &Device,
+        reads: &[(String, String)],
+        received_at: &str,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO audit (at, device_id, worker, action, doc_id, received_at)
+                 VALUES (?1, ?2, ?3, 'read', ?4, ?5)",
+            )?;
+            for (family, at) in reads {
+                insert.execute(params![at, device.id, device.worker, family, received_at])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     fn purged(&self, team: &str) -> Result<Vec<Purged>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
@@ -648,7 +717,7 @@ impl Storage for SqliteStorage {
     fn audit_log(&self, family: Option<&str>, device: Option<&str>) -> Result<Vec<AuditEntry>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT at, device_id, worker, action, doc_id FROM audit
+            "SELECT at, device_id, worker, action, doc_id, client, received_at FROM audit
              WHERE (?1 IS NULL OR doc_id = ?1) AND (?2 IS NULL OR device_id = ?2)
              ORDER BY seq",
         )?;
@@ -659,6 +728,8 @@ impl Storage for SqliteStorage {
                 worker: r.get(2)?,
                 action: r.get(3)?,
                 document_id: r.get(4)?,
+                client: r.get(5)?,
+                received_at: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

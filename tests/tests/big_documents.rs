@@ -67,7 +67,11 @@ fn a_case_file_bigger_than_the_message_limit_syncs_both_ways_and_blocks_nothing(
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
-    let limit: usize = if notes >= 3_000 { 1024 * 1024 } else { 256 * 1024 };
+    let limit: usize = if notes >= 3_000 {
+        1024 * 1024
+    } else {
+        256 * 1024
+    };
     let relay = Relay::start_with(&["--max-message-bytes", &limit.to_string()]);
     let a = Device::enrolled(&relay, "north", "Asha");
     let b = Device::enrolled(&relay, "north", "Ben");
