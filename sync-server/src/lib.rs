@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod door;
 pub mod error;
 pub mod ratelimit;
 pub mod relay;
