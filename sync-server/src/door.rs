@@ -71,9 +71,9 @@ mod tests {
 
     fn linkbook(kind: &str) -> AutoCommit {
         let mut doc = AutoCommit::new();
-        doc.put(automerge::ROOT, "type", kind).unwrap();
+        doc.put(automerge::ROOT, "type", kind).expect("put");
         doc.put(automerge::ROOT, "schema_version", SCHEMA_VERSION)
-            .unwrap();
+            .expect("put");
         doc
     }
 
@@ -91,31 +91,32 @@ mod tests {
     #[test]
     fn a_foreign_document_is_refused() {
         let mut doc = AutoCommit::new();
-        doc.put(automerge::ROOT, "hello", "world").unwrap();
+        doc.put(automerge::ROOT, "hello", "world").expect("put");
         assert!(
             check(doc.document(), &[])
-                .unwrap_err()
+                .expect_err("refused")
                 .contains("no Linkbook type")
         );
         let mut doc = linkbook("spreadsheet");
         assert!(
             check(doc.document(), &[])
-                .unwrap_err()
+                .expect_err("refused")
                 .contains("not a Linkbook type")
         );
         let mut doc = linkbook(DocumentType::Family.as_str());
         doc.put(automerge::ROOT, "schema_version", SCHEMA_VERSION + 1)
-            .unwrap();
+            .expect("put");
         assert!(
             check(doc.document(), &[])
-                .unwrap_err()
+                .expect_err("refused")
                 .contains("schema version")
         );
         let mut doc = linkbook(DocumentType::Family.as_str());
-        doc.put(automerge::ROOT, "schema_version", "1").unwrap();
+        doc.put(automerge::ROOT, "schema_version", "1")
+            .expect("put");
         assert!(
             check(doc.document(), &[])
-                .unwrap_err()
+                .expect_err("refused")
                 .contains("schema version")
         );
     }
@@ -125,10 +126,10 @@ mod tests {
         let mut doc = linkbook(DocumentType::Family.as_str());
         let before = doc.get_heads();
         doc.put(automerge::ROOT, "type", DocumentType::FamilyDay.as_str())
-            .unwrap();
+            .expect("put");
         assert!(
             check(doc.document(), &before)
-                .unwrap_err()
+                .expect_err("refused")
                 .contains("type may not")
         );
     }
