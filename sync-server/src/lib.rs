@@ -8,6 +8,7 @@ mod audit_upload;
 pub mod auth;
 pub mod cli;
 pub mod conn_limits;
+pub mod door;
 pub mod error;
 mod heavy;
 mod oracle;

@@ -585,6 +585,15 @@ impl Hub {
         }
         let after = s.doc.get_heads();
         if before != after
+            && let Err(reason) = crate::door::check(&s.doc, &before)
+        {
+            // Refused at the door: neither stored nor kept in memory.
+            tracing::warn!(device = %device.id, team = %device.team, doc = %key, reason = %reason, "refused at the door");
+            s.unstored = true;
+            lock(&self.docs).remove(&id);
+            return Err(Close(reason));
+        }
+        if before != after
             && let Err(close) = self.store(&key, &mut s, &before, device)
         {
             // Not stored, so not kept: reload from storage next time.
