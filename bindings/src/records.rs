@@ -690,6 +690,9 @@ pub struct SyncSummary {
     /// Families the office purged that this sync deleted from the device
     /// (ids only): tell the worker, their records are gone.
     pub purged: Vec<String>,
+    /// Documents that could not be sent because one of their changes is
+    /// larger than the relay's message limit (ids only); the others synced.
+    pub failed: Vec<String>,
 }
 
 impl From<core::SyncSummary> for SyncSummary {
@@ -704,6 +707,7 @@ impl From<core::SyncSummary> for SyncSummary {
             bytes_sent: s.bytes_sent,
             bytes_received: s.bytes_received,
             purged: s.purged,
+            failed: s.failed,
         }
     }
 }
