@@ -531,3 +531,64 @@ pub async fn relay_socket(
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// A raw socket that has joined as the enrolled device `creds` (its `peer`
+/// answer read): what an automerge-repo peer with a copied token holds.
+pub async fn joined(
+    relay: &Relay,
+    ca_pem: &str,
+    creds: &linkbook_core::DeviceCredentials,
+) -> RelaySocket {
+    use futures_util::{SinkExt, StreamExt};
+    use linkbook_core::protocol::{Message, PeerMetadata};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    let wait = std::time::Duration::from_secs(10);
+    let mut ws = tokio::time::timeout(wait, relay_socket(&relay.url, ca_pem, &creds.token))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let join = Message::Join {
+        sender_id: creds.device_id.clone(),
+        peer_metadata: PeerMetadata::default(),
+        supported_protocol_versions: vec!["1".into()],
+    };
+    ws.send(WsMessage::Binary(join.encode().into()))
+        .await
+        .expect("join");
+    match tokio::time::timeout(wait, ws.next())
+        .await
+        .expect("peer in time")
+    {
+        Some(Ok(WsMessage::Binary(b))) => {
+            assert!(matches!(Message::decode(&b), Ok(Message::Peer { .. })))
+        }
+        other => panic!("expected peer, got {other:?}"),
+    }
+    ws
+}
+
+/// Reads until the relay closes the socket (within 15 s); returns the
+/// `error` message it sent before closing, if any.
+pub async fn closing_error(ws: &mut RelaySocket) -> Option<String> {
+    use futures_util::StreamExt;
+    use linkbook_core::protocol::Message;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    let mut error = None;
+    let read = async {
+        while let Some(frame) = ws.next().await {
+            match frame {
+                Ok(WsMessage::Binary(b)) => {
+                    if let Ok(Message::Error { message }) = Message::decode(&b) {
+                        error = Some(message);
+                    }
+                }
+                Ok(WsMessage::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(15), read)
+        .await
+        .expect("the relay closed the connection in time");
+    error
+}

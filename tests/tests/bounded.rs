@@ -5,9 +5,9 @@
 //! good device syncs right after, and the refusal is audited.
 
 use futures_util::SinkExt;
-use linkbook_core::protocol::{Message, PeerMetadata};
+use linkbook_core::protocol::Message;
 use linkbook_core::*;
-use linkbook_tests::{Device, Relay, RelaySocket, relay_socket};
+use linkbook_tests::{Device, Relay, closing_error, joined};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const CRASHERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz-crashers/automerge-load");
@@ -37,52 +37,6 @@ fn sync_carrying(chunk: &[u8], version: automerge::sync::MessageVersion) -> Vec<
         version,
     }
     .encode()
-}
-
-async fn closing_error(ws: &mut RelaySocket) -> Option<String> {
-    use futures_util::StreamExt;
-    let mut error = None;
-    let read = async {
-        while let Some(frame) = ws.next().await {
-            match frame {
-                Ok(WsMessage::Binary(b)) => {
-                    if let Ok(Message::Error { message }) = Message::decode(&b) {
-                        error = Some(message);
-                    }
-                }
-                Ok(WsMessage::Close(_)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(15), read)
-        .await
-        .expect("the relay closed the connection in time");
-    error
-}
-
-async fn joined(relay: &Relay, ca: &str, creds: &DeviceCredentials) -> RelaySocket {
-    use futures_util::StreamExt;
-    let mut ws = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        relay_socket(&relay.url, ca, &creds.token),
-    )
-    .await
-    .expect("connect in time")
-    .expect("connect");
-    let join = Message::Join {
-        sender_id: creds.device_id.clone(),
-        peer_metadata: PeerMetadata::default(),
-        supported_protocol_versions: vec!["1".into()],
-    };
-    ws.send(WsMessage::Binary(join.encode().into()))
-        .await
-        .expect("join");
-    let peer = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
-        .await
-        .expect("peer in time");
-    assert!(matches!(peer, Some(Ok(WsMessage::Binary(_)))), "{peer:?}");
-    ws
 }
 
 fn vm_hwm_kb(pid: u32) -> u64 {

@@ -7,10 +7,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use linkbook_core::protocol::{Message, PeerMetadata};
+use futures_util::StreamExt;
+use linkbook_core::protocol::Message;
 use linkbook_core::*;
-use linkbook_tests::{Device, Relay, RelaySocket, relay_socket};
+use linkbook_tests::{Device, Relay, RelaySocket, joined};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -50,38 +50,6 @@ async fn tls_from(
     tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
-}
-
-fn join(peer: &str) -> Vec<u8> {
-    Message::Join {
-        sender_id: peer.to_string(),
-        peer_metadata: PeerMetadata::default(),
-        supported_protocol_versions: vec!["1".into()],
-    }
-    .encode()
-}
-
-async fn joined(relay: &Relay, ca: &str, creds: &DeviceCredentials) -> RelaySocket {
-    let mut ws = tokio::time::timeout(
-        Duration::from_secs(10),
-        relay_socket(&relay.url, ca, &creds.token),
-    )
-    .await
-    .expect("connect in time")
-    .expect("connect");
-    ws.send(WsMessage::Binary(join(&creds.device_id).into()))
-        .await
-        .expect("join");
-    let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .expect("peer in time");
-    match first {
-        Some(Ok(WsMessage::Binary(b))) => {
-            assert!(matches!(Message::decode(&b), Ok(Message::Peer { .. })))
-        }
-        other => panic!("expected peer, got {other:?}"),
-    }
-    ws
 }
 
 /// Reads until the relay closes (pongs answered on the way); the error

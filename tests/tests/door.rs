@@ -7,7 +7,7 @@ use automerge::transaction::Transactable;
 use futures_util::{SinkExt, StreamExt};
 use linkbook_core::protocol::{self, Message, PeerMetadata};
 use linkbook_core::*;
-use linkbook_tests::{Device, Relay, relay_socket};
+use linkbook_tests::{Device, Relay, closing_error, relay_socket};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -61,23 +61,7 @@ async fn a_foreign_document_is_refused_and_the_team_keeps_syncing() {
     ws.send(WsMessage::Binary(m.encode().into()))
         .await
         .expect("send");
-    let mut error = None;
-    let read = async {
-        while let Some(frame) = ws.next().await {
-            match frame {
-                Ok(WsMessage::Binary(b)) => {
-                    if let Ok(Message::Error { message }) = Message::decode(&b) {
-                        error = Some(message);
-                    }
-                }
-                Ok(WsMessage::Close(_)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(15), read)
-        .await
-        .expect("the relay closed the connection");
+    let error = closing_error(&mut ws).await;
     let error = error.expect("an error message");
     assert!(error.contains("no Linkbook type"), "{error}");
 

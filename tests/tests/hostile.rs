@@ -4,7 +4,7 @@
 use futures_util::{SinkExt, StreamExt};
 use linkbook_core::protocol::{Message, PeerMetadata};
 use linkbook_core::*;
-use linkbook_tests::{Device, Relay, RelaySocket, relay_socket};
+use linkbook_tests::{Device, Relay, closing_error, joined, relay_socket};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const LIMIT: usize = 64 * 1024;
@@ -16,44 +16,6 @@ fn join(peer: &str, versions: &[&str]) -> Vec<u8> {
         supported_protocol_versions: versions.iter().map(|v| v.to_string()).collect(),
     }
     .encode()
-}
-
-/// Reads until the relay closes; returns the error message it sent, if any.
-async fn closing_error(ws: &mut RelaySocket) -> Option<String> {
-    let mut error = None;
-    let read = async {
-        while let Some(frame) = ws.next().await {
-            match frame {
-                Ok(WsMessage::Binary(b)) => {
-                    if let Ok(Message::Error { message }) = Message::decode(&b) {
-                        error = Some(message);
-                    }
-                }
-                Ok(WsMessage::Close(_)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(15), read)
-        .await
-        .expect("the relay closed the connection");
-    error
-}
-
-async fn joined(relay: &Relay, ca: &str, creds: &DeviceCredentials) -> RelaySocket {
-    let mut ws = relay_socket(&relay.url, ca, &creds.token)
-        .await
-        .expect("connect");
-    ws.send(WsMessage::Binary(join(&creds.device_id, &["1"]).into()))
-        .await
-        .expect("join");
-    match ws.next().await {
-        Some(Ok(WsMessage::Binary(b))) => {
-            assert!(matches!(Message::decode(&b), Ok(Message::Peer { .. })))
-        }
-        other => panic!("expected peer, got {other:?}"),
-    }
-    ws
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

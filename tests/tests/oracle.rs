@@ -6,32 +6,12 @@ use std::time::Duration;
 
 use automerge::sync::{self, SyncDoc};
 use futures_util::{SinkExt, StreamExt};
-use linkbook_core::protocol::{Message, PeerMetadata};
+use linkbook_core::protocol::Message;
 use linkbook_core::*;
-use linkbook_tests::{Device, Relay, RelaySocket, relay_socket};
+use linkbook_tests::{Device, Relay, RelaySocket, joined};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const WAIT: Duration = Duration::from_secs(15);
-
-async fn joined(relay: &Relay, ca: &str, creds: &DeviceCredentials) -> RelaySocket {
-    let mut ws = tokio::time::timeout(WAIT, relay_socket(&relay.url, ca, &creds.token))
-        .await
-        .expect("connect in time")
-        .expect("connect");
-    let join = Message::Join {
-        sender_id: creds.device_id.clone(),
-        peer_metadata: PeerMetadata::default(),
-        supported_protocol_versions: vec!["1".into()],
-    };
-    ws.send(WsMessage::Binary(join.encode().into()))
-        .await
-        .expect("join");
-    let peer = tokio::time::timeout(WAIT, ws.next())
-        .await
-        .expect("peer in time");
-    assert!(matches!(peer, Some(Ok(WsMessage::Binary(_)))), "{peer:?}");
-    ws
-}
 
 /// Sends one message for `doc` and returns the relay's answer with the
 /// document id blanked, so answers for two ids can be compared byte for byte.
@@ -128,8 +108,16 @@ async fn another_teams_document_and_a_never_stored_id_get_byte_identical_answers
     let with_change = {
         let mut doc =
             automerge::AutoCommit::new().with_actor(automerge::ActorId::from(vec![7u8; 16]));
-        automerge::transaction::Transactable::put(&mut doc, automerge::ROOT, "probe", 1)
+        // A Linkbook document's header, so the relay's door takes it.
+        automerge::transaction::Transactable::put(&mut doc, automerge::ROOT, "type", "family")
             .expect("put");
+        automerge::transaction::Transactable::put(
+            &mut doc,
+            automerge::ROOT,
+            "schema_version",
+            SCHEMA_VERSION,
+        )
+        .expect("put");
         doc.commit_with(automerge::transaction::CommitOptions::default().with_time(0));
         let mut state = sync::State::new();
         let first = doc.sync().generate_sync_message(&mut state).expect("first");
