@@ -176,6 +176,21 @@ impl Relay {
         r.stdout.trim().to_string()
     }
 
+    /// A device of `team` enrolled through the relay's real enrolment (a
+    /// one-time code exchanged for a token), as raw credentials: what a
+    /// second program speaking the protocol with a device's token holds.
+    /// Blocking (call it through `block_in_place` in async tests).
+    pub fn enrol_credentials(
+        &self,
+        team: &str,
+        worker: &str,
+        device_name: &str,
+    ) -> linkbook_core::DeviceCredentials {
+        let code = self.enrol_code(team, worker);
+        linkbook_core::enrol_device(&self.url, &code, Some(&self.ca_pem()), device_name)
+            .expect("enrol")
+    }
+
     /// What the relay logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()

@@ -264,9 +264,7 @@ async fn the_live_fan_out_of_a_big_upload_is_split_under_the_limit() {
         .expect("note");
     tokio::task::block_in_place(|| a.sync(None)).expect("sync");
 
-    let code = relay.enrol_code("north", "Ben");
-    let creds = tokio::task::block_in_place(|| enrol_device(&relay.url, &code, Some(&ca), "raw"))
-        .expect("enrol");
+    let creds = tokio::task::block_in_place(|| relay.enrol_credentials("north", "Ben", "raw"));
     let mut ws = tokio::time::timeout(
         Duration::from_secs(10),
         linkbook_tests::relay_socket(&relay.url, &ca, &creds.token),

@@ -52,10 +52,8 @@ fn vm_hwm_kb(pid: u32) -> u64 {
 async fn crashers_as_sync_messages_are_refused_and_the_relay_keeps_serving() {
     let relay = Relay::start();
     let ca = relay.ca_pem();
-    let code = relay.enrol_code("north", "Mallory");
     let creds =
-        tokio::task::block_in_place(|| enrol_device(&relay.url, &code, Some(&ca), "attacker"))
-            .expect("enrol");
+        tokio::task::block_in_place(|| relay.enrol_credentials("north", "Mallory", "attacker"));
     let good = Device::enrolled(&relay, "north", "Asha");
     let family = good
         .add_family(&NewFamily {
@@ -150,10 +148,8 @@ async fn a_text_document_over_the_ops_cap_is_refused_cheaply() {
     use automerge::transaction::Transactable;
     let relay = Relay::start_with(&["--max-document-ops", "200000"]);
     let ca = relay.ca_pem();
-    let code = relay.enrol_code("north", "Mallory");
     let creds =
-        tokio::task::block_in_place(|| enrol_device(&relay.url, &code, Some(&ca), "attacker"))
-            .expect("enrol");
+        tokio::task::block_in_place(|| relay.enrol_credentials("north", "Mallory", "attacker"));
     // As a JavaScript client writes note bodies: one Text op per character.
     let mut doc = automerge::AutoCommit::new();
     let text = doc
@@ -294,10 +290,8 @@ async fn three_big_uploads_in_parallel_do_not_abort_a_relay_capped_at_3_gb() {
     assert!(limited.success());
     let ca = relay.ca_pem();
     // Another team: its documents are no Linkbook type the good device reads.
-    let code = relay.enrol_code("south", "Mallory");
     let creds =
-        tokio::task::block_in_place(|| enrol_device(&relay.url, &code, Some(&ca), "attacker"))
-            .expect("enrol");
+        tokio::task::block_in_place(|| relay.enrol_credentials("south", "Mallory", "attacker"));
     // Just under the default cap of 1 M ops: the largest upload accepted.
     let mut doc = automerge::AutoCommit::new();
     let text = doc

@@ -144,9 +144,7 @@ async fn slow_idle_and_stale_connections_do_not_stop_good_devices() {
 
     // A copied token: 4 joined-but-silent connections hold the device's
     // whole cap (never read: they answer no ping).
-    let code = relay.enrol_code("north", "Ben");
-    let ben = tokio::task::block_in_place(|| enrol_device(&relay.url, &code, Some(&ca), "tablet"))
-        .expect("enrol");
+    let ben = tokio::task::block_in_place(|| relay.enrol_credentials("north", "Ben", "tablet"));
     let mut stale = Vec::new();
     for _ in 0..4 {
         stale.push(joined(&relay, &ca, &ben).await);

@@ -23,10 +23,8 @@ async fn a_foreign_document_is_refused_and_the_team_keeps_syncing() {
     .expect("family");
     tokio::task::block_in_place(|| good.sync(None)).expect("first sync");
 
-    let code = relay.enrol_code("north", "Mallory");
     let creds =
-        tokio::task::block_in_place(|| enrol_device(&relay.url, &code, Some(&ca), "attacker"))
-            .expect("enrol");
+        tokio::task::block_in_place(|| relay.enrol_credentials("north", "Mallory", "attacker"));
     let mut ws = relay_socket(&relay.url, &ca, &creds.token)
         .await
         .expect("connect");

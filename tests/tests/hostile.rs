@@ -27,10 +27,8 @@ async fn bad_connections_are_closed_and_good_devices_keep_syncing() {
         "2",
     ]);
     let ca = relay.ca_pem();
-    let code = relay.enrol_code("north", "Mallory");
     let creds =
-        tokio::task::block_in_place(|| enrol_device(&relay.url, &code, Some(&ca), "attacker"))
-            .expect("enrol");
+        tokio::task::block_in_place(|| relay.enrol_credentials("north", "Mallory", "attacker"));
 
     // A good device, syncing between every attack.
     let good = Device::enrolled(&relay, "north", "Asha");
@@ -235,10 +233,8 @@ async fn guessing_codes_and_tokens_locks_the_address_out_until_the_lockout_ends(
     ]);
     let ca = relay.ca_pem();
     // Enrolled and connected before the attack.
-    let code = relay.enrol_code("north", "Asha");
     let asha =
-        tokio::task::block_in_place(|| enrol_device(&relay.url, &code, Some(&ca), "Asha's tablet"))
-            .expect("enrol");
+        tokio::task::block_in_place(|| relay.enrol_credentials("north", "Asha", "Asha's tablet"));
     let mut open = joined(&relay, &ca, &asha).await;
     let ben = tokio::task::block_in_place(|| Device::enrolled(&relay, "north", "Ben"));
     let family = ben
@@ -356,10 +352,8 @@ async fn a_token_of_one_team_cannot_read_or_write_another_teams_document() {
         .expect("family");
     tokio::task::block_in_place(|| north.sync(None)).expect("sync");
 
-    let code = relay.enrol_code("south", "Mallory");
     let south =
-        tokio::task::block_in_place(|| enrol_device(&relay.url, &code, Some(&ca), "attacker"))
-            .expect("enrol");
+        tokio::task::block_in_place(|| relay.enrol_credentials("south", "Mallory", "attacker"));
     let mut ws = joined(&relay, &ca, &south).await;
     // Changes that would rename the family, as a whole new document.
     use automerge::sync::SyncDoc;

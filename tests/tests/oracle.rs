@@ -88,10 +88,8 @@ async fn another_teams_document_and_a_never_stored_id_get_byte_identical_answers
         })
         .expect("family");
     tokio::task::block_in_place(|| north.sync(None)).expect("north syncs");
-    let code = relay.enrol_code("south", "Mallory");
     let creds =
-        tokio::task::block_in_place(|| enrol_device(&relay.url, &code, Some(&ca), "prober"))
-            .expect("enrol");
+        tokio::task::block_in_place(|| relay.enrol_credentials("south", "Mallory", "prober"));
     let mut ws = joined(&relay, &ca, &creds).await;
 
     // An empty sync message, and one carrying a change (the same change
@@ -264,10 +262,8 @@ async fn forged_reads_are_not_recorded_as_claimed_and_refused_tokens_are_audited
 async fn repeated_nothing_messages_are_not_each_answered_with_the_whole_document() {
     let relay = Relay::start();
     let ca = relay.ca_pem();
-    let code = relay.enrol_code("north", "Mallory");
     let creds =
-        tokio::task::block_in_place(|| enrol_device(&relay.url, &code, Some(&ca), "repeater"))
-            .expect("enrol");
+        tokio::task::block_in_place(|| relay.enrol_credentials("north", "Mallory", "repeater"));
     let good = Device::enrolled(&relay, "north", "Asha");
     let family = good
         .add_family(&NewFamily {
