@@ -73,21 +73,40 @@ pub(crate) const MIGRATIONS: &[&str] = &[
 /// Opens (creating if missing) and unlocks the database file.
 pub(crate) fn open_connection(path: &Path, key: &DatabaseKey) -> Result<Connection> {
     create_private(path);
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+    let open = || {
+        Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+    };
+    let mut conn = open()?;
     // Opening a fresh store failed once (of many test runs) with "PRAGMA key
     // requires a key of one or more characters" while another thread keyed
     // its own store; a race in SQLCipher's crypto-provider set-up is the
     // likely cause. Keying is rare and fast, so it is done one at a time.
     static KEYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let keying = KEYING.lock().unwrap_or_else(|p| p.into_inner());
-    // A wrong key would otherwise print an HMAC error on stderr.
-    conn.execute_batch("PRAGMA cipher_log_level = NONE;")?;
-    conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", key.to_hex()))?;
+    // The lock did not end it: a fresh-clone CI run on 2026-12-02 met it
+    // again (tests/erasure.rs), so a failed keying is retried on a new
+    // connection, a few times; a wrong key is a different error, below.
+    let mut attempts = 0;
+    loop {
+        // A wrong key would otherwise print an HMAC error on stderr.
+        conn.execute_batch("PRAGMA cipher_log_level = NONE;")?;
+        match conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", key.to_hex())) {
+            Err(rusqlite::Error::SqliteFailure(_, Some(message)))
+                if attempts < 3 && message.contains("PRAGMA key requires") =>
+            {
+                attempts += 1;
+                tracing::warn!(attempts, "keying the database failed; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                conn = open()?;
+            }
+            result => break result?,
+        }
+    }
     let unlocked = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
         r.get::<_, i64>(0)
     });
