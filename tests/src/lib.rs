@@ -585,6 +585,15 @@ pub async fn joined(
 /// Reads until the relay closes the socket (within 15 s); returns the
 /// `error` message it sent before closing, if any.
 pub async fn closing_error(ws: &mut RelaySocket) -> Option<String> {
+    closing_error_within(ws, std::time::Duration::from_secs(15)).await
+}
+
+/// [`closing_error`] with its own bound: panics if the socket stays open
+/// `within` (pings are answered on the way, as a live device does).
+pub async fn closing_error_within(
+    ws: &mut RelaySocket,
+    within: std::time::Duration,
+) -> Option<String> {
     use futures_util::StreamExt;
     use linkbook_core::protocol::Message;
     use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -602,7 +611,7 @@ pub async fn closing_error(ws: &mut RelaySocket) -> Option<String> {
             }
         }
     };
-    tokio::time::timeout(std::time::Duration::from_secs(15), read)
+    tokio::time::timeout(within, read)
         .await
         .expect("the relay closed the connection in time");
     error

@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use linkbook_core::protocol::Message;
 use linkbook_core::*;
-use linkbook_tests::{Device, Relay, RelaySocket, joined};
+use linkbook_tests::{Device, Relay, closing_error_within, joined};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -50,29 +49,6 @@ async fn tls_from(
     tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
-}
-
-/// Reads until the relay closes (pongs answered on the way); the error
-/// message it sent, if any. Panics if it stays open `within`.
-async fn closed_within(ws: &mut RelaySocket, within: Duration) -> Option<String> {
-    let mut error = None;
-    let read = async {
-        while let Some(frame) = ws.next().await {
-            match frame {
-                Ok(WsMessage::Binary(b)) => {
-                    if let Ok(Message::Error { message }) = Message::decode(&b) {
-                        error = Some(message);
-                    }
-                }
-                Ok(WsMessage::Close(_)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(within, read)
-        .await
-        .expect("the relay closed the connection in time");
-    error
 }
 
 fn rss_kb(pid: u32) -> u64 {
@@ -195,7 +171,7 @@ async fn slow_idle_and_stale_connections_do_not_stop_good_devices() {
     // The real device connects while the 4 stale copies are open: it wins,
     // the oldest copy is told why.
     let mut real = joined(&relay, &ca, &ben).await;
-    let oldest = closed_within(&mut stale.remove(0), Duration::from_secs(10)).await;
+    let oldest = closing_error_within(&mut stale.remove(0), Duration::from_secs(10)).await;
     assert!(
         oldest
             .as_deref()
@@ -238,7 +214,7 @@ async fn slow_idle_and_stale_connections_do_not_stop_good_devices() {
     tokio::time::sleep(Duration::from_secs(IDLE_SECS + 2).saturating_sub(stale_since.elapsed()))
         .await;
     for ws in &mut stale {
-        closed_within(ws, Duration::from_secs(5)).await;
+        closing_error_within(ws, Duration::from_secs(5)).await;
     }
     let stale_freed = stale_since.elapsed();
     let live = tokio::time::timeout(Duration::from_secs(IDLE_SECS + 4), async {
