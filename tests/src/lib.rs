@@ -320,6 +320,72 @@ impl std::ops::Deref for Device {
     }
 }
 
+/// A good device of `team` with one family of its own: between and during
+/// attacks it writes a note and syncs it, as a worker would.
+#[derive(Debug)]
+pub struct GoodDevice {
+    pub device: Device,
+    pub family: linkbook_core::DocumentId,
+    notes: usize,
+}
+
+impl GoodDevice {
+    /// Enrols `worker`'s device in `team` and writes its family (not synced yet).
+    pub fn enrolled(relay: &Relay, team: &str, worker: &str) -> GoodDevice {
+        let device = Device::enrolled(relay, team, worker);
+        let family = device
+            .add_family(&linkbook_core::NewFamily {
+                name: "Smith".into(),
+                ..Default::default()
+            })
+            .expect("family");
+        GoodDevice {
+            device,
+            family,
+            notes: 0,
+        }
+    }
+
+    /// Writes a new note and syncs it; panics naming `what` unless the sync
+    /// succeeds and sends the family. Returns how long the sync took. Runs
+    /// under `block_in_place`, so call it from a multi-thread tokio test.
+    pub fn note_and_sync(&mut self, what: &str) -> std::time::Duration {
+        self.notes += 1;
+        self.device
+            .add_note(
+                self.family,
+                &format!("note {}", self.notes),
+                linkbook_core::NoteCategory::Other,
+            )
+            .expect("note");
+        let start = std::time::Instant::now();
+        let s = tokio::task::block_in_place(|| self.device.sync(None))
+            .unwrap_or_else(|e| panic!("the good device syncs {what}: {e}"));
+        assert!(
+            s.documents_sent >= 1,
+            "the good device sent its note {what}"
+        );
+        start.elapsed()
+    }
+}
+
+impl std::ops::Deref for GoodDevice {
+    type Target = Device;
+    fn deref(&self) -> &Device {
+        &self.device
+    }
+}
+
+/// A `kB` figure of `/proc/<pid>/status` (`VmHWM`, `VmRSS`...), 0 if unreadable.
+pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// A device: a data directory driven through the `linkbook` CLI.
 #[derive(Debug)]
 pub struct CliDevice {

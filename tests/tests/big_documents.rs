@@ -56,6 +56,24 @@ fn note_texts(d: &Device, family: DocumentId) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The small family whose safeguarding note must not wait behind a big one.
+fn small_family_with_a_note(device: &Device) -> DocumentId {
+    let small = device
+        .add_family(&NewFamily {
+            name: "Small".into(),
+            ..Default::default()
+        })
+        .expect("family");
+    device
+        .add_note(
+            small,
+            "Safeguarding: call the school today",
+            NoteCategory::School,
+        )
+        .expect("note");
+    small
+}
+
 #[test]
 fn a_case_file_bigger_than_the_message_limit_syncs_both_ways_and_blocks_nothing() {
     // Each add_note rewrites the family's projection, so writing grows with
@@ -99,20 +117,7 @@ fn a_case_file_bigger_than_the_message_limit_syncs_both_ways_and_blocks_nothing(
         started.elapsed()
     );
     assert!(text_bytes > 2 * limit, "the family must exceed the limit");
-    let small = a
-        .repo
-        .add_family(&NewFamily {
-            name: "Small".into(),
-            ..Default::default()
-        })
-        .expect("family");
-    a.repo
-        .add_note(
-            small,
-            "Safeguarding: call the school today",
-            NoteCategory::School,
-        )
-        .expect("note");
+    let small = small_family_with_a_note(&a);
 
     // Device -> relay.
     let (s, took) = sync_within(&a, Duration::from_secs(300));
@@ -181,20 +186,7 @@ fn a_change_over_the_limit_fails_only_its_document() {
     a.repo
         .add_note(huge, &noise(100_000, 7, &cjk), NoteCategory::Visit)
         .expect("note");
-    let small = a
-        .repo
-        .add_family(&NewFamily {
-            name: "Small".into(),
-            ..Default::default()
-        })
-        .expect("family");
-    a.repo
-        .add_note(
-            small,
-            "Safeguarding: call the school today",
-            NoteCategory::School,
-        )
-        .expect("note");
+    let small = small_family_with_a_note(&a);
 
     let (s, _) = sync_within(&a, Duration::from_secs(120));
     assert_eq!(s.failed, vec![huge.to_string()], "{s:?}");

@@ -7,7 +7,7 @@
 use futures_util::SinkExt;
 use linkbook_core::protocol::Message;
 use linkbook_core::*;
-use linkbook_tests::{Device, Relay, closing_error, joined};
+use linkbook_tests::{Device, GoodDevice, Relay, closing_error, joined, proc_status_kb};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const CRASHERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz-crashers/automerge-load");
@@ -39,41 +39,16 @@ fn sync_carrying(chunk: &[u8], version: automerge::sync::MessageVersion) -> Vec<
     .encode()
 }
 
-fn vm_hwm_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashers_as_sync_messages_are_refused_and_the_relay_keeps_serving() {
     let relay = Relay::start();
     let ca = relay.ca_pem();
     let creds =
         tokio::task::block_in_place(|| relay.enrol_credentials("north", "Mallory", "attacker"));
-    let good = Device::enrolled(&relay, "north", "Asha");
-    let family = good
-        .add_family(&NewFamily {
-            name: "Smith".into(),
-            ..Default::default()
-        })
-        .expect("family");
-    let mut n = 0;
-    let mut good_sync = || {
-        n += 1;
-        good.add_note(family, &format!("note {n}"), NoteCategory::Other)
-            .expect("note");
-        let start = std::time::Instant::now();
-        let s =
-            tokio::task::block_in_place(|| good.sync(None)).expect("the good device still syncs");
-        assert!(s.documents_sent >= 1);
-        start.elapsed()
-    };
-    let unattacked = good_sync();
-    let hwm_before = vm_hwm_kb(relay.pid());
+    let mut good = GoodDevice::enrolled(&relay, "north", "Asha");
+    let family = good.family;
+    let unattacked = good.note_and_sync("unattacked");
+    let hwm_before = proc_status_kb(relay.pid(), "VmHWM");
 
     let existing = family.to_string();
     let new = DocumentId::random().to_string();
@@ -98,7 +73,7 @@ async fn crashers_as_sync_messages_are_refused_and_the_relay_keeps_serving() {
                     error.contains("refused before loading"),
                     "{name} {version:?}: {error}"
                 );
-                let took = good_sync();
+                let took = good.note_and_sync(&format!("after {name}"));
                 assert!(
                     took < std::time::Duration::from_secs(10)
                         && took < unattacked * 5 + std::time::Duration::from_secs(2),
@@ -107,7 +82,7 @@ async fn crashers_as_sync_messages_are_refused_and_the_relay_keeps_serving() {
             }
         }
     }
-    let hwm_after = vm_hwm_kb(relay.pid());
+    let hwm_after = proc_status_kb(relay.pid(), "VmHWM");
     eprintln!("relay VmHWM {hwm_before} kB before the crashers, {hwm_after} kB after");
     assert!(
         hwm_after < hwm_before + 256 * 1024,
@@ -158,7 +133,7 @@ async fn a_text_document_over_the_ops_cap_is_refused_cheaply() {
     doc.splice_text(&text, 0, 0, &"note text ".repeat(30_000))
         .expect("splice");
     let whole = doc.save();
-    let hwm_before = vm_hwm_kb(relay.pid());
+    let hwm_before = proc_status_kb(relay.pid(), "VmHWM");
     let mut ws = joined(&relay, &ca, &creds).await;
     let sync = Message::Sync {
         sender_id: creds.device_id.clone(),
@@ -172,20 +147,14 @@ async fn a_text_document_over_the_ops_cap_is_refused_cheaply() {
         .expect("send");
     let error = closing_error(&mut ws).await.unwrap_or_default();
     let took = start.elapsed();
-    let hwm_after = vm_hwm_kb(relay.pid());
+    let hwm_after = proc_status_kb(relay.pid(), "VmHWM");
     eprintln!(
         "{} bytes, 300,000 Text ops refused in {took:?}; relay VmHWM {hwm_before} -> {hwm_after} kB",
         whole.len()
     );
     assert!(error.contains("more than the 200000 allowed"), "{error}");
     assert!(hwm_after < hwm_before + 64 * 1024);
-    let good = Device::enrolled(&relay, "north", "Asha");
-    good.add_family(&NewFamily {
-        name: "Smith".into(),
-        ..Default::default()
-    })
-    .expect("family");
-    tokio::task::block_in_place(|| good.sync(None)).expect("a good device syncs after");
+    GoodDevice::enrolled(&relay, "north", "Asha").note_and_sync("after the refusal");
     assert_eq!(relay.integrity_check(), "ok");
 }
 
@@ -330,14 +299,8 @@ async fn three_big_uploads_in_parallel_do_not_abort_a_relay_capped_at_3_gb() {
     eprintln!(
         "three 600,000-op uploads in {:?}; relay VmHWM {} kB",
         start.elapsed(),
-        vm_hwm_kb(relay.pid())
+        proc_status_kb(relay.pid(), "VmHWM")
     );
-    let good = Device::enrolled(&relay, "north", "Asha");
-    good.add_family(&NewFamily {
-        name: "Smith".into(),
-        ..Default::default()
-    })
-    .expect("family");
-    tokio::task::block_in_place(|| good.sync(None)).expect("the relay is alive and serving");
+    GoodDevice::enrolled(&relay, "north", "Asha").note_and_sync("after the three uploads");
     assert_eq!(relay.integrity_check(), "ok");
 }

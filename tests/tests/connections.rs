@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use linkbook_core::*;
-use linkbook_tests::{Device, Relay, closing_error_within, joined};
+use linkbook_tests::{Device, GoodDevice, Relay, closing_error_within, joined, proc_status_kb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -51,15 +50,6 @@ async fn tls_from(
         .await
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
@@ -97,26 +87,9 @@ async fn slow_idle_and_stale_connections_do_not_stop_good_devices() {
     // The attacker comes from another loopback address than the good device.
     let attacker: IpAddr = "127.0.0.2".parse().expect("ip");
 
-    let good = Device::enrolled(&relay, "north", "Asha");
-    let family = good
-        .add_family(&NewFamily {
-            name: "Smith".into(),
-            ..Default::default()
-        })
-        .expect("family");
-    let mut notes = 0;
-    let mut good_sync = |what: &str| -> Duration {
-        notes += 1;
-        good.add_note(family, &format!("note {notes}"), NoteCategory::Other)
-            .expect("note");
-        let t = Instant::now();
-        let s = tokio::task::block_in_place(|| good.sync(None))
-            .unwrap_or_else(|e| panic!("the good device syncs {what}: {e}"));
-        assert!(s.documents_sent >= 1);
-        t.elapsed()
-    };
-    good_sync("first");
-    let before = good_sync("before the attack");
+    let mut good = GoodDevice::enrolled(&relay, "north", "Asha");
+    good.note_and_sync("first");
+    let before = good.note_and_sync("before the attack");
 
     // A copied token: 4 joined-but-silent connections hold the device's
     // whole cap (never read: they answer no ping).
@@ -165,7 +138,7 @@ async fn slow_idle_and_stale_connections_do_not_stop_good_devices() {
         });
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_attack = rss_kb(pid);
+    let rss_attack = proc_status_kb(pid, "VmRSS");
     let fds_attack = open_fds(pid);
 
     // The real device connects while the 4 stale copies are open: it wins,
@@ -183,7 +156,7 @@ async fn slow_idle_and_stale_connections_do_not_stop_good_devices() {
     // The good device syncs during the attack, within 10 s and 5x its time.
     let mut during = Vec::new();
     for _ in 0..3 {
-        during.push(good_sync("during the attack"));
+        during.push(good.note_and_sync("during the attack"));
     }
     // 5x a floor of 1 s: a 30 ms baseline times 5 is noise on 2 shared cores.
     let bound = (before.max(Duration::from_secs(1)) * 5).min(Duration::from_secs(10));
@@ -268,7 +241,7 @@ async fn slow_idle_and_stale_connections_do_not_stop_good_devices() {
         "{closed} slow connections got past the per-address cap"
     );
 
-    let after = good_sync("after the attack");
+    let after = good.note_and_sync("after the attack");
     let log = relay.log();
     assert!(
         log.contains("unauthenticated connection cap reached"),

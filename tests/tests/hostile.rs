@@ -4,7 +4,7 @@
 use futures_util::{SinkExt, StreamExt};
 use linkbook_core::protocol::{Message, PeerMetadata};
 use linkbook_core::*;
-use linkbook_tests::{Device, Relay, closing_error, joined, relay_socket};
+use linkbook_tests::{Device, GoodDevice, Relay, closing_error, joined, relay_socket};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const LIMIT: usize = 64 * 1024;
@@ -31,21 +31,9 @@ async fn bad_connections_are_closed_and_good_devices_keep_syncing() {
         tokio::task::block_in_place(|| relay.enrol_credentials("north", "Mallory", "attacker"));
 
     // A good device, syncing between every attack.
-    let good = Device::enrolled(&relay, "north", "Asha");
-    let family = good
-        .add_family(&NewFamily {
-            name: "Smith".into(),
-            ..Default::default()
-        })
-        .expect("family");
-    let good_sync = |i: usize| {
-        good.add_note(family, &format!("note {i}"), NoteCategory::Other)
-            .expect("note");
-        let s =
-            tokio::task::block_in_place(|| good.sync(None)).expect("the good device still syncs");
-        assert!(s.documents_sent >= 1);
-    };
-    good_sync(0);
+    let mut good = GoodDevice::enrolled(&relay, "north", "Asha");
+    let family = good.family;
+    good.note_and_sync("before the attacks");
 
     // Malformed CBOR.
     let mut ws = joined(&relay, &ca, &creds).await;
@@ -56,7 +44,7 @@ async fn bad_connections_are_closed_and_good_devices_keep_syncing() {
         closing_error(&mut ws).await.as_deref(),
         Some("malformed message: message is not CBOR")
     );
-    good_sync(1);
+    good.note_and_sync("after attack 1");
 
     // An unknown message type.
     let mut ws = joined(&relay, &ca, &creds).await;
@@ -73,7 +61,7 @@ async fn bad_connections_are_closed_and_good_devices_keep_syncing() {
         closing_error(&mut ws).await.as_deref(),
         Some("unexpected 'gossip' message")
     );
-    good_sync(2);
+    good.note_and_sync("after attack 2");
 
     // A sync message whose Automerge payload is garbage.
     let mut ws = joined(&relay, &ca, &creds).await;
@@ -90,7 +78,7 @@ async fn bad_connections_are_closed_and_good_devices_keep_syncing() {
         closing_error(&mut ws).await.as_deref(),
         Some("malformed Automerge sync message")
     );
-    good_sync(3);
+    good.note_and_sync("after attack 3");
 
     // A sync message whose Bloom filter has entries but no bits: Automerge
     // 0.12 divides by zero on it (tests/fuzz-crashers/automerge-sync/).
@@ -108,7 +96,7 @@ async fn bad_connections_are_closed_and_good_devices_keep_syncing() {
         closing_error(&mut ws).await.as_deref(),
         Some("Automerge sync message with an unusable Bloom filter")
     );
-    good_sync(3);
+    good.note_and_sync("after attack 3");
 
     // A message over the size limit: the connection goes, nothing else.
     let mut ws = joined(&relay, &ca, &creds).await;
@@ -116,7 +104,7 @@ async fn bad_connections_are_closed_and_good_devices_keep_syncing() {
         .send(WsMessage::Binary(vec![0u8; LIMIT * 2].into()))
         .await;
     let _ = closing_error(&mut ws).await;
-    good_sync(4);
+    good.note_and_sync("after attack 4");
 
     // Thousands of tiny messages: answered, then still a working connection.
     let mut ws = joined(&relay, &ca, &creds).await;
@@ -143,7 +131,7 @@ async fn bad_connections_are_closed_and_good_devices_keep_syncing() {
         closing_error(&mut ws).await.as_deref(),
         Some("unexpected 'end' message")
     );
-    good_sync(5);
+    good.note_and_sync("after attack 5");
 
     // A join claiming another device's peer id.
     let mut ws = relay_socket(&relay.url, &ca, &creds.token)
@@ -168,7 +156,7 @@ async fn bad_connections_are_closed_and_good_devices_keep_syncing() {
         .expect("join");
     let err = closing_error(&mut ws).await.unwrap_or_default();
     assert!(err.contains("unsupported protocol versions"), "{err}");
-    good_sync(6);
+    good.note_and_sync("after attack 6");
 
     // No token, a wrong token.
     assert!(
@@ -193,7 +181,7 @@ async fn bad_connections_are_closed_and_good_devices_keep_syncing() {
     let _third = joined(&relay, &ca, &creds).await;
     let err = closing_error(&mut one).await.unwrap_or_default();
     assert!(err.contains("a newer connection of this device"), "{err}");
-    good_sync(7);
+    good.note_and_sync("after attack 7");
 
     let log = relay.log();
     assert!(
