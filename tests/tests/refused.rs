@@ -185,6 +185,30 @@ fn upload(device_id: &str, id: &str, doc: &mut automerge::AutoCommit) -> Vec<u8>
     .encode()
 }
 
+fn vm_hwm_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU of a process, in clock ticks (1/100 s on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
 /// `document refused --json`, once its rows for `doc` count `count` (the
 /// relay writes refusals off the refusing connection's path).
 fn refused_rows(relay: &Relay, doc: &str, count: i64) -> Vec<serde_json::Value> {
@@ -245,6 +269,9 @@ async fn refusals_are_listed_for_the_administrator_one_row_per_repeat() {
     // its connection; the administrator sees one row with the count.
     const REPEATS: i64 = 40;
     let mut slowest = Duration::ZERO;
+    let hwm_before = vm_hwm_kb(relay.pid());
+    let cpu_before = cpu_ticks(relay.pid());
+    let flood = Instant::now();
     for i in 0..REPEATS {
         let mut ws = joined(&relay, &ca, &creds).await;
         tokio::time::timeout(
@@ -265,7 +292,18 @@ async fn refusals_are_listed_for_the_administrator_one_row_per_repeat() {
             slowest = slowest.max(timed_sync(&good));
         }
     }
+    let hwm_after = vm_hwm_kb(relay.pid());
+    let cpu = cpu_ticks(relay.pid()) - cpu_before;
+    eprintln!(
+        "{REPEATS} refusals (with 4 good syncs) in {:?}: relay CPU {} ms, VmHWM {hwm_before} -> {hwm_after} kB",
+        flood.elapsed(),
+        cpu * 10
+    );
     eprintln!("good sync: {unattacked:?} unattacked, at most {slowest:?} during the refusals");
+    assert!(
+        hwm_after < hwm_before + 64 * 1024,
+        "the relay's peak grew from {hwm_before} to {hwm_after} kB"
+    );
     assert!(
         slowest < Duration::from_secs(10) && slowest < unattacked * 5 + Duration::from_secs(2),
         "a good sync took {slowest:?} during the refusals (unattacked {unattacked:?})"
@@ -306,6 +344,53 @@ async fn refusals_are_listed_for_the_administrator_one_row_per_repeat() {
         .filter(|e| e["action"] == "refused-at-door")
         .count();
     assert_eq!(refused, 1, "{audit}");
+
+    // Over the Automerge budget (a fuzz crasher that made Automerge allocate
+    // 4 GiB), twice: one row, counted, its reason without content.
+    let crasher = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fuzz-crashers/automerge-load/oom-167-bytes-take-4gb.bin"
+    ))
+    .expect("crasher");
+    let heavy_id = DocumentId::random().to_string();
+    for _ in 0..2 {
+        let mut ws = joined(&relay, &ca, &creds).await;
+        let data = automerge::sync::Message {
+            heads: Vec::new(),
+            need: Vec::new(),
+            have: Vec::new(),
+            changes: vec![crasher.clone()].into(),
+            flags: None,
+            version: automerge::sync::MessageVersion::V1,
+        }
+        .encode();
+        let m = Message::Sync {
+            sender_id: creds.device_id.clone(),
+            target_id: "relay".into(),
+            document_id: heavy_id.clone(),
+            data,
+        };
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            ws.send(WsMessage::Binary(m.encode().into())),
+        )
+        .await
+        .expect("sent in time")
+        .expect("send");
+        let error = closing_error(&mut ws).await.expect("an error message");
+        assert!(error.contains("refused before loading"), "{error}");
+    }
+    let rows = tokio::task::block_in_place(|| refused_rows(&relay, &heavy_id, 2));
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["count"], 2, "{rows:?}");
+    assert!(
+        rows[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("refused before loading")),
+        "{rows:?}"
+    );
+    let audit = relay.admin(&["audit", "--family", &heavy_id]).stdout;
+    assert_eq!(audit.matches("refused-over-budget").count(), 1, "{audit}");
 
     // Nothing of it was stored, and the team still syncs, a fresh device too.
     let fresh = Device::enrolled(&relay, "north", "Ben");

@@ -121,6 +121,177 @@ impl Repo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{Message, PROTOCOL_VERSION, PeerMetadata};
+    use automerge::sync::{self, SyncDoc};
+    use automerge::transaction::Transactable;
+
+    /// Bytes Automerge would take 4 GiB to load (tests/fuzz-crashers/).
+    const CRASHER: &[u8] =
+        include_bytes!("../../../tests/fuzz-crashers/automerge-load/oom-167-bytes-take-4gb.bin");
+
+    fn send(ws: &mut tungstenite::WebSocket<std::net::TcpStream>, m: Message) {
+        ws.send(tungstenite::Message::Binary(m.encode().into()))
+            .expect("send");
+    }
+
+    /// A hostile automerge-repo server: right after `peer` it pushes a
+    /// sync message over the budget for `heavy` and a foreign document as
+    /// `foreign`, then answers the device's own documents honestly.
+    fn hostile_server(
+        listener: std::net::TcpListener,
+        heavy: DocumentId,
+        foreign: DocumentId,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+                .expect("timeout");
+            let mut ws = tungstenite::accept(stream).expect("upgrade");
+            let mut docs: std::collections::HashMap<String, (automerge::AutoCommit, sync::State)> =
+                Default::default();
+            while let Ok(frame) = ws.read() {
+                let tungstenite::Message::Binary(bytes) = frame else {
+                    continue;
+                };
+                match Message::decode(&bytes).expect("a message") {
+                    Message::Join { sender_id, .. } => {
+                        let device = sender_id;
+                        send(
+                            &mut ws,
+                            Message::Peer {
+                                sender_id: "hostile".into(),
+                                target_id: device.clone(),
+                                peer_metadata: PeerMetadata::default(),
+                                selected_protocol_version: PROTOCOL_VERSION.into(),
+                            },
+                        );
+                        let over_budget = sync::Message {
+                            heads: vec![],
+                            need: vec![],
+                            have: vec![],
+                            changes: vec![CRASHER.to_vec()].into(),
+                            flags: None,
+                            version: sync::MessageVersion::V1,
+                        };
+                        let mut poison = automerge::AutoCommit::new();
+                        poison.put(automerge::ROOT, "hello", "world").expect("put");
+                        let mut state = sync::State::new();
+                        crate::protocol::assume_shared_heads(&mut state);
+                        let poison = poison
+                            .sync()
+                            .generate_sync_message(&mut state)
+                            .expect("message");
+                        for (id, m) in [(heavy, over_budget), (foreign, poison)] {
+                            send(
+                                &mut ws,
+                                Message::Sync {
+                                    sender_id: "hostile".into(),
+                                    target_id: device.clone(),
+                                    document_id: id.to_string(),
+                                    data: m.encode(),
+                                },
+                            );
+                        }
+                    }
+                    Message::Sync {
+                        sender_id,
+                        document_id,
+                        data,
+                        ..
+                    }
+                    | Message::Request {
+                        sender_id,
+                        document_id,
+                        data,
+                        ..
+                    } => {
+                        let (doc, state) = docs.entry(document_id.clone()).or_default();
+                        let m = sync::Message::decode(&data).expect("sync message");
+                        doc.sync().receive_sync_message(state, m).expect("apply");
+                        if let Some(reply) = doc.sync().generate_sync_message(state) {
+                            send(
+                                &mut ws,
+                                Message::Sync {
+                                    sender_id: "hostile".into(),
+                                    target_id: sender_id,
+                                    document_id,
+                                    data: reply.encode(),
+                                },
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        })
+    }
+
+    /// A server pushing a document over the budget and a foreign one: both
+    /// are skipped (nothing stored), the device's own documents sync.
+    #[test]
+    fn a_hostile_server_costs_only_its_own_documents() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Io {
+            context: "tempdir".into(),
+            source: e,
+        })?;
+        let repo = Repo::open(dir.path().join("d.db"), &crate::DatabaseKey::generate())?;
+        let family = repo.add_family(&crate::NewFamily {
+            name: "Smith".into(),
+            ..Default::default()
+        })?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::Io {
+            context: "bind".into(),
+            source: e,
+        })?;
+        let url = format!(
+            "http://{}",
+            listener.local_addr().map_err(|e| Error::Io {
+                context: "address".into(),
+                source: e,
+            })?
+        );
+        let (heavy, foreign) = (DocumentId::random(), DocumentId::random());
+        let server = hostile_server(listener, heavy, foreign);
+        let summary = repo.sync_with(&url, None, None, None)?;
+        let _ = server.join();
+        let mut skipped: Vec<(String, String)> = summary
+            .skipped
+            .iter()
+            .map(|d| (d.id.clone(), d.reason.clone()))
+            .collect();
+        skipped.sort();
+        let mut expected = [heavy.to_string(), foreign.to_string()];
+        expected.sort();
+        assert_eq!(
+            skipped.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+            expected
+        );
+        let reason_of = |id: DocumentId| {
+            skipped
+                .iter()
+                .find(|(d, _)| *d == id.to_string())
+                .map(|(_, r)| r.clone())
+                .unwrap_or_default()
+        };
+        assert!(reason_of(heavy).contains("refused"), "{skipped:?}");
+        assert!(
+            reason_of(foreign).contains("no Linkbook type"),
+            "{skipped:?}"
+        );
+        assert!(!format!("{summary:?}").contains("world"));
+        let held: Vec<DocumentId> = repo.document_ids()?.into_iter().map(|(id, _)| id).collect();
+        assert!(held.contains(&family) && !held.contains(&heavy) && !held.contains(&foreign));
+        assert!(summary.documents_sent >= 1, "{summary:?}");
+        let mut remembered = repo.skipped_ids()?;
+        remembered.sort();
+        let mut both = vec![heavy, foreign];
+        both.sort();
+        assert_eq!(remembered, both);
+        Ok(())
+    }
 
     #[test]
     fn reasons_quote_no_content() {
