@@ -153,26 +153,6 @@ impl Recorder {
             tokio::task::spawn_blocking(move || write_batches(&pending, &*storage));
         }
     }
-
-    /// Waits (bounded) until every noted refusal is written: for shutdown
-    /// and tests.
-    pub fn flushed(&self, within: std::time::Duration) -> bool {
-        let until = std::time::Instant::now() + within;
-        loop {
-            if !self
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .writing
-            {
-                return true;
-            }
-            if std::time::Instant::now() >= until {
-                return false;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-    }
 }
 
 /// Writes batches until none is left (then lets the next `note` start a

@@ -96,7 +96,7 @@ pub struct Hub {
     next_conn: AtomicU64,
     tick: AtomicU64,
     /// Refused documents for the administrator (refusals.rs).
-    pub refusals: crate::refusals::Recorder,
+    refusals: crate::refusals::Recorder,
 }
 
 impl std::fmt::Debug for Hub {
