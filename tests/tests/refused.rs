@@ -405,3 +405,62 @@ async fn refusals_are_listed_for_the_administrator_one_row_per_repeat() {
     );
     assert_eq!(relay.integrity_check(), "ok");
 }
+
+#[test]
+fn a_change_from_a_newer_app_is_skipped_and_the_record_kept() {
+    let relay = Relay::start();
+    let asha = Device::enrolled(&relay, "north", "Asha");
+    let ben = Device::enrolled(&relay, "north", "Ben");
+    let family = asha
+        .add_family(&NewFamily {
+            name: "Patel".into(),
+            ..Default::default()
+        })
+        .expect("family");
+    let note = asha
+        .add_note(family, "Visit went well", NoteCategory::Visit)
+        .expect("note");
+    asha.sync(None).expect("Asha's sync");
+    ben.sync(None).expect("Ben's sync");
+
+    // A newer app raised the family's schema version on the relay.
+    let mut newer =
+        automerge::AutoCommit::load(&asha.save_document(family).expect("bytes")).expect("load");
+    let heads = newer.get_heads();
+    newer
+        .put(automerge::ROOT, "schema_version", 99_u64)
+        .expect("put");
+    newer.commit();
+    let data = relay.stop();
+    store_directly(
+        &data.path().join("relay.db"),
+        &family.to_string(),
+        "north",
+        &newer.save_after(&heads),
+    );
+    let relay = Relay::start_in(data);
+
+    // Ben skips that change, keeps the family as he had it, and still gets
+    // Asha's new family.
+    asha.set_server_url(&relay.url).expect("address");
+    ben.set_server_url(&relay.url).expect("address");
+    let other = asha
+        .add_family(&NewFamily {
+            name: "Jones".into(),
+            ..Default::default()
+        })
+        .expect("family");
+    asha.sync(None).expect("Asha syncs");
+    let s = ben.sync(None).expect("Ben syncs despite the newer change");
+    assert_eq!(s.skipped.len(), 1, "{s:?}");
+    assert_eq!(s.skipped[0].id, family.to_string());
+    assert!(s.skipped[0].reason.contains("update the app"), "{s:?}");
+    assert!(
+        ben.notes(family)
+            .expect("the family is still readable")
+            .iter()
+            .any(|n| n.id == note)
+    );
+    assert!(ben.family(other).is_ok(), "the other family arrived");
+    assert_eq!(relay.integrity_check(), "ok");
+}
