@@ -693,6 +693,17 @@ pub struct SyncSummary {
     /// Documents that could not be sent because one of their changes is
     /// larger than the relay's message limit (ids only); the others synced.
     pub failed: Vec<String>,
+    /// Documents this app cannot read (no Linkbook type, a newer schema,
+    /// over the budget): not stored, asked for again at the next sync; the
+    /// others synced. Tell the worker to update the app or call the office.
+    pub skipped: Vec<SkippedDocument>,
+}
+
+/// A document a sync skipped: its id and why, never its content.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct SkippedDocument {
+    pub id: String,
+    pub reason: String,
 }
 
 impl From<core::SyncSummary> for SyncSummary {
@@ -708,6 +719,14 @@ impl From<core::SyncSummary> for SyncSummary {
             bytes_received: s.bytes_received,
             purged: s.purged,
             failed: s.failed,
+            skipped: s
+                .skipped
+                .into_iter()
+                .map(|d| SkippedDocument {
+                    id: d.id,
+                    reason: d.reason,
+                })
+                .collect(),
         }
     }
 }

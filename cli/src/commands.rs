@@ -125,6 +125,14 @@ pub fn run(data: &Path, command: Command) -> Result<(), Error> {
                 repo.set_server_url(&url)?;
             }
             let s = repo.sync(None)?;
+            // On stderr in both forms: the others synced, so the exit code
+            // stays 0, but the worker must hear of it.
+            for d in &s.skipped {
+                eprintln!(
+                    "warning: document {} was skipped: {}; the other documents synced",
+                    d.id, d.reason
+                );
+            }
             if as_json {
                 return json(&s);
             }

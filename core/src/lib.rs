@@ -41,5 +41,6 @@ pub use model::{
 pub use repo::{Clock, DeviceProfile, LOCAL_TEAM, Repo};
 pub use store::DatabaseKey;
 pub use sync::{
-    DeviceCredentials, Enrolment, SyncListener, SyncProgress, SyncSummary, enrol_device,
+    DeviceCredentials, Enrolment, SkippedDocument, SyncListener, SyncProgress, SyncSummary,
+    enrol_device,
 };

@@ -353,6 +353,7 @@ impl Repo {
                     OR key LIKE 'relay_cursor:%'",
                 [],
             )?;
+            tx.execute("DELETE FROM skipped_documents", [])?;
             Ok(())
         })?;
         let w = lock(&self.writer);

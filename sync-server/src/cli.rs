@@ -133,6 +133,22 @@ enum Command {
     /// Erase a family's records (works while the relay runs).
     #[command(subcommand)]
     Family(FamilyCommand),
+    /// Documents the relay refused (works while the relay runs).
+    #[command(subcommand)]
+    Document(DocumentCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum DocumentCommand {
+    /// Documents and changes refused at the door or over the budget: id,
+    /// team, device, reason, how often, when (never any content).
+    Refused {
+        /// Only this team's.
+        #[arg(long)]
+        team: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -250,6 +266,10 @@ where
             json,
         }) => audit(&cli.data, family, device, json),
         Some(Command::ExportPerson { name, family }) => export_person(&cli.data, name, family),
+        Some(Command::Document(DocumentCommand::Refused { team, json })) => {
+            AppState::open(&cli.data, Limits::default())
+                .and_then(|s| crate::refusals::print(&*s.storage, team.as_deref(), json))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

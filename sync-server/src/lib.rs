@@ -13,6 +13,7 @@ pub mod error;
 mod heavy;
 mod oracle;
 pub mod ratelimit;
+pub mod refusals;
 pub mod relay;
 pub mod retention;
 mod split;

@@ -95,6 +95,8 @@ pub struct Hub {
     connections: Mutex<HashMap<u64, Connection>>,
     next_conn: AtomicU64,
     tick: AtomicU64,
+    /// Refused documents for the administrator (refusals.rs).
+    refusals: crate::refusals::Recorder,
 }
 
 impl std::fmt::Debug for Hub {
@@ -129,6 +131,7 @@ impl Hub {
             peer_id: format!("linkbook-relay-{storage_id}"),
             storage_id,
             limits,
+            refusals: Default::default(),
             docs: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
@@ -588,7 +591,13 @@ impl Hub {
             && let Err(reason) = crate::door::check(&s.doc, &before)
         {
             // Refused at the door: neither stored nor kept in memory.
-            tracing::warn!(device = %device.id, team = %device.team, doc = %key, reason = %reason, "refused at the door");
+            self.refusals.note(
+                &self.storage,
+                device,
+                &key,
+                crate::refusals::RefusalKind::Door,
+                &reason,
+            );
             s.unstored = true;
             lock(&self.docs).remove(&id);
             return Err(Close(reason));
@@ -831,10 +840,8 @@ impl Hub {
         linkbook_core::protocol::decode_sync_message_within(data, &budget).map_err(|e| {
             if let linkbook_core::protocol::SyncMessageError::OverBudget(_) = e {
                 tracing::warn!(device = %device.id, doc = %document_id, bytes = data.len(), "sync message over budget refused");
-                let _ = blocking(|| {
-                    self.storage
-                        .audit(Some(device), "refused-over-budget", Some(document_id), Utc::now())
-                });
+                let kind = crate::refusals::RefusalKind::OverBudget;
+                self.refusals.note(&self.storage, device, document_id, kind, &e.to_string());
             }
             Close(e.to_string())
         })

@@ -26,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/005_purged.sql"),
     include_str!("../migrations/006_team_policy.sql"),
     include_str!("../migrations/007_audit_receipt.sql"),
+    include_str!("../migrations/008_refused_documents.sql"),
 ];
 
 /// A team's data-protection policy; `None` is no limit.
@@ -198,6 +199,14 @@ pub trait Storage: Send + Sync + 'static {
     fn record_reads(&self, device: &Device, reads: &[(String, String)]) -> Result<()>;
     /// The audit, oldest first, about one family and/or one device.
     fn audit_log(&self, family: Option<&str>, device: Option<&str>) -> Result<Vec<AuditEntry>>;
+    /// Records refusals (refusals.rs), auditing each new (document, device,
+    /// reason), in one transaction.
+    fn record_refusals(&self, refusals: &[crate::refusals::Refusal]) -> Result<()>;
+    /// Refused documents, latest first, of one team or all.
+    fn refused_documents(
+        &self,
+        team: Option<&str>,
+    ) -> Result<Vec<crate::refusals::RefusedDocument>>;
 }
 
 /// The embedded default: one SQLite file.
@@ -266,6 +275,17 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
 const DEVICE_COLUMNS: &str = "id, team, worker, device_name, enrolled_at, revoked_at, last_sync_at";
 
 impl Storage for SqliteStorage {
+    fn record_refusals(&self, refusals: &[crate::refusals::Refusal]) -> Result<()> {
+        crate::refusals::record(&mut self.conn(), refusals)
+    }
+
+    fn refused_documents(
+        &self,
+        team: Option<&str>,
+    ) -> Result<Vec<crate::refusals::RefusedDocument>> {
+        crate::refusals::list(&self.conn(), team)
+    }
+
     fn add_enrolment_code(
         &self,
         code_hash: &[u8],

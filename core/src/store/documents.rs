@@ -290,6 +290,7 @@ impl<'a> WriteTxn<'a> {
             "DELETE FROM notes WHERE family_id = ?1",
             "DELETE FROM families WHERE id = ?1",
             "DELETE FROM family_days WHERE id = ?1",
+            "DELETE FROM skipped_documents WHERE doc_id = ?1",
         ] {
             self.tx.execute(sql, [&key])?;
         }

@@ -68,6 +68,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/003_sync_versions.sql"),
     include_str!("../../migrations/004_purged.sql"),
     include_str!("../../migrations/005_read_log.sql"),
+    include_str!("../../migrations/006_skipped_documents.sql"),
 ];
 
 /// Opens (creating if missing) and unlocks the database file.

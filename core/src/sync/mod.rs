@@ -9,6 +9,7 @@
 //! document costs one small message each way.
 
 pub(crate) mod net;
+pub(crate) mod skipped;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -25,6 +26,7 @@ use crate::protocol::split::{self, SplitMessages};
 use crate::protocol::{Message, PROTOCOL_VERSION, PeerMetadata};
 use crate::repo::{DeviceProfile, Repo};
 use net::{Endpoint, network};
+pub use skipped::SkippedDocument;
 
 /// What enrolment stored: the relay this device syncs with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -69,6 +71,10 @@ pub struct SyncSummary {
     /// Documents that could not be sent because one of their changes is
     /// larger than the relay's message limit (ids only); the others synced.
     pub failed: Vec<String>,
+    /// Documents this app cannot read (no Linkbook type, a newer schema,
+    /// over the budget): not stored, asked for again at the next sync; the
+    /// others synced (`skipped.rs`).
+    pub skipped: Vec<SkippedDocument>,
 }
 
 /// At most this much is sent ahead of the relay's `101` (a day's offline
@@ -111,6 +117,11 @@ struct Session<'a> {
     /// (`need`), with how many answers since came without any.
     needing: HashMap<DocumentId, u8>,
     unavailable: BTreeSet<DocumentId>,
+    /// Documents skipped this session (`skipped.rs`): what else the relay
+    /// sends of them is ignored.
+    skipped: BTreeSet<DocumentId>,
+    /// Documents earlier syncs skipped, asked for again.
+    skipped_before: BTreeSet<DocumentId>,
     /// Messages read while still writing ([`Session::keep_alive`]), in order;
     /// handled before anything read later.
     backlog: VecDeque<Message>,
@@ -357,6 +368,8 @@ impl Repo {
             needing: HashMap::new(),
             locally_changed: BTreeSet::new(),
             unavailable: BTreeSet::new(),
+            skipped: BTreeSet::new(),
+            skipped_before: self.skipped_ids()?.into_iter().collect(),
             backlog: VecDeque::new(),
             summary: SyncSummary::default(),
             listener,
@@ -622,9 +635,14 @@ impl Session<'_> {
                         let mut d: Vec<DocumentId> = self.locally_changed.iter().copied().collect();
                         d.extend(changed);
                         d.extend(listed.into_iter().filter(|id| !held.contains(id)));
+                        d.extend(self.skipped_before.iter().copied());
                         d
                     }
-                    None => held.into_iter().chain(listed).collect(),
+                    None => held
+                        .into_iter()
+                        .chain(listed)
+                        .chain(self.skipped_before.iter().copied())
+                        .collect(),
                 }
             }
         };
@@ -719,6 +737,8 @@ impl Session<'_> {
                         .into_iter()
                         .filter(|id| !held.contains(id)),
                 );
+                // Skipped before: a readable version may be there now.
+                d.extend(self.skipped_before.iter().copied());
                 d
             }
         };
@@ -790,6 +810,26 @@ impl Session<'_> {
         self.exchange(next_cursor)
     }
 
+    /// Skips a document this app cannot read: no longer awaited, its sync
+    /// state not saved (the next sync asks again from the last good one),
+    /// reported and remembered; the session goes on with the others.
+    fn skip(&mut self, id: DocumentId, reason: String) -> Result<()> {
+        tracing::warn!(document = %id, reason = %reason, "skipping a document this app cannot read");
+        self.pending.remove(&id);
+        self.demanding.remove(&id);
+        self.states.remove(&id);
+        self.needing.remove(&id);
+        self.received.remove(&id);
+        if self.skipped.insert(id) {
+            self.repo.remember_skipped(id, &reason)?;
+            self.summary.skipped.push(SkippedDocument {
+                id: id.to_string(),
+                reason,
+            });
+        }
+        Ok(())
+    }
+
     /// Stops syncing a document deleted during the session (purged).
     fn forget(&mut self, id: DocumentId) {
         self.all.remove(&id);
@@ -854,15 +894,25 @@ impl Session<'_> {
                     let Ok(id) = DocumentId::parse(&document_id, "document id") else {
                         continue;
                     };
-                    let message = crate::protocol::decode_sync_message(&data)
-                        .map_err(|e| network("the relay sent a malformed sync message", e))?;
-                    self.handle(id, message)?;
+                    if self.skipped.contains(&id) {
+                        continue;
+                    }
+                    // Refused before Automerge sees it (the budget, a bad
+                    // Bloom filter): that document is skipped, not the session.
+                    match crate::protocol::decode_sync_message(&data) {
+                        Ok(message) => self.handle(id, message)?,
+                        Err(e) => self.skip(id, skipped::refused_message(&e))?,
+                    }
                 }
                 Message::DocUnavailable { document_id, .. } => {
-                    if let Ok(id) = DocumentId::parse(&document_id, "document id")
-                        && self.pending.remove(&id)
-                    {
-                        self.unavailable.insert(id);
+                    if let Ok(id) = DocumentId::parse(&document_id, "document id") {
+                        if self.pending.remove(&id) {
+                            self.unavailable.insert(id);
+                        }
+                        // Skipped before and gone from the relay since.
+                        if self.skipped_before.remove(&id) {
+                            self.repo.forget_skipped(id)?;
+                        }
                     }
                 }
                 Message::Error { message } => {
@@ -999,9 +1049,20 @@ impl Session<'_> {
     fn handle(&mut self, id: DocumentId, message: sync::Message) -> Result<()> {
         let mut state = self.state(id)?;
         let brought_changes = !message.changes.is_empty();
-        let changed = self.repo.receive_sync_message(id, &mut state, message)?;
+        let changed = match self.repo.receive_sync_message(id, &mut state, message) {
+            Ok(changed) => changed,
+            // Nothing of it was written (the transaction rolled back).
+            Err(e) => match skipped::reason(&e) {
+                Some(reason) => return self.skip(id, reason),
+                None => return Err(e),
+            },
+        };
         if changed {
             self.received.insert(id);
+            // Readable now (an app update, a fixed copy on the relay).
+            if self.skipped_before.remove(&id) {
+                self.repo.forget_skipped(id)?;
+            }
         }
         // We asked for changes and answers keep coming without them: the
         // peer thinks it sent them already (automerge's `sent_hashes`; we
