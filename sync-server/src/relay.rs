@@ -13,9 +13,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::outbox::{Outbox, Owed};
-use crate::split::Sent;
-use crate::storage::{COMPACT_AFTER, Device, Storage};
 use automerge::sync::{self, SyncDoc};
 use automerge::{Automerge, ChangeHash, ReadDoc};
 use axum::extract::ws::{Message as WsMessage, WebSocket};
@@ -24,6 +21,10 @@ use futures_util::{SinkExt, StreamExt};
 use linkbook_core::DocumentId;
 use linkbook_core::protocol::catch_automerge_panic;
 use linkbook_core::protocol::{Message, PROTOCOL_VERSION, PeerMetadata};
+
+use crate::outbox::{Outbox, Owed};
+use crate::split::Sent;
+use crate::storage::{COMPACT_AFTER, Device, Storage};
 
 /// Tunable limits.
 #[derive(Debug, Clone)]
