@@ -279,6 +279,18 @@ mod tests {
         assert!(!outbox.offer(big(10)));
     }
 
+    #[test]
+    fn a_document_is_owed_once_in_order() {
+        let mut owed = Owed::from(vec!["a".to_string(), "b".to_string(), "a".to_string()]);
+        owed.owe("b");
+        owed.owe("c");
+        assert_eq!(owed.next().as_deref(), Some("a"));
+        owed.owe("a");
+        let rest: Vec<String> = std::iter::from_fn(|| owed.next()).collect();
+        assert_eq!(rest, ["b", "c", "a"]);
+        assert!(owed.is_empty());
+    }
+
     #[tokio::test]
     async fn drained_wakes_when_the_writer_catches_up() {
         let (outbox, mut outgoing) = Outbox::new(1_000, "device");
