@@ -57,6 +57,17 @@ struct ServeArgs {
     /// before Automerge loads it (10,000 notes of ~1 KB are ~200,000 ops).
     #[arg(long, env = "LINKBOOK_MAX_DOCUMENT_OPS", default_value_t = 1_000_000)]
     max_document_ops: u64,
+    /// Bytes one connection's send queue may hold: a device that does not
+    /// read what it is sent is closed beyond (default: 4 x
+    /// --max-message-bytes; at least 2 x).
+    #[arg(long, env = "LINKBOOK_MAX_QUEUED_BYTES")]
+    max_queued_bytes: Option<usize>,
+    /// Bytes one stored document (snapshot and changes) may reach; changes
+    /// beyond are refused (default 64 MiB: a family of 10,000 notes of 2 KB
+    /// is 3 MB stored, 23 MB as separate changes).
+    #[arg(long, env = "LINKBOOK_MAX_DOCUMENT_BYTES",
+          default_value_t = crate::doc_cap::DEFAULT_MAX_DOCUMENT_BYTES)]
+    max_document_bytes: u64,
     /// Live connections allowed per device.
     #[arg(long, env = "LINKBOOK_MAX_CONNECTIONS_PER_DEVICE", default_value_t = 4)]
     max_connections_per_device: usize,
@@ -335,10 +346,16 @@ fn lock_data_dir(data: &std::path::Path) -> crate::Result<std::fs::File> {
 fn serve(data: &std::path::Path, args: ServeArgs) -> crate::Result<()> {
     // Held until this function returns, i.e. for the relay's whole life.
     let _lock = lock_data_dir(data)?;
+    let max_message_bytes = args
+        .max_message_bytes
+        .max(linkbook_core::protocol::split::MIN_MAX_MESSAGE_BYTES);
     let limits = Limits {
-        max_message_bytes: args
-            .max_message_bytes
-            .max(linkbook_core::protocol::split::MIN_MAX_MESSAGE_BYTES),
+        max_message_bytes,
+        max_queued_bytes: args
+            .max_queued_bytes
+            .unwrap_or(max_message_bytes.saturating_mul(4))
+            .max(max_message_bytes.saturating_mul(2)),
+        max_document_bytes: args.max_document_bytes,
         max_document_ops: args.max_document_ops,
         max_connections_per_device: args.max_connections_per_device,
         max_loaded_docs: args.max_loaded_docs.max(1),

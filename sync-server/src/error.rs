@@ -18,8 +18,6 @@ pub enum Error {
     Unauthorized,
     #[error("this device has been revoked: wipe its local data")]
     Revoked,
-    #[error("too many connections for this device")]
-    TooManyConnections,
     /// This client address failed to authenticate too often (ratelimit.rs).
     #[error(
         "too many failed enrolment or token attempts from this address: try again in {} s",
@@ -76,11 +74,6 @@ impl IntoResponse for Error {
             Error::AuditQuota => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "audit_quota",
-                self.to_string(),
-            ),
-            Error::TooManyConnections => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_connections",
                 self.to_string(),
             ),
             Error::TooManyAuthFailures { retry_after } => {

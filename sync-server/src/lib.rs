@@ -8,10 +8,12 @@ mod audit_upload;
 pub mod auth;
 pub mod cli;
 pub mod conn_limits;
+pub mod doc_cap;
 pub mod door;
 pub mod error;
 mod heavy;
 mod oracle;
+mod outbox;
 pub mod ratelimit;
 pub mod refusals;
 pub mod relay;
@@ -313,8 +315,7 @@ async fn sync_socket(
     if let Some(axum::Extension(u)) = unauthenticated {
         u.authenticated();
     }
-    // At the cap, the device's oldest connection gives way (relay::Hub::make_room).
-    state.hub.make_room(&device.id);
+    // At the cap, the device's oldest connection gives way (relay::Hub::admit).
     // `since=N`: a Linkbook device's change cursor; it asks for the pipelined
     // session (relay::Hub::push_changed). Other automerge-repo clients never send it.
     let since = query.as_deref().and_then(|q| {

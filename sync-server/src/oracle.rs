@@ -14,7 +14,6 @@ use automerge::Automerge;
 use automerge::sync::{self, SyncDoc};
 use chrono::Utc;
 use linkbook_core::protocol::{Message, catch_automerge_panic};
-use tokio::sync::mpsc;
 
 use crate::relay::Close;
 use crate::storage::{Device, Storage};
@@ -23,7 +22,7 @@ use crate::storage::{Device, Storage};
 pub(crate) fn answer_as_new(
     peer_id: &str,
     device: &Device,
-    tx: &mpsc::UnboundedSender<Message>,
+    outbox: &crate::outbox::Outbox,
     document_id: &str,
     message: sync::Message,
 ) -> Result<(), Close> {
@@ -39,7 +38,7 @@ pub(crate) fn answer_as_new(
         ));
     }
     if let Some(reply) = doc.generate_sync_message(&mut state) {
-        let _ = tx.send(Message::Sync {
+        outbox.offer(Message::Sync {
             sender_id: peer_id.to_string(),
             target_id: device.id.clone(),
             document_id: document_id.to_string(),

@@ -21,8 +21,9 @@ use futures_util::{SinkExt, StreamExt};
 use linkbook_core::DocumentId;
 use linkbook_core::protocol::catch_automerge_panic;
 use linkbook_core::protocol::{Message, PROTOCOL_VERSION, PeerMetadata};
-use tokio::sync::mpsc;
 
+use crate::outbox::{Outbox, Owed};
+use crate::split::Sent;
 use crate::storage::{COMPACT_AFTER, Device, Storage};
 
 /// Tunable limits.
@@ -42,6 +43,12 @@ pub struct Limits {
     pub ping_interval_secs: u64,
     /// Rows (ops) any column of one sync message may declare (budget.rs).
     pub max_document_ops: u64,
+    /// Bytes one connection's send queue may hold before a message offered
+    /// to it closes it (outbox.rs); at least twice `max_message_bytes`.
+    pub max_queued_bytes: usize,
+    /// Bytes one stored document may reach (its stored snapshot and
+    /// changes); a change beyond is refused (doc_cap.rs).
+    pub max_document_bytes: u64,
 }
 
 impl Default for Limits {
@@ -53,6 +60,8 @@ impl Default for Limits {
             join_timeout_secs: 10,
             ping_interval_secs: 15,
             max_document_ops: linkbook_core::budget::Budget::default().max_rows,
+            max_queued_bytes: 4 * 16 * 1024 * 1024,
+            max_document_bytes: crate::doc_cap::DEFAULT_MAX_DOCUMENT_BYTES,
         }
     }
 }
@@ -76,11 +85,17 @@ struct Slot {
     /// 11, finding 8; Automerge resets `sent_hashes` whenever the peer's
     /// heads are empty, so its state alone resends everything each time).
     last_reply: HashMap<u64, [u8; 32]>,
+    /// What each connection was sent of this document (split.rs): replies
+    /// proportional to the request.
+    sent: HashMap<u64, Sent>,
+    /// Bytes storage holds for it (snapshot and changes), against
+    /// `max_document_bytes`.
+    stored_bytes: u64,
 }
 
 struct Connection {
     device_id: String,
-    tx: mpsc::UnboundedSender<Message>,
+    outbox: Outbox,
     /// Ends the session when a newer connection of the device takes its place.
     kick: Arc<tokio::sync::Notify>,
 }
@@ -115,6 +130,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub const REPLACED: &str =
     "closed: a newer connection of this device took its place (too many connections)";
 
+/// Seconds a closing connection's writer has to deliver its last messages.
+const WRITER_LINGER_SECS: u64 = 10;
+
 /// Why a connection is being closed: the text the device is sent.
 #[derive(Debug)]
 pub(crate) struct Close(pub(crate) String);
@@ -143,29 +161,32 @@ impl Hub {
         &self.limits
     }
 
-    /// Makes room for a new connection of `device_id`: at the cap, its
-    /// oldest connection is closed with [`REPLACED`] (a phone that lost
-    /// signal, or a stale copy). A thief holding a copied token can kick the
-    /// real device this way too, and vice versa: revoking the device ends
-    /// that (its token stops authenticating).
-    pub fn make_room(&self, device_id: &str) {
+    /// Admits a new connection of `device_id`: at the cap, its oldest
+    /// connection is closed with [`REPLACED`] (a phone that lost signal, or
+    /// a stale copy). The count and the insert are one critical section, so
+    /// two connections of one device arriving at once cannot both pass the
+    /// check. A thief holding a copied token can kick the real device this
+    /// way too, and vice versa: revoking the device ends that (its token
+    /// stops authenticating).
+    fn admit(&self, conn_id: u64, connection: Connection) {
+        let cap = self.limits.max_connections_per_device.max(1);
         let mut conns = lock(&self.connections);
         let mut mine: Vec<u64> = conns
             .iter()
-            .filter(|(_, c)| c.device_id == device_id)
+            .filter(|(_, c)| c.device_id == connection.device_id)
             .map(|(id, _)| *id)
             .collect();
-        if mine.len() < self.limits.max_connections_per_device.max(1) {
-            return;
-        }
-        mine.sort_unstable();
-        let excess = mine.len() + 1 - self.limits.max_connections_per_device.max(1);
-        for id in mine.into_iter().take(excess) {
-            if let Some(old) = conns.remove(&id) {
-                tracing::warn!(device = %device_id, "connection cap reached: closing the device's oldest connection");
-                old.kick.notify_one();
+        if mine.len() >= cap {
+            mine.sort_unstable();
+            let excess = mine.len() + 1 - cap;
+            for id in mine.into_iter().take(excess) {
+                if let Some(old) = conns.remove(&id) {
+                    tracing::warn!(device = %connection.device_id, "connection cap reached: closing the device's oldest connection");
+                    old.kick.notify_one();
+                }
             }
         }
+        conns.insert(conn_id, connection);
     }
 
     /// Live connections of a device.
@@ -188,22 +209,26 @@ impl Hub {
     pub async fn serve(self: Arc<Self>, device: Device, socket: WebSocket, since: Option<i64>) {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (mut sink, mut stream) = socket.split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        let queue_limit = self
+            .limits
+            .max_queued_bytes
+            .max(2 * self.limits.max_message_bytes);
+        let (outbox, mut outgoing) = Outbox::new(queue_limit, &device.id);
         let kick = Arc::new(tokio::sync::Notify::new());
-        lock(&self.connections).insert(
+        self.admit(
             conn_id,
             Connection {
                 device_id: device.id.clone(),
-                tx: tx.clone(),
+                outbox: outbox.clone(),
                 kick: kick.clone(),
             },
         );
         let ping_every = std::time::Duration::from_secs(self.limits.ping_interval_secs);
-        let writer = tokio::spawn(async move {
+        let mut writer = tokio::spawn(async move {
             let mut ping = crate::conn_limits::ping_timer(ping_every);
             loop {
-                let m = tokio::select! {
-                    m = rx.recv() => match m { Some(m) => m, None => break },
+                let frame = tokio::select! {
+                    f = outgoing.recv() => match f { Some(f) => f, None => break },
                     () = crate::conn_limits::tick(&mut ping) => {
                         if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
                             break;
@@ -211,32 +236,45 @@ impl Hub {
                         continue;
                     }
                 };
-                let close = matches!(m, Message::Error { .. });
-                if sink
-                    .send(WsMessage::Binary(m.encode().into()))
-                    .await
-                    .is_err()
-                {
+                if outgoing.is_full() {
                     break;
                 }
-                if close {
+                let last = frame.last;
+                let len = frame.bytes.len();
+                let sent = sink.send(WsMessage::Binary(frame.bytes.into())).await;
+                outgoing.sent(len);
+                if sent.is_err() {
+                    break;
+                }
+                if last {
                     let _ = sink.send(WsMessage::Close(None)).await;
                     break;
                 }
             }
         });
         let outcome = self
-            .session(conn_id, &device, &tx, (&mut stream, &kick), since)
+            .session(conn_id, &device, &outbox, (&mut stream, &kick), since)
             .await;
         if let Err(Close(why)) = &outcome {
             tracing::warn!(device = %device.id, reason = %why, "closing sync connection");
-            let _ = tx.send(Message::Error {
+            outbox.last(Message::Error {
                 message: why.clone(),
             });
         }
-        drop(tx);
+        let overflowed = outbox.is_full();
+        drop(outbox);
         self.disconnect(conn_id).await;
-        let _ = writer.await;
+        // A peer that does not read would keep the writer waiting on its
+        // socket for ever: an overflowed queue is dropped at once, anything
+        // else gets a few seconds to deliver its last messages.
+        let linger = if overflowed {
+            std::time::Duration::ZERO
+        } else {
+            std::time::Duration::from_secs(WRITER_LINGER_SECS)
+        };
+        if tokio::time::timeout(linger, &mut writer).await.is_err() {
+            writer.abort();
+        }
         let _ = blocking(|| self.storage.touch_device(&device.id, Utc::now()));
         tracing::info!(device = %device.id, "sync connection ended");
     }
@@ -245,16 +283,17 @@ impl Hub {
         &self,
         conn_id: u64,
         device: &Device,
-        tx: &mpsc::UnboundedSender<Message>,
+        outbox: &Outbox,
         (stream, kick): (
             &mut futures_util::stream::SplitStream<WebSocket>,
             &tokio::sync::Notify,
         ),
         since: Option<i64>,
     ) -> Result<(), Close> {
-        // Replaced only while waiting for the device (next_or_replaced), never inside a sync.
+        // Replaced only while waiting for the device (next_or_closed), never inside a sync.
         let timeout = std::time::Duration::from_secs(self.limits.join_timeout_secs);
-        let first = match tokio::time::timeout(timeout, next_or_replaced(stream, kick)).await {
+        let first = match tokio::time::timeout(timeout, next_or_closed(stream, kick, outbox)).await
+        {
             Ok(Ok(Some(m))) => m,
             Ok(Ok(None)) => return Ok(()),
             Ok(Err(close)) => return Err(close),
@@ -282,7 +321,7 @@ impl Hub {
         if sender_id != device.id {
             return Err(Close("the peer id must be this device's id".into()));
         }
-        let _ = tx.send(Message::Peer {
+        outbox.offer(Message::Peer {
             sender_id: self.peer_id.clone(),
             target_id: device.id.clone(),
             peer_metadata: PeerMetadata {
@@ -292,9 +331,9 @@ impl Hub {
             },
             selected_protocol_version: PROTOCOL_VERSION.into(),
         });
-        let mut to_push = match since {
-            Some(since) => self.changed_since(device, tx, since)?,
-            None => std::collections::VecDeque::new(),
+        let mut owed: Owed = match since {
+            Some(since) => self.changed_since(device, outbox, since)?.into(),
+            None => Owed::default(),
         };
         tracing::info!(device = %device.id, team = %device.team, "device joined");
         let _ = blocking(|| {
@@ -302,18 +341,20 @@ impl Hub {
                 .audit(Some(device), "connected", None, Utc::now())
         });
         loop {
-            // Pushes go out between the device's messages, not before them
-            // all: a fresh device answers each push, and a relay that did not
-            // read meanwhile would leave it blocked on a full socket.
-            let next = if to_push.is_empty() {
-                next_or_replaced(stream, kick).await?
+            // Pushes (and replies deferred while the send queue was over
+            // half full: outbox.rs) go out between the device's messages,
+            // not before them all: a fresh device answers each push, and a
+            // relay that did not read meanwhile would leave it blocked on a
+            // full socket.
+            let next = if owed.is_empty() {
+                next_or_closed(stream, kick, outbox).await?
             } else {
                 tokio::select! {
                     biased;
-                    m = next_or_replaced(stream, kick) => m?,
-                    () = std::future::ready(()) => {
-                        if let Some(document_id) = to_push.pop_front() {
-                            self.push(conn_id, device, tx, document_id).await?;
+                    m = next_or_closed(stream, kick, outbox) => m?,
+                    () = outbox.drained() => {
+                        if let Some(document_id) = owed.next() {
+                            self.push(conn_id, device, outbox, document_id).await?;
                         }
                         continue;
                     }
@@ -326,14 +367,28 @@ impl Hub {
                 Message::Sync {
                     document_id, data, ..
                 } => {
-                    self.sync(conn_id, device, tx, &document_id, &data, false)
-                        .await?
+                    self.sync(
+                        conn_id,
+                        device,
+                        outbox,
+                        &mut owed,
+                        (&document_id, &data),
+                        false,
+                    )
+                    .await?
                 }
                 Message::Request {
                     document_id, data, ..
                 } => {
-                    self.sync(conn_id, device, tx, &document_id, &data, true)
-                        .await?
+                    self.sync(
+                        conn_id,
+                        device,
+                        outbox,
+                        &mut owed,
+                        (&document_id, &data),
+                        true,
+                    )
+                    .await?
                 }
                 Message::Leave { .. } => return Ok(()),
                 // Presence and heads gossip are not relayed: the relay is a store, not a room.
@@ -355,8 +410,8 @@ impl Hub {
         }
     }
 
-    fn unavailable(&self, device: &Device, tx: &mpsc::UnboundedSender<Message>, document_id: &str) {
-        let _ = tx.send(Message::DocUnavailable {
+    fn unavailable(&self, device: &Device, outbox: &Outbox, document_id: &str) {
+        outbox.offer(Message::DocUnavailable {
             sender_id: self.peer_id.clone(),
             target_id: device.id.clone(),
             document_id: document_id.to_string(),
@@ -402,6 +457,20 @@ impl Hub {
                 if stored.team != team {
                     return Ok(None);
                 }
+                let stored_bytes = stored.snapshot.as_ref().map_or(0, Vec::len)
+                    + stored.changes.iter().map(Vec::len).sum::<usize>();
+                // Stored bytes go through the budget too (doc_cap.rs): a
+                // poison stored before it existed must not abort the relay.
+                let budget = crate::doc_cap::load_budget(self.limits.max_document_ops);
+                let over = stored
+                    .snapshot
+                    .iter()
+                    .chain(stored.changes.iter())
+                    .find_map(|bytes| linkbook_core::budget::check(bytes, &budget).err());
+                if let Some(over) = over {
+                    tracing::error!(doc = %key, bytes = stored_bytes, reason = %over, "a stored document is over the load budget; not loaded");
+                    return Err(Close("a stored document is damaged".into()));
+                }
                 // Automerge panics on some malformed bytes: see
                 // protocol::catch_automerge_panic.
                 let mut doc = match &stored.snapshot {
@@ -429,6 +498,8 @@ impl Hub {
                     last_used: tick,
                     unstored: false,
                     last_reply: HashMap::new(),
+                    sent: HashMap::new(),
+                    stored_bytes: u64::try_from(stored_bytes).unwrap_or(u64::MAX),
                 }
             }
             None if create => Slot {
@@ -438,6 +509,8 @@ impl Hub {
                 last_used: tick,
                 unstored: false,
                 last_reply: HashMap::new(),
+                sent: HashMap::new(),
+                stored_bytes: 0,
             },
             None => return Ok(None),
         };
@@ -525,13 +598,13 @@ impl Hub {
         &self,
         conn_id: u64,
         device: &Device,
-        tx: &mpsc::UnboundedSender<Message>,
-        document_id: &str,
-        data: &[u8],
+        outbox: &Outbox,
+        owed: &mut Owed,
+        (document_id, data): (&str, &[u8]),
         is_request: bool,
     ) -> Result<(), Close> {
         let Ok(id) = DocumentId::parse(document_id, "document id") else {
-            self.unavailable(device, tx, document_id);
+            self.unavailable(device, outbox, document_id);
             return Ok(());
         };
         // Never `sync::Message::decode` alone: see protocol::decode_sync_message.
@@ -547,21 +620,33 @@ impl Hub {
         if let Some(purged_team) = purged {
             lock(&self.docs).remove(&id);
             if purged_team == device.team || is_request {
-                self.unavailable(device, tx, document_id);
+                self.unavailable(device, outbox, document_id);
                 return Ok(());
             }
             // Another team's purged id: answered as a never-stored one.
-            return crate::oracle::answer_as_new(&self.peer_id, device, tx, document_id, message);
+            return crate::oracle::answer_as_new(
+                &self.peer_id,
+                device,
+                outbox,
+                document_id,
+                message,
+            );
         }
         let Some(mut s) = self.locked_slot(id, &device.team, !is_request).await? else {
             if is_request {
                 // Missing or another team's: the same answer.
-                self.unavailable(device, tx, document_id);
+                self.unavailable(device, outbox, document_id);
                 return Ok(());
             }
             // With `create`, `None` is only ever another team's document.
             crate::oracle::note_cross_team(&self.storage, device, &key);
-            return crate::oracle::answer_as_new(&self.peer_id, device, tx, document_id, message);
+            return crate::oracle::answer_as_new(
+                &self.peer_id,
+                device,
+                outbox,
+                document_id,
+                message,
+            );
         };
         self.load_state(&mut s, &key, conn_id, device);
         let before = s.doc.get_heads();
@@ -602,8 +687,29 @@ impl Hub {
             lock(&self.docs).remove(&id);
             return Err(Close(reason));
         }
-        if before != after
-            && let Err(close) = self.store(&key, &mut s, &before, device)
+        let upload = (before != after).then(|| crate::doc_cap::Upload::of(&s.doc, &before));
+        if let Some(upload) = &upload
+            && let Err(reason) =
+                crate::doc_cap::check(s.stored_bytes, upload, self.limits.max_document_bytes)
+        {
+            // Over the size cap: neither stored nor kept in memory.
+            tracing::warn!(device = %device.id, team = %device.team, doc = %key,
+                stored = s.stored_bytes, adding = upload.stored_bytes(), cap = self.limits.max_document_bytes,
+                "document refused: over the size cap");
+            let _ = blocking(|| {
+                self.storage.audit(
+                    Some(device),
+                    "refused-over-size-cap",
+                    Some(&key),
+                    Utc::now(),
+                )
+            });
+            s.unstored = true;
+            lock(&self.docs).remove(&id);
+            return Err(Close(reason));
+        }
+        if let Some(upload) = upload
+            && let Err(close) = self.store(&key, &mut s, upload, device)
         {
             // Not stored, so not kept: reload from storage next time.
             s.unstored = true;
@@ -613,43 +719,54 @@ impl Hub {
         if is_request && s.doc.get_heads().is_empty() {
             s.states.remove(&conn_id);
             drop(s);
-            self.unavailable(device, tx, document_id);
+            self.unavailable(device, outbox, document_id);
             return Ok(());
         }
         let Slot {
             doc,
             states,
             last_reply,
+            sent,
             ..
         } = &mut *s;
         // The reply and the live fan-out are gathered first, so that every
         // device they carry changes to is audited in one transaction (one
         // fsync) before any is sent: one commit per recipient made fifty
         // devices on one document cost 50 x 50 fsyncs, under the slot's lock.
-        let mut outgoing: Vec<(mpsc::UnboundedSender<Message>, Message)> = Vec::new();
+        let mut outgoing: Vec<(Outbox, Vec<Message>)> = Vec::new();
         let mut received: Vec<String> = Vec::new();
         let max = self.limits.max_message_bytes;
-        let replies = states
-            .get_mut(&conn_id)
-            .map(|(_, state)| crate::split::outgoing(doc, state, max, &device.id, document_id));
-        // Encoded once: the bytes are both sent and compared with the last
-        // reply. The same bytes already went to this connection, which reads
-        // in order, so it has them: repeated "nothing" messages do not each
-        // cost the whole document (Automerge clears `sent_hashes` whenever
-        // the peer's heads are empty).
+        let envelope = |to: &str, data: Vec<u8>| Message::Sync {
+            sender_id: self.peer_id.clone(),
+            target_id: to.to_string(),
+            document_id: document_id.to_string(),
+            data,
+        };
+        // With the queue over half full the reply waits (outbox.rs): it is
+        // generated, from the state as it is then, once the queue drained.
+        let replies = match states.get_mut(&conn_id) {
+            Some(_) if !outbox.has_room() => {
+                owed.owe(document_id);
+                None
+            }
+            Some((_, state)) => Some(crate::split::outgoing(
+                doc,
+                state,
+                sent.entry(conn_id).or_default(),
+                max,
+                &device.id,
+                document_id,
+            )),
+            None => None,
+        };
+        // The same bytes already went to this connection, which reads in
+        // order, so it has them: an identical reply is not sent again.
         let replies = replies.map(|parts| {
             parts.map(|parts| {
                 use sha2::Digest;
-                let parts: Vec<(bool, Vec<u8>)> = parts
-                    .into_iter()
-                    .map(|reply| {
-                        tracing::trace!(device = %device.id, doc = %document_id, m = %brief(&reply), "reply");
-                        (!reply.changes.is_empty(), reply.encode())
-                    })
-                    .collect();
                 let mut hasher = sha2::Sha256::new();
-                for (_, bytes) in &parts {
-                    hasher.update(bytes);
+                for part in &parts {
+                    hasher.update(&part.data);
                 }
                 let digest: [u8; 32] = hasher.finalize().into();
                 let repeat = before == after && last_reply.get(&conn_id) == Some(&digest);
@@ -659,60 +776,67 @@ impl Hub {
         });
         match replies {
             Some(Some(parts)) => {
-                if parts.iter().any(|(changes, _)| *changes) {
+                if parts.iter().any(|p| p.carries_changes) {
                     received.push(device.id.clone());
                 }
-                outgoing.extend(parts.into_iter().map(|(_, data)| {
-                    (
-                        tx.clone(),
-                        Message::Sync {
-                            sender_id: self.peer_id.clone(),
-                            target_id: device.id.clone(),
-                            document_id: document_id.to_string(),
-                            data,
-                        },
-                    )
-                }))
+                outgoing.push((
+                    outbox.clone(),
+                    parts
+                        .into_iter()
+                        .map(|p| envelope(&device.id, p.data))
+                        .collect(),
+                ));
             }
             Some(None) => outgoing.push((
-                tx.clone(),
-                Message::DocUnavailable {
+                outbox.clone(),
+                vec![Message::DocUnavailable {
                     sender_id: self.peer_id.clone(),
                     target_id: device.id.clone(),
                     document_id: document_id.to_string(),
-                },
+                }],
             )),
             None => {}
         }
         if before != after {
             // Live fan-out to the other devices syncing this document now.
+            // A queue already over its limit refuses it and that connection
+            // is closed (outbox.rs): not this one, which is reading.
             let connections = lock(&self.connections);
             for (other, (other_device, state)) in states.iter_mut().filter(|(c, _)| **c != conn_id)
             {
                 let Some(conn) = connections.get(other) else {
                     continue;
                 };
-                let parts = crate::split::outgoing(doc, state, max, other_device, document_id);
-                for m in parts.into_iter().flatten() {
-                    tracing::trace!(device = %other_device, doc = %document_id, m = %brief(&m), "fan-out");
-                    if !m.changes.is_empty() && !received.contains(other_device) {
-                        received.push(other_device.clone());
-                    }
-                    outgoing.push((
-                        conn.tx.clone(),
-                        Message::Sync {
-                            sender_id: self.peer_id.clone(),
-                            target_id: other_device.clone(),
-                            document_id: document_id.to_string(),
-                            data: m.encode(),
-                        },
-                    ));
+                if !conn.outbox.accepts() {
+                    continue;
                 }
+                let parts = crate::split::outgoing(
+                    doc,
+                    state,
+                    sent.entry(*other).or_default(),
+                    max,
+                    other_device,
+                    document_id,
+                );
+                let parts = parts.unwrap_or_default();
+                if parts.is_empty() {
+                    continue;
+                }
+                if parts.iter().any(|p| p.carries_changes) && !received.contains(other_device) {
+                    received.push(other_device.clone());
+                }
+                outgoing.push((
+                    conn.outbox.clone(),
+                    parts
+                        .into_iter()
+                        .map(|p| envelope(other_device, p.data))
+                        .collect(),
+                ));
             }
         }
         self.audit_received(&received, document_id);
-        for (to, message) in outgoing {
-            let _ = to.send(message);
+        for (to, messages) in outgoing {
+            to.offer_all(messages);
         }
         Ok(())
     }
@@ -745,9 +869,9 @@ impl Hub {
     fn changed_since(
         &self,
         device: &Device,
-        tx: &mpsc::UnboundedSender<Message>,
+        outbox: &Outbox,
         since: i64,
-    ) -> Result<std::collections::VecDeque<String>, Close> {
+    ) -> Result<Vec<String>, Close> {
         let ((cursor, changed), purged, policy) = blocking(|| {
             Ok::<_, crate::error::Error>((
                 self.storage
@@ -760,14 +884,14 @@ impl Hub {
             tracing::error!(error = %e, "reading the change cursor failed");
             Close("the relay could not read what changed".into())
         })?;
-        let _ = tx.send(Message::ChangedSince {
+        outbox.offer(Message::ChangedSince {
             cursor,
             document_ids: changed.clone(),
             purged: purged.into_iter().map(|p| p.id).collect(),
             retention_days: policy.retention_days,
             lease_days: policy.lease_days,
         });
-        Ok(changed.into())
+        Ok(changed)
     }
 
     /// Sends one changed document unasked: the changes made since the heads
@@ -776,23 +900,27 @@ impl Hub {
     /// the last shared heads saves that round trip (if the device lacks
     /// something after all, its answer says so and the usual exchange
     /// follows). The device pipelines its own documents the same way, so a
-    /// sync takes one round trip after TLS (docs/adr/0005).
+    /// sync takes one round trip after TLS (docs/adr/0005). A reply
+    /// deferred while the send queue was over half full goes out this way
+    /// too (the device spoke first, so nothing is assumed).
     async fn push(
         &self,
         conn_id: u64,
         device: &Device,
-        tx: &mpsc::UnboundedSender<Message>,
+        outbox: &Outbox,
         document_id: String,
     ) -> Result<(), Close> {
         let Ok(id) = DocumentId::parse(&document_id, "document id") else {
             return Ok(());
         };
         let Some(mut s) = self.locked_slot(id, &device.team, false).await? else {
-            self.unavailable(device, tx, &document_id);
+            self.unavailable(device, outbox, &document_id);
             return Ok(());
         };
         self.load_state(&mut s, &document_id, conn_id, device);
-        let Slot { doc, states, .. } = &mut *s;
+        let Slot {
+            doc, states, sent, ..
+        } = &mut *s;
         let Some((_, state)) = states.get_mut(&conn_id) else {
             return Ok(());
         };
@@ -802,23 +930,22 @@ impl Hub {
             linkbook_core::protocol::assume_shared_heads(state);
         }
         let max = self.limits.max_message_bytes;
-        let Some(parts) = crate::split::outgoing(doc, state, max, &device.id, &document_id) else {
+        let sent = sent.entry(conn_id).or_default();
+        let Some(parts) = crate::split::outgoing(doc, state, sent, max, &device.id, &document_id)
+        else {
             drop(s);
-            self.unavailable(device, tx, &document_id);
+            self.unavailable(device, outbox, &document_id);
             return Ok(());
         };
-        if parts.iter().any(|m| !m.changes.is_empty()) {
+        if parts.iter().any(|p| p.carries_changes) {
             self.audit_received(std::slice::from_ref(&device.id), &document_id);
         }
-        for m in parts {
-            tracing::trace!(device = %device.id, doc = %document_id, m = %brief(&m), "push");
-            let _ = tx.send(Message::Sync {
-                sender_id: self.peer_id.clone(),
-                target_id: device.id.clone(),
-                document_id: document_id.clone(),
-                data: m.encode(),
-            });
-        }
+        outbox.offer_all(parts.into_iter().map(|p| Message::Sync {
+            sender_id: self.peer_id.clone(),
+            target_id: device.id.clone(),
+            document_id: document_id.clone(),
+            data: p.data,
+        }));
         Ok(())
     }
 
@@ -860,38 +987,37 @@ impl Hub {
         }
     }
 
-    /// Commits the changes made since `before`, compacting now and then.
+    /// Commits an applied message's changes (doc_cap::Upload), compacting
+    /// now and then.
     fn store(
         &self,
         key: &str,
         s: &mut Slot,
-        before: &[ChangeHash],
+        upload: crate::doc_cap::Upload,
         device: &Device,
     ) -> Result<(), Close> {
-        let changes = s.doc.save_after(before);
-        // A document new to the relay is stored as a whole (Automerge's
-        // compressed save), not as the list of its changes: it loads in half
-        // the time, and first uploads are most of what a relay loads.
-        let snapshot = before.is_empty().then(|| s.doc.save());
         let now = Utc::now();
-        let result = blocking(|| -> crate::error::Result<()> {
+        let result = blocking(|| -> crate::error::Result<u64> {
             let count = self.storage.append_changes(
                 key,
                 &s.team,
                 &device.id,
-                &changes,
-                snapshot.as_deref(),
+                &upload.changes,
+                upload.snapshot.as_deref(),
                 now,
             )?;
+            let mut stored = upload.stored_after(s.stored_bytes);
             if count >= COMPACT_AFTER {
                 let snapshot = s.doc.save();
                 self.storage
                     .append_changes(key, &s.team, &device.id, &[], Some(&snapshot), now)?;
+                stored = u64::try_from(snapshot.len()).unwrap_or(u64::MAX);
             }
             self.storage
                 .audit(Some(device), "uploaded", Some(key), now)?;
-            Ok(())
+            Ok(stored)
         });
+        let result = result.map(|stored| s.stored_bytes = stored);
         result.map_err(|e| {
             // The transaction was rolled back and the device keeps its
             // changes; it sends them again at its next sync.
@@ -916,6 +1042,7 @@ impl Hub {
         for (id, slot) in slots {
             let mut slot = slot.lock().await;
             slot.last_reply.remove(&conn_id);
+            slot.sent.remove(&conn_id);
             if let Some((device, state)) = slot.states.remove(&conn_id) {
                 states.push((id.to_string(), device, state.encode()));
             }
@@ -932,7 +1059,7 @@ impl Hub {
 }
 
 /// A sync message for trace logs: heads, need, have and changes counts.
-fn brief(m: &sync::Message) -> String {
+pub(crate) fn brief(m: &sync::Message) -> String {
     let short = |h: &[ChangeHash]| {
         h.iter()
             .map(|h| h.to_string()[..6].to_string())
@@ -951,14 +1078,17 @@ fn brief(m: &sync::Message) -> String {
     )
 }
 
-/// The next message, or [`REPLACED`] when a newer connection took the slot.
-async fn next_or_replaced(
+/// The next message, or [`REPLACED`] when a newer connection took the
+/// slot, or the overflow reason when the connection's send queue overflowed.
+async fn next_or_closed(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     kick: &tokio::sync::Notify,
+    outbox: &Outbox,
 ) -> Result<Option<Message>, Close> {
     tokio::select! {
         m = next_message(stream) => m,
         () = kick.notified() => Err(Close(REPLACED.into())),
+        () = outbox.overflowed() => Err(Close(crate::outbox::overflow_reason(outbox.limit()))),
     }
 }
 

@@ -1,0 +1,312 @@
+//! A connection's send queue, bounded in bytes by the relay's own code
+//! (issue 11, finding 2).
+//!
+//! Before, every connection had an unbounded channel: a peer that joined,
+//! asked for big documents (or got live fan-out from a writing device) and
+//! never read its socket made the relay hold every message for it, without
+//! end. Now every message is encoded when it is queued and its bytes are
+//! counted until the writer task has handed them to the socket. Two rules
+//! keep the count bounded:
+//!
+//! - Traffic a connection causes itself (replies, unasked pushes) is only
+//!   generated while its queue is at most half the limit
+//!   ([`Outbox::has_room`]); otherwise the session defers it and generates it
+//!   when the queue has drained ([`Outbox::drained`]). Automerge sync is
+//!   state-based, so a reply generated later says the same, newer things.
+//!   The session keeps reading meanwhile: a device blocked on writing its
+//!   own upload must not wait for a relay that waits for it.
+//! - Anything offered to a queue already over the limit (another device's
+//!   live fan-out, a small answer) closes that connection: it has not read
+//!   `limit` bytes. Never the sender's connection, never the relay.
+//!
+//! So a connection holds at most the limit plus one burst (one reply or one
+//! fan-out, at most one document: see `--max-document-bytes`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use linkbook_core::protocol::Message;
+use tokio::sync::{Notify, mpsc};
+
+/// One encoded WebSocket message; `last` ends the connection after it.
+pub(crate) struct Frame {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) last: bool,
+}
+
+struct Shared {
+    queued: AtomicUsize,
+    limit: usize,
+    full: AtomicBool,
+    /// Wakes the session when the queue overflowed.
+    overflowed: Notify,
+    /// Wakes the session when the writer took the queue to half the limit.
+    drained: Notify,
+    device: String,
+}
+
+/// The sending half, shared by the connection's session and other
+/// connections' fan-out.
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    tx: mpsc::UnboundedSender<Frame>,
+    shared: Arc<Shared>,
+}
+
+/// The writer task's half.
+pub(crate) struct Outgoing {
+    rx: mpsc::UnboundedReceiver<Frame>,
+    shared: Arc<Shared>,
+}
+
+/// Why a connection was closed when its queue overflowed.
+pub(crate) fn overflow_reason(limit: usize) -> String {
+    format!("closed: this connection did not read what the relay sent (over {limit} bytes queued)")
+}
+
+impl Outbox {
+    /// A queue of at most `limit` bytes (plus one burst) for `device`.
+    pub(crate) fn new(limit: usize, device: &str) -> (Outbox, Outgoing) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            queued: AtomicUsize::new(0),
+            limit,
+            full: AtomicBool::new(false),
+            overflowed: Notify::new(),
+            drained: Notify::new(),
+            device: device.to_string(),
+        });
+        (
+            Outbox {
+                tx,
+                shared: shared.clone(),
+            },
+            Outgoing { rx, shared },
+        )
+    }
+
+    /// Bytes queued and not yet handed to the socket.
+    pub(crate) fn queued(&self) -> usize {
+        self.shared.queued.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.shared.limit
+    }
+
+    /// The queue overflowed: the connection is being closed.
+    pub(crate) fn is_full(&self) -> bool {
+        self.shared.full.load(Ordering::Acquire)
+    }
+
+    /// Room for traffic this connection causes itself (at most half full).
+    pub(crate) fn has_room(&self) -> bool {
+        !self.is_full() && self.queued() <= self.shared.limit / 2
+    }
+
+    /// Queues one message (see [`Outbox::offer_all`]).
+    pub(crate) fn offer(&self, message: Message) -> bool {
+        self.offer_all(std::iter::once(message))
+    }
+
+    /// Queues a burst of messages, all or none: `false` (and the connection
+    /// is closed by its session) when the queue already held more than the
+    /// limit, or the connection is gone.
+    pub(crate) fn offer_all(&self, messages: impl IntoIterator<Item = Message>) -> bool {
+        if !self.accepts() {
+            return false;
+        }
+        for m in messages {
+            if !self.enqueue(m.encode(), false) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Whether a burst offered now would be queued; a queue already over
+    /// its limit is marked full here (its session closes the connection).
+    /// Fan-out asks before generating anything for the connection.
+    pub(crate) fn accepts(&self) -> bool {
+        let s = &self.shared;
+        if s.full.load(Ordering::Acquire) {
+            return false;
+        }
+        let queued = s.queued.load(Ordering::Acquire);
+        if queued > s.limit {
+            if !s.full.swap(true, Ordering::AcqRel) {
+                tracing::warn!(device = %s.device, queued, limit = s.limit,
+                    "send queue full: the device does not read what the relay sends; closing its connection");
+                s.overflowed.notify_one();
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Queues the connection's last message (its closing error), whatever
+    /// the count: it is small and there is one.
+    pub(crate) fn last(&self, message: Message) {
+        let _ = self.enqueue(message.encode(), true);
+    }
+
+    fn enqueue(&self, bytes: Vec<u8>, last: bool) -> bool {
+        let len = bytes.len();
+        self.shared.queued.fetch_add(len, Ordering::AcqRel);
+        if self.tx.send(Frame { bytes, last }).is_err() {
+            self.shared.queued.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Resolves once the queue overflowed.
+    pub(crate) async fn overflowed(&self) {
+        loop {
+            let notified = self.shared.overflowed.notified();
+            if self.is_full() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Resolves once there is room again ([`Outbox::has_room`]); never, if
+    /// the queue overflowed ([`Outbox::overflowed`] says so).
+    pub(crate) async fn drained(&self) {
+        loop {
+            let notified = self.shared.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.has_room() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Outgoing {
+    /// The next frame to write; `None` once every sender is gone.
+    pub(crate) async fn recv(&mut self) -> Option<Frame> {
+        self.rx.recv().await
+    }
+
+    /// The writer handed a frame of `len` bytes to the socket.
+    pub(crate) fn sent(&self, len: usize) {
+        let s = &self.shared;
+        let before = s.queued.fetch_sub(len, Ordering::AcqRel);
+        let now = before.saturating_sub(len);
+        if now <= s.limit / 2 {
+            s.drained.notify_waiters();
+        }
+    }
+
+    /// The queue overflowed: what is left is not worth writing.
+    pub(crate) fn is_full(&self) -> bool {
+        self.shared.full.load(Ordering::Acquire)
+    }
+}
+
+/// Documents a connection is owed a message about: the unasked pushes of
+/// the pipelined session and replies deferred while its queue was over half
+/// full, in order, each once (at most the team's document count).
+#[derive(Debug, Default)]
+pub(crate) struct Owed {
+    order: std::collections::VecDeque<String>,
+    ids: std::collections::HashSet<String>,
+}
+
+impl Owed {
+    pub(crate) fn owe(&mut self, document_id: &str) {
+        if self.ids.insert(document_id.to_string()) {
+            self.order.push_back(document_id.to_string());
+        }
+    }
+
+    pub(crate) fn next(&mut self) -> Option<String> {
+        let id = self.order.pop_front()?;
+        self.ids.remove(&id);
+        Some(id)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+impl From<Vec<String>> for Owed {
+    fn from(ids: Vec<String>) -> Self {
+        let mut owed = Owed::default();
+        for id in &ids {
+            owed.owe(id);
+        }
+        owed
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn big(n: usize) -> Message {
+        Message::Error {
+            message: "x".repeat(n),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_queue_over_its_limit_refuses_and_says_so() {
+        let (outbox, mut outgoing) = Outbox::new(1_000, "device");
+        assert!(outbox.has_room());
+        // One burst is taken whole even past the limit.
+        assert!(outbox.offer_all([big(600), big(600)]));
+        assert!(outbox.queued() > 1_000);
+        assert!(!outbox.has_room());
+        assert!(!outbox.offer(big(10)), "over the limit: refused");
+        assert!(outbox.is_full());
+        tokio::time::timeout(std::time::Duration::from_secs(1), outbox.overflowed())
+            .await
+            .expect("overflow is signalled");
+        // Refused for good, even after the writer drained.
+        while let Ok(Some(frame)) =
+            tokio::time::timeout(std::time::Duration::from_millis(50), outgoing.recv()).await
+        {
+            outgoing.sent(frame.bytes.len());
+        }
+        assert_eq!(outbox.queued(), 0);
+        assert!(!outbox.offer(big(10)));
+    }
+
+    #[test]
+    fn a_document_is_owed_once_in_order() {
+        let mut owed = Owed::from(vec!["a".to_string(), "b".to_string(), "a".to_string()]);
+        owed.owe("b");
+        owed.owe("c");
+        assert_eq!(owed.next().as_deref(), Some("a"));
+        owed.owe("a");
+        let rest: Vec<String> = std::iter::from_fn(|| owed.next()).collect();
+        assert_eq!(rest, ["b", "c", "a"]);
+        assert!(owed.is_empty());
+    }
+
+    #[tokio::test]
+    async fn drained_wakes_when_the_writer_catches_up() {
+        let (outbox, mut outgoing) = Outbox::new(1_000, "device");
+        assert!(outbox.offer(big(900)));
+        assert!(!outbox.has_room());
+        let waiter = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.drained().await })
+        };
+        let frame = outgoing.recv().await.expect("a frame");
+        assert!(!frame.last);
+        outgoing.sent(frame.bytes.len());
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("woken")
+            .expect("joined");
+        assert!(outbox.has_room());
+    }
+}
