@@ -556,7 +556,18 @@ fn team_of(storage: &dyn Storage, id: &str, team: Option<&str>) -> crate::Result
         }
         return Ok(Some(team.to_string()));
     }
+    // Teams holding a stored document with this id first; if none, those
+    // that had one purged (so that "purged already" can be said).
     let mut teams = storage.teams_holding(id)?;
+    let mut stored = Vec::new();
+    for t in &teams {
+        if storage.document_exists(t, id)? {
+            stored.push(t.clone());
+        }
+    }
+    if !stored.is_empty() {
+        teams = stored;
+    }
     match teams.len() {
         0 | 1 => Ok(teams.pop()),
         _ => Err(crate::Error::BadRequest(format!(
