@@ -334,7 +334,7 @@ async fn another_teams_large_document_answers_like_a_missing_id_in_bytes_and_tim
     eprintln!("built {NOTES} notes in {:?}", t.elapsed());
     let mut ws = joined(&relay, &ca, &north).await;
     upload(&mut ws, &north.device_id, &family, &mut big).await;
-    let _ = ws.close(None).await;
+    let _ = tokio::time::timeout(WAIT, ws.close(None)).await;
     drop(ws);
     eprintln!("uploaded after {:?}", t.elapsed());
     // Restarted, so nothing is loaded: a relay that looked at north's
