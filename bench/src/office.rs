@@ -604,8 +604,8 @@ fn copy_relay_sync_states(relay_data: &Path, from: &str, to: &[String]) -> Resul
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare(
-            "INSERT OR REPLACE INTO sync_states (doc_id, device_id, state)
-             SELECT doc_id, ?1, state FROM sync_states WHERE device_id = ?2",
+            "INSERT OR REPLACE INTO sync_states (team, doc_id, device_id, state)
+             SELECT team, doc_id, ?1, state FROM sync_states WHERE device_id = ?2",
         )?;
         for d in to {
             stmt.execute([d.as_str(), from])?;

@@ -59,7 +59,7 @@ pub(crate) fn record(
     let mut refused = 0;
     for (family, at) in reads {
         // Another team's family and a never-stored id alike: not recorded.
-        if storage.document_team(&family)?.as_deref() != Some(device.team.as_str()) {
+        if !storage.document_exists(&device.team, &family)? {
             refused += 1;
             continue;
         }

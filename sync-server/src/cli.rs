@@ -120,6 +120,10 @@ enum Command {
         /// Only records of this device.
         #[arg(long)]
         device: Option<String>,
+        /// Only records about this team's documents (required with
+        /// `--family` when two teams hold that id: ids are per team).
+        #[arg(long)]
+        team: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -133,6 +137,10 @@ enum Command {
         /// Or one family's records, by id.
         #[arg(long, conflicts_with = "name")]
         family: Option<String>,
+        /// Only this team's families (required with `--family` when two
+        /// teams hold that id: ids are per team).
+        #[arg(long)]
+        team: Option<String>,
     },
     /// A team's data-protection policy (works while the relay runs).
     #[command(subcommand)]
@@ -214,6 +222,10 @@ enum FamilyCommand {
         /// Why (kept in the relay's audit, not sent to devices).
         #[arg(long)]
         reason: String,
+        /// The family's team (required only when two teams hold that id:
+        /// ids are per team).
+        #[arg(long)]
+        team: Option<String>,
     },
 }
 
@@ -274,9 +286,12 @@ where
         Some(Command::Audit {
             family,
             device,
+            team,
             json,
-        }) => audit(&cli.data, family, device, json),
-        Some(Command::ExportPerson { name, family }) => export_person(&cli.data, name, family),
+        }) => audit(&cli.data, family, device, team, json),
+        Some(Command::ExportPerson { name, family, team }) => {
+            export_person(&cli.data, name, family, team)
+        }
         Some(Command::Document(DocumentCommand::Refused { team, json })) => {
             AppState::open(&cli.data, Limits::default())
                 .and_then(|s| crate::refusals::print(&*s.storage, team.as_deref(), json))
@@ -567,10 +582,44 @@ fn retention_apply(data: &std::path::Path, today: Option<chrono::NaiveDate>) -> 
     Ok(())
 }
 
+/// The team whose document `id` an admin command means: `--team` if
+/// given, else the only team holding the id (stored or purged). Documents
+/// are namespaced per team, so an id two teams hold needs `--team`.
+fn team_of(storage: &dyn Storage, id: &str, team: Option<&str>) -> crate::Result<Option<String>> {
+    if let Some(team) = team {
+        let team = team.trim();
+        if team.is_empty() {
+            return Err(crate::Error::BadRequest("--team must name a team".into()));
+        }
+        return Ok(Some(team.to_string()));
+    }
+    // Teams holding a stored document with this id first; if none, those
+    // that had one purged (so that "purged already" can be said).
+    let mut teams = storage.teams_holding(id)?;
+    let mut stored = Vec::new();
+    for t in &teams {
+        if storage.document_exists(t, id)? {
+            stored.push(t.clone());
+        }
+    }
+    if !stored.is_empty() {
+        teams = stored;
+    }
+    match teams.len() {
+        0 | 1 => Ok(teams.pop()),
+        _ => Err(crate::Error::BadRequest(format!(
+            "{id} is held by {} teams ({}): ids are per team, so say which with --team",
+            teams.len(),
+            teams.join(", ")
+        ))),
+    }
+}
+
 fn audit(
     data: &std::path::Path,
     family: Option<String>,
     device: Option<String>,
+    team: Option<String>,
     json: bool,
 ) -> crate::Result<()> {
     let family = family
@@ -581,9 +630,13 @@ fn audit(
         })
         .transpose()?;
     let state = AppState::open(data, Limits::default())?;
+    let team = match &family {
+        Some(id) => team_of(&*state.storage, id, team.as_deref())?,
+        None => team,
+    };
     let entries = state
         .storage
-        .audit_log(family.as_deref(), device.as_deref())?;
+        .audit_log(family.as_deref(), device.as_deref(), team.as_deref())?;
     if json {
         println!(
             "{}",
@@ -612,7 +665,7 @@ fn family(data: &std::path::Path, cmd: FamilyCommand) -> crate::Result<()> {
     let state = AppState::open(data, Limits::default())?;
     let storage: &dyn Storage = &*state.storage;
     match cmd {
-        FamilyCommand::Purge { id, reason } => {
+        FamilyCommand::Purge { id, reason, team } => {
             let id = linkbook_core::DocumentId::parse(&id, "family id")
                 .map_err(|e| BadRequest(e.to_string()))?
                 .to_string();
@@ -622,12 +675,16 @@ fn family(data: &std::path::Path, cmd: FamilyCommand) -> crate::Result<()> {
                     "--reason must say why (it is kept in the audit)".into(),
                 ));
             }
-            if storage.is_purged(&id)? {
-                return Err(BadRequest(format!("{id} was purged already")));
-            }
-            let stored = storage
-                .load_document(&id)?
+            let team = team_of(storage, &id, team.as_deref())?
                 .ok_or_else(|| BadRequest(format!("no family {id} on this relay")))?;
+            if storage.is_purged(&team, &id)? {
+                return Err(BadRequest(format!(
+                    "{id} of team {team} was purged already"
+                )));
+            }
+            let stored = storage.load_document(&team, &id)?.ok_or_else(|| {
+                BadRequest(format!("no family {id} of team {team} on this relay"))
+            })?;
             let kind = document_type(&stored);
             if kind.as_deref() != Some("family") {
                 return Err(BadRequest(format!(
@@ -635,9 +692,11 @@ fn family(data: &std::path::Path, cmd: FamilyCommand) -> crate::Result<()> {
                     kind.as_deref().unwrap_or("damaged document")
                 )));
             }
-            let team = storage
-                .purge_document(&id, reason, Utc::now())?
-                .ok_or_else(|| BadRequest(format!("no family {id} on this relay")))?;
+            if !storage.purge_document(&team, &id, reason, Utc::now())? {
+                return Err(BadRequest(format!(
+                    "no family {id} of team {team} on this relay"
+                )));
+            }
             println!("purged family {id} of team {team}; devices delete it at their next sync");
         }
     }
@@ -648,6 +707,7 @@ fn export_person(
     data: &std::path::Path,
     name: Option<String>,
     family: Option<String>,
+    team: Option<String>,
 ) -> crate::Result<()> {
     use crate::Error::BadRequest;
     let name = name.map(|n| n.trim().to_lowercase());
@@ -663,12 +723,18 @@ fn export_person(
         .transpose()?;
     let state = AppState::open(data, Limits::default())?;
     let storage: &dyn Storage = &*state.storage;
+    let only_team = match &family {
+        Some(id) => team_of(storage, id, team.as_deref())?,
+        None => team,
+    };
     let mut records = Vec::new();
     for (id, team) in storage.document_ids()? {
-        if family.as_ref().is_some_and(|f| *f != id) {
+        if family.as_ref().is_some_and(|f| *f != id)
+            || only_team.as_ref().is_some_and(|t| *t != team)
+        {
             continue;
         }
-        let Some(stored) = storage.load_document(&id)? else {
+        let Some(stored) = storage.load_document(&team, &id)? else {
             continue;
         };
         let Some(doc) = load(&stored) else { continue };
@@ -689,7 +755,7 @@ fn export_person(
             "team": team,
             "matched_at": matches,
             "record": json,
-            "audit": storage.audit_log(Some(&id), None)?,
+            "audit": storage.audit_log(Some(&id), None, Some(&team))?,
         }));
     }
     if family.is_some() && records.is_empty() {
@@ -697,13 +763,16 @@ fn export_person(
     }
     let now = Utc::now().to_rfc3339();
     for r in &records {
-        storage.audit_as(
-            None,
-            Some("office administrator"),
-            "subject access export",
-            r["family_id"].as_str(),
-            &now,
-        )?;
+        if let (Some(id), Some(team)) = (r["family_id"].as_str(), r["team"].as_str()) {
+            storage.audit_for_team(
+                team,
+                None,
+                Some("office administrator"),
+                "subject access export",
+                id,
+                &now,
+            )?;
+        }
     }
     let out = serde_json::json!({
         "generated_at": now,

@@ -1,63 +1,68 @@
 //! No existence oracle (issue 11, finding 6): a device must not learn
-//! whether another team holds a document id. The relay checks the team
-//! from the documents' index before loading anything (`Hub::slot`), and
-//! answers a `sync` for another team's id with exactly the bytes a
-//! never-stored id gets: the reply of a new, empty document with a fresh
-//! sync state to that message. Such an answer stores nothing (the id is
-//! taken): namespacing documents per team in storage, so that the sender's
-//! team gets its own document, is not done yet.
+//! whether another team holds a document id. Documents are namespaced per
+//! team (storage keys and the Hub's loaded documents are `(team, id)`), so
+//! an id means nothing across teams: a team B `request` for an id team A
+//! holds finds no team B document and gets `doc-unavailable`, a `sync`
+//! creates team B's own document, exactly as for a never-stored id, and
+//! nothing of team A is read for it. The only look across teams is this
+//! module's audit, done after answering, in a spawned task.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use automerge::Automerge;
-use automerge::sync::{self, SyncDoc};
 use chrono::Utc;
-use linkbook_core::protocol::{Message, catch_automerge_panic};
 
-use crate::relay::Close;
 use crate::storage::{Device, Storage};
-
-/// Answers `message` as a document the relay never stored would.
-pub(crate) fn answer_as_new(
-    peer_id: &str,
-    device: &Device,
-    outbox: &crate::outbox::Outbox,
-    document_id: &str,
-    message: sync::Message,
-) -> Result<(), Close> {
-    let mut doc = Automerge::new();
-    let mut state = sync::State::new();
-    if !matches!(
-        catch_automerge_panic(|| doc.receive_sync_message(&mut state, message)),
-        Ok(Ok(()))
-    ) {
-        // The text `Hub::sync` closes with for a message it cannot apply.
-        return Err(Close(
-            "the Automerge sync message could not be applied".into(),
-        ));
-    }
-    if let Some(reply) = doc.generate_sync_message(&mut state) {
-        outbox.offer(Message::Sync {
-            sender_id: peer_id.to_string(),
-            target_id: device.id.clone(),
-            document_id: document_id.to_string(),
-            data: reply.encode(),
-        });
-    }
-    Ok(())
-}
 
 /// (device, document) pairs already audited as cross-team, so that one
 /// device repeating a request cannot flood the append-only audit.
 static AUDITED: Mutex<Option<HashSet<(String, String)>>> = Mutex::new(None);
 /// Distinct pairs remembered; beyond it nothing more is audited until restart.
 const MAX_AUDITED: usize = 10_000;
+/// Look-ups waiting or running: beyond it a new one is skipped (a device
+/// sending ids faster than the index answers cannot pile up tasks).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+const MAX_IN_FLIGHT: usize = 256;
 
-/// Audits a device's sync of another team's document: once per pair, off
-/// the request's path (an fsync on it would make the answer slower than a
-/// missing id's, an oracle again).
+/// Audits a device's `request` or new-document `sync` for an id another
+/// team holds: once per (device, id), off the request's path. Called for
+/// never-stored ids as well (the answer was already sent, and the caller
+/// cannot tell the two apart without the look-up this does later).
 pub(crate) fn note_cross_team(storage: &Arc<dyn Storage>, device: &Device, doc_id: &str) {
+    {
+        let audited = AUDITED.lock().unwrap_or_else(|p| p.into_inner());
+        if audited.as_ref().is_some_and(|s| {
+            s.len() >= MAX_AUDITED || s.contains(&(device.id.clone(), doc_id.to_string()))
+        }) {
+            return;
+        }
+    }
+    if IN_FLIGHT.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
+        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let storage = storage.clone();
+    let device = device.clone();
+    let doc_id = doc_id.to_string();
+    tokio::task::spawn_blocking(move || {
+        check_and_audit(&*storage, &device, &doc_id);
+        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+    });
+}
+
+fn check_and_audit(storage: &dyn Storage, device: &Device, doc_id: &str) {
+    let holders = match storage.teams_holding(doc_id) {
+        Ok(teams) => teams,
+        Err(e) => {
+            tracing::error!(error = %e, "looking up a document's teams for the audit failed");
+            return;
+        }
+    };
+    let others: Vec<String> = holders.into_iter().filter(|t| *t != device.team).collect();
+    if others.is_empty() {
+        return;
+    }
     {
         let mut audited = AUDITED.lock().unwrap_or_else(|p| p.into_inner());
         let set = audited.get_or_insert_with(HashSet::new);
@@ -65,13 +70,18 @@ pub(crate) fn note_cross_team(storage: &Arc<dyn Storage>, device: &Device, doc_i
             return;
         }
     }
-    tracing::warn!(device = %device.id, team = %device.team, doc = %doc_id, "sync of another team's document");
-    let storage = storage.clone();
-    let device = device.clone();
-    let doc_id = doc_id.to_string();
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = storage.audit(Some(&device), "cross-team", Some(&doc_id), Utc::now()) {
+    tracing::warn!(device = %device.id, team = %device.team, doc = %doc_id, "request for an id another team holds");
+    let at = Utc::now().to_rfc3339();
+    for holder in others {
+        if let Err(e) = storage.audit_for_team(
+            &holder,
+            Some(&device.id),
+            Some(&device.worker),
+            "cross-team",
+            doc_id,
+            &at,
+        ) {
             tracing::error!(error = %e, "writing the audit failed");
         }
-    });
+    }
 }

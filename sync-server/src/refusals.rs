@@ -299,7 +299,7 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].count, 3);
         let audited = storage
-            .audit_log(Some("doc-a"), None)?
+            .audit_log(Some("doc-a"), None, None)?
             .into_iter()
             .filter(|e| e.action == "refused-at-door")
             .count();

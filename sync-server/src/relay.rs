@@ -100,13 +100,17 @@ struct Connection {
     kick: Arc<tokio::sync::Notify>,
 }
 
+/// A loaded document's key: its team and id.
+type DocKey = (String, DocumentId);
+
 /// Everything connections share.
 pub struct Hub {
     storage: Arc<dyn Storage>,
     peer_id: String,
     storage_id: String,
     limits: Limits,
-    docs: Mutex<HashMap<DocumentId, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// Keyed by (team, id): documents are namespaced per team (oracle.rs).
+    docs: Mutex<HashMap<DocKey, Arc<tokio::sync::Mutex<Slot>>>>,
     connections: Mutex<HashMap<u64, Connection>>,
     next_conn: AtomicU64,
     tick: AtomicU64,
@@ -418,8 +422,8 @@ impl Hub {
         });
     }
 
-    /// The loaded slot of a document the device's team may see; `None` is
-    /// "unavailable" whether the document is missing or another team's.
+    /// The loaded slot of `team`'s document `id`; `None`: the team has no
+    /// such document (whether or not another team has one: namespaced).
     async fn slot(
         &self,
         id: DocumentId,
@@ -427,36 +431,23 @@ impl Hub {
         create: bool,
     ) -> Result<Option<Arc<tokio::sync::Mutex<Slot>>>, Close> {
         let tick = self.tick.fetch_add(1, Ordering::Relaxed);
-        let loaded = lock(&self.docs).get(&id).cloned();
+        let map_key: DocKey = (team.to_string(), id);
+        let loaded = lock(&self.docs).get(&map_key).cloned();
         if let Some(slot) = loaded {
             let mut s = slot.lock().await;
-            if s.team != team {
-                return Ok(None);
-            }
             s.last_used = tick;
             drop(s);
             return Ok(Some(slot));
         }
         let key = id.to_string();
-        // The team first, from its index, before any document is loaded:
-        // another team's large document must cost what a missing id costs,
-        // or the answer's time tells that the id exists (issue 11).
-        let owner = blocking(|| self.storage.document_team(&key)).map_err(|e| {
-            tracing::error!(error = %e, "reading a document's team failed");
-            Close("the relay could not load a document".into())
-        })?;
-        if owner.as_deref().is_some_and(|t| t != team) {
-            return Ok(None);
-        }
-        let stored = blocking(|| self.storage.load_document(&key)).map_err(|e| {
+        // Only the team's own document is looked at: another team's large
+        // document costs what a missing id costs (issue 11, finding 6).
+        let stored = blocking(|| self.storage.load_document(team, &key)).map_err(|e| {
             tracing::error!(error = %e, "loading a document failed");
             Close("the relay could not load a document".into())
         })?;
         let slot = match stored {
             Some(stored) => {
-                if stored.team != team {
-                    return Ok(None);
-                }
                 let stored_bytes = stored.snapshot.as_ref().map_or(0, Vec::len)
                     + stored.changes.iter().map(Vec::len).sum::<usize>();
                 // Stored bytes go through the budget too (doc_cap.rs): a
@@ -517,16 +508,11 @@ impl Hub {
         let slot = {
             let mut docs = lock(&self.docs);
             // Another connection may have loaded it meanwhile: keep theirs.
-            docs.entry(id)
+            docs.entry(map_key)
                 .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(slot)))
                 .clone()
         };
         self.evict_idle();
-        let s = slot.lock().await;
-        if s.team != team {
-            return Ok(None);
-        }
-        drop(s);
         Ok(Some(slot))
     }
 
@@ -563,30 +549,30 @@ impl Hub {
             // reference and nobody holds the lock), and holding no received
             // changes that wait for their dependencies: those are only in
             // memory, and their sender will not send them again this session.
-            let mut idle: Vec<(u64, DocumentId)> = docs
+            let mut idle: Vec<(u64, DocKey)> = docs
                 .iter()
                 .filter(|(_, slot)| Arc::strong_count(slot) == 1)
-                .filter_map(|(id, slot)| slot.try_lock().ok().map(|s| (s, *id)))
+                .filter_map(|(key, slot)| slot.try_lock().ok().map(|s| (s, key.clone())))
                 .filter(|(s, _)| s.doc.get_missing_deps(&[]).is_empty())
                 .map(|(s, id)| (s.last_used, id))
                 .collect();
             idle.sort();
             let excess = docs.len() - self.limits.max_loaded_docs;
-            for (_, id) in idle.into_iter().take(excess) {
-                if let Some(slot) = docs.remove(&id)
+            for (_, (team, id)) in idle.into_iter().take(excess) {
+                if let Some(slot) = docs.remove(&(team.clone(), id))
                     && let Ok(mut s) = slot.try_lock()
                 {
                     // A connection still syncing it reloads this state from
                     // storage, as after a reconnect.
                     for (_, (device, state)) in s.states.drain() {
-                        saved.push((id.to_string(), device, state.encode()));
+                        saved.push((team.clone(), id.to_string(), device, state.encode()));
                     }
                 }
             }
         }
         let result = blocking(|| {
-            saved.iter().try_for_each(|(doc, device, state)| {
-                self.storage.save_sync_state(doc, device, state)
+            saved.iter().try_for_each(|(team, doc, device, state)| {
+                self.storage.save_sync_state(team, doc, device, state)
             })
         });
         if let Err(e) = result {
@@ -613,43 +599,28 @@ impl Hub {
         // A purged document is gone, also from memory, and never taken again
         // (the administrator purges from another process: checked each time).
         let key = id.to_string();
-        let purged = blocking(|| self.storage.purged_team(&key)).map_err(|e| {
+        let purged = blocking(|| self.storage.is_purged(&device.team, &key)).map_err(|e| {
             tracing::error!(error = %e, "checking for a purge failed");
             Close("the relay could not read its storage".into())
         })?;
-        if let Some(purged_team) = purged {
-            lock(&self.docs).remove(&id);
-            if purged_team == device.team || is_request {
-                self.unavailable(device, outbox, document_id);
-                return Ok(());
-            }
-            // Another team's purged id: answered as a never-stored one.
-            return crate::oracle::answer_as_new(
-                &self.peer_id,
-                device,
-                outbox,
-                document_id,
-                message,
-            );
+        if purged {
+            lock(&self.docs).remove(&(device.team.clone(), id));
+            self.unavailable(device, outbox, document_id);
+            return Ok(());
         }
         let Some(mut s) = self.locked_slot(id, &device.team, !is_request).await? else {
-            if is_request {
-                // Missing or another team's: the same answer.
-                self.unavailable(device, outbox, document_id);
-                return Ok(());
-            }
-            // With `create`, `None` is only ever another team's document.
+            // The team has no such document (another team's id included:
+            // namespaced). Audited, if another team holds it, afterwards.
+            self.unavailable(device, outbox, document_id);
             crate::oracle::note_cross_team(&self.storage, device, &key);
-            return crate::oracle::answer_as_new(
-                &self.peer_id,
-                device,
-                outbox,
-                document_id,
-                message,
-            );
+            return Ok(());
         };
         self.load_state(&mut s, &key, conn_id, device);
         let before = s.doc.get_heads();
+        if before.is_empty() {
+            // New to this team: another team may hold the id (audited only).
+            crate::oracle::note_cross_team(&self.storage, device, &key);
+        }
         // At most heavy::PERMITS messages are applied at once (heavy.rs).
         let turn = crate::heavy::permit().await;
         let applied = {
@@ -664,7 +635,7 @@ impl Hub {
             // Automerge panicked half-way: forget the loaded copy, and make a
             // connection already waiting for this slot reload it too.
             s.unstored = true;
-            lock(&self.docs).remove(&id);
+            lock(&self.docs).remove(&(device.team.clone(), id));
         }
         if !matches!(applied, Ok(Ok(()))) {
             return Err(Close(
@@ -684,7 +655,7 @@ impl Hub {
                 &reason,
             );
             s.unstored = true;
-            lock(&self.docs).remove(&id);
+            lock(&self.docs).remove(&(device.team.clone(), id));
             return Err(Close(reason));
         }
         let upload = (before != after).then(|| crate::doc_cap::Upload::of(&s.doc, &before));
@@ -705,7 +676,7 @@ impl Hub {
                 )
             });
             s.unstored = true;
-            lock(&self.docs).remove(&id);
+            lock(&self.docs).remove(&(device.team.clone(), id));
             return Err(Close(reason));
         }
         if let Some(upload) = upload
@@ -713,13 +684,14 @@ impl Hub {
         {
             // Not stored, so not kept: reload from storage next time.
             s.unstored = true;
-            lock(&self.docs).remove(&id);
+            lock(&self.docs).remove(&(device.team.clone(), id));
             return Err(close);
         }
         if is_request && s.doc.get_heads().is_empty() {
             s.states.remove(&conn_id);
             drop(s);
             self.unavailable(device, outbox, document_id);
+            crate::oracle::note_cross_team(&self.storage, device, &key);
             return Ok(());
         }
         let Slot {
@@ -844,7 +816,7 @@ impl Hub {
     /// The connection's sync state for a document, from storage the first time.
     fn load_state(&self, s: &mut Slot, key: &str, conn_id: u64, device: &Device) {
         if let std::collections::hash_map::Entry::Vacant(e) = s.states.entry(conn_id) {
-            let saved = blocking(|| self.storage.sync_state(key, &device.id))
+            let saved = blocking(|| self.storage.sync_state(&device.team, key, &device.id))
                 .ok()
                 .flatten();
             let state = saved
@@ -1034,22 +1006,22 @@ impl Hub {
     /// Saves the connection's sync states and forgets it.
     async fn disconnect(&self, conn_id: u64) {
         lock(&self.connections).remove(&conn_id);
-        let slots: Vec<(DocumentId, Arc<tokio::sync::Mutex<Slot>>)> = lock(&self.docs)
+        let slots: Vec<(DocKey, Arc<tokio::sync::Mutex<Slot>>)> = lock(&self.docs)
             .iter()
-            .map(|(id, s)| (*id, s.clone()))
+            .map(|(key, s)| (key.clone(), s.clone()))
             .collect();
         let mut states = Vec::new();
-        for (id, slot) in slots {
+        for ((team, id), slot) in slots {
             let mut slot = slot.lock().await;
             slot.last_reply.remove(&conn_id);
             slot.sent.remove(&conn_id);
             if let Some((device, state)) = slot.states.remove(&conn_id) {
-                states.push((id.to_string(), device, state.encode()));
+                states.push((team, id.to_string(), device, state.encode()));
             }
         }
         let saved = blocking(|| {
-            states.iter().try_for_each(|(doc, device, state)| {
-                self.storage.save_sync_state(doc, device, state)
+            states.iter().try_for_each(|(team, doc, device, state)| {
+                self.storage.save_sync_state(team, doc, device, state)
             })
         });
         if let Err(e) = saved {

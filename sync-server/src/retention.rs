@@ -17,12 +17,15 @@ pub fn apply(storage: &dyn Storage, today: NaiveDate) -> Result<Vec<String>> {
             if doc_team != team {
                 continue;
             }
-            let Some(closed) = storage.load_document(&id)?.and_then(|d| closure_date(&d)) else {
+            let Some(closed) = storage
+                .load_document(&team, &id)?
+                .and_then(|d| closure_date(&d))
+            else {
                 continue;
             };
             if closed + Duration::days(days) <= today {
                 let reason = format!("retention: closed {closed}, team policy {days} days");
-                if storage.purge_document(&id, &reason, Utc::now())?.is_some() {
+                if storage.purge_document(&team, &id, &reason, Utc::now())? {
                     tracing::info!(document = %id, %team, "closed case purged under the retention policy");
                     purged.push(id);
                 }

@@ -26,7 +26,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/005_purged.sql"),
     include_str!("../migrations/006_team_policy.sql"),
     include_str!("../migrations/007_audit_receipt.sql"),
-    include_str!("../migrations/008_refused_documents.sql"),
+    include_str!("../migrations/008_team_namespace.sql"),
+    include_str!("../migrations/009_refused_documents.sql"),
 ];
 
 /// A team's data-protection policy; `None` is no limit.
@@ -54,6 +55,10 @@ pub struct AuditEntry {
     /// claim, clamped).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub received_at: Option<String>,
+    /// The team the record is about: the one stated with it, else its
+    /// device's (`None`: neither, e.g. older administrator records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
 }
 
 /// A document the office purged, as devices are told of it (no content).
@@ -121,9 +126,14 @@ pub trait Storage: Send + Sync + 'static {
     fn revoke_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<bool>;
     fn touch_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<()>;
 
-    fn document_team(&self, doc_id: &str) -> Result<Option<String>>;
-    fn load_document(&self, doc_id: &str) -> Result<Option<StoredDocument>>;
-    /// Appends changes `device` sent (creating the document for `team` if
+    /// Documents are namespaced per team: `(team, id)` is a document, and
+    /// the same id in two teams is two documents (issue 11, finding 6).
+    fn document_exists(&self, team: &str, doc_id: &str) -> Result<bool>;
+    /// The teams holding a document (or a purged one) with this id: the
+    /// cross-team audit and the admin commands that take an id.
+    fn teams_holding(&self, doc_id: &str) -> Result<Vec<String>>;
+    fn load_document(&self, team: &str, doc_id: &str) -> Result<Option<StoredDocument>>;
+    /// Appends changes `device` sent to `team`'s document (creating it if
     /// new); with `snapshot`, the stored changes (these included) are then
     /// replaced by it. Returns the changes stored beside the snapshot.
     fn append_changes(
@@ -138,17 +148,16 @@ pub trait Storage: Send + Sync + 'static {
     /// The team's documents changed after cursor `since`, except those whose
     /// latest change is `device`'s own, and the cursor to ask from next time.
     fn changed_since(&self, team: &str, since: i64, device: &str) -> Result<(i64, Vec<String>)>;
-    /// Deletes every stored change, snapshot and sync state of a document and
-    /// remembers it as purged; returns its team, `None` if it is not stored.
+    /// Deletes every stored change, snapshot and sync state of `team`'s
+    /// document and remembers it as purged; false if it is not stored.
     fn purge_document(
         &self,
+        team: &str,
         doc_id: &str,
         reason: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<String>>;
-    fn is_purged(&self, doc_id: &str) -> Result<bool>;
-    /// The team a purged document belonged to (`None`: not purged).
-    fn purged_team(&self, doc_id: &str) -> Result<Option<String>>;
+    ) -> Result<bool>;
+    fn is_purged(&self, team: &str, doc_id: &str) -> Result<bool>;
     /// Appends one record about a client address (a refused token, a lockout).
     fn audit_client(&self, action: &str, client: &str, at: &str) -> Result<()>;
     /// Case-file reads a device uploaded since `since` (receipt time).
@@ -165,8 +174,14 @@ pub trait Storage: Send + Sync + 'static {
     fn document_ids(&self) -> Result<Vec<(String, String)>>;
     /// Every document of `team` that was purged.
     fn purged(&self, team: &str) -> Result<Vec<Purged>>;
-    fn sync_state(&self, doc_id: &str, device_id: &str) -> Result<Option<Vec<u8>>>;
-    fn save_sync_state(&self, doc_id: &str, device_id: &str, state: &[u8]) -> Result<()>;
+    fn sync_state(&self, team: &str, doc_id: &str, device_id: &str) -> Result<Option<Vec<u8>>>;
+    fn save_sync_state(
+        &self,
+        team: &str,
+        doc_id: &str,
+        device_id: &str,
+        state: &[u8],
+    ) -> Result<()>;
 
     fn audit(
         &self,
@@ -192,13 +207,31 @@ pub trait Storage: Send + Sync + 'static {
         doc_id: Option<&str>,
         at: &str,
     ) -> Result<()>;
+    /// Appends one record about `team`'s document `doc_id` (an
+    /// administrator's export, a device's cross-team request: the team is
+    /// the one holding the document).
+    fn audit_for_team(
+        &self,
+        team: &str,
+        device_id: Option<&str>,
+        worker: Option<&str>,
+        action: &str,
+        doc_id: &str,
+        at: &str,
+    ) -> Result<()>;
     /// Appends one `received` record per device (sent changes of
     /// `doc_id`), in one transaction.
     fn audit_received(&self, device_ids: &[String], doc_id: &str, at: &str) -> Result<()>;
     /// Appends a device's case-file reads (`(family id, at)`) in one go.
     fn record_reads(&self, device: &Device, reads: &[(String, String)]) -> Result<()>;
-    /// The audit, oldest first, about one family and/or one device.
-    fn audit_log(&self, family: Option<&str>, device: Option<&str>) -> Result<Vec<AuditEntry>>;
+    /// The audit, oldest first, about one family and/or one device and/or
+    /// one team (a record's team: its own, else its device's).
+    fn audit_log(
+        &self,
+        family: Option<&str>,
+        device: Option<&str>,
+        team: Option<&str>,
+    ) -> Result<Vec<AuditEntry>>;
     /// Records refusals (refusals.rs), auditing each new (document, device,
     /// reason), in one transaction.
     fn record_refusals(&self, refusals: &[crate::refusals::Refusal]) -> Result<()>;
@@ -443,31 +476,38 @@ impl Storage for SqliteStorage {
         Ok(())
     }
 
-    fn document_team(&self, doc_id: &str) -> Result<Option<String>> {
+    fn document_exists(&self, team: &str, doc_id: &str) -> Result<bool> {
         Ok(self
             .conn()
-            .query_row("SELECT team FROM documents WHERE id = ?1", [doc_id], |r| {
-                r.get(0)
-            })
-            .optional()?)
+            .prepare_cached("SELECT 1 FROM documents WHERE team = ?1 AND id = ?2")?
+            .query_row([team, doc_id], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
-    fn load_document(&self, doc_id: &str) -> Result<Option<StoredDocument>> {
+    fn teams_holding(&self, doc_id: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT team FROM documents WHERE id = ?1 UNION SELECT team FROM purged WHERE doc_id = ?1 ORDER BY 1",
+        )?;
+        let rows = stmt.query_map([doc_id], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn load_document(&self, team: &str, doc_id: &str) -> Result<Option<StoredDocument>> {
         let conn = self.conn();
         let row: Option<(String, Option<Vec<u8>>)> = conn
-            .query_row(
-                "SELECT team, snapshot FROM documents WHERE id = ?1",
-                [doc_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached("SELECT team, snapshot FROM documents WHERE team = ?1 AND id = ?2")?
+            .query_row([team, doc_id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let Some((team, snapshot)) = row else {
             return Ok(None);
         };
-        let mut stmt =
-            conn.prepare_cached("SELECT data FROM changes WHERE doc_id = ?1 ORDER BY seq")?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT data FROM changes WHERE team = ?1 AND doc_id = ?2 ORDER BY seq",
+        )?;
         let changes = stmt
-            .query_map([doc_id], |r| r.get(0))?
+            .query_map([&team, doc_id], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<Vec<u8>>>>()?;
         Ok(Some(StoredDocument {
             team,
@@ -490,37 +530,42 @@ impl Storage for SqliteStorage {
         // Checked in the same transaction as the write: a purge by the
         // administrator (another process) cannot be raced.
         let purged = tx
-            .query_row("SELECT 1 FROM purged WHERE doc_id = ?1", [doc_id], |_| {
-                Ok(())
-            })
+            .query_row(
+                "SELECT 1 FROM purged WHERE team = ?1 AND doc_id = ?2",
+                [team, doc_id],
+                |_| Ok(()),
+            )
             .optional()?
             .is_some();
         if purged {
             return Err(Error::Purged);
         }
         tx.execute(
-            "INSERT INTO documents (id, team, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING",
+            "INSERT INTO documents (id, team, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(team, id) DO NOTHING",
             params![doc_id, team, now.to_rfc3339()],
         )?;
         let mut count = 0;
         if !changes.is_empty() {
             tx.execute(
-                "INSERT INTO changes (doc_id, data) VALUES (?1, ?2)",
-                params![doc_id, changes],
+                "INSERT INTO changes (team, doc_id, data) VALUES (?1, ?2, ?3)",
+                params![team, doc_id, changes],
             )?;
             let seq = tx.last_insert_rowid();
             count = tx.query_row(
-                "UPDATE documents SET change_count = change_count + 1, seq = ?2, last_device = ?3
-                 WHERE id = ?1 RETURNING change_count",
-                params![doc_id, seq, device],
+                "UPDATE documents SET change_count = change_count + 1, seq = ?3, last_device = ?4
+                 WHERE team = ?1 AND id = ?2 RETURNING change_count",
+                params![team, doc_id, seq, device],
                 |r| r.get(0),
             )?;
         }
         if let Some(snap) = snapshot {
-            tx.execute("DELETE FROM changes WHERE doc_id = ?1", [doc_id])?;
             tx.execute(
-                "UPDATE documents SET snapshot = ?2, change_count = 0 WHERE id = ?1",
-                params![doc_id, snap],
+                "DELETE FROM changes WHERE team = ?1 AND doc_id = ?2",
+                [team, doc_id],
+            )?;
+            tx.execute(
+                "UPDATE documents SET snapshot = ?3, change_count = 0 WHERE team = ?1 AND id = ?2",
+                params![team, doc_id, snap],
             )?;
             count = 0;
         }
@@ -554,41 +599,45 @@ impl Storage for SqliteStorage {
 
     fn purge_document(
         &self,
+        team: &str,
         doc_id: &str,
         reason: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<String>> {
+    ) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let team: Option<String> = tx
-            .query_row("SELECT team FROM documents WHERE id = ?1", [doc_id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let Some(team) = team else {
-            return Ok(None);
-        };
+        let stored = tx
+            .query_row(
+                "SELECT 1 FROM documents WHERE team = ?1 AND id = ?2",
+                [team, doc_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !stored {
+            return Ok(false);
+        }
         for sql in [
-            "DELETE FROM changes WHERE doc_id = ?1",
-            "DELETE FROM sync_states WHERE doc_id = ?1",
-            "DELETE FROM documents WHERE id = ?1",
+            "DELETE FROM changes WHERE team = ?1 AND doc_id = ?2",
+            "DELETE FROM sync_states WHERE team = ?1 AND doc_id = ?2",
+            "DELETE FROM documents WHERE team = ?1 AND id = ?2",
         ] {
-            tx.execute(sql, [doc_id])?;
+            tx.execute(sql, [team, doc_id])?;
         }
         tx.execute(
             "INSERT INTO purged (doc_id, team, reason, purged_at) VALUES (?1, ?2, ?3, ?4)",
             params![doc_id, team, reason, now.to_rfc3339()],
         )?;
         tx.execute(
-            "INSERT INTO audit (at, device_id, worker, action, doc_id) VALUES (?1, NULL, 'office administrator', 'purged', ?2)",
-            params![now.to_rfc3339(), doc_id],
+            "INSERT INTO audit (at, device_id, worker, action, doc_id, team) VALUES (?1, NULL, 'office administrator', 'purged', ?2, ?3)",
+            params![now.to_rfc3339(), doc_id, team],
         )?;
         tx.commit()?;
         // Older page images of the document are still in the WAL: fold it
         // into the (secure-deleted) database file and truncate it. Busy if a
         // reader holds an old snapshot; the next checkpoint then does it.
         let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        Ok(Some(team))
+        Ok(true)
     }
 
     fn document_ids(&self) -> Result<Vec<(String, String)>> {
@@ -598,23 +647,13 @@ impl Storage for SqliteStorage {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn is_purged(&self, doc_id: &str) -> Result<bool> {
+    fn is_purged(&self, team: &str, doc_id: &str) -> Result<bool> {
         Ok(self
             .conn()
-            .query_row("SELECT 1 FROM purged WHERE doc_id = ?1", [doc_id], |_| {
-                Ok(())
-            })
+            .prepare_cached("SELECT 1 FROM purged WHERE team = ?1 AND doc_id = ?2")?
+            .query_row([team, doc_id], |_| Ok(()))
             .optional()?
             .is_some())
-    }
-
-    fn purged_team(&self, doc_id: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn()
-            .query_row("SELECT team FROM purged WHERE doc_id = ?1", [doc_id], |r| {
-                r.get(0)
-            })
-            .optional()?)
     }
 
     fn audit_client(&self, action: &str, client: &str, at: &str) -> Result<()> {
@@ -669,22 +708,27 @@ impl Storage for SqliteStorage {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn sync_state(&self, doc_id: &str, device_id: &str) -> Result<Option<Vec<u8>>> {
+    fn sync_state(&self, team: &str, doc_id: &str, device_id: &str) -> Result<Option<Vec<u8>>> {
         Ok(self
             .conn()
-            .query_row(
-                "SELECT state FROM sync_states WHERE doc_id = ?1 AND device_id = ?2",
-                [doc_id, device_id],
-                |r| r.get(0),
-            )
+            .prepare_cached(
+                "SELECT state FROM sync_states WHERE team = ?1 AND doc_id = ?2 AND device_id = ?3",
+            )?
+            .query_row([team, doc_id, device_id], |r| r.get(0))
             .optional()?)
     }
 
-    fn save_sync_state(&self, doc_id: &str, device_id: &str, state: &[u8]) -> Result<()> {
+    fn save_sync_state(
+        &self,
+        team: &str,
+        doc_id: &str,
+        device_id: &str,
+        state: &[u8],
+    ) -> Result<()> {
         self.conn().execute(
-            "INSERT INTO sync_states (doc_id, device_id, state) VALUES (?1, ?2, ?3)
-             ON CONFLICT(doc_id, device_id) DO UPDATE SET state = excluded.state",
-            params![doc_id, device_id, state],
+            "INSERT INTO sync_states (team, doc_id, device_id, state) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(team, doc_id, device_id) DO UPDATE SET state = excluded.state",
+            params![team, doc_id, device_id, state],
         )?;
         Ok(())
     }
@@ -700,6 +744,22 @@ impl Storage for SqliteStorage {
         self.conn().execute(
             "INSERT INTO audit (at, device_id, worker, action, doc_id) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![at, device_id, worker, action, doc_id],
+        )?;
+        Ok(())
+    }
+
+    fn audit_for_team(
+        &self,
+        team: &str,
+        device_id: Option<&str>,
+        worker: Option<&str>,
+        action: &str,
+        doc_id: &str,
+        at: &str,
+    ) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO audit (at, device_id, worker, action, doc_id, team) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![at, device_id, worker, action, doc_id, team],
         )?;
         Ok(())
     }
@@ -734,14 +794,23 @@ impl Storage for SqliteStorage {
         Ok(())
     }
 
-    fn audit_log(&self, family: Option<&str>, device: Option<&str>) -> Result<Vec<AuditEntry>> {
+    fn audit_log(
+        &self,
+        family: Option<&str>,
+        device: Option<&str>,
+        team: Option<&str>,
+    ) -> Result<Vec<AuditEntry>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT at, device_id, worker, action, doc_id, client, received_at FROM audit
-             WHERE (?1 IS NULL OR doc_id = ?1) AND (?2 IS NULL OR device_id = ?2)
+            "SELECT at, device_id, worker, action, doc_id, client, received_at, team FROM (
+                 SELECT a.seq, a.at, a.device_id, a.worker, a.action, a.doc_id, a.client,
+                        a.received_at, coalesce(a.team, d.team) AS team
+                 FROM audit a LEFT JOIN devices d ON d.id = a.device_id
+                 WHERE (?1 IS NULL OR a.doc_id = ?1) AND (?2 IS NULL OR a.device_id = ?2))
+             WHERE ?3 IS NULL OR team = ?3
              ORDER BY seq",
         )?;
-        let rows = stmt.query_map(params![family, device], |r| {
+        let rows = stmt.query_map(params![family, device, team], |r| {
             Ok(AuditEntry {
                 at: r.get(0)?,
                 device_id: r.get(1)?,
@@ -750,6 +819,7 @@ impl Storage for SqliteStorage {
                 document_id: r.get(4)?,
                 client: r.get(5)?,
                 received_at: r.get(6)?,
+                team: r.get(7)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -777,5 +847,147 @@ mod tests {
             .pragma_query_value(None, "synchronous", |r| r.get(0))
             .expect("synchronous");
         assert_eq!((mode.as_str(), synchronous), ("wal", 2), "2 is FULL");
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    /// The same id in two teams is two documents: appending, loading,
+    /// sync states and purging one never touch the other.
+    #[test]
+    fn documents_are_namespaced_per_team() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let s = SqliteStorage::open(&dir.path().join("relay.db")).expect("open");
+        s.append_changes("doc", "north", "n1", b"north-1", Some(b"north-snap"), now())
+            .expect("north");
+        s.append_changes("doc", "south", "s1", b"south-1", Some(b"south-snap"), now())
+            .expect("south: its own document, not refused");
+        s.append_changes("doc", "south", "s1", b"south-2", None, now())
+            .expect("south appends");
+        let north = s
+            .load_document("north", "doc")
+            .expect("load")
+            .expect("north's");
+        let south = s
+            .load_document("south", "doc")
+            .expect("load")
+            .expect("south's");
+        assert_eq!(north.snapshot.as_deref(), Some(&b"north-snap"[..]));
+        assert!(north.changes.is_empty());
+        assert_eq!(south.changes, vec![b"south-2".to_vec()]);
+        assert!(s.load_document("east", "doc").expect("load").is_none());
+        assert!(!s.document_exists("east", "doc").expect("exists"));
+        assert_eq!(s.teams_holding("doc").expect("teams"), ["north", "south"]);
+        s.save_sync_state("north", "doc", "n1", b"n")
+            .expect("state");
+        s.save_sync_state("south", "doc", "n1", b"s")
+            .expect("state");
+        assert_eq!(
+            s.sync_state("south", "doc", "n1")
+                .expect("state")
+                .as_deref(),
+            Some(&b"s"[..])
+        );
+        assert!(
+            s.purge_document("south", "doc", "test", now())
+                .expect("purge")
+        );
+        assert!(s.is_purged("south", "doc").expect("purged"));
+        assert!(!s.is_purged("north", "doc").expect("purged"));
+        assert!(s.load_document("north", "doc").expect("load").is_some());
+        assert_eq!(
+            s.sync_state("north", "doc", "n1")
+                .expect("state")
+                .as_deref(),
+            Some(&b"n"[..])
+        );
+        assert!(s.sync_state("south", "doc", "n1").expect("state").is_none());
+        assert!(matches!(
+            s.append_changes("doc", "south", "s1", b"again", None, now()),
+            Err(Error::Purged)
+        ));
+        s.append_changes("doc", "north", "n1", b"north-2", None, now())
+            .expect("north's document is not purged");
+        assert_eq!(
+            s.changed_since("south", 0, "x").expect("changed").1,
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            s.changed_since("north", 0, "x").expect("changed").1,
+            ["doc"]
+        );
+        assert_eq!(s.purged("north").expect("purged"), vec![]);
+        assert_eq!(s.purged("south").expect("purged").len(), 1);
+    }
+
+    /// A schema-7 database keeps every document, change, sync state and
+    /// purge through migration 8, and the change cursor never goes back
+    /// (compaction had deleted the change with the highest seq).
+    #[test]
+    fn schema_7_data_migrates_to_team_keys() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("relay.db");
+        {
+            let mut conn = Connection::open(&path).expect("open");
+            for (i, sql) in MIGRATIONS.iter().take(7).enumerate() {
+                let tx = conn.transaction().expect("tx");
+                tx.execute_batch(sql).expect("migration");
+                tx.pragma_update(None, "user_version", (i + 1) as u32)
+                    .expect("version");
+                tx.commit().expect("commit");
+            }
+            conn.execute_batch(
+                "INSERT INTO devices (id, team, worker, device_name, token_hash, enrolled_at)
+                     VALUES ('n1', 'north', 'Asha', 'tablet', x'01', 't'),
+                            ('s1', 'south', 'Ben', 'phone', x'02', 't');
+                 INSERT INTO documents (id, team, snapshot, change_count, created_at, seq, last_device)
+                     VALUES ('a', 'north', x'aa', 1, 't', 0, 'n1'),
+                            ('b', 'south', NULL, 1, 't', 0, 's1');
+                 INSERT INTO changes (doc_id, data) VALUES ('a', x'a1'), ('b', x'b1'), ('a', x'a2');
+                 UPDATE documents SET seq = 3 WHERE id = 'a';
+                 UPDATE documents SET seq = 2 WHERE id = 'b';
+                 DELETE FROM changes WHERE seq = 3;
+                 INSERT INTO sync_states (doc_id, device_id, state) VALUES ('a', 'n1', x'5a'), ('b', 's1', x'5b');
+                 INSERT INTO purged (doc_id, team, reason, purged_at) VALUES ('p', 'north', 'r', 't');",
+            )
+            .expect("schema-7 rows");
+        }
+        let s = SqliteStorage::open(&path).expect("migrates");
+        let a = s.load_document("north", "a").expect("load").expect("a");
+        assert_eq!(a.snapshot.as_deref(), Some(&[0xaa][..]));
+        assert_eq!(a.changes, vec![vec![0xa1]]);
+        assert!(s.load_document("south", "a").expect("load").is_none());
+        let b = s.load_document("south", "b").expect("load").expect("b");
+        assert_eq!(b.changes, vec![vec![0xb1]]);
+        assert_eq!(
+            s.sync_state("north", "a", "n1").expect("state"),
+            Some(vec![0x5a])
+        );
+        assert_eq!(
+            s.sync_state("south", "b", "s1").expect("state"),
+            Some(vec![0x5b])
+        );
+        assert!(s.is_purged("north", "p").expect("purged"));
+        assert!(!s.is_purged("south", "p").expect("purged"));
+        // The next change's seq is past every cursor handed out (3).
+        s.append_changes("b", "south", "s1", b"b2", None, now())
+            .expect("append");
+        let (cursor, ids) = s.changed_since("south", 3, "other").expect("changed");
+        assert!(cursor > 3, "{cursor}");
+        assert_eq!(ids, ["b"]);
+        let conn = s.conn();
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("integrity");
+        assert_eq!(check, "ok");
+        let fk: Vec<String> = conn
+            .prepare("PRAGMA foreign_key_check")
+            .expect("fk")
+            .query_map([], |r| r.get(0))
+            .expect("fk rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("fk");
+        assert!(fk.is_empty(), "{fk:?}");
     }
 }

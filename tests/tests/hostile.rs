@@ -325,8 +325,9 @@ async fn guessing_codes_and_tokens_locks_the_address_out_until_the_lockout_ends(
 }
 
 /// A device of one team sends changes for another team's document id (and
-/// asks for it): it gets `doc-unavailable`, as for a missing document, the
-/// other team's document is untouched, and its devices keep syncing.
+/// asks for it): documents are namespaced per team, so it gets what any
+/// new document gets (its own team's document, namespace.rs), the other
+/// team's document is untouched, and its devices keep syncing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_of_one_team_cannot_read_or_write_another_teams_document() {
     let relay = Relay::start();
@@ -347,6 +348,10 @@ async fn a_token_of_one_team_cannot_read_or_write_another_teams_document() {
     use automerge::sync::SyncDoc;
     use automerge::transaction::Transactable;
     let mut forged = automerge::AutoCommit::new();
+    forged.put(automerge::ROOT, "type", "family").expect("put");
+    forged
+        .put(automerge::ROOT, "schema_version", SCHEMA_VERSION)
+        .expect("put");
     forged.put(automerge::ROOT, "name", "Forged").expect("put");
     let mut state = automerge::sync::State::new();
     protocol::assume_shared_heads(&mut state);
@@ -377,8 +382,8 @@ async fn a_token_of_one_team_cannot_read_or_write_another_teams_document() {
             .expect("an answer in time");
         match answer {
             Some(Ok(WsMessage::Binary(b))) => match Message::decode(&b) {
-                // A request: what a missing id gets. A sync: what a
-                // never-stored id gets (oracle.rs), nothing stored.
+                // What a never-stored id gets: the sender's team's own
+                // document (namespace.rs), nothing of the other team's.
                 Ok(
                     Message::DocUnavailable {
                         target_id,

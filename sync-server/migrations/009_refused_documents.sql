@@ -1,4 +1,4 @@
--- Schema 8: documents and changes the relay refused (issue 11: the door's
+-- Schema 9: documents and changes the relay refused (issue 11: the door's
 -- checks, the Automerge budget), for the administrator
 -- (`linkbook-server document refused`). Ids, a reason and counts only,
 -- never content. One row per (document, device, reason): a device that
