@@ -231,8 +231,9 @@ impl Repo {
     /// Sends the case-file reads logged on this device to the relay's audit.
     fn upload_reads(&self, server: &str, ca: Option<&str>, token: &str) -> Result<()> {
         let endpoint = Endpoint::parse(server)?;
+        let mut batch = 100;
         loop {
-            let reads = self.pending_reads(100)?;
+            let reads = self.pending_reads(batch)?;
             let Some((last, _, _)) = reads.last() else {
                 return Ok(());
             };
@@ -243,7 +244,15 @@ impl Repo {
                     .map(|(_, family, at)| serde_json::json!({ "family_id": family, "at": at }))
                     .collect::<Vec<_>>(),
             });
-            let (status, _) = net::post_json_auth(&endpoint, ca, "/v1/audit", &body, token)?;
+            let (status, answer) = net::post_json_auth(&endpoint, ca, "/v1/audit", &body, token)?;
+            // The relay takes fewer per upload (`--audit-rows-per-upload`).
+            if let (413, Some(max)) = (status, answer["max_reads"].as_u64())
+                && max > 0
+                && (max as usize) < reads.len()
+            {
+                batch = max as usize;
+                continue;
+            }
             if status != 200 {
                 return Err(Error::Network(format!(
                     "the relay answered {status} to the read log"
