@@ -508,7 +508,9 @@ impl Session<'_> {
         if let Some(m) = self.backlog.pop_front() {
             return Ok(Some(m));
         }
-        let mut quiet = std::time::Duration::ZERO;
+        // Pings and pongs are no answer: a peer that sends only those is
+        // as silent as one that sends nothing.
+        let waiting = std::time::Instant::now();
         loop {
             match self.ws.read() {
                 Ok(WsMessage::Binary(bytes)) => {
@@ -519,6 +521,9 @@ impl Session<'_> {
                 Ok(WsMessage::Close(_)) => {
                     return Err(Error::Network("the relay closed the connection".into()));
                 }
+                Ok(_) if waiting.elapsed() >= net::IO_TIMEOUT => {
+                    return Err(Error::Network("the relay stopped answering".into()));
+                }
                 Ok(_) => continue,
                 Err(tungstenite::Error::Io(e))
                     if matches!(
@@ -526,18 +531,17 @@ impl Session<'_> {
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     ) =>
                 {
-                    quiet += QUIET;
                     // Our relay answers every message; only other servers
                     // may leave a heads announcement unanswered.
                     if !self.pipelined && self.pending.iter().all(|id| !self.demanding.contains(id))
                     {
                         return Ok(None);
                     }
-                    if quiet >= net::IO_TIMEOUT {
+                    if waiting.elapsed() >= net::IO_TIMEOUT {
                         return Err(Error::Network("the relay stopped answering".into()));
                     }
                 }
-                Err(e) => return Err(network("the sync connection dropped", e)),
+                Err(e) => return Err(net::read_failed(e)),
             }
         }
     }
@@ -546,12 +550,19 @@ impl Session<'_> {
         if let Some(m) = self.backlog.pop_front() {
             return Ok(m);
         }
+        let waiting = std::time::Instant::now();
         loop {
-            match self
-                .ws
-                .read()
-                .map_err(|e| network("the sync connection dropped", e))?
-            {
+            match self.ws.read().map_err(|e| match e {
+                tungstenite::Error::Io(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    Error::Network("the relay stopped answering".into())
+                }
+                e => net::read_failed(e),
+            })? {
                 WsMessage::Binary(bytes) => {
                     self.summary.bytes_received += bytes.len() as u64;
                     self.summary.messages_received += 1;
@@ -564,6 +575,9 @@ impl Session<'_> {
                 }
                 WsMessage::Close(_) => {
                     return Err(Error::Network("the relay closed the connection".into()));
+                }
+                _ if waiting.elapsed() >= net::IO_TIMEOUT => {
+                    return Err(Error::Network("the relay stopped answering".into()));
                 }
                 _ => continue,
             }
@@ -661,6 +675,7 @@ impl Session<'_> {
             .get_ref()
             .set_read_timeout(std::time::Duration::from_millis(1))
             .map_err(|e| network("socket", e))?;
+        let reading = std::time::Instant::now();
         let read = loop {
             match self.ws.read() {
                 Ok(WsMessage::Binary(bytes)) => match self.decode_received(&bytes) {
@@ -670,6 +685,8 @@ impl Session<'_> {
                 Ok(WsMessage::Close(_)) => {
                     break Err(Error::Network("the relay closed the connection".into()));
                 }
+                // A peer that never pauses must not keep us from writing.
+                Ok(_) if reading.elapsed() >= KEEP_ALIVE => break Ok(()),
                 Ok(_) => continue,
                 Err(tungstenite::Error::Io(e))
                     if matches!(
@@ -679,7 +696,7 @@ impl Session<'_> {
                 {
                     break Ok(());
                 }
-                Err(e) => break Err(network("the sync connection dropped", e)),
+                Err(e) => break Err(net::read_failed(e)),
             }
         };
         self.ws
