@@ -56,6 +56,9 @@ enum Attack {
     Silent,
     /// Only pings, every 100 ms, forever.
     Pings,
+    /// 20,000 change-less sync messages stating heads nobody has, for the
+    /// listed document (`true`) or each for a new id (`false`), then quiet.
+    Chatty(bool),
 }
 
 /// A `sync` message for `doc` from the relay.
@@ -263,6 +266,29 @@ async fn serve(
             }
         }
         Attack::Silent => {}
+        Attack::Chatty(listed) => {
+            for i in 0..20_000u32 {
+                let doc = match listed {
+                    true => docs[0].clone(),
+                    false => linkbook_core::DocumentId::random().to_string(),
+                };
+                let mut hash = [0u8; 32];
+                hash[..4].copy_from_slice(&i.to_be_bytes());
+                let data = automerge::sync::Message {
+                    heads: vec![automerge::ChangeHash(hash)],
+                    need: Vec::new(),
+                    have: vec![automerge::sync::Have::default()],
+                    changes: automerge::sync::ChunkList::empty(),
+                    flags: None,
+                    version: automerge::sync::MessageVersion::V1,
+                }
+                .encode();
+                let m = sync_frame(&device, &doc, data);
+                if tx.send(WsMessage::Binary(m.into())).await.is_err() {
+                    return;
+                }
+            }
+        }
         Attack::Pings => loop {
             if tx.send(WsMessage::Ping(Vec::new().into())).await.is_err() {
                 return;
@@ -669,6 +695,36 @@ async fn a_relay_that_stops_answering_mid_sync_ends_it_within_the_cli_timeout() 
             out.stderr
         );
         assert!(out.took < Duration::from_secs(45), "{name}: {:?}", out.took);
+    })
+    .await;
+    eprintln!("{}", figures.join("\n"));
+    tokio::task::block_in_place(|| syncs_with_the_real_relay(&relay, &device, &family));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_chatters_without_ending_the_sync_is_left() {
+    let relay = tokio::task::block_in_place(Relay::start);
+    let (device, family) = tokio::task::block_in_place(|| enrolled_device(&relay));
+    let attacks = vec![
+        (
+            "20,000 heads nobody has for its family".to_string(),
+            vec![family.clone()],
+            Attack::Chatty(true),
+        ),
+        (
+            "20,000 sync messages for new ids".to_string(),
+            vec![family.clone()],
+            Attack::Chatty(false),
+        ),
+    ];
+    let figures = attack_all(&relay, &device, &family, attacks, |name, out| {
+        refused(name, out);
+        // Ended by the count, not by the quiet after the 20,000.
+        assert!(
+            out.stderr.contains("without ending its sync"),
+            "{name}: {}",
+            out.stderr
+        );
     })
     .await;
     eprintln!("{}", figures.join("\n"));

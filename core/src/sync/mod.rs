@@ -84,6 +84,11 @@ const QUIET: std::time::Duration = std::time::Duration::from_millis(500);
 /// socket is read at least this often: see [`Session::keep_alive`].
 const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Messages one session takes about one document: a 64 MiB document in the
+/// smallest parts (64 KiB) is ~1,000; a relay that sends more never lets
+/// the sync end (tests/tests/malicious_relay.rs).
+const MAX_MESSAGES_PER_DOCUMENT: u32 = 10_000;
+
 const PROFILE_KEYS: [&str; 4] = ["server_url", "server_ca", "token", "relay_peer"];
 
 struct Session<'a> {
@@ -857,6 +862,10 @@ impl Session<'_> {
             .get_ref()
             .set_read_timeout(QUIET)
             .map_err(|e| network("socket", e))?;
+        // Messages per document of this session (`None`: any other), so a
+        // relay that chatters without ever letting a sync end cannot keep
+        // the session going forever.
+        let mut heard: HashMap<Option<DocumentId>, u32> = HashMap::new();
         while !self.pending.is_empty() {
             let Some(m) = self.receive_or_quiet()? else {
                 // Only heads announcements are unanswered: the peer had
@@ -864,6 +873,24 @@ impl Session<'_> {
                 self.pending.clear();
                 break;
             };
+            let about = match &m {
+                Message::Sync { document_id, .. }
+                | Message::Request { document_id, .. }
+                | Message::DocUnavailable { document_id, .. } => {
+                    DocumentId::parse(document_id, "document id")
+                        .ok()
+                        .filter(|id| self.all.contains(id))
+                }
+                _ => None,
+            };
+            let count = heard.entry(about).or_default();
+            *count += 1;
+            if *count > MAX_MESSAGES_PER_DOCUMENT {
+                return Err(Error::Network(format!(
+                    "the relay sent more than {MAX_MESSAGES_PER_DOCUMENT} messages about {} without ending its sync",
+                    about.map_or("other documents".to_string(), |id| id.to_string())
+                )));
+            }
             if let Message::Sync { document_id, .. } | Message::DocUnavailable { document_id, .. } =
                 &m
                 && let Ok(id) = DocumentId::parse(document_id, "document id")
