@@ -730,3 +730,65 @@ async fn a_relay_that_chatters_without_ending_the_sync_is_left() {
     eprintln!("{}", figures.join("\n"));
     tokio::task::block_in_place(|| syncs_with_the_real_relay(&relay, &device, &family));
 }
+
+fn vm_hwm_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The same shapes from a device with a copied token, at the real relay
+/// (its messages are at most 16 MiB): each closes only that connection,
+/// and the relay's peak stays within 256 MiB of where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_shapes_sent_to_the_relay_close_only_that_connection() {
+    let relay = tokio::task::block_in_place(Relay::start);
+    let (device, family) = tokio::task::block_in_place(|| enrolled_device(&relay));
+    let ca = relay.ca_pem();
+    let creds =
+        tokio::task::block_in_place(|| relay.enrol_credentials("north", "Mallory", "attacker"));
+    let room = (16 << 20) - 1024;
+    let before = vm_hwm_kb(relay.pid());
+    eprintln!("relay VmHWM before: {before} kB");
+    let shapes = [
+        (
+            "a CBOR array of zeros",
+            cbor_array_bomb("relay", &family, room),
+        ),
+        (
+            "2^32 changes claimed, empty ones carried",
+            sync_frame("relay", &family, claims_2_32(false, room)),
+        ),
+        (
+            "2^32 haves claimed, empty ones carried",
+            sync_frame("relay", &family, claims_2_32(true, room / 2)),
+        ),
+    ];
+    for (name, bytes) in shapes {
+        let mut ws = linkbook_tests::joined(&relay, &ca, &creds).await;
+        let start = Instant::now();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            ws.send(WsMessage::Binary(bytes.into())),
+        )
+        .await
+        .expect("sent in time")
+        .expect("send");
+        let error = linkbook_tests::closing_error(&mut ws).await;
+        eprintln!(
+            "relay, {name}: closed in {:?} ({error:?}); VmHWM {} kB",
+            start.elapsed(),
+            vm_hwm_kb(relay.pid())
+        );
+        tokio::task::block_in_place(|| device.ok(&["sync"]));
+    }
+    let after = vm_hwm_kb(relay.pid());
+    assert!(
+        after < before + 256 * 1024,
+        "the relay's peak grew from {before} to {after} kB"
+    );
+    assert_eq!(relay.integrity_check(), "ok");
+}
