@@ -9,6 +9,7 @@
 
 use ciborium::Value;
 
+mod bounded;
 pub mod split;
 
 /// The only protocol version Linkbook speaks.
@@ -110,6 +111,8 @@ pub enum Message {
 pub enum DecodeError {
     #[error("message is not CBOR")]
     NotCbor,
+    #[error("message holds more than {0} CBOR items")]
+    TooManyItems(usize),
     #[error("message is not a CBOR map")]
     NotAMap,
     #[error("message has no type")]
@@ -291,6 +294,14 @@ impl Message {
 
     /// Decodes one WebSocket message.
     pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        // ciborium's `Value` costs ~50 bytes per item: count them first.
+        bounded::cbor_items_within(bytes, bounded::MAX_CBOR_ITEMS).map_err(|too_many| {
+            if too_many {
+                DecodeError::TooManyItems(bounded::MAX_CBOR_ITEMS)
+            } else {
+                DecodeError::NotCbor
+            }
+        })?;
         let value: Value = ciborium::from_reader(bytes).map_err(|_| DecodeError::NotCbor)?;
         let Value::Map(map) = value else {
             return Err(DecodeError::NotAMap);
@@ -469,6 +480,8 @@ pub fn decode_sync_message_within(
     data: &[u8],
     budget: &crate::budget::Budget,
 ) -> Result<automerge::sync::Message, SyncMessageError> {
+    // Automerge makes a `Vec` entry per declared have and change.
+    bounded::sync_counts_within(data, MAX_HAVES, budget)?;
     let message =
         automerge::sync::Message::decode(data).map_err(|_| SyncMessageError::Malformed)?;
     if message.have.len() > MAX_HAVES {

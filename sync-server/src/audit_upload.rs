@@ -1,9 +1,10 @@
 //! The devices' logs of case-file reads (`POST /v1/audit`), made
 //! trustworthy (issue 11, finding 7): a device records reads only of its
 //! own team's families; a claimed time is clamped to what the relay can
-//! vouch for (not after its receipt, not before the device's enrolment),
-//! the receipt time stored beside it; and a device may upload only so many
-//! reads a day, so the append-only table cannot be flooded.
+//! vouch for (see [`record`]), the receipt time stored beside it; and a
+//! device may upload only so many reads per upload and per day
+//! ([`AuditQuotas`], `--audit-rows-per-upload`, `--audit-rows-per-day`), so
+//! the append-only table cannot be flooded.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,26 +14,65 @@ use chrono::{DateTime, Utc};
 use crate::error::{Error, Result};
 use crate::storage::{Device, Storage};
 
-/// Reads one upload may carry (the device sends 100 at a time).
-pub const MAX_READS_PER_UPLOAD: usize = 500;
-/// Reads one device may upload per UTC day: a worker opening a case file
-/// every 10 s for 8 hours logs ~2,900.
-pub const MAX_READS_PER_DAY: i64 = 10_000;
+/// How many read rows a device may upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditQuotas {
+    /// Reads one upload may carry (the device sends 100 at a time, fewer
+    /// when the relay's refusal states a smaller `max_reads`).
+    pub rows_per_upload: usize,
+    /// Reads one device may upload per UTC day.
+    pub rows_per_day: u64,
+}
+
+impl Default for AuditQuotas {
+    fn default() -> Self {
+        AuditQuotas {
+            rows_per_upload: 500,
+            // A worker opening a case file every 10 s for 8 hours logs ~2,900.
+            rows_per_day: 10_000,
+        }
+    }
+}
+
+/// The relay records a sync's end when it has closed the connection, which
+/// may come after the device's first uploads that follow it (the device does
+/// not wait): uploads this close before `last_sync_at` may belong to the
+/// current run of uploads, so they do not bound its claims (else a good
+/// device's second upload of a run would be moved to the first one's
+/// receipt).
+const SYNC_GRACE: chrono::Duration = chrono::Duration::seconds(30);
 
 /// Devices whose quota refusal was audited today: once per device and day.
 static QUOTA_AUDITED: Mutex<Option<HashMap<String, chrono::NaiveDate>>> = Mutex::new(None);
 
 /// Stores the reads of `device` that it may log; returns (stored, refused).
+///
+/// A claimed time is clamped to what the relay can vouch for: not after
+/// its receipt (`now`), and not before the latest of
+/// - the device's enrolment;
+/// - the receipt of the device's last upload more than [`SYNC_GRACE`]
+///   before the end of its last sync session (`last_sync_at`): a device
+///   uploads every read it logged after each sync, so a read uploaded now
+///   was logged after the uploads that followed an earlier sync (a read
+///   logged while such an upload was on the wire moves later by the
+///   request's duration; reads refused by the day quota and uploaded the
+///   next day, by up to a day);
+/// - the device's latest recorded read: a device uploads its log in the
+///   order it wrote it, so its reads only go forward (within one upload
+///   too).
+///
+/// So a stolen device cannot backdate reads to before its last sync.
 pub(crate) fn record(
     storage: &dyn Storage,
     device: &Device,
     reads: Vec<(String, DateTime<Utc>)>,
     now: DateTime<Utc>,
+    quotas: &AuditQuotas,
 ) -> Result<(usize, usize)> {
-    if reads.len() > MAX_READS_PER_UPLOAD {
-        return Err(Error::BadRequest(format!(
-            "at most {MAX_READS_PER_UPLOAD} reads per upload; send the rest in another"
-        )));
+    if reads.len() > quotas.rows_per_upload {
+        return Err(Error::TooManyReads {
+            max: quotas.rows_per_upload,
+        });
     }
     let day_start = now
         .date_naive()
@@ -40,7 +80,7 @@ pub(crate) fn record(
         .map(|d| d.and_utc())
         .unwrap_or(now);
     let used = storage.reads_received_since(&device.id, &day_start.to_rfc3339())?;
-    if used + reads.len() as i64 > MAX_READS_PER_DAY {
+    if u64::try_from(used).unwrap_or(0) + reads.len() as u64 > quotas.rows_per_day {
         let first_today = {
             let mut audited = QUOTA_AUDITED.lock().unwrap_or_else(|p| p.into_inner());
             let map = audited.get_or_insert_with(HashMap::new);
@@ -52,9 +92,27 @@ pub(crate) fn record(
         }
         return Err(Error::AuditQuota);
     }
-    let enrolled = DateTime::parse_from_rfc3339(&device.enrolled_at)
-        .map(|t| t.with_timezone(&Utc))
-        .ok();
+    let parse = |t: &str| {
+        DateTime::parse_from_rfc3339(t)
+            .map(|t| t.with_timezone(&Utc))
+            .ok()
+    };
+    let synced = device
+        .last_sync_at
+        .as_deref()
+        .and_then(parse)
+        .map(|t| (t - SYNC_GRACE).to_rfc3339());
+    let marks = storage.read_marks(&device.id, synced.as_deref())?;
+    let mut floor = [
+        parse(&device.enrolled_at),
+        marks.received_before_sync.as_deref().and_then(parse),
+        marks.latest_at.as_deref().and_then(parse),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    .min(now);
     let mut kept = Vec::with_capacity(reads.len());
     let mut refused = 0;
     for (family, at) in reads {
@@ -63,8 +121,8 @@ pub(crate) fn record(
             refused += 1;
             continue;
         }
-        let at = at.min(now);
-        let at = enrolled.map_or(at, |e| at.max(e));
+        let at = at.clamp(floor, now);
+        floor = at;
         kept.push((family, at.to_rfc3339()));
     }
     if refused > 0 {

@@ -104,6 +104,16 @@ struct ServeArgs {
     /// Seconds between WebSocket pings (0: none); keep well below --idle-timeout-secs.
     #[arg(long, env = "LINKBOOK_PING_INTERVAL_SECS", default_value_t = 15)]
     ping_interval_secs: u64,
+    /// Case-file reads one audit upload may carry (more: 413 stating the
+    /// limit, and the device sends smaller uploads).
+    #[arg(long, env = "LINKBOOK_AUDIT_ROWS_PER_UPLOAD", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    audit_rows_per_upload: u64,
+    /// Case-file reads one device may upload per UTC day (more: 429 until
+    /// the next day, audited once).
+    #[arg(long, env = "LINKBOOK_AUDIT_ROWS_PER_DAY", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    audit_rows_per_day: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -396,7 +406,11 @@ fn serve(data: &std::path::Path, args: ServeArgs) -> crate::Result<()> {
             lockout: std::time::Duration::from_secs(args.auth_lockout_secs),
             ..crate::ratelimit::AuthLimits::default()
         })
-        .with_conn_limits(conn_limits);
+        .with_conn_limits(conn_limits)
+        .with_audit_quotas(crate::audit_upload::AuditQuotas {
+            rows_per_upload: usize::try_from(args.audit_rows_per_upload).unwrap_or(usize::MAX),
+            rows_per_day: args.audit_rows_per_day,
+        });
     let (transport, trust) = match (args.tls_cert, args.tls_key, args.insecure_http) {
         (Some(cert), Some(key), _) => (Transport::Tls { cert, key }, None),
         (_, _, true) => (Transport::InsecureHttp, None),

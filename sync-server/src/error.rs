@@ -35,6 +35,9 @@ pub enum Error {
     /// A device uploaded more reads today than audit_upload.rs allows.
     #[error("this device logged too many case-file reads today: try again tomorrow")]
     AuditQuota,
+    /// One upload carried more reads than `--audit-rows-per-upload`.
+    #[error("at most {max} reads per upload; send the rest in another")]
+    TooManyReads { max: usize },
     #[error("the office purged this document")]
     Purged,
 }
@@ -76,6 +79,18 @@ impl IntoResponse for Error {
                 "audit_quota",
                 self.to_string(),
             ),
+            // `max_reads` lets the device send smaller uploads.
+            Error::TooManyReads { max } => {
+                return (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    axum::Json(serde_json::json!({
+                        "error": "too_many_reads",
+                        "message": self.to_string(),
+                        "max_reads": max,
+                    })),
+                )
+                    .into_response();
+            }
             Error::TooManyAuthFailures { retry_after } => {
                 let mut response = (
                     StatusCode::TOO_MANY_REQUESTS,

@@ -4,7 +4,7 @@
 //! [`serve`] binds it with TLS (or, on loopback only, plain HTTP) and runs it
 //! until shutdown. `main.rs` only parses configuration.
 
-mod audit_upload;
+pub mod audit_upload;
 pub mod auth;
 pub mod cli;
 pub mod conn_limits;
@@ -50,6 +50,8 @@ pub struct AppState {
     pub auth: Arc<AuthLimiter>,
     /// Unauthenticated connections and read-idle timeout (conn_limits.rs).
     pub conns: Arc<conn_limits::Counter>,
+    /// Read rows a device may upload (audit_upload.rs).
+    pub audit_quotas: audit_upload::AuditQuotas,
 }
 
 impl std::fmt::Debug for dyn Storage {
@@ -75,7 +77,14 @@ impl AppState {
             storage,
             auth: Arc::new(AuthLimiter::new(AuthLimits::default())),
             conns: conn_limits::Counter::new(conn_limits::ConnLimits::default()),
+            audit_quotas: audit_upload::AuditQuotas::default(),
         })
+    }
+
+    /// The same state with these quotas on uploaded read rows.
+    pub fn with_audit_quotas(mut self, quotas: audit_upload::AuditQuotas) -> Self {
+        self.audit_quotas = quotas;
+        self
     }
 
     /// The same state with these connection limits.
@@ -254,7 +263,13 @@ async fn audit_reads(
         tokio::task::block_in_place(|| auth::authenticate(&*state.storage, token.as_deref()));
     let device = state.count_auth(client, device)?;
     let (stored, refused) = tokio::task::block_in_place(|| {
-        audit_upload::record(&*state.storage, &device, reads, Utc::now())
+        audit_upload::record(
+            &*state.storage,
+            &device,
+            reads,
+            Utc::now(),
+            &state.audit_quotas,
+        )
     })?;
     Ok(Json(
         serde_json::json!({ "stored": stored, "refused": refused }),

@@ -80,6 +80,15 @@ pub struct Device {
     pub last_sync_at: Option<String>,
 }
 
+/// A device's earlier read uploads: the latest receipt before a time
+/// (audit_upload.rs: shortly before its last sync's end) and the (clamped)
+/// time of its latest recorded read.
+#[derive(Debug, Clone, Default)]
+pub struct ReadMarks {
+    pub received_before_sync: Option<String>,
+    pub latest_at: Option<String>,
+}
+
 /// A stored document: its team and the bytes to load it from.
 #[derive(Debug, Clone)]
 pub struct StoredDocument {
@@ -162,6 +171,9 @@ pub trait Storage: Send + Sync + 'static {
     fn audit_client(&self, action: &str, client: &str, at: &str) -> Result<()>;
     /// Case-file reads a device uploaded since `since` (receipt time).
     fn reads_received_since(&self, device_id: &str, since: &str) -> Result<i64>;
+    /// What the relay knows of a device's earlier read uploads
+    /// (audit_upload.rs clamps new claims to it).
+    fn read_marks(&self, device_id: &str, received_before: Option<&str>) -> Result<ReadMarks>;
     /// Appends a device's reads: `(family id, claimed at, clamped at)`,
     /// the relay's receipt time beside them.
     fn record_reads_received(
@@ -671,6 +683,33 @@ impl Storage for SqliteStorage {
             [device_id, since],
             |r| r.get(0),
         )?)
+    }
+
+    fn read_marks(&self, device_id: &str, received_before: Option<&str>) -> Result<ReadMarks> {
+        let conn = self.conn();
+        // Both served by audit_reads_by_device (device_id, received_at).
+        let received_before_sync = match received_before {
+            Some(t) => conn.query_row(
+                "SELECT max(received_at) FROM audit
+                 WHERE device_id = ?1 AND action = 'read' AND received_at < ?2",
+                [device_id, t],
+                |r| r.get(0),
+            )?,
+            None => None,
+        };
+        let latest_at = conn
+            .query_row(
+                "SELECT at FROM audit
+                 WHERE device_id = ?1 AND action = 'read' AND received_at IS NOT NULL
+                 ORDER BY received_at DESC, seq DESC LIMIT 1",
+                [device_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(ReadMarks {
+            received_before_sync,
+            latest_at,
+        })
     }
 
     fn record_reads_received(

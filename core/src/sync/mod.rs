@@ -90,6 +90,11 @@ const QUIET: std::time::Duration = std::time::Duration::from_millis(500);
 /// socket is read at least this often: see [`Session::keep_alive`].
 const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Messages one session takes about one document: a 64 MiB document in the
+/// smallest parts (64 KiB) is ~1,000; a relay that sends more never lets
+/// the sync end (tests/tests/malicious_relay.rs).
+const MAX_MESSAGES_PER_DOCUMENT: u32 = 10_000;
+
 const PROFILE_KEYS: [&str; 4] = ["server_url", "server_ca", "token", "relay_peer"];
 
 struct Session<'a> {
@@ -242,8 +247,9 @@ impl Repo {
     /// Sends the case-file reads logged on this device to the relay's audit.
     fn upload_reads(&self, server: &str, ca: Option<&str>, token: &str) -> Result<()> {
         let endpoint = Endpoint::parse(server)?;
+        let mut batch = 100;
         loop {
-            let reads = self.pending_reads(100)?;
+            let reads = self.pending_reads(batch)?;
             let Some((last, _, _)) = reads.last() else {
                 return Ok(());
             };
@@ -254,7 +260,15 @@ impl Repo {
                     .map(|(_, family, at)| serde_json::json!({ "family_id": family, "at": at }))
                     .collect::<Vec<_>>(),
             });
-            let (status, _) = net::post_json_auth(&endpoint, ca, "/v1/audit", &body, token)?;
+            let (status, answer) = net::post_json_auth(&endpoint, ca, "/v1/audit", &body, token)?;
+            // The relay takes fewer per upload (`--audit-rows-per-upload`).
+            if let (413, Some(max)) = (status, answer["max_reads"].as_u64())
+                && max > 0
+                && (max as usize) < reads.len()
+            {
+                batch = max as usize;
+                continue;
+            }
             if status != 200 {
                 return Err(Error::Network(format!(
                     "the relay answered {status} to the read log"
@@ -512,7 +526,9 @@ impl Session<'_> {
         if let Some(m) = self.backlog.pop_front() {
             return Ok(Some(m));
         }
-        let mut quiet = std::time::Duration::ZERO;
+        // Pings and pongs are no answer: a peer that sends only those is
+        // as silent as one that sends nothing.
+        let waiting = std::time::Instant::now();
         loop {
             match self.ws.read() {
                 Ok(WsMessage::Binary(bytes)) => {
@@ -523,6 +539,9 @@ impl Session<'_> {
                 Ok(WsMessage::Close(_)) => {
                     return Err(Error::Network("the relay closed the connection".into()));
                 }
+                Ok(_) if waiting.elapsed() >= net::IO_TIMEOUT => {
+                    return Err(Error::Network("the relay stopped answering".into()));
+                }
                 Ok(_) => continue,
                 Err(tungstenite::Error::Io(e))
                     if matches!(
@@ -530,18 +549,17 @@ impl Session<'_> {
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     ) =>
                 {
-                    quiet += QUIET;
                     // Our relay answers every message; only other servers
                     // may leave a heads announcement unanswered.
                     if !self.pipelined && self.pending.iter().all(|id| !self.demanding.contains(id))
                     {
                         return Ok(None);
                     }
-                    if quiet >= net::IO_TIMEOUT {
+                    if waiting.elapsed() >= net::IO_TIMEOUT {
                         return Err(Error::Network("the relay stopped answering".into()));
                     }
                 }
-                Err(e) => return Err(network("the sync connection dropped", e)),
+                Err(e) => return Err(net::read_failed(e)),
             }
         }
     }
@@ -550,12 +568,19 @@ impl Session<'_> {
         if let Some(m) = self.backlog.pop_front() {
             return Ok(m);
         }
+        let waiting = std::time::Instant::now();
         loop {
-            match self
-                .ws
-                .read()
-                .map_err(|e| network("the sync connection dropped", e))?
-            {
+            match self.ws.read().map_err(|e| match e {
+                tungstenite::Error::Io(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    Error::Network("the relay stopped answering".into())
+                }
+                e => net::read_failed(e),
+            })? {
                 WsMessage::Binary(bytes) => {
                     self.summary.bytes_received += bytes.len() as u64;
                     self.summary.messages_received += 1;
@@ -568,6 +593,9 @@ impl Session<'_> {
                 }
                 WsMessage::Close(_) => {
                     return Err(Error::Network("the relay closed the connection".into()));
+                }
+                _ if waiting.elapsed() >= net::IO_TIMEOUT => {
+                    return Err(Error::Network("the relay stopped answering".into()));
                 }
                 _ => continue,
             }
@@ -670,6 +698,7 @@ impl Session<'_> {
             .get_ref()
             .set_read_timeout(std::time::Duration::from_millis(1))
             .map_err(|e| network("socket", e))?;
+        let reading = std::time::Instant::now();
         let read = loop {
             match self.ws.read() {
                 Ok(WsMessage::Binary(bytes)) => match self.decode_received(&bytes) {
@@ -679,6 +708,8 @@ impl Session<'_> {
                 Ok(WsMessage::Close(_)) => {
                     break Err(Error::Network("the relay closed the connection".into()));
                 }
+                // A peer that never pauses must not keep us from writing.
+                Ok(_) if reading.elapsed() >= KEEP_ALIVE => break Ok(()),
                 Ok(_) => continue,
                 Err(tungstenite::Error::Io(e))
                     if matches!(
@@ -688,7 +719,7 @@ impl Session<'_> {
                 {
                     break Ok(());
                 }
-                Err(e) => break Err(network("the sync connection dropped", e)),
+                Err(e) => break Err(net::read_failed(e)),
             }
         };
         self.ws
@@ -871,6 +902,10 @@ impl Session<'_> {
             .get_ref()
             .set_read_timeout(QUIET)
             .map_err(|e| network("socket", e))?;
+        // Messages per document of this session (`None`: any other), so a
+        // relay that chatters without ever letting a sync end cannot keep
+        // the session going forever.
+        let mut heard: HashMap<Option<DocumentId>, u32> = HashMap::new();
         while !self.pending.is_empty() {
             let Some(m) = self.receive_or_quiet()? else {
                 // Only heads announcements are unanswered: the peer had
@@ -878,6 +913,24 @@ impl Session<'_> {
                 self.pending.clear();
                 break;
             };
+            let about = match &m {
+                Message::Sync { document_id, .. }
+                | Message::Request { document_id, .. }
+                | Message::DocUnavailable { document_id, .. } => {
+                    DocumentId::parse(document_id, "document id")
+                        .ok()
+                        .filter(|id| self.all.contains(id))
+                }
+                _ => None,
+            };
+            let count = heard.entry(about).or_default();
+            *count += 1;
+            if *count > MAX_MESSAGES_PER_DOCUMENT {
+                return Err(Error::Network(format!(
+                    "the relay sent more than {MAX_MESSAGES_PER_DOCUMENT} messages about {} without ending its sync",
+                    about.map_or("other documents".to_string(), |id| id.to_string())
+                )));
+            }
             if let Message::Sync { document_id, .. } | Message::DocUnavailable { document_id, .. } =
                 &m
                 && let Ok(id) = DocumentId::parse(document_id, "document id")

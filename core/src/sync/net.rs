@@ -125,6 +125,17 @@ pub(crate) fn network(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Network(format!("{context}: {e}"))
 }
 
+/// A read from the sync WebSocket that failed, said as what the relay did.
+pub(crate) fn read_failed(e: tungstenite::Error) -> Error {
+    match e {
+        // Over tungstenite's limits (64 MiB a message, 16 MiB a frame).
+        tungstenite::Error::Capacity(c) => Error::Network(format!(
+            "the relay sent a message larger than this device accepts ({c})"
+        )),
+        e => network("the sync connection dropped", e),
+    }
+}
+
 fn tls_config(ca_pem: Option<&str>) -> Result<Arc<ClientConfig>> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
