@@ -585,7 +585,9 @@ impl Hub {
         }
         let after = s.doc.get_heads();
         if before != after
-            && let Err(reason) = crate::door::check(&s.doc, &before)
+            && let Err(reason) = crate::door::check(&s.doc, &before, &|id| {
+                blocking(|| self.storage.is_purged(id)).unwrap_or(false)
+            })
         {
             // Refused at the door: neither stored nor kept in memory.
             tracing::warn!(device = %device.id, team = %device.team, doc = %key, reason = %reason, "refused at the door");
