@@ -287,6 +287,14 @@ async fn forbidden_changes_are_refused_and_nothing_is_lost() {
         assert!(relay.log().contains("refused at the door"), "{attack}");
     }
 
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", relay.pid())).unwrap_or_default();
+    let peak = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap_or("VmHWM: ?");
+    println!("relay after {} refused changes: {peak}", attacks.len());
+
     // The good device keeps syncing during and after the attack.
     let t = Instant::now();
     good.add_note(family, "Second visit.", NoteCategory::Visit)
