@@ -579,6 +579,8 @@ impl Repo {
         })
     }
 
+    /// Marks the member removed (kept in the case file, no longer listed):
+    /// an entry is never deleted, so a removal cannot erase it on other devices.
     pub fn remove_member(&self, family_id: DocumentId, member_id: &str) -> Result<()> {
         self.family_write(family_id, |doc, by| {
             family::remove_member(doc, member_id, by)

@@ -18,7 +18,8 @@
 //!   appended: what `edit_note` and `resolve_conflict` do;
 //! - bookings and attendance of a family day are never deleted; a team
 //!   directory entry is deleted only for a document the caller says was
-//!   purged (a device's `apply_purges`);
+//!   purged (a device's `apply_purges`) or a family it listed as closed (a
+//!   device's `apply_retention`, by the device's clock);
 //! - every value has the type its reader expects (strings, maps, lists,
 //!   parseable dates and times, known choices) and strings keep within
 //!   `validate`'s limits; fields Linkbook does not know are refused.
@@ -83,7 +84,9 @@ pub enum RuleViolation {
     UnknownField { what: &'static str },
     #[error("change refused: {what} is not laid out as Linkbook lays it out")]
     Malformed { what: &'static str },
-    #[error("change refused: a team directory entry may be removed only for a purged document")]
+    #[error(
+        "change refused: a team directory entry may be removed only for a purged document or a closed family"
+    )]
     NotPurged,
 }
 
@@ -667,7 +670,15 @@ impl Check<'_> {
             PatchAction::DeleteMap { key } => match flat {
                 Flat::DirectoryFamilies | Flat::DirectoryDays => {
                     let id = key.split_once('.').map(|(id, _)| id).unwrap_or(key);
-                    if (self.purged)(id) {
+                    // A device drops a closed case past its team's retention
+                    // by its own clock (`Repo::apply_retention`), before the
+                    // relay's sweep purges it: the entry said "closed".
+                    let closed = flat == Flat::DirectoryFamilies
+                        && self
+                            .texts(obj, key, Some(self.before))
+                            .iter()
+                            .any(|s| s == FamilyStatus::Closed.as_str());
+                    if closed || (self.purged)(id) {
                         Ok(())
                     } else {
                         Err(V::NotPurged)

@@ -138,6 +138,30 @@ fn every_honest_edit_passes() {
 }
 
 #[test]
+fn a_member_removed_on_one_device_and_edited_on_another_stays_removed() {
+    let (mut a, _, member, _) = family_doc();
+    let mut b = a.fork();
+    family::remove_member(&mut a, &member, &author("a")).expect("remove");
+    let edit = MemberUpdate {
+        school: Some("Hill".into()),
+        ..Default::default()
+    };
+    family::update_member(&mut b, &member, &edit, &author("b")).expect("edit");
+    a.commit();
+    b.commit();
+    let before = a.get_heads();
+    a.merge(&mut b).expect("merge");
+    assert_eq!(check(&mut a, &before), Ok(()));
+    let fam = family::read(&a, crate::ids::DocumentId::random());
+    assert!(fam.members.is_empty(), "{:?}", fam.members);
+    let m = entry(&a, "members", &member);
+    assert!(
+        a.get(&m, "removed_at").expect("get").is_some(),
+        "kept, marked removed"
+    );
+}
+
+#[test]
 fn deleting_a_note_member_or_referral_is_refused() {
     for (collection, what) in [
         ("notes", "a case note may not be deleted"),
@@ -432,6 +456,18 @@ fn the_directory_loses_an_entry_only_for_a_purged_document() {
         check_change(doc.document(), &before, &|p| p == want),
         Ok(())
     );
+    // A closed family's entry may go (retention on the device's clock).
+    directory::put_family(
+        &mut doc,
+        &directory::Entry {
+            id,
+            status: FamilyStatus::Closed,
+        },
+    )
+    .expect("put");
+    let before = doc.get_heads();
+    directory::remove(&mut doc, id).expect("remove");
+    assert_eq!(check(&mut doc, &before), Ok(()));
     let mut doc = directory::genesis("north").expect("genesis");
     let families = get_map(&doc, &ROOT, "families").expect("families");
     let before = doc.get_heads();
