@@ -287,13 +287,33 @@ async fn forbidden_changes_are_refused_and_nothing_is_lost() {
         assert!(relay.log().contains("refused at the door"), "{attack}");
     }
 
+    // The team directory: an open family's entry may not be dropped (a new
+    // device would never learn of the family).
+    let dir = good.directory_id();
+    let mut ws = joined(&relay, &ca, &creds).await;
+    let dir_heads = good.heads(dir).expect("directory heads");
+    let mut directory = load(&mut ws, &creds.device_id, dir, &dir_heads).await;
+    drop(ws);
+    let families = map(&directory, &ROOT, "families");
+    directory
+        .delete(&families, format!("{family}.status").as_str())
+        .expect("delete");
+    directory.commit();
+    let error = push(&relay, &ca, &creds, dir, &mut directory).await;
+    assert_eq!(
+        error.as_deref(),
+        Some(
+            "change refused: a team directory entry may be removed only for a purged document or a closed family"
+        )
+    );
+
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", relay.pid())).unwrap_or_default();
     let peak = status
         .lines()
         .find(|l| l.starts_with("VmHWM"))
         .unwrap_or("VmHWM: ?");
-    println!("relay after {} refused changes: {peak}", attacks.len());
+    println!("relay after {} refused changes: {peak}", attacks.len() + 1);
 
     // The good device keeps syncing during and after the attack.
     let t = Instant::now();
@@ -355,6 +375,12 @@ async fn forbidden_changes_are_refused_and_nothing_is_lost() {
     assert_eq!(edited.history[0].text, "Phoned the school.");
     let fams = third.families().expect("families");
     assert_eq!(fams.len(), 1);
+    assert!(
+        third
+            .directory_listing()
+            .expect("listing")
+            .contains(&family)
+    );
     // Reasons are logged; content is not.
     let log = relay.log();
     assert!(!log.contains("Nothing to report") && !log.contains("Someone else"));
