@@ -386,3 +386,76 @@ async fn forbidden_changes_are_refused_and_nothing_is_lost() {
     assert!(!log.contains("Nothing to report") && !log.contains("Someone else"));
     assert_eq!(relay.integrity_check(), "ok");
 }
+
+/// Honest concurrent work passes the rules: two tablets edit the same note
+/// offline and both check in; the relay keeps both texts (a conflict), and
+/// settling it keeps the dropped text in the note's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tablets_editing_one_note_offline_both_sync() {
+    let relay = Relay::start();
+    let a = Device::enrolled(&relay, "north", "Asha");
+    let b = Device::enrolled(&relay, "north", "Ben");
+    let family = a
+        .add_family(&NewFamily {
+            name: "Jones".into(),
+            ..Default::default()
+        })
+        .expect("family");
+    let note = a
+        .add_note(family, "Met at the visitor centre.", NoteCategory::Visit)
+        .expect("note");
+    tokio::task::block_in_place(|| a.sync(None)).expect("a syncs");
+    tokio::task::block_in_place(|| b.sync(None)).expect("b syncs");
+    a.edit_note(family, &note, "Met at the visitor centre, with Gran.")
+        .expect("edit a");
+    b.edit_note(family, &note, "Met at the visitor centre; late bus.")
+        .expect("edit b");
+    let member = b
+        .add_member(
+            family,
+            &NewMember {
+                name: "Kim".into(),
+                role: MemberRole::Adult,
+                relationship: None,
+                date_of_birth: None,
+                school: None,
+                looked_after: false,
+                social_worker: None,
+            },
+        )
+        .expect("member");
+    a.remove_member(family, &member)
+        .expect_err("A has not seen it yet");
+    for d in [&a, &b, &a] {
+        tokio::task::block_in_place(|| d.sync(None)).expect("an honest sync passes the rules");
+    }
+    let conflicts = a.conflicts().expect("conflicts");
+    let text = conflicts
+        .iter()
+        .find(|c| c.document_id == family && c.path.ends_with("/text"))
+        .expect("the two texts are kept as a conflict");
+    a.resolve_conflict(
+        family,
+        &text.path,
+        &serde_json::json!("Met at the visitor centre, with Gran."),
+    )
+    .expect("resolve");
+    a.remove_member(family, &member).expect("remove");
+    for d in [&a, &b] {
+        tokio::task::block_in_place(|| d.sync(None)).expect("settling passes the rules");
+    }
+    let got = b.family(family).expect("family");
+    assert_eq!(got.notes[0].text, "Met at the visitor centre, with Gran.");
+    let old: Vec<&str> = got.notes[0]
+        .history
+        .iter()
+        .map(|r| r.text.as_str())
+        .collect();
+    assert!(
+        old.contains(&"Met at the visitor centre; late bus."),
+        "{old:?}"
+    );
+    assert!(got.members.is_empty(), "removed on A, gone on B");
+    assert!(!relay.log().contains("refused at the door"));
+    assert_eq!(relay.integrity_check(), "ok");
+}
