@@ -413,7 +413,10 @@ fn child(node: Node, prop: &Prop) -> Result<Node, RuleViolation> {
                 Shape::Entries(r) => Node::Entries(r),
                 Shape::History(r) => Node::History(r),
                 Shape::Flat(f) => Node::Flat(f),
-                Shape::Str(_) => Node::Text(rec, field),
+                // JavaScript clients write strings as Text objects.
+                Shape::Str(_) | Shape::Time | Shape::Date | Shape::Choice(_) => {
+                    Node::Text(rec, field)
+                }
                 other => {
                     return Err(V::WrongType {
                         what: rec.what,
@@ -564,18 +567,8 @@ impl Check<'_> {
                 if was_there {
                     self.changed(rec, field, parent)?;
                 }
-                let Shape::Str(max) = field.shape else {
-                    return Err(V::Malformed { what: rec.what });
-                };
-                let len = self.doc.text(obj).map(|t| t.chars().count()).unwrap_or(0);
-                if len > max {
-                    return Err(V::TooLong {
-                        what: rec.what,
-                        field: field.key,
-                        max,
-                    });
-                }
-                Ok(())
+                let text = (Value::Object(ObjType::Text), obj.clone());
+                self.value(rec.what, field.key, field.shape, &text)
             }
         }
     }
@@ -726,8 +719,12 @@ impl Check<'_> {
                 _ => None,
             }
         };
-        // Dates and times are short: no need to parse a megabyte to refuse it.
-        let short = |v: &Value<'_>| str_of(v).filter(|s| s.len() <= 64);
+        // Dates, times and choices are short: no need to read a megabyte to
+        // refuse it. A Text object (JavaScript clients) is measured first.
+        let short = |v: &Value<'_>| match v {
+            Value::Object(ObjType::Text) if self.doc.length(id) <= 64 => self.doc.text(id).ok(),
+            v => str_of(v).filter(|s| s.len() <= 64),
+        };
         let ok = match shape {
             Shape::Str(max) => {
                 let chars = match value {

@@ -431,6 +431,37 @@ fn values_of_the_wrong_type_or_size_are_refused() {
     let before = doc.get_heads();
     doc.splice_text(&t, 0, 0, &"y".repeat(600)).expect("splice");
     assert!(refused(&mut doc, &before).contains("school is longer"));
+    // A note as a JavaScript client writes it: every string a Text object.
+    let (mut doc, _, _, _) = family_doc();
+    let notes = get_map(&doc, &ROOT, "notes").expect("notes");
+    let before = doc.get_heads();
+    let n = doc
+        .put_object(
+            &notes,
+            uuid::Uuid::new_v4().to_string().as_str(),
+            automerge::ObjType::Map,
+        )
+        .expect("note");
+    for (key, value) in [
+        ("author", "Jo"),
+        ("created_at", "2026-12-01T10:00:00.000Z"),
+        ("category", "other"),
+        ("text", "From JavaScript"),
+    ] {
+        let t = doc
+            .put_object(&n, key, automerge::ObjType::Text)
+            .expect("text");
+        doc.splice_text(&t, 0, 0, value).expect("splice");
+    }
+    doc.put_object(&n, "history", automerge::ObjType::List)
+        .expect("history");
+    assert_eq!(check(&mut doc, &before), Ok(()), "a JavaScript note");
+    let before = doc.get_heads();
+    let t = doc
+        .put_object(&n, "edited_at", automerge::ObjType::Text)
+        .expect("text");
+    doc.splice_text(&t, 0, 0, "soon").expect("splice");
+    assert!(refused(&mut doc, &before).contains("edited_at must be a time"));
 }
 
 #[test]
