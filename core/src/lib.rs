@@ -30,6 +30,7 @@ pub use error::{Error, Result};
 /// content or tokens into a log. Linkbook's own crates log ids only.
 pub const LOG_CAPS: &str = "tungstenite=info,tokio_tungstenite=info,rustls=info,hyper=info,hyper_util=info,h2=info,axum=info,tower=info,tower_http=info";
 pub use ids::DocumentId;
+pub use model::rules::{RuleViolation, check_change};
 pub use model::validate::parse_date;
 pub use model::{
     Attendance, Booking, CaseNote, Closure, Conflict, ConflictValue, Consent, Custody,

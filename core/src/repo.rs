@@ -580,8 +580,12 @@ impl Repo {
         })
     }
 
+    /// Marks the member removed (kept in the case file, no longer listed):
+    /// an entry is never deleted, so a removal cannot erase it on other devices.
     pub fn remove_member(&self, family_id: DocumentId, member_id: &str) -> Result<()> {
-        self.family_write(family_id, |doc, _| family::remove_member(doc, member_id))
+        self.family_write(family_id, |doc, by| {
+            family::remove_member(doc, member_id, by)
+        })
     }
 
     pub fn link_prisoner(&self, family_id: DocumentId, prisoner: &NewPrisoner) -> Result<String> {
@@ -845,8 +849,9 @@ impl Repo {
         self.check_lease()?;
         let dir = self.directory_id();
         self.write(|txn| {
+            let author = txn.author.clone();
             let (doc, kind) = txn.doc(document_id, "document")?;
-            conflicts::resolve(doc, path, value)?;
+            conflicts::resolve(doc, path, value, &author)?;
             if kind == DocumentType::Family {
                 let fam = family::summary(doc, document_id);
                 directory::put_family(

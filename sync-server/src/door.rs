@@ -5,8 +5,9 @@
 //! The relay now refuses, between applying a sync message and storing it,
 //! any document whose root does not carry a known Linkbook `type` and a
 //! supported `schema_version`, and any change that rewrites a stored
-//! document's type. Only the root header is read, so the cost per message is
-//! a few map lookups whatever the document's size.
+//! document's type. The root header is a few map lookups whatever the
+//! document's size; the change rules (`linkbook_core::check_change`) then
+//! look at what the message's changes did.
 
 use automerge::{Automerge, ChangeHash, ReadDoc, ScalarValue, Value};
 use linkbook_core::{DocumentType, SCHEMA_VERSION};
@@ -40,8 +41,14 @@ fn root_u64(doc: &Automerge, key: &str) -> Option<u64> {
 }
 
 /// Checks `doc` after a sync message was applied; `before` are its heads
-/// before. An empty document (nothing applied yet) passes.
-pub fn check(doc: &Automerge, before: &[ChangeHash]) -> Result<(), Refusal> {
+/// before. An empty document (nothing applied yet) passes. What the changes
+/// may do to a Linkbook document (its type included) is
+/// `linkbook_core::check_change`'s; `purged` answers it for a document id.
+pub fn check(
+    doc: &Automerge,
+    before: &[ChangeHash],
+    purged: &dyn Fn(&str) -> bool,
+) -> Result<(), Refusal> {
     if doc.get_heads().is_empty() {
         return Ok(());
     }
@@ -54,13 +61,7 @@ pub fn check(doc: &Automerge, before: &[ChangeHash]) -> Result<(), Refusal> {
         Some(v) if v >= 1 && v <= SCHEMA_VERSION => {}
         _ => return Err("document refused: its schema version is missing or unsupported".into()),
     }
-    if !before.is_empty()
-        && let Some(old) = root_str(doc, "type", Some(before))
-        && old != kind
-    {
-        return Err("change refused: a document's type may not be changed".into());
-    }
-    Ok(())
+    linkbook_core::check_change(doc, before, purged).map_err(|v| v.to_string())
 }
 
 #[cfg(test)]
@@ -80,12 +81,12 @@ mod tests {
     #[test]
     fn a_linkbook_document_passes() {
         let mut doc = linkbook(DocumentType::Family.as_str());
-        assert_eq!(check(doc.document(), &[]), Ok(()));
+        assert_eq!(check(doc.document(), &[], &|_| false), Ok(()));
     }
 
     #[test]
     fn an_empty_document_passes() {
-        assert_eq!(check(AutoCommit::new().document(), &[]), Ok(()));
+        assert_eq!(check(AutoCommit::new().document(), &[], &|_| false), Ok(()));
     }
 
     #[test]
@@ -93,13 +94,13 @@ mod tests {
         let mut doc = AutoCommit::new();
         doc.put(automerge::ROOT, "hello", "world").expect("put");
         assert!(
-            check(doc.document(), &[])
+            check(doc.document(), &[], &|_| false)
                 .expect_err("refused")
                 .contains("no Linkbook type")
         );
         let mut doc = linkbook("spreadsheet");
         assert!(
-            check(doc.document(), &[])
+            check(doc.document(), &[], &|_| false)
                 .expect_err("refused")
                 .contains("not a Linkbook type")
         );
@@ -107,7 +108,7 @@ mod tests {
         doc.put(automerge::ROOT, "schema_version", SCHEMA_VERSION + 1)
             .expect("put");
         assert!(
-            check(doc.document(), &[])
+            check(doc.document(), &[], &|_| false)
                 .expect_err("refused")
                 .contains("schema version")
         );
@@ -115,7 +116,7 @@ mod tests {
         doc.put(automerge::ROOT, "schema_version", "1")
             .expect("put");
         assert!(
-            check(doc.document(), &[])
+            check(doc.document(), &[], &|_| false)
                 .expect_err("refused")
                 .contains("schema version")
         );
@@ -128,7 +129,7 @@ mod tests {
         doc.put(automerge::ROOT, "type", DocumentType::FamilyDay.as_str())
             .expect("put");
         assert!(
-            check(doc.document(), &before)
+            check(doc.document(), &before, &|_| false)
                 .expect_err("refused")
                 .contains("type may not")
         );

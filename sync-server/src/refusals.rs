@@ -40,6 +40,8 @@ pub enum RefusalKind {
     Door,
     /// The sync message was over the Automerge budget.
     OverBudget,
+    /// The document would have grown past `--max-document-bytes`.
+    OverSizeCap,
 }
 
 impl RefusalKind {
@@ -48,6 +50,7 @@ impl RefusalKind {
         match self {
             RefusalKind::Door => "refused-at-door",
             RefusalKind::OverBudget => "refused-over-budget",
+            RefusalKind::OverSizeCap => "refused-over-size-cap",
         }
     }
 }

@@ -630,7 +630,6 @@ impl Hub {
                 .ok_or_else(|| Close("internal state lost".into()))?;
             catch_automerge_panic(|| doc.receive_sync_message(state, message))
         };
-        drop(turn);
         if applied.is_err() {
             // Automerge panicked half-way: forget the loaded copy, and make a
             // connection already waiting for this slot reload it too.
@@ -644,8 +643,11 @@ impl Hub {
         }
         let after = s.doc.get_heads();
         if before != after
-            && let Err(reason) = crate::door::check(&s.doc, &before)
+            && let Err(reason) = crate::door::check(&s.doc, &before, &|id| {
+                blocking(|| self.storage.is_purged(&device.team, id)).unwrap_or(false)
+            })
         {
+            drop(turn);
             // Refused at the door: neither stored nor kept in memory.
             self.refusals.note(
                 &self.storage,
@@ -664,21 +666,23 @@ impl Hub {
                 crate::doc_cap::check(s.stored_bytes, upload, self.limits.max_document_bytes)
         {
             // Over the size cap: neither stored nor kept in memory.
+            drop(turn);
             tracing::warn!(device = %device.id, team = %device.team, doc = %key,
                 stored = s.stored_bytes, adding = upload.stored_bytes(), cap = self.limits.max_document_bytes,
                 "document refused: over the size cap");
-            let _ = blocking(|| {
-                self.storage.audit(
-                    Some(device),
-                    "refused-over-size-cap",
-                    Some(&key),
-                    Utc::now(),
-                )
-            });
+            self.refusals.note(
+                &self.storage,
+                device,
+                &key,
+                crate::refusals::RefusalKind::OverSizeCap,
+                &reason,
+            );
             s.unstored = true;
             lock(&self.docs).remove(&(device.team.clone(), id));
             return Err(Close(reason));
         }
+        // The rules' diff and the cap are heavy work too (heavy.rs); storing is not.
+        drop(turn);
         if let Some(upload) = upload
             && let Err(close) = self.store(&key, &mut s, upload, device)
         {

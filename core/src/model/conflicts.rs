@@ -90,7 +90,14 @@ fn walk(
 }
 
 /// Writes `value` at `path`, replacing every concurrent value there.
-pub(crate) fn resolve(doc: &mut AutoCommit, path: &str, value: &Json) -> Result<()> {
+/// Settling a case note's text keeps the values it drops in the note's
+/// history, as an edit does (the change rules refuse a note text lost).
+pub(crate) fn resolve(
+    doc: &mut AutoCommit,
+    path: &str,
+    value: &Json,
+    by: &super::Author,
+) -> Result<()> {
     let no_conflict =
         || Error::invalid("conflict path", format!("there is no conflict at '{path}'"));
     let mut parts: Vec<&str> = path.split('/').collect();
@@ -98,6 +105,7 @@ pub(crate) fn resolve(doc: &mut AutoCommit, path: &str, value: &Json) -> Result<
         .pop()
         .filter(|k| !k.is_empty())
         .ok_or_else(no_conflict)?;
+    let is_note_text = last == "text" && parts.len() == 2 && parts[0] == "notes";
     let mut obj = ROOT;
     for part in parts {
         obj = get_map(doc, &obj, part).ok_or_else(no_conflict)?;
@@ -128,6 +136,17 @@ pub(crate) fn resolve(doc: &mut AutoCommit, path: &str, value: &Json) -> Result<
             ));
         }
     };
+    if is_note_text {
+        let mut dropped: Vec<String> = Vec::new();
+        for old in current.iter().filter_map(|c| c.as_str()) {
+            if Some(old) != scalar.as_str() && !dropped.iter().any(|d| d == old) {
+                dropped.push(old.to_string());
+            }
+        }
+        for old in dropped {
+            super::family::push_history(doc, &obj, &old, by)?;
+        }
+    }
     doc.put(&obj, last, scalar)?;
     Ok(())
 }

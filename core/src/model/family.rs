@@ -6,7 +6,8 @@
 //! ```text
 //! { type: "family", schema_version, team, created_at, created_by,
 //!   household: { name, address }, key_worker, status,
-//!   members:  { <id>: { name, role, relationship, date_of_birth, school, looked_after, social_worker } },
+//!   members:  { <id>: { name, role, relationship, date_of_birth, school, looked_after, social_worker,
+//!                       removed_at, removed_by } },
 //!   prisoners: { <id>: { name, establishment, prison_number, custody, category, expected_release } },
 //!   consent: { given_by, date, scope },
 //!   safeguarding: { <id>: { text, raised_by, raised_at, cleared_at } },
@@ -105,9 +106,7 @@ pub(crate) fn update_member(
     by: &Author,
 ) -> Result<()> {
     let member_id = parse_uuid(member_id, "member id")?;
-    let members = ensure_map(doc, &ROOT, "members")?;
-    let m =
-        get_map(doc, &members, &member_id).ok_or_else(|| Error::not_found("member", &member_id))?;
+    let m = live_member(doc, &member_id)?;
     if let Some(dob) = update.date_of_birth {
         date_not_future("date of birth", dob, by.now)?;
     }
@@ -141,13 +140,42 @@ pub(crate) fn update_member(
     Ok(())
 }
 
-pub(crate) fn remove_member(doc: &mut AutoCommit, member_id: &str) -> Result<()> {
+/// Removes a member softly: `removed_at`/`removed_by` are written and readers
+/// skip the member. Deleting the entry would erase it on every device, which
+/// the change rules refuse (`rules.rs`); a member removed on one device and
+/// edited on another stays removed.
+pub(crate) fn remove_member(doc: &mut AutoCommit, member_id: &str, by: &Author) -> Result<()> {
     let member_id = parse_uuid(member_id, "member id")?;
+    let m = live_member(doc, &member_id)?;
+    doc.put(&m, "removed_at", by.now.to_rfc3339())?;
+    doc.put(&m, "removed_by", by.worker.as_str())?;
+    Ok(())
+}
+
+/// A member that was not removed.
+fn live_member(doc: &mut AutoCommit, member_id: &str) -> Result<automerge::ObjId> {
     let members = ensure_map(doc, &ROOT, "members")?;
-    if get_map(doc, &members, &member_id).is_none() {
-        return Err(Error::not_found("member", &member_id));
-    }
-    doc.delete(&members, member_id.as_str())?;
+    get_map(doc, &members, member_id)
+        .filter(|m| doc.get(m, "removed_at").ok().flatten().is_none())
+        .ok_or_else(|| Error::not_found("member", member_id))
+}
+
+/// Pushes `old` onto a note's history, as an edit does.
+pub(crate) fn push_history(
+    doc: &mut AutoCommit,
+    note: &automerge::ObjId,
+    old: &str,
+    by: &Author,
+) -> Result<()> {
+    let history = match get_list(doc, note, "history") {
+        Some(h) => h,
+        None => doc.put_object(note, "history", ObjType::List)?,
+    };
+    let len = doc.length(&history);
+    let rev = doc.insert_object(&history, len, ObjType::Map)?;
+    doc.put(&rev, "text", old)?;
+    doc.put(&rev, "replaced_at", by.now.to_rfc3339())?;
+    doc.put(&rev, "replaced_by", by.worker.as_str())?;
     Ok(())
 }
 
@@ -241,15 +269,7 @@ pub(crate) fn edit_note(
             "the new text is the same as the current text",
         ));
     }
-    let history = match get_list(doc, &n, "history") {
-        Some(h) => h,
-        None => doc.put_object(&n, "history", ObjType::List)?,
-    };
-    let len = doc.length(&history);
-    let rev = doc.insert_object(&history, len, ObjType::Map)?;
-    doc.put(&rev, "text", old)?;
-    doc.put(&rev, "replaced_at", by.now.to_rfc3339())?;
-    doc.put(&rev, "replaced_by", by.worker.as_str())?;
+    push_history(doc, &n, &old, by)?;
     doc.put(&n, "text", text)?;
     doc.put(&n, "edited_at", by.now.to_rfc3339())?;
     Ok(())
@@ -352,6 +372,7 @@ pub(crate) fn read(doc: &AutoCommit, id: DocumentId) -> Family {
     let hh = |key| household.as_ref().and_then(|h| h.str(doc, key));
     let members = entries(doc, &root, "members")
         .into_iter()
+        .filter(|(_, m)| m.str(doc, "removed_at").is_none())
         .map(|(id, m)| Member {
             id,
             name: m.str(doc, "name").unwrap_or_default(),

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::ids::DocumentId;
 
 /// Most people one family brings to a family day; more is a typing mistake.
-const MAX_PEOPLE: u32 = 30;
+pub(crate) const MAX_PEOPLE: u32 = 30;
 
 pub(crate) fn create(doc: &mut AutoCommit, new: &NewFamilyDay, by: &Author) -> Result<()> {
     let prison = required_text("prison", &new.prison, MAX_NAME)?;

@@ -13,6 +13,7 @@ pub(crate) mod directory;
 pub(crate) mod family;
 pub(crate) mod family_day;
 mod records;
+pub(crate) mod rules;
 pub(crate) mod validate;
 
 pub use records::*;
