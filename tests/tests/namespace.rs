@@ -121,14 +121,25 @@ fn big_family(notes: usize) -> automerge::AutoCommit {
     doc.put(automerge::ROOT, "type", "family").expect("put");
     doc.put(automerge::ROOT, "schema_version", SCHEMA_VERSION)
         .expect("put");
-    doc.put(automerge::ROOT, "name", "Large").expect("put");
+    doc.put(automerge::ROOT, "team", "north").expect("put");
+    doc.put(automerge::ROOT, "created_at", "2026-12-01T09:00:00+00:00")
+        .expect("put");
     let map = doc
         .put_object(automerge::ROOT, "notes", automerge::ObjType::Map)
         .expect("notes");
     for i in 0..notes {
+        // Laid out as Linkbook writes a note, so the door's rules pass it.
         let note = doc
-            .put_object(&map, format!("n{i:05}"), automerge::ObjType::Map)
+            .put_object(
+                &map,
+                uuid::Uuid::new_v4().to_string(),
+                automerge::ObjType::Map,
+            )
             .expect("note");
+        doc.put(&note, "author", "Asha").expect("author");
+        doc.put(&note, "device", "raw-peer").expect("device");
+        doc.put(&note, "created_at", "2026-12-01T09:00:00+00:00")
+            .expect("created_at");
         doc.put(
             &note,
             "text",
@@ -136,6 +147,8 @@ fn big_family(notes: usize) -> automerge::AutoCommit {
         )
         .expect("text");
         doc.put(&note, "category", "visit").expect("category");
+        doc.put_object(&note, "history", automerge::ObjType::List)
+            .expect("history");
     }
     doc.commit();
     doc
