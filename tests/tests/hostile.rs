@@ -352,7 +352,10 @@ async fn a_token_of_one_team_cannot_read_or_write_another_teams_document() {
     forged
         .put(automerge::ROOT, "schema_version", SCHEMA_VERSION)
         .expect("put");
-    forged.put(automerge::ROOT, "name", "Forged").expect("put");
+    let household = forged
+        .put_object(automerge::ROOT, "household", automerge::ObjType::Map)
+        .expect("household");
+    forged.put(&household, "name", "Forged").expect("put");
     let mut state = automerge::sync::State::new();
     protocol::assume_shared_heads(&mut state);
     let data = forged
