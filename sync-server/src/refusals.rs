@@ -45,6 +45,15 @@ pub enum RefusalKind {
 }
 
 impl RefusalKind {
+    /// The log line of a refusal.
+    fn log_line(self) -> &'static str {
+        match self {
+            RefusalKind::Door => "refused at the door",
+            RefusalKind::OverBudget => "refused over the Automerge budget",
+            RefusalKind::OverSizeCap => "refused over the document size cap",
+        }
+    }
+
     /// The audit action of a new refusal.
     fn action(self) -> &'static str {
         match self {
@@ -111,7 +120,7 @@ impl Recorder {
         kind: RefusalKind,
         reason: &str,
     ) {
-        tracing::warn!(device = %device.id, team = %device.team, doc = %doc_id, reason = %reason, "refused");
+        tracing::warn!(device = %device.id, team = %device.team, doc = %doc_id, reason = %reason, "{}", kind.log_line());
         let now = Utc::now().to_rfc3339();
         let start_writer = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());

@@ -212,6 +212,24 @@ impl Relay {
         relay_integrity_check(&self.db_path())
     }
 
+    /// Applies util-linux `prlimit` limits (`--as=…`, `--nofile=…`) to the
+    /// relay process.
+    pub fn prlimit(&self, limits: &[&str]) {
+        let status = Command::new("prlimit")
+            .arg("--pid")
+            .arg(self.pid().to_string())
+            .args(limits)
+            .status()
+            .expect("run prlimit (util-linux)");
+        assert!(status.success(), "prlimit {limits:?} failed");
+    }
+
+    /// Caps the relay's address space at 3 GB: a test that feeds it hostile
+    /// bytes and fails cannot take the machine down.
+    pub fn cap_memory(&self) {
+        self.prlimit(&["--as=3000000000"]);
+    }
+
     /// Sets (`Some(bytes)`) or lifts (`None`) the relay process's file size
     /// limit, its soft RLIMIT_FSIZE, with util-linux `prlimit` (see
     /// [`Relay::start_fillable`]; only the soft limit, so no privileges).
@@ -384,6 +402,111 @@ pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// User + system CPU of process `pid`, in clock ticks (1/100 s on Linux).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime, stime.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// Text of `len` characters from `alphabet` that does not compress
+/// (Automerge deflates big changes), so sizes are what they seem.
+pub fn noise(len: usize, seed: u64, alphabet: &[char]) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            alphabet[(x % alphabet.len() as u64) as usize]
+        })
+        .collect()
+}
+
+/// Letters, space and punctuation: an alphabet for [`noise`] like prose.
+pub fn letters() -> Vec<char> {
+    ('a'..='z')
+        .chain('A'..='Z')
+        .chain([' ', '.', ','])
+        .collect()
+}
+
+/// The replayed fuzz crashers of one folder of `tests/fuzz-crashers/`
+/// (`automerge-load`, `automerge-sync`, `protocol`), by file name, sorted.
+pub fn fuzz_crashers(folder: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = format!("{}/fuzz-crashers/{folder}", env!("CARGO_MANIFEST_DIR"));
+    let mut all: Vec<_> = std::fs::read_dir(dir)
+        .expect("crasher folder")
+        .flatten()
+        .map(|f| {
+            let name = f.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read(f.path()).expect("crasher"))
+        })
+        .collect();
+    all.sort();
+    assert!(!all.is_empty(), "{folder} is empty");
+    all
+}
+
+/// The crashers of Automerge's loader, the 4 GiB allocation among them.
+pub fn automerge_crashers() -> Vec<(String, Vec<u8>)> {
+    let all = fuzz_crashers("automerge-load");
+    assert!(all.iter().any(|(n, _)| n.starts_with("oom-167")));
+    all
+}
+
+/// An Automerge sync message carrying `chunk` as its changes, in the V1 or
+/// V2 (whole document) form.
+pub fn sync_carrying(chunk: &[u8], version: automerge::sync::MessageVersion) -> Vec<u8> {
+    automerge::sync::Message {
+        heads: Vec::new(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: vec![chunk.to_vec()].into(),
+        flags: None,
+        version,
+    }
+    .encode()
+}
+
+/// A relay's answer with its document id blanked, so that answers for two
+/// ids compare byte for byte (the existence-oracle tests).
+pub fn without_document_id(m: linkbook_core::protocol::Message) -> Vec<u8> {
+    use linkbook_core::protocol::Message;
+    match m {
+        Message::Sync {
+            sender_id,
+            target_id,
+            data,
+            ..
+        } => Message::Sync {
+            sender_id,
+            target_id,
+            data,
+            document_id: String::new(),
+        },
+        Message::DocUnavailable {
+            sender_id,
+            target_id,
+            ..
+        } => Message::DocUnavailable {
+            sender_id,
+            target_id,
+            document_id: String::new(),
+        },
+        other => panic!("unexpected answer {other:?}"),
+    }
+    .encode()
 }
 
 /// A device: a data directory driven through the `linkbook` CLI.

@@ -7,28 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use linkbook_core::*;
-use linkbook_tests::{Device, Relay};
-
-/// Text that does not compress (Automerge deflates big changes), from
-/// `alphabet`, `len` characters.
-fn noise(len: usize, seed: u64, alphabet: &[char]) -> String {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            alphabet[(x % alphabet.len() as u64) as usize]
-        })
-        .collect()
-}
-
-fn letters() -> Vec<char> {
-    ('a'..='z')
-        .chain('A'..='Z')
-        .chain([' ', '.', ','])
-        .collect()
-}
+use linkbook_tests::{Device, Relay, letters, noise};
 
 /// Runs a device's sync on its own thread, bounded in time.
 fn sync_within(device: &Device, limit: Duration) -> (SyncSummary, Duration) {

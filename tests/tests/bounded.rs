@@ -7,37 +7,11 @@
 use futures_util::SinkExt;
 use linkbook_core::protocol::Message;
 use linkbook_core::*;
-use linkbook_tests::{Device, GoodDevice, Relay, closing_error, joined, proc_status_kb};
+use linkbook_tests::{
+    Device, GoodDevice, Relay, automerge_crashers, closing_error, joined, proc_status_kb,
+    sync_carrying,
+};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-const CRASHERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz-crashers/automerge-load");
-
-fn crashers() -> Vec<(String, Vec<u8>)> {
-    let mut all: Vec<_> = std::fs::read_dir(CRASHERS)
-        .expect("crasher folder")
-        .flatten()
-        .map(|f| {
-            let name = f.file_name().to_string_lossy().into_owned();
-            (name, std::fs::read(f.path()).expect("crasher"))
-        })
-        .collect();
-    all.sort();
-    assert!(all.iter().any(|(n, _)| n.starts_with("oom-167")));
-    all
-}
-
-/// A sync message carrying `chunk` as its changes, in the V1 or V2 form.
-fn sync_carrying(chunk: &[u8], version: automerge::sync::MessageVersion) -> Vec<u8> {
-    automerge::sync::Message {
-        heads: Vec::new(),
-        need: Vec::new(),
-        have: Vec::new(),
-        changes: vec![chunk.to_vec()].into(),
-        flags: None,
-        version,
-    }
-    .encode()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashers_as_sync_messages_are_refused_and_the_relay_keeps_serving() {
@@ -52,7 +26,7 @@ async fn crashers_as_sync_messages_are_refused_and_the_relay_keeps_serving() {
 
     let existing = family.to_string();
     let new = DocumentId::random().to_string();
-    for (name, bytes) in crashers() {
+    for (name, bytes) in automerge_crashers() {
         for version in [
             automerge::sync::MessageVersion::V1,
             automerge::sync::MessageVersion::V2,
@@ -102,7 +76,7 @@ fn import_of_an_export_carrying_a_crasher_is_refused_and_the_store_is_intact() {
             ..Default::default()
         })
         .expect("family");
-    let (_, bytes) = &crashers()[0];
+    let (_, bytes) = &automerge_crashers()[0];
     let id = DocumentId::random();
     let err = device.apply_changes(id, bytes).expect_err("refused");
     assert!(
@@ -193,7 +167,7 @@ fn linkbook_import_of_a_crafted_export_fails_with_a_typed_error_and_keeps_the_st
     a.ok(&["export", real.to_str().expect("path")]);
     let families = a.ok(&["family", "list"]);
     let real = std::fs::read(&real).expect("export");
-    for (name, bytes) in crashers() {
+    for (name, bytes) in automerge_crashers() {
         let path = a.data().join(format!("{name}.linkbook"));
         std::fs::write(&path, crafted_export(&real, &bytes)).expect("write");
         let start = std::time::Instant::now();
@@ -251,12 +225,7 @@ fn prlimit_run(a: &linkbook_tests::CliDevice, args: &[&str]) -> linkbook_tests::
 async fn three_big_uploads_in_parallel_do_not_abort_a_relay_capped_at_3_gb() {
     use automerge::transaction::Transactable;
     let relay = Relay::start();
-    let limited = std::process::Command::new("prlimit")
-        .arg(format!("--pid={}", relay.pid()))
-        .arg("--as=3000000000")
-        .status()
-        .expect("prlimit");
-    assert!(limited.success());
+    relay.cap_memory();
     let ca = relay.ca_pem();
     // Another team: its documents are no Linkbook type the good device reads.
     let creds =

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use linkbook_tests::{Device, GoodDevice, Relay, closing_error_within, joined, proc_status_kb};
+use linkbook_tests::{
+    Device, GoodDevice, Relay, closing_error_within, cpu_ticks, joined, proc_status_kb,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -71,16 +73,7 @@ async fn slow_idle_and_stale_connections_do_not_stop_good_devices() {
         "64",
     ]);
     let pid = relay.pid();
-    let limited = std::process::Command::new("prlimit")
-        .args([
-            "--pid",
-            &pid.to_string(),
-            "--nofile=1024:1024",
-            "--as=3000000000:3000000000",
-        ])
-        .status()
-        .expect("run prlimit (util-linux)");
-    assert!(limited.success(), "prlimit failed");
+    relay.prlimit(&["--nofile=1024:1024", "--as=3000000000:3000000000"]);
     let ca = relay.ca_pem();
     let config = tls_config(&ca);
     let addr = relay.addr();
@@ -258,15 +251,6 @@ async fn slow_idle_and_stale_connections_do_not_stop_good_devices() {
     );
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime, stime are 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
-}
-
 /// With the caps set above the descriptor limit, 1,100 slow connections run
 /// the relay out of file descriptors (EMFILE): the accept loop backs off
 /// instead of spinning or dying, and once the header timeout frees them
@@ -282,16 +266,7 @@ async fn running_out_of_file_descriptors_does_not_kill_the_accept_loop() {
         "5000",
     ]);
     let pid = relay.pid();
-    let limited = std::process::Command::new("prlimit")
-        .args([
-            "--pid",
-            &pid.to_string(),
-            "--nofile=1024:1024",
-            "--as=3000000000:3000000000",
-        ])
-        .status()
-        .expect("run prlimit (util-linux)");
-    assert!(limited.success(), "prlimit failed");
+    relay.prlimit(&["--nofile=1024:1024", "--as=3000000000:3000000000"]);
     let ca = relay.ca_pem();
     let config = tls_config(&ca);
     let addr = relay.addr();

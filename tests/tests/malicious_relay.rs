@@ -15,13 +15,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use linkbook_core::protocol::{Message, PeerMetadata};
-use linkbook_tests::{CliDevice, Relay};
+use linkbook_tests::{CliDevice, Relay, fuzz_crashers, proc_status_kb, sync_carrying};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
-const FUZZ: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz-crashers");
 /// The largest WebSocket message the device reads (tungstenite's default,
 /// `core/src/sync/net.rs` sets no other).
 const DEVICE_MAX_MESSAGE: usize = 64 << 20;
@@ -29,20 +28,6 @@ const DEVICE_MAX_MESSAGE: usize = 64 << 20;
 const CLI_AS_LIMIT: &str = "--as=1500000000";
 /// The CLI's own bound on a silent relay is 30 s (`net::IO_TIMEOUT`).
 const CLI_DEADLINE: Duration = Duration::from_secs(75);
-
-fn files(folder: &str) -> Vec<(String, Vec<u8>)> {
-    let mut all: Vec<_> = std::fs::read_dir(format!("{FUZZ}/{folder}"))
-        .expect("crasher folder")
-        .flatten()
-        .map(|f| {
-            let name = f.file_name().to_string_lossy().into_owned();
-            (name, std::fs::read(f.path()).expect("crasher"))
-        })
-        .collect();
-    all.sort();
-    assert!(!all.is_empty(), "{folder} is empty");
-    all
-}
 
 /// What the malicious relay does once the device has joined.
 #[derive(Clone)]
@@ -68,19 +53,6 @@ fn sync_frame(device: &str, doc: &str, data: Vec<u8>) -> Vec<u8> {
         target_id: device.into(),
         document_id: doc.into(),
         data,
-    }
-    .encode()
-}
-
-/// An Automerge sync message carrying `chunk` as its changes.
-fn carrying(chunk: &[u8], version: automerge::sync::MessageVersion) -> Vec<u8> {
-    automerge::sync::Message {
-        heads: Vec::new(),
-        need: Vec::new(),
-        have: Vec::new(),
-        changes: vec![chunk.to_vec()].into(),
-        flags: None,
-        version,
     }
     .encode()
 }
@@ -371,7 +343,7 @@ where
 /// A `sync` message of exactly `len` bytes: an Automerge V1 sync message
 /// whose one change is `len`-ish bytes of garbage.
 fn huge_sync(device: &str, doc: &str, len: usize) -> Vec<u8> {
-    let garbage = |n: usize| carrying(&vec![0x5a; n], automerge::sync::MessageVersion::V1);
+    let garbage = |n: usize| sync_carrying(&vec![0x5a; n], automerge::sync::MessageVersion::V1);
     let mut n = len;
     loop {
         let m = sync_frame(device, doc, garbage(n));
@@ -417,16 +389,8 @@ fn sync_against(device: &CliDevice, url: &str) -> Outcome {
     let start = Instant::now();
     let mut peak_kb = 0;
     let status = loop {
-        if let Some(hwm) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-        {
-            peak_kb = hwm;
-        }
+        // 0 once the process is gone: the peak seen before stays.
+        peak_kb = peak_kb.max(proc_status_kb(pid, "VmHWM"));
         if let Some(status) = child.try_wait().expect("wait") {
             break Some(status);
         }
@@ -575,7 +539,7 @@ async fn crashers_pushed_by_a_malicious_relay_are_refused_by_linkbook_sync() {
         .expect("device id")
         .to_string();
     let mut attacks = Vec::new();
-    for (name, bytes) in files("automerge-load") {
+    for (name, bytes) in fuzz_crashers("automerge-load") {
         for (v, version) in [
             ("V1", automerge::sync::MessageVersion::V1),
             ("V2", automerge::sync::MessageVersion::V2),
@@ -587,20 +551,20 @@ async fn crashers_pushed_by_a_malicious_relay_are_refused_by_linkbook_sync() {
                     Attack::Frames(vec![sync_frame(
                         &device_id,
                         doc,
-                        carrying(&bytes, version.clone()),
+                        sync_carrying(&bytes, version.clone()),
                     )]),
                 ));
             }
         }
     }
-    for (name, bytes) in files("automerge-sync") {
+    for (name, bytes) in fuzz_crashers("automerge-sync") {
         attacks.push((
             format!("{name} as a sync message"),
             vec![family.clone()],
             Attack::Frames(vec![sync_frame(&device_id, &family, bytes)]),
         ));
     }
-    for (name, bytes) in files("protocol") {
+    for (name, bytes) in fuzz_crashers("protocol") {
         attacks.push((
             format!("{name} as a frame"),
             vec![family.clone()],
@@ -735,15 +699,6 @@ async fn a_relay_that_chatters_without_ending_the_sync_is_left() {
     tokio::task::block_in_place(|| syncs_with_the_real_relay(&relay, &device, &family));
 }
 
-fn vm_hwm_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// The same shapes from a device with a copied token, at the real relay
 /// (its messages are at most 16 MiB): each closes only that connection,
 /// and the relay's peak stays within 256 MiB of where it was.
@@ -755,7 +710,7 @@ async fn the_same_shapes_sent_to_the_relay_close_only_that_connection() {
     let creds =
         tokio::task::block_in_place(|| relay.enrol_credentials("north", "Mallory", "attacker"));
     let room = (16 << 20) - 1024;
-    let before = vm_hwm_kb(relay.pid());
+    let before = proc_status_kb(relay.pid(), "VmHWM");
     eprintln!("relay VmHWM before: {before} kB");
     let shapes = [
         (
@@ -785,11 +740,11 @@ async fn the_same_shapes_sent_to_the_relay_close_only_that_connection() {
         eprintln!(
             "relay, {name}: closed in {:?} ({error:?}); VmHWM {} kB",
             start.elapsed(),
-            vm_hwm_kb(relay.pid())
+            proc_status_kb(relay.pid(), "VmHWM")
         );
         tokio::task::block_in_place(|| device.ok(&["sync"]));
     }
-    let after = vm_hwm_kb(relay.pid());
+    let after = proc_status_kb(relay.pid(), "VmHWM");
     assert!(
         after < before + 256 * 1024,
         "the relay's peak grew from {before} to {after} kB"

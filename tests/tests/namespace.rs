@@ -11,7 +11,7 @@ use automerge::transaction::Transactable;
 use futures_util::{SinkExt, StreamExt};
 use linkbook_core::protocol::Message;
 use linkbook_core::*;
-use linkbook_tests::{Device, Relay, RelaySocket, joined};
+use linkbook_tests::{Device, Relay, RelaySocket, joined, without_document_id};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -65,38 +65,9 @@ fn sync_or_request(me: &str, doc: &str, request: bool, data: &[u8]) -> Message {
     }
 }
 
-/// The answer's bytes with the document id blanked, so that answers for
-/// two ids compare byte for byte.
-fn blanked(m: Message) -> Vec<u8> {
-    match m {
-        Message::Sync {
-            sender_id,
-            target_id,
-            data,
-            ..
-        } => Message::Sync {
-            sender_id,
-            target_id,
-            data,
-            document_id: String::new(),
-        },
-        Message::DocUnavailable {
-            sender_id,
-            target_id,
-            ..
-        } => Message::DocUnavailable {
-            sender_id,
-            target_id,
-            document_id: String::new(),
-        },
-        other => panic!("unexpected answer {other:?}"),
-    }
-    .encode()
-}
-
 async fn answer(ws: &mut RelaySocket, me: &str, doc: &str, request: bool, data: &[u8]) -> Vec<u8> {
     send(ws, sync_or_request(me, doc, request, data)).await;
-    blanked(next(ws).await)
+    without_document_id(next(ws).await)
 }
 
 fn empty_message(have: bool) -> Vec<u8> {

@@ -8,7 +8,7 @@ use automerge::sync::{self, SyncDoc};
 use futures_util::{SinkExt, StreamExt};
 use linkbook_core::protocol::Message;
 use linkbook_core::*;
-use linkbook_tests::{Device, Relay, RelaySocket, joined};
+use linkbook_tests::{Device, Relay, RelaySocket, joined, without_document_id};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -49,30 +49,7 @@ async fn answer(ws: &mut RelaySocket, me: &str, doc: &str, request: bool, data: 
         let WsMessage::Binary(b) = frame else {
             continue;
         };
-        let blanked = match Message::decode(&b).expect("a protocol message") {
-            Message::Sync {
-                sender_id,
-                target_id,
-                data,
-                ..
-            } => Message::Sync {
-                sender_id,
-                target_id,
-                data,
-                document_id: String::new(),
-            },
-            Message::DocUnavailable {
-                sender_id,
-                target_id,
-                ..
-            } => Message::DocUnavailable {
-                sender_id,
-                target_id,
-                document_id: String::new(),
-            },
-            other => panic!("unexpected answer {other:?}"),
-        };
-        return blanked.encode();
+        return without_document_id(Message::decode(&b).expect("a protocol message"));
     }
 }
 

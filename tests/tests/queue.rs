@@ -13,66 +13,59 @@ use std::time::{Duration, Instant};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
-use automerge::{AutoCommit, ROOT};
+use automerge::{AutoCommit, ROOT, ReadDoc};
 use futures_util::{SinkExt, StreamExt};
 use linkbook_core::protocol::{self, Message};
 use linkbook_core::*;
-use linkbook_tests::{Device, Relay, RelaySocket, closing_error_within, joined};
+use linkbook_tests::{
+    Device, Relay, RelaySocket, automerge_crashers, closing_error_within, joined, noise,
+    proc_status_kb,
+};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-const CRASHERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz-crashers/automerge-load");
-
-/// Text that does not compress, so sizes are what they seem.
-fn noise(len: usize, seed: u64) -> String {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b'a' + (x % 26) as u8)
-        })
-        .collect()
+/// a-z: [`noise`] of one byte per character.
+fn lowercase() -> Vec<char> {
+    ('a'..='z').collect()
 }
 
-/// A document the door takes: a Linkbook type and schema version at its
-/// root, and `notes` keys of `len` bytes of noise, one change each.
+/// A family the door takes: a Linkbook header and `notes` case notes of
+/// `len` bytes of noise, laid out as Linkbook writes them (the relay's
+/// change rules check every field), one change each.
 fn linkbook_doc(notes: u64, len: usize) -> AutoCommit {
     let mut doc = AutoCommit::new();
     doc.put(ROOT, "type", DocumentType::Family.as_str())
         .expect("put");
     doc.put(ROOT, "schema_version", SCHEMA_VERSION)
         .expect("put");
+    doc.put_object(ROOT, "notes", automerge::ObjType::Map)
+        .expect("notes");
     doc.commit();
     for i in 0..notes {
-        add(&mut doc, &format!("note{i}"), len, i);
+        add(&mut doc, len, i);
     }
     doc
 }
 
-fn add(doc: &mut AutoCommit, key: &str, len: usize, seed: u64) {
-    doc.put(ROOT, key, noise(len, seed)).expect("put");
+/// Adds one case note of `len` bytes of noise.
+fn add(doc: &mut AutoCommit, len: usize, seed: u64) {
+    let notes = match doc.get(ROOT, "notes").expect("get") {
+        Some((automerge::Value::Object(_), id)) => id,
+        _ => panic!("no notes map"),
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    let note = doc
+        .put_object(&notes, id.as_str(), automerge::ObjType::Map)
+        .expect("note");
+    doc.put(&note, "author", "Wren").expect("author");
+    doc.put(&note, "device", "writer").expect("device");
+    doc.put(&note, "created_at", "2026-12-01T09:00:00+00:00")
+        .expect("created_at");
+    doc.put(&note, "category", "visit").expect("category");
+    doc.put(&note, "text", noise(len, seed, &lowercase()))
+        .expect("text");
+    doc.put_object(&note, "history", automerge::ObjType::List)
+        .expect("history");
     doc.commit();
-}
-
-fn vm_hwm_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// The relay runs under a 3 GB address-space cap: what it is fed must not
-/// take more.
-fn cap_memory(relay: &Relay) {
-    let limited = std::process::Command::new("prlimit")
-        .arg(format!("--pid={}", relay.pid()))
-        .arg("--as=3000000000")
-        .status()
-        .expect("prlimit");
-    assert!(limited.success());
 }
 
 fn sync_frame(creds: &DeviceCredentials, document_id: &str, data: Vec<u8>) -> WsMessage {
@@ -188,7 +181,7 @@ async fn peers_that_do_not_read_are_closed_and_the_relay_stays_bounded() {
         "--max-queued-bytes",
         &QUEUE.to_string(),
     ]);
-    cap_memory(&relay);
+    relay.cap_memory();
     let ca = relay.ca_pem();
     let good = Device::enrolled(&relay, "south", "Asha");
     let _ = timed_sync(&good, "Smith");
@@ -208,19 +201,14 @@ async fn peers_that_do_not_read_are_closed_and_the_relay_stays_bounded() {
     let mut baseline = baseline;
     for round in 0..2 {
         for k in 0..20 {
-            add(
-                &mut doc,
-                &format!("calm{round}-{k}"),
-                10_000,
-                500 + round * 20 + k,
-            );
+            add(&mut doc, 10_000, 500 + round * 20 + k);
         }
         sync_doc(&mut wws, &writer, &doc_id, &mut doc, &mut wstate, LIMIT)
             .await
             .expect("the writer syncs");
         baseline = baseline.max(timed_sync(&good, &format!("Calm {round}")));
     }
-    let hwm_before = vm_hwm_kb(relay.pid());
+    let hwm_before = proc_status_kb(relay.pid(), "VmHWM");
 
     // Eight connections (two devices, four each: the per-device cap) ask
     // for it again and again and never read a byte.
@@ -251,12 +239,7 @@ async fn peers_that_do_not_read_are_closed_and_the_relay_stays_bounded() {
     let mut fanned_out = 0;
     while rounds < 60 && relay.log().matches("send queue full").count() < attackers.len() {
         for k in 0..20 {
-            add(
-                &mut doc,
-                &format!("more{rounds}-{k}"),
-                10_000,
-                1_000 + rounds * 20 + k,
-            );
+            add(&mut doc, 10_000, 1_000 + rounds * 20 + k);
         }
         let before = doc.save().len();
         sync_doc(&mut wws, &writer, &doc_id, &mut doc, &mut wstate, LIMIT)
@@ -278,7 +261,7 @@ async fn peers_that_do_not_read_are_closed_and_the_relay_stays_bounded() {
     }
     let closed = relay.log().matches("send queue full").count();
     worst = worst.max(timed_sync(&good, "After"));
-    let hwm_after = vm_hwm_kb(relay.pid());
+    let hwm_after = proc_status_kb(relay.pid(), "VmHWM");
     eprintln!(
         "{doc_bytes}-byte document; {rounds} writer rounds (~{fanned_out} bytes fanned out to each of {} non-readers) in {:?}; {closed} closed; relay VmHWM {hwm_before} -> {hwm_after} kB; good sync {baseline:?} unattacked, worst {worst:?} under attack",
         attackers.len(),
@@ -309,7 +292,7 @@ async fn peers_that_do_not_read_are_closed_and_the_relay_stays_bounded() {
         "a good sync took {worst:?} under attack, {baseline:?} without"
     );
     // The writer, whose fan-out filled their queues, was never closed.
-    add(&mut doc, "last", 100, 7);
+    add(&mut doc, 100, 7);
     sync_doc(&mut wws, &writer, &doc_id, &mut doc, &mut wstate, LIMIT)
         .await
         .expect("the writer still syncs");
@@ -319,7 +302,7 @@ async fn peers_that_do_not_read_are_closed_and_the_relay_stays_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_nothing_messages_cost_less_than_three_documents() {
     let relay = Relay::start();
-    cap_memory(&relay);
+    relay.cap_memory();
     let ca = relay.ca_pem();
     let writer = tokio::task::block_in_place(|| relay.enrol_credentials("north", "Wren", "writer"));
     let mut wws = joined(&relay, &ca, &writer).await;
@@ -405,7 +388,7 @@ async fn two_hundred_nothing_messages_cost_less_than_three_documents() {
 async fn a_document_grown_in_small_messages_stops_at_the_size_cap() {
     const CAP: usize = 400_000;
     let relay = Relay::start_with(&["--max-document-bytes", &CAP.to_string()]);
-    cap_memory(&relay);
+    relay.cap_memory();
     let ca = relay.ca_pem();
     let good = Device::enrolled(&relay, "south", "Asha");
     let baseline = timed_sync(&good, "Smith");
@@ -422,7 +405,7 @@ async fn a_document_grown_in_small_messages_stops_at_the_size_cap() {
     let mut accepted = doc.get_heads();
     let mut refusal = None;
     for round in 0..100 {
-        add(&mut doc, &format!("more{round}"), 10_000, 100 + round);
+        add(&mut doc, 10_000, 100 + round);
         match sync_doc(&mut ws, &writer, &doc_id, &mut doc, &mut state, limit).await {
             Ok(()) => accepted = doc.get_heads(),
             Err(e) => {
@@ -477,17 +460,7 @@ async fn a_poison_stored_before_the_load_budget_does_not_abort_the_relay() {
     let _ = timed_sync(&good, "Smith");
     let writer = tokio::task::block_in_place(|| relay.enrol_credentials("north", "Wren", "writer"));
     let limit = protocol::split::DEFAULT_MAX_MESSAGE_BYTES;
-    let mut crashers: Vec<(String, Vec<u8>)> = std::fs::read_dir(CRASHERS)
-        .expect("crashers")
-        .map(|e| e.expect("entry").path())
-        .map(|p| {
-            (
-                p.file_name().expect("name").to_string_lossy().into_owned(),
-                std::fs::read(&p).expect("read"),
-            )
-        })
-        .collect();
-    crashers.sort();
+    let crashers = automerge_crashers();
     assert!(crashers.len() >= 3, "{crashers:?}");
     // One good document per crasher, stored by the relay before the fix.
     let mut ids = Vec::new();
@@ -514,16 +487,19 @@ async fn a_poison_stored_before_the_load_budget_does_not_abort_the_relay() {
         let db = rusqlite::Connection::open(data.path().join("relay.db")).expect("open");
         for (id, (_, bytes)) in ids.iter().zip(&crashers) {
             db.execute(
-                "UPDATE documents SET snapshot = ?2 WHERE id = ?1",
+                "UPDATE documents SET snapshot = ?2 WHERE team = 'north' AND id = ?1",
                 rusqlite::params![id, bytes],
             )
             .expect("poison the snapshot");
-            db.execute("DELETE FROM changes WHERE doc_id = ?1", [id])
-                .expect("drop the changes");
+            db.execute(
+                "DELETE FROM changes WHERE team = 'north' AND doc_id = ?1",
+                [id],
+            )
+            .expect("drop the changes");
         }
     }
     let relay = Relay::start_in(data);
-    cap_memory(&relay);
+    relay.cap_memory();
     let ca = relay.ca_pem();
     tokio::task::block_in_place(|| good.set_server_url(&relay.url)).expect("new port");
     for (id, (name, _)) in ids.iter().zip(&crashers) {

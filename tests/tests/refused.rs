@@ -9,7 +9,7 @@ use automerge::transaction::Transactable;
 use futures_util::SinkExt;
 use linkbook_core::protocol::{self, Message};
 use linkbook_core::*;
-use linkbook_tests::{CliDevice, Device, Relay, closing_error, joined};
+use linkbook_tests::{CliDevice, Device, Relay, closing_error, cpu_ticks, joined, proc_status_kb};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -30,19 +30,19 @@ fn store_directly(db: &Path, id: &str, team: &str, changes: &[u8]) {
     let conn = rusqlite::Connection::open(db).expect("open the relay database");
     conn.execute(
         "INSERT INTO documents (id, team, created_at) VALUES (?1, ?2, '2026-11-01T00:00:00Z')
-         ON CONFLICT(id) DO NOTHING",
+         ON CONFLICT(team, id) DO NOTHING",
         rusqlite::params![id, team],
     )
     .expect("document row");
     conn.execute(
-        "INSERT INTO changes (doc_id, data) VALUES (?1, ?2)",
-        rusqlite::params![id, changes],
+        "INSERT INTO changes (team, doc_id, data) VALUES (?1, ?2, ?3)",
+        rusqlite::params![team, id, changes],
     )
     .expect("change row");
     conn.execute(
         "UPDATE documents SET change_count = change_count + 1, seq = last_insert_rowid(),
-             last_device = 'an-old-app' WHERE id = ?1",
-        [id],
+             last_device = 'an-old-app' WHERE team = ?1 AND id = ?2",
+        [team, id],
     )
     .expect("cursor");
 }
@@ -185,30 +185,6 @@ fn upload(device_id: &str, id: &str, doc: &mut automerge::AutoCommit) -> Vec<u8>
     .encode()
 }
 
-fn vm_hwm_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// User + system CPU of a process, in clock ticks (1/100 s on Linux).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(11) + field(12)
-}
-
 /// `document refused --json`, once its rows for `doc` count `count` (the
 /// relay writes refusals off the refusing connection's path).
 fn refused_rows(relay: &Relay, doc: &str, count: i64) -> Vec<serde_json::Value> {
@@ -239,13 +215,7 @@ fn refused_rows(relay: &Relay, doc: &str, count: i64) -> Vec<serde_json::Value> 
 async fn refusals_are_listed_for_the_administrator_one_row_per_repeat() {
     let relay = Relay::start();
     // Hostile bytes go to it: cap its address space (3 GB).
-    let capped = std::process::Command::new("prlimit")
-        .arg("--pid")
-        .arg(relay.pid().to_string())
-        .arg("--as=3000000000")
-        .status()
-        .expect("run prlimit (util-linux)");
-    assert!(capped.success());
+    relay.cap_memory();
     let ca = relay.ca_pem();
     let good = Device::enrolled(&relay, "north", "Asha");
     let family = good
@@ -269,7 +239,7 @@ async fn refusals_are_listed_for_the_administrator_one_row_per_repeat() {
     // its connection; the administrator sees one row with the count.
     const REPEATS: i64 = 40;
     let mut slowest = Duration::ZERO;
-    let hwm_before = vm_hwm_kb(relay.pid());
+    let hwm_before = proc_status_kb(relay.pid(), "VmHWM");
     let cpu_before = cpu_ticks(relay.pid());
     let flood = Instant::now();
     for i in 0..REPEATS {
@@ -292,7 +262,7 @@ async fn refusals_are_listed_for_the_administrator_one_row_per_repeat() {
             slowest = slowest.max(timed_sync(&good));
         }
     }
-    let hwm_after = vm_hwm_kb(relay.pid());
+    let hwm_after = proc_status_kb(relay.pid(), "VmHWM");
     let cpu = cpu_ticks(relay.pid()) - cpu_before;
     eprintln!(
         "{REPEATS} refusals (with 4 good syncs) in {:?}: relay CPU {} ms, VmHWM {hwm_before} -> {hwm_after} kB",

@@ -117,11 +117,7 @@ type Attack = Box<dyn Fn(&mut AutoCommit)>;
 async fn forbidden_changes_are_refused_and_nothing_is_lost() {
     let relay = Relay::start();
     // The relay is fed hostile bytes: cap its memory.
-    let capped = std::process::Command::new("prlimit")
-        .args(["--pid", &relay.pid().to_string(), "--as=3000000000"])
-        .status()
-        .expect("prlimit");
-    assert!(capped.success());
+    relay.cap_memory();
     let ca = relay.ca_pem();
     let good = Device::enrolled(&relay, "north", "Asha");
     let family = good
