@@ -414,6 +414,32 @@ impl Hub {
         }
     }
 
+    /// Drops a slot's loaded document (refused, half-applied or not
+    /// stored): it leaves the map, and a connection already waiting for its
+    /// lock reloads it from storage (`Slot::unstored`).
+    fn forget(&self, s: &mut Slot, team: &str, id: DocumentId) {
+        s.unstored = true;
+        lock(&self.docs).remove(&(team.to_string(), id));
+    }
+
+    /// Refuses what a device sent (door, rules, size cap): neither stored
+    /// nor kept in memory, recorded for the administrator (refusals.rs).
+    /// Returns the close that tells the device why.
+    fn refuse(
+        &self,
+        s: &mut Slot,
+        device: &Device,
+        key: &str,
+        id: DocumentId,
+        kind: crate::refusals::RefusalKind,
+        reason: String,
+    ) -> Close {
+        self.refusals
+            .note(&self.storage, device, key, kind, &reason);
+        self.forget(s, &device.team, id);
+        Close(reason)
+    }
+
     fn unavailable(&self, device: &Device, outbox: &Outbox, document_id: &str) {
         outbox.offer(Message::DocUnavailable {
             sender_id: self.peer_id.clone(),
@@ -631,10 +657,8 @@ impl Hub {
             catch_automerge_panic(|| doc.receive_sync_message(state, message))
         };
         if applied.is_err() {
-            // Automerge panicked half-way: forget the loaded copy, and make a
-            // connection already waiting for this slot reload it too.
-            s.unstored = true;
-            lock(&self.docs).remove(&(device.team.clone(), id));
+            // Automerge panicked half-way: forget the loaded copy.
+            self.forget(&mut s, &device.team, id);
         }
         if !matches!(applied, Ok(Ok(()))) {
             return Err(Close(
@@ -647,39 +671,19 @@ impl Hub {
                 blocking(|| self.storage.is_purged(&device.team, id)).unwrap_or(false)
             })
         {
-            drop(turn);
-            // Refused at the door: neither stored nor kept in memory.
-            self.refusals.note(
-                &self.storage,
-                device,
-                &key,
-                crate::refusals::RefusalKind::Door,
-                &reason,
-            );
-            s.unstored = true;
-            lock(&self.docs).remove(&(device.team.clone(), id));
-            return Err(Close(reason));
+            let kind = crate::refusals::RefusalKind::Door;
+            return Err(self.refuse(&mut s, device, &key, id, kind, reason));
         }
         let upload = (before != after).then(|| crate::doc_cap::Upload::of(&s.doc, &before));
         if let Some(upload) = &upload
             && let Err(reason) =
                 crate::doc_cap::check(s.stored_bytes, upload, self.limits.max_document_bytes)
         {
-            // Over the size cap: neither stored nor kept in memory.
-            drop(turn);
-            tracing::warn!(device = %device.id, team = %device.team, doc = %key,
+            tracing::warn!(device = %device.id, doc = %key,
                 stored = s.stored_bytes, adding = upload.stored_bytes(), cap = self.limits.max_document_bytes,
-                "document refused: over the size cap");
-            self.refusals.note(
-                &self.storage,
-                device,
-                &key,
-                crate::refusals::RefusalKind::OverSizeCap,
-                &reason,
-            );
-            s.unstored = true;
-            lock(&self.docs).remove(&(device.team.clone(), id));
-            return Err(Close(reason));
+                "the document's sizes at the cap");
+            let kind = crate::refusals::RefusalKind::OverSizeCap;
+            return Err(self.refuse(&mut s, device, &key, id, kind, reason));
         }
         // The rules' diff and the cap are heavy work too (heavy.rs); storing is not.
         drop(turn);
@@ -687,8 +691,7 @@ impl Hub {
             && let Err(close) = self.store(&key, &mut s, upload, device)
         {
             // Not stored, so not kept: reload from storage next time.
-            s.unstored = true;
-            lock(&self.docs).remove(&(device.team.clone(), id));
+            self.forget(&mut s, &device.team, id);
             return Err(close);
         }
         if is_request && s.doc.get_heads().is_empty() {
