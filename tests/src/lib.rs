@@ -479,6 +479,81 @@ pub fn sync_carrying(chunk: &[u8], version: automerge::sync::MessageVersion) -> 
     .encode()
 }
 
+/// How long a raw-protocol test waits for one frame to go or come.
+pub const FRAME_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Sends one protocol message on a raw relay socket, within [`FRAME_WAIT`].
+pub async fn send_message(ws: &mut RelaySocket, m: linkbook_core::protocol::Message) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    tokio::time::timeout(FRAME_WAIT, ws.send(WsMessage::Binary(m.encode().into())))
+        .await
+        .expect("sent in time")
+        .expect("send");
+}
+
+/// The next protocol message from the relay (pings skipped), each frame
+/// within [`FRAME_WAIT`].
+pub async fn next_message(ws: &mut RelaySocket) -> linkbook_core::protocol::Message {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    loop {
+        let frame = tokio::time::timeout(FRAME_WAIT, ws.next())
+            .await
+            .expect("an answer in time")
+            .expect("open")
+            .expect("frame");
+        if let WsMessage::Binary(b) = frame {
+            return linkbook_core::protocol::Message::decode(&b).expect("a protocol message");
+        }
+    }
+}
+
+/// A `sync` (or, with `request`, a `request`) from device `me` to the relay
+/// for document `doc`.
+pub fn sync_or_request(
+    me: &str,
+    doc: &str,
+    request: bool,
+    data: &[u8],
+) -> linkbook_core::protocol::Message {
+    use linkbook_core::protocol::Message;
+    let (sender_id, target_id, document_id, data) = (
+        me.to_string(),
+        "relay".to_string(),
+        doc.to_string(),
+        data.to_vec(),
+    );
+    if request {
+        Message::Request {
+            sender_id,
+            target_id,
+            document_id,
+            data,
+        }
+    } else {
+        Message::Sync {
+            sender_id,
+            target_id,
+            document_id,
+            data,
+        }
+    }
+}
+
+/// Sends one message for `doc` and returns the relay's answer with the
+/// document id blanked, so answers for two ids compare byte for byte.
+pub async fn answer_without_document_id(
+    ws: &mut RelaySocket,
+    me: &str,
+    doc: &str,
+    request: bool,
+    data: &[u8],
+) -> Vec<u8> {
+    send_message(ws, sync_or_request(me, doc, request, data)).await;
+    without_document_id(next_message(ws).await)
+}
+
 /// A relay's answer with its document id blanked, so that answers for two
 /// ids compare byte for byte (the existence-oracle tests).
 pub fn without_document_id(m: linkbook_core::protocol::Message) -> Vec<u8> {

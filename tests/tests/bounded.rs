@@ -92,21 +92,27 @@ fn import_of_an_export_carrying_a_crasher_is_refused_and_the_store_is_intact() {
     );
 }
 
+/// A document as a JavaScript client writes a note body: one Text op per
+/// character, `"note text "` `repeats` times (10 ops each), saved whole.
+fn text_document(repeats: usize) -> Vec<u8> {
+    use automerge::transaction::Transactable;
+    let mut doc = automerge::AutoCommit::new();
+    let text = doc
+        .put_object(automerge::ROOT, "body", automerge::ObjType::Text)
+        .expect("text");
+    doc.splice_text(&text, 0, 0, &"note text ".repeat(repeats))
+        .expect("splice");
+    doc.save()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_text_document_over_the_ops_cap_is_refused_cheaply() {
-    use automerge::transaction::Transactable;
     let relay = Relay::start_with(&["--max-document-ops", "200000"]);
     let ca = relay.ca_pem();
     let creds =
         tokio::task::block_in_place(|| relay.enrol_credentials("north", "Mallory", "attacker"));
     // As a JavaScript client writes note bodies: one Text op per character.
-    let mut doc = automerge::AutoCommit::new();
-    let text = doc
-        .put_object(automerge::ROOT, "body", automerge::ObjType::Text)
-        .expect("text");
-    doc.splice_text(&text, 0, 0, &"note text ".repeat(30_000))
-        .expect("splice");
-    let whole = doc.save();
+    let whole = text_document(30_000);
     let hwm_before = proc_status_kb(relay.pid(), "VmHWM");
     let mut ws = joined(&relay, &ca, &creds).await;
     let sync = Message::Sync {
@@ -223,7 +229,6 @@ fn prlimit_run(a: &linkbook_tests::CliDevice, args: &[&str]) -> linkbook_tests::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_big_uploads_in_parallel_do_not_abort_a_relay_capped_at_3_gb() {
-    use automerge::transaction::Transactable;
     let relay = Relay::start();
     relay.cap_memory();
     let ca = relay.ca_pem();
@@ -231,13 +236,7 @@ async fn three_big_uploads_in_parallel_do_not_abort_a_relay_capped_at_3_gb() {
     let creds =
         tokio::task::block_in_place(|| relay.enrol_credentials("south", "Mallory", "attacker"));
     // Just under the default cap of 1 M ops: the largest upload accepted.
-    let mut doc = automerge::AutoCommit::new();
-    let text = doc
-        .put_object(automerge::ROOT, "body", automerge::ObjType::Text)
-        .expect("text");
-    doc.splice_text(&text, 0, 0, &"note text ".repeat(60_000))
-        .expect("splice");
-    let whole = doc.save();
+    let whole = text_document(60_000);
     let start = std::time::Instant::now();
     let mut uploads = Vec::new();
     for _ in 0..3 {

@@ -8,66 +8,15 @@ use std::time::{Duration, Instant};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
-use futures_util::{SinkExt, StreamExt};
 use linkbook_core::protocol::Message;
 use linkbook_core::*;
-use linkbook_tests::{Device, Relay, RelaySocket, joined, without_document_id};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-const WAIT: Duration = Duration::from_secs(15);
+use linkbook_tests::{
+    Device, FRAME_WAIT, Relay, RelaySocket, answer_without_document_id, joined, next_message,
+    send_message, sync_or_request,
+};
 
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
-}
-
-async fn send(ws: &mut RelaySocket, m: Message) {
-    tokio::time::timeout(WAIT, ws.send(WsMessage::Binary(m.encode().into())))
-        .await
-        .expect("sent in time")
-        .expect("send");
-}
-
-/// The next protocol message from the relay (pings skipped).
-async fn next(ws: &mut RelaySocket) -> Message {
-    loop {
-        let frame = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("an answer in time")
-            .expect("open")
-            .expect("frame");
-        if let WsMessage::Binary(b) = frame {
-            return Message::decode(&b).expect("a protocol message");
-        }
-    }
-}
-
-fn sync_or_request(me: &str, doc: &str, request: bool, data: &[u8]) -> Message {
-    let (sender_id, target_id, document_id, data) = (
-        me.to_string(),
-        "relay".to_string(),
-        doc.to_string(),
-        data.to_vec(),
-    );
-    if request {
-        Message::Request {
-            sender_id,
-            target_id,
-            document_id,
-            data,
-        }
-    } else {
-        Message::Sync {
-            sender_id,
-            target_id,
-            document_id,
-            data,
-        }
-    }
-}
-
-async fn answer(ws: &mut RelaySocket, me: &str, doc: &str, request: bool, data: &[u8]) -> Vec<u8> {
-    send(ws, sync_or_request(me, doc, request, data)).await;
-    without_document_id(next(ws).await)
 }
 
 fn empty_message(have: bool) -> Vec<u8> {
@@ -133,8 +82,8 @@ async fn upload(ws: &mut RelaySocket, me: &str, id: &str, doc: &mut automerge::A
         let Some(m) = doc.sync().generate_sync_message(&mut state) else {
             break;
         };
-        send(ws, sync_or_request(me, id, false, &m.encode())).await;
-        match next(ws).await {
+        send_message(ws, sync_or_request(me, id, false, &m.encode())).await;
+        match next_message(ws).await {
             Message::Sync { data, .. } => {
                 let m = sync::Message::decode(&data).expect("sync message");
                 doc.sync()
@@ -318,7 +267,7 @@ async fn another_teams_large_document_answers_like_a_missing_id_in_bytes_and_tim
     eprintln!("built {NOTES} notes in {:?}", t.elapsed());
     let mut ws = joined(&relay, &ca, &north).await;
     upload(&mut ws, &north.device_id, &family, &mut big).await;
-    let _ = tokio::time::timeout(WAIT, ws.close(None)).await;
+    let _ = tokio::time::timeout(FRAME_WAIT, ws.close(None)).await;
     drop(ws);
     eprintln!("uploaded after {:?}", t.elapsed());
     // Restarted, so nothing is loaded: a relay that looked at north's
@@ -342,7 +291,7 @@ async fn another_teams_large_document_answers_like_a_missing_id_in_bytes_and_tim
         let fresh = DocumentId::random().to_string();
         for (id, times) in [(&family, &mut theirs), (&fresh, &mut missing)] {
             let t = Instant::now();
-            let a = answer(&mut ws, &me, id, true, &empty).await;
+            let a = answer_without_document_id(&mut ws, &me, id, true, &empty).await;
             times.push(t.elapsed());
             assert_eq!(a, blanked_unavailable(&relay_peer(&a), &me));
         }
@@ -352,7 +301,7 @@ async fn another_teams_large_document_answers_like_a_missing_id_in_bytes_and_tim
     // What loading north's document costs (north asks, cold).
     let mut nws = joined(&relay, &ca, &north).await;
     let t = Instant::now();
-    let reply = answer(&mut nws, &north.device_id, &family, true, &empty).await;
+    let reply = answer_without_document_id(&mut nws, &north.device_id, &family, true, &empty).await;
     let load = t.elapsed();
     drop(nws);
     assert_eq!(
@@ -382,15 +331,15 @@ async fn another_teams_large_document_answers_like_a_missing_id_in_bytes_and_tim
         (false, &with_change),
         (true, &with_have),
     ] {
-        let a = answer(&mut ws, &me, &family, request, data).await;
-        let b = answer(&mut ws, &me, &fresh, request, data).await;
+        let a = answer_without_document_id(&mut ws, &me, &family, request, data).await;
+        let b = answer_without_document_id(&mut ws, &me, &fresh, request, data).await;
         assert_eq!(a, b, "request={request}, {} bytes", data.len());
     }
     // Messages the relay does not answer: nothing comes back for either
     // (the next answer is the one to a marker request).
     let fresh = DocumentId::random().to_string();
     for id in [&family, &fresh] {
-        send(
+        send_message(
             &mut ws,
             Message::Ephemeral {
                 sender_id: me.clone(),
@@ -402,7 +351,7 @@ async fn another_teams_large_document_answers_like_a_missing_id_in_bytes_and_tim
             },
         )
         .await;
-        send(
+        send_message(
             &mut ws,
             Message::RemoteHeadsChanged {
                 sender_id: me.clone(),
@@ -412,8 +361,8 @@ async fn another_teams_large_document_answers_like_a_missing_id_in_bytes_and_tim
         )
         .await;
         let marker = DocumentId::random().to_string();
-        send(&mut ws, sync_or_request(&me, &marker, true, &empty)).await;
-        match next(&mut ws).await {
+        send_message(&mut ws, sync_or_request(&me, &marker, true, &empty)).await;
+        match next_message(&mut ws).await {
             Message::DocUnavailable { document_id, .. } => assert_eq!(document_id, marker),
             other => panic!("unexpected answer {other:?}"),
         }
@@ -421,7 +370,7 @@ async fn another_teams_large_document_answers_like_a_missing_id_in_bytes_and_tim
 
     // North's document is untouched by south's sync with changes for its id.
     let mut nws = joined(&relay, &ca, &north).await;
-    let after = answer(&mut nws, &north.device_id, &family, true, &empty).await;
+    let after = answer_without_document_id(&mut nws, &north.device_id, &family, true, &empty).await;
     assert_eq!(
         reply_heads(&after),
         big.get_heads(),

@@ -8,62 +8,15 @@ use automerge::sync::{self, SyncDoc};
 use futures_util::{SinkExt, StreamExt};
 use linkbook_core::protocol::Message;
 use linkbook_core::*;
-use linkbook_tests::{Device, Relay, RelaySocket, joined, without_document_id};
+use linkbook_tests::{GoodDevice, Relay, answer_without_document_id, joined};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-const WAIT: Duration = Duration::from_secs(15);
-
-/// Sends one message for `doc` and returns the relay's answer with the
-/// document id blanked, so answers for two ids can be compared byte for byte.
-async fn answer(ws: &mut RelaySocket, me: &str, doc: &str, request: bool, data: &[u8]) -> Vec<u8> {
-    let (sender_id, target_id, document_id, data) = (
-        me.to_string(),
-        "relay".to_string(),
-        doc.to_string(),
-        data.to_vec(),
-    );
-    let m = if request {
-        Message::Request {
-            sender_id,
-            target_id,
-            document_id,
-            data,
-        }
-    } else {
-        Message::Sync {
-            sender_id,
-            target_id,
-            document_id,
-            data,
-        }
-    };
-    ws.send(WsMessage::Binary(m.encode().into()))
-        .await
-        .expect("send");
-    loop {
-        let frame = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("an answer in time")
-            .expect("open")
-            .expect("frame");
-        let WsMessage::Binary(b) = frame else {
-            continue;
-        };
-        return without_document_id(Message::decode(&b).expect("a protocol message"));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_teams_document_and_a_never_stored_id_get_byte_identical_answers() {
     let relay = Relay::start();
     let ca = relay.ca_pem();
-    let north = Device::enrolled(&relay, "north", "Asha");
-    let family = north
-        .add_family(&NewFamily {
-            name: "Smith".into(),
-            ..Default::default()
-        })
-        .expect("family");
+    let north = GoodDevice::enrolled(&relay, "north", "Asha");
+    let family = north.family;
     tokio::task::block_in_place(|| north.sync(None)).expect("north syncs");
     let creds =
         tokio::task::block_in_place(|| relay.enrol_credentials("south", "Mallory", "prober"));
@@ -123,7 +76,7 @@ async fn another_teams_document_and_a_never_stored_id_get_byte_identical_answers
         (false, &empty),
         (false, &with_change),
     ] {
-        let theirs = answer(
+        let theirs = answer_without_document_id(
             &mut ws,
             &creds.device_id,
             &family.to_string(),
@@ -131,7 +84,8 @@ async fn another_teams_document_and_a_never_stored_id_get_byte_identical_answers
             data,
         )
         .await;
-        let missing = answer(&mut ws, &creds.device_id, &fresh, request, data).await;
+        let missing =
+            answer_without_document_id(&mut ws, &creds.device_id, &fresh, request, data).await;
         assert_eq!(theirs, missing, "request={request}, {} bytes", data.len());
     }
 
@@ -167,13 +121,8 @@ fn post_reads(relay: &Relay, token: &str, body: &str) -> (u16, String) {
 async fn forged_reads_are_not_recorded_as_claimed_and_refused_tokens_are_audited() {
     let relay = Relay::start();
     let ca = relay.ca_pem();
-    let north = Device::enrolled(&relay, "north", "Asha");
-    let family = north
-        .add_family(&NewFamily {
-            name: "Smith".into(),
-            ..Default::default()
-        })
-        .expect("family");
+    let north = GoodDevice::enrolled(&relay, "north", "Asha");
+    let family = north.family;
     tokio::task::block_in_place(|| north.sync(None)).expect("north syncs");
     let south_code = relay.enrol_code("south", "Mallory");
     let south =
@@ -244,13 +193,8 @@ async fn repeated_nothing_messages_are_not_each_answered_with_the_whole_document
     let ca = relay.ca_pem();
     let creds =
         tokio::task::block_in_place(|| relay.enrol_credentials("north", "Mallory", "repeater"));
-    let good = Device::enrolled(&relay, "north", "Asha");
-    let family = good
-        .add_family(&NewFamily {
-            name: "Smith".into(),
-            ..Default::default()
-        })
-        .expect("family");
+    let good = GoodDevice::enrolled(&relay, "north", "Asha");
+    let family = good.family;
     for i in 0..50 {
         good.add_note(
             family,
@@ -271,7 +215,7 @@ async fn repeated_nothing_messages_are_not_each_answered_with_the_whole_document
         version: sync::MessageVersion::V1,
     }
     .encode();
-    let first = answer(
+    let first = answer_without_document_id(
         &mut ws,
         &creds.device_id,
         &family.to_string(),

@@ -9,7 +9,9 @@ use automerge::transaction::Transactable;
 use futures_util::SinkExt;
 use linkbook_core::protocol::{self, Message};
 use linkbook_core::*;
-use linkbook_tests::{CliDevice, Device, Relay, closing_error, cpu_ticks, joined, proc_status_kb};
+use linkbook_tests::{
+    CliDevice, Device, GoodDevice, Relay, closing_error, cpu_ticks, joined, proc_status_kb,
+};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -217,13 +219,8 @@ async fn refusals_are_listed_for_the_administrator_one_row_per_repeat() {
     // Hostile bytes go to it: cap its address space (3 GB).
     relay.cap_memory();
     let ca = relay.ca_pem();
-    let good = Device::enrolled(&relay, "north", "Asha");
-    let family = good
-        .add_family(&NewFamily {
-            name: "Smith".into(),
-            ..Default::default()
-        })
-        .expect("family");
+    let good = GoodDevice::enrolled(&relay, "north", "Asha");
+    let family = good.family;
     let timed_sync = |device: &Device| {
         let t = Instant::now();
         tokio::task::block_in_place(|| device.sync(None)).expect("a good sync");

@@ -15,7 +15,7 @@ use automerge::{AutoCommit, ObjId, ObjType, ROOT, ReadDoc};
 use futures_util::{SinkExt, StreamExt};
 use linkbook_core::protocol::{self, Message};
 use linkbook_core::*;
-use linkbook_tests::{Device, Relay, RelaySocket, closing_error, joined};
+use linkbook_tests::{Device, GoodDevice, Relay, RelaySocket, closing_error, joined};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -119,13 +119,8 @@ async fn forbidden_changes_are_refused_and_nothing_is_lost() {
     // The relay is fed hostile bytes: cap its memory.
     relay.cap_memory();
     let ca = relay.ca_pem();
-    let good = Device::enrolled(&relay, "north", "Asha");
-    let family = good
-        .add_family(&NewFamily {
-            name: "Smith".into(),
-            ..Default::default()
-        })
-        .expect("family");
+    let good = GoodDevice::enrolled(&relay, "north", "Asha");
+    let family = good.family;
     let note = good
         .add_note(family, "First visit: all well.", NoteCategory::Visit)
         .expect("note");
