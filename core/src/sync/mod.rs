@@ -136,6 +136,10 @@ struct Session<'a> {
     only: Option<BTreeSet<DocumentId>>,
     /// Where to ask the relay what changed (`GET /v1/changes`), with what.
     relay_changes: Option<(Endpoint, Option<String>, String)>,
+    /// Set when the relay's `peer` names another store than the one whose
+    /// sync states the pipelined opening used (a rebuilt relay, a new one
+    /// enrolled with, a restore): the session stops and starts over.
+    other_store: Option<String>,
 }
 
 impl Repo {
@@ -195,7 +199,33 @@ impl Repo {
     /// Syncs with the relay this device enrolled with until both sides hold
     /// the same heads for every document, reporting progress to `listener`.
     pub fn sync(&self, listener: Option<&dyn SyncListener>) -> Result<SyncSummary> {
-        self.sync_enrolled(None, listener)
+        self.sync_enrolled(None, None, listener)
+    }
+
+    /// Syncs through the relay's new address `server_url` and saves it as
+    /// this device's address only once that sync succeeded: a mistyped or
+    /// dead address leaves the one that works. The error names the address
+    /// that failed.
+    pub fn sync_through(
+        &self,
+        server_url: &str,
+        listener: Option<&dyn SyncListener>,
+    ) -> Result<SyncSummary> {
+        let server_url = server_url.trim();
+        Endpoint::parse(server_url)?;
+        let summary = self
+            .sync_enrolled(Some(server_url), None, listener)
+            .map_err(|e| match e {
+                Error::Network(why) => Error::Network(format!(
+                    "syncing through {server_url} failed (the saved address is unchanged): {why}"
+                )),
+                Error::Unauthorized(why) => Error::Unauthorized(format!(
+                    "{server_url} did not accept this device (the saved address is unchanged): {why}"
+                )),
+                other => other,
+            })?;
+        self.set_server_url(server_url)?;
+        Ok(summary)
     }
 
     /// Syncs only the named documents (e.g. a family opened from an
@@ -205,17 +235,23 @@ impl Repo {
         ids: &[DocumentId],
         listener: Option<&dyn SyncListener>,
     ) -> Result<SyncSummary> {
-        self.sync_enrolled(Some(ids), listener)
+        self.sync_enrolled(None, Some(ids), listener)
     }
 
+    /// `server`: another address of the enrolled relay to sync through
+    /// instead of the saved one (nothing is saved here).
     fn sync_enrolled(
         &self,
+        server: Option<&str>,
         only: Option<&[DocumentId]>,
         listener: Option<&dyn SyncListener>,
     ) -> Result<SyncSummary> {
         let values = self.profile_values(&PROFILE_KEYS)?;
         let (Some(server), Some(token)) = (
-            values[0].clone().filter(|s| !s.is_empty()),
+            values[0]
+                .clone()
+                .filter(|s| !s.is_empty())
+                .map(|saved| server.map_or(saved, str::to_string)),
             values[2].clone(),
         ) else {
             return Err(Error::Unauthorized(
@@ -307,6 +343,8 @@ impl Repo {
         self.sync_session(server, token, ca_pem, Some(ids), listener, false)
     }
 
+    /// One session; again from scratch if the relay turned out to be
+    /// another store than the one this device's sync states describe.
     fn sync_session(
         &self,
         server: &str,
@@ -316,6 +354,53 @@ impl Repo {
         listener: Option<&dyn SyncListener>,
         pipelined: bool,
     ) -> Result<SyncSummary> {
+        let mut started_over = false;
+        loop {
+            match self.sync_session_once(server, token, ca_pem, only, listener, pipelined)? {
+                Attempt::Done(summary) => return Ok(summary),
+                Attempt::OtherStore { known, found } if !started_over => {
+                    tracing::info!(
+                        known = %known,
+                        found = %found,
+                        "the relay is another store than this device last synced with (rebuilt or restored); sending everything again"
+                    );
+                    self.forget_relay_store(&known, &found)?;
+                    started_over = true;
+                }
+                Attempt::OtherStore { .. } => {
+                    return Err(Error::Network(
+                        "the relay's store changed again during this sync; try again".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Drops what this device knew about relay store `known` (sync states,
+    /// change cursor: they describe documents that store held, not what
+    /// `found` holds) and takes `found` as the relay, with nothing assumed
+    /// shared: its next session offers every document.
+    fn forget_relay_store(&self, known: &str, found: &str) -> Result<()> {
+        self.with_writer_tx(|tx| {
+            tx.execute("DELETE FROM sync_states WHERE peer_id = ?1", [known])?;
+            tx.execute(
+                "DELETE FROM profile WHERE key = ?1",
+                [cursor_key(known)],
+            )?;
+            Ok(())
+        })?;
+        self.set_profile_values(&[("relay_peer", found)])
+    }
+
+    fn sync_session_once(
+        &self,
+        server: &str,
+        token: Option<&str>,
+        ca_pem: Option<&str>,
+        only: Option<&[DocumentId]>,
+        listener: Option<&dyn SyncListener>,
+        pipelined: bool,
+    ) -> Result<Attempt> {
         let endpoint = Endpoint::parse(server)?;
         let (ws, opening, relay_peer) = match (pipelined, token) {
             // Our own relay: one round trip after TLS (docs/adr/0005).
@@ -394,19 +479,38 @@ impl Repo {
                 }
                 _ => None,
             },
+            other_store: None,
         };
         let result = match opening {
             Some((opening, asked)) => session.run_pipelined(opening, asked),
             None => session.run(),
         };
+        if let Some(found) = session.other_store.take() {
+            // What was sent assumed the other store's heads; nothing learnt
+            // in this session is kept.
+            let _ = session.ws.close(None);
+            let _ = session.ws.flush();
+            return Ok(Attempt::OtherStore {
+                known: session.relay_peer,
+                found,
+            });
+        }
         // Whatever happened, keep what was learnt about the relay's heads.
         let saved = session.save_states();
         let _ = session.ws.close(None);
         let _ = session.ws.flush();
         result?;
         saved?;
-        Ok(session.summary)
+        Ok(Attempt::Done(session.summary))
     }
+}
+
+/// How one session ended.
+enum Attempt {
+    Done(SyncSummary),
+    /// The relay's `peer` named store `found`, not `known`, whose sync
+    /// states and cursor the pipelined opening had used.
+    OtherStore { known: String, found: String },
 }
 
 /// The profile key of the relay's change cursor for a relay peer.
@@ -880,6 +984,19 @@ impl Session<'_> {
                 peer_metadata,
                 ..
             } if selected_protocol_version == PROTOCOL_VERSION => {
+                // The pipelined opening already went out with what this
+                // device knew of `relay_peer`'s store (sync states, cursor).
+                // A relay whose peer id is another store's (its id comes
+                // from its database: a relay rebuilt or restored, or another
+                // relay enrolled with) holds none of that: trusting it would
+                // skip every document unchanged since the last sync there.
+                if self.pipelined && !self.relay_peer.is_empty() && self.relay_peer != sender_id
+                {
+                    self.other_store = Some(sender_id);
+                    return Err(Error::Network(
+                        "the relay is another store than the one last synced with".into(),
+                    ));
+                }
                 self.relay_peer = sender_id;
                 self.max_message_bytes = split::message_limit(peer_metadata.max_message_bytes);
                 Ok(())
