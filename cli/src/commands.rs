@@ -121,10 +121,11 @@ pub fn run(data: &Path, command: Command) -> Result<(), Error> {
             json: as_json,
             server,
         } => {
-            if let Some(url) = server {
-                repo.set_server_url(&url)?;
-            }
-            let s = repo.sync(None)?;
+            // A new address is saved only once a sync through it worked.
+            let s = match server {
+                Some(url) => repo.sync_through(&url, None)?,
+                None => repo.sync(None)?,
+            };
             // On stderr in both forms: the others synced, so the exit code
             // stays 0, but the worker must hear of it.
             for d in &s.skipped {
