@@ -71,7 +71,7 @@ impl AppState {
             source: e,
         })?;
         let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&data.join(DB_FILE))?);
-        let storage_id = relay_storage_id(data)?;
+        let storage_id = relay_storage_id(data, &*storage)?;
         Ok(AppState {
             hub: Arc::new(Hub::new(storage.clone(), storage_id, limits)),
             storage,
@@ -170,18 +170,19 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     }
 }
 
-/// A stable id for this relay's storage (automerge-repo's `storageId`).
-fn relay_storage_id(data: &Path) -> Result<String> {
-    let path = data.join("storage-id");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        return Ok(id.trim().to_string());
-    }
-    let id = uuid::Uuid::new_v4().hyphenated().to_string();
-    std::fs::write(&path, &id).map_err(|e| Error::Io {
-        context: format!("writing {}", path.display()),
-        source: e,
-    })?;
-    Ok(id)
+/// This relay store's id (automerge-repo's `storageId`, and its peer id's
+/// suffix): kept in the database (`relay_meta`), so it goes with the data it
+/// names. An older relay kept it in `DATA/storage-id`; that value is adopted
+/// once, by a database that already has devices, so they keep their sync
+/// states (a fresh database beside an old file is a new store).
+fn relay_storage_id(data: &Path, storage: &dyn Storage) -> Result<String> {
+    let legacy = std::fs::read_to_string(data.join("storage-id"))
+        .ok()
+        .filter(|_| storage.devices().is_ok_and(|d| !d.is_empty()))
+        .map(|id| id.trim().to_string())
+        .filter(|id| !id.is_empty());
+    let proposed = legacy.unwrap_or_else(|| uuid::Uuid::new_v4().hyphenated().to_string());
+    storage.store_id(&proposed)
 }
 
 /// The relay's HTTP surface.

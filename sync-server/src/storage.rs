@@ -28,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/007_audit_receipt.sql"),
     include_str!("../migrations/008_team_namespace.sql"),
     include_str!("../migrations/009_refused_documents.sql"),
+    include_str!("../migrations/010_store_id.sql"),
 ];
 
 /// A team's data-protection policy; `None` is no limit.
@@ -252,6 +253,10 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         team: Option<&str>,
     ) -> Result<Vec<crate::refusals::RefusedDocument>>;
+    /// This store's id (`relay_meta.store_id`): `proposed` becomes it if it
+    /// has none yet. A store restored from a backup must be given a new one
+    /// (devices then send it everything they hold again).
+    fn store_id(&self, proposed: &str) -> Result<String>;
 }
 
 /// The embedded default: one SQLite file.
@@ -862,6 +867,19 @@ impl Storage for SqliteStorage {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn store_id(&self, proposed: &str) -> Result<String> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT OR IGNORE INTO relay_meta (key, value) VALUES ('store_id', ?1)",
+            [proposed],
+        )?;
+        Ok(conn.query_row(
+            "SELECT value FROM relay_meta WHERE key = 'store_id'",
+            [],
+            |r| r.get(0),
+        )?)
     }
 }
 
