@@ -46,7 +46,8 @@ fn write_caseload(a: &CliDevice) -> Vec<String> {
 }
 
 fn note_texts(d: &CliDevice, family: &str) -> Vec<String> {
-    let mut texts: Vec<String> = d.json(&["note", "list", family])
+    let mut texts: Vec<String> = d
+        .json(&["note", "list", family])
         .as_array()
         .expect("notes")
         .iter()
@@ -165,7 +166,11 @@ fn a_rebuilt_relay_refuses_a_device_that_was_not_enrolled_again() {
     let r = a.run(&["sync", "--server", &r2.url]);
     assert_eq!(r.code, 5, "unauthorized: {r:?}");
     assert!(r.stderr.contains("token"), "{}", r.stderr);
-    assert!(r.stderr.contains(&r2.url), "names the address: {}", r.stderr);
+    assert!(
+        r.stderr.contains(&r2.url),
+        "names the address: {}",
+        r.stderr
+    );
     assert_eq!(saved_server(&a), old_url, "the failed address is not saved");
 }
 
@@ -187,7 +192,11 @@ fn sync_server_saves_the_address_only_after_a_sync_through_it_worked() {
     let dead = dead_address();
     let r: Run = a.run(&["sync", "--server", &dead]);
     assert_ne!(r.code, 0, "{r:?}");
-    assert!(r.stderr.contains(&dead), "the error names {dead}: {}", r.stderr);
+    assert!(
+        r.stderr.contains(&dead),
+        "the error names {dead}: {}",
+        r.stderr
+    );
     assert_eq!(saved_server(&a), relay.url, "the old address stays");
     // A plain sync still goes to the real relay.
     let s = sync_json(&a, &[]);

@@ -383,10 +383,7 @@ impl Repo {
     fn forget_relay_store(&self, known: &str, found: &str) -> Result<()> {
         self.with_writer_tx(|tx| {
             tx.execute("DELETE FROM sync_states WHERE peer_id = ?1", [known])?;
-            tx.execute(
-                "DELETE FROM profile WHERE key = ?1",
-                [cursor_key(known)],
-            )?;
+            tx.execute("DELETE FROM profile WHERE key = ?1", [cursor_key(known)])?;
             Ok(())
         })?;
         self.set_profile_values(&[("relay_peer", found)])
@@ -510,7 +507,10 @@ enum Attempt {
     Done(SyncSummary),
     /// The relay's `peer` named store `found`, not `known`, whose sync
     /// states and cursor the pipelined opening had used.
-    OtherStore { known: String, found: String },
+    OtherStore {
+        known: String,
+        found: String,
+    },
 }
 
 /// The profile key of the relay's change cursor for a relay peer.
@@ -990,8 +990,7 @@ impl Session<'_> {
                 // from its database: a relay rebuilt or restored, or another
                 // relay enrolled with) holds none of that: trusting it would
                 // skip every document unchanged since the last sync there.
-                if self.pipelined && !self.relay_peer.is_empty() && self.relay_peer != sender_id
-                {
+                if self.pipelined && !self.relay_peer.is_empty() && self.relay_peer != sender_id {
                     self.other_store = Some(sender_id);
                     return Err(Error::Network(
                         "the relay is another store than the one last synced with".into(),
