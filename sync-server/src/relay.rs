@@ -181,7 +181,8 @@ impl Hub {
     /// two connections of one device arriving at once cannot both pass the
     /// check. A thief holding a copied token can kick the real device this
     /// way too, and vice versa: revoking the device ends that (its token
-    /// stops authenticating).
+    /// stops authenticating and its open connections are cut:
+    /// [`Hub::cut_revoked`]).
     fn admit(&self, conn_id: u64, connection: Connection) {
         let cap = self.limits.max_connections_per_device.max(1);
         let mut conns = lock(&self.connections);
