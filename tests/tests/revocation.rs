@@ -118,7 +118,7 @@ impl Peer {
             return false;
         };
         self.doc.map_range(&notes, ..).any(|note| {
-            matches!(self.doc.get(&note.id(), "text"),
+            matches!(self.doc.get(note.id(), "text"),
                 Ok(Some((v, _))) if v.as_str() == Some(text))
         })
     }
