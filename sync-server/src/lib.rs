@@ -18,6 +18,7 @@ pub mod ratelimit;
 pub mod refusals;
 pub mod relay;
 pub mod retention;
+pub mod revocation;
 mod split;
 pub mod storage;
 pub mod tls;
@@ -410,6 +411,10 @@ impl Bound {
         state: AppState,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
+        // Revocations by the admin command (another process) cut live
+        // connections; stops with this function (revocation.rs).
+        let _revocations =
+            revocation::Watcher::start(state.storage.clone(), state.hub.clone()).await?;
         let handle = axum_server::Handle::new();
         let h = handle.clone();
         tokio::spawn(async move {

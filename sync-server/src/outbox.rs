@@ -21,6 +21,11 @@
 //!
 //! So a connection holds at most the limit plus one burst (one reply or one
 //! fan-out, at most one document: see `--max-document-bytes`).
+//!
+//! A queue can also be shut ([`Outbox::shut`], a revoked device:
+//! revocation.rs): from then on nothing is queued, the writer drops what is
+//! still queued and sends only the reason and the close. Every send goes
+//! through here, so this one flag is the check "before every send".
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -43,6 +48,10 @@ struct Shared {
     /// Wakes the session when the writer took the queue to half the limit.
     drained: Notify,
     device: String,
+    /// Why the queue was shut; set once (an atomic load to check).
+    shut: std::sync::OnceLock<String>,
+    /// Wakes the session and the writer when the queue was shut.
+    shut_notify: Notify,
 }
 
 /// The sending half, shared by the connection's session and other
@@ -75,6 +84,8 @@ impl Outbox {
             overflowed: Notify::new(),
             drained: Notify::new(),
             device: device.to_string(),
+            shut: std::sync::OnceLock::new(),
+            shut_notify: Notify::new(),
         });
         (
             Outbox {
@@ -101,7 +112,32 @@ impl Outbox {
 
     /// Room for traffic this connection causes itself (at most half full).
     pub(crate) fn has_room(&self) -> bool {
-        !self.is_full() && self.queued() <= self.shared.limit / 2
+        !self.is_full() && !self.is_shut() && self.queued() <= self.shared.limit / 2
+    }
+
+    /// Shuts the queue for good: nothing more is queued or written but
+    /// `reason` (as an `error` message) and the close, which the writer
+    /// sends at once. False if it was shut already.
+    pub(crate) fn shut(&self, reason: &str) -> bool {
+        let first = self.shared.shut.set(reason.to_string()).is_ok();
+        if first {
+            self.shared.shut_notify.notify_waiters();
+        }
+        first
+    }
+
+    pub(crate) fn is_shut(&self) -> bool {
+        self.shared.shut.get().is_some()
+    }
+
+    /// Why the queue was shut, if it was (an atomic load when it was not).
+    pub(crate) fn shut_reason(&self) -> Option<String> {
+        self.shared.shut.get().cloned()
+    }
+
+    /// Resolves with the reason once the queue was shut.
+    pub(crate) async fn shut_down(&self) -> String {
+        shut_down(&self.shared).await
     }
 
     /// Queues one message (see [`Outbox::offer_all`]).
@@ -129,7 +165,7 @@ impl Outbox {
     /// Fan-out asks before generating anything for the connection.
     pub(crate) fn accepts(&self) -> bool {
         let s = &self.shared;
-        if s.full.load(Ordering::Acquire) {
+        if s.full.load(Ordering::Acquire) || s.shut.get().is_some() {
             return false;
         }
         let queued = s.queued.load(Ordering::Acquire);
@@ -147,7 +183,10 @@ impl Outbox {
     /// Queues the connection's last message (its closing error), whatever
     /// the count: it is small and there is one.
     pub(crate) fn last(&self, message: Message) {
-        let _ = self.enqueue(message.encode(), true);
+        // A shut queue's writer sends the shut reason itself.
+        if !self.is_shut() {
+            let _ = self.enqueue(message.encode(), true);
+        }
     }
 
     fn enqueue(&self, bytes: Vec<u8>, last: bool) -> bool {
@@ -186,7 +225,32 @@ impl Outbox {
     }
 }
 
+/// Resolves with the reason once the queue was shut. `notify_waiters`
+/// reaches every `Notified` created before it, polled or not, so creating
+/// it before the check loses no wake-up.
+async fn shut_down(shared: &Shared) -> String {
+    loop {
+        let notified = shared.shut_notify.notified();
+        if let Some(reason) = shared.shut.get() {
+            return reason.clone();
+        }
+        notified.await;
+    }
+}
+
 impl Outgoing {
+    /// Why the queue was shut, if it was: checked before writing each frame.
+    pub(crate) fn shut_reason(&self) -> Option<&str> {
+        self.shared.shut.get().map(String::as_str)
+    }
+
+    /// Resolves with the reason once the queue was shut (owns what it
+    /// needs, so the writer can wait on it and on `recv` at once).
+    pub(crate) fn shut_down(&self) -> impl std::future::Future<Output = String> + use<> {
+        let shared = self.shared.clone();
+        async move { shut_down(&shared).await }
+    }
+
     /// The next frame to write; `None` once every sender is gone.
     pub(crate) async fn recv(&mut self) -> Option<Frame> {
         self.rx.recv().await
@@ -277,6 +341,31 @@ mod tests {
         }
         assert_eq!(outbox.queued(), 0);
         assert!(!outbox.offer(big(10)));
+    }
+
+    #[tokio::test]
+    async fn a_shut_queue_takes_nothing_more_and_says_why() {
+        let (outbox, outgoing) = Outbox::new(1_000, "device");
+        assert!(outbox.offer(big(10)));
+        let waiters = [outbox.clone(), outbox.clone()]
+            .map(|o| tokio::spawn(async move { o.shut_down().await }));
+        tokio::task::yield_now().await;
+        assert!(outbox.shut("closed: revoked"));
+        assert!(!outbox.shut("again"), "shut once");
+        for w in waiters {
+            let reason = tokio::time::timeout(std::time::Duration::from_secs(1), w)
+                .await
+                .expect("woken")
+                .expect("joined");
+            assert_eq!(reason, "closed: revoked");
+        }
+        assert!(!outbox.accepts() && !outbox.has_room());
+        assert!(!outbox.offer(big(10)), "nothing queued after the shut");
+        assert_eq!(outgoing.shut_reason(), Some("closed: revoked"));
+        // Resolves at once for a waiter that comes later.
+        tokio::time::timeout(std::time::Duration::from_secs(1), outgoing.shut_down())
+            .await
+            .expect("already shut");
     }
 
     #[test]

@@ -112,6 +112,10 @@ pub struct Hub {
     /// Keyed by (team, id): documents are namespaced per team (oracle.rs).
     docs: Mutex<HashMap<DocKey, Arc<tokio::sync::Mutex<Slot>>>>,
     connections: Mutex<HashMap<u64, Connection>>,
+    /// Devices revoked while this relay runs (revocation.rs): a connection
+    /// that authenticated just before is cut when admitted. Locked inside
+    /// `connections`, never the other way round.
+    revoked: Mutex<std::collections::HashSet<String>>,
     next_conn: AtomicU64,
     tick: AtomicU64,
     /// Refused documents for the administrator (refusals.rs).
@@ -137,6 +141,11 @@ pub const REPLACED: &str =
 /// Seconds a closing connection's writer has to deliver its last messages.
 const WRITER_LINGER_SECS: u64 = 10;
 
+/// Seconds a shut (revoked) connection's writer has to deliver its reason
+/// before the socket is dropped: "closed within a few seconds" even for a
+/// peer that does not read.
+const SHUT_LINGER_SECS: u64 = 2;
+
 /// Why a connection is being closed: the text the device is sent.
 #[derive(Debug)]
 pub(crate) struct Close(pub(crate) String);
@@ -156,6 +165,7 @@ impl Hub {
             refusals: Default::default(),
             docs: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(Default::default()),
             next_conn: AtomicU64::new(1),
             tick: AtomicU64::new(1),
         }
@@ -171,7 +181,8 @@ impl Hub {
     /// two connections of one device arriving at once cannot both pass the
     /// check. A thief holding a copied token can kick the real device this
     /// way too, and vice versa: revoking the device ends that (its token
-    /// stops authenticating).
+    /// stops authenticating and its open connections are cut:
+    /// [`Hub::cut_revoked`]).
     fn admit(&self, conn_id: u64, connection: Connection) {
         let cap = self.limits.max_connections_per_device.max(1);
         let mut conns = lock(&self.connections);
@@ -190,7 +201,44 @@ impl Hub {
                 }
             }
         }
+        if lock(&self.revoked).contains(&connection.device_id) {
+            connection.outbox.shut(crate::revocation::REVOKED);
+        }
         conns.insert(conn_id, connection);
+    }
+
+    /// The one place the relay is told a device was revoked (by the
+    /// watcher on storage, or an in-process admin path: revocation.rs).
+    /// Every connection of the device is shut at once (outbox.rs: nothing
+    /// more is sent to it, and it is closed with [`crate::revocation::REVOKED`]),
+    /// and so is any it opens later in this process. Returns how many were
+    /// open.
+    pub fn cut_revoked(&self, device_id: &str) -> usize {
+        let conns = lock(&self.connections);
+        lock(&self.revoked).insert(device_id.to_string());
+        let mut cut = 0;
+        for c in conns.values().filter(|c| c.device_id == device_id) {
+            c.outbox.shut(crate::revocation::REVOKED);
+            cut += 1;
+        }
+        drop(conns);
+        tracing::warn!(device = %device_id, connections = cut, "device revoked: its connections are closed");
+        cut
+    }
+
+    /// Registers a connection of `device_id` without a socket: its send
+    /// queue, for tests of the registry (revocation.rs).
+    #[cfg(test)]
+    pub(crate) fn register_for_test(&self, device_id: &str) -> Outbox {
+        let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (outbox, _writer) = Outbox::new(self.limits.max_queued_bytes, device_id);
+        let connection = Connection {
+            device_id: device_id.to_string(),
+            outbox: outbox.clone(),
+            kick: Default::default(),
+        };
+        self.admit(conn_id, connection);
+        outbox
     }
 
     /// Live connections of a device.
@@ -232,6 +280,11 @@ impl Hub {
             let mut ping = crate::conn_limits::ping_timer(ping_every);
             loop {
                 let frame = tokio::select! {
+                    biased;
+                    reason = outgoing.shut_down() => {
+                        say_shut(&mut sink, reason).await;
+                        break;
+                    }
                     f = outgoing.recv() => match f { Some(f) => f, None => break },
                     () = crate::conn_limits::tick(&mut ping) => {
                         if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
@@ -241,6 +294,13 @@ impl Hub {
                     }
                 };
                 if outgoing.is_full() {
+                    break;
+                }
+                // Checked before every send: once shut (revoked), what is
+                // still queued is dropped.
+                if let Some(reason) = outgoing.shut_reason() {
+                    outgoing.sent(frame.bytes.len());
+                    say_shut(&mut sink, reason.to_string()).await;
                     break;
                 }
                 let last = frame.last;
@@ -266,13 +326,17 @@ impl Hub {
             });
         }
         let overflowed = outbox.is_full();
+        let shut = outbox.is_shut();
         drop(outbox);
         self.disconnect(conn_id).await;
         // A peer that does not read would keep the writer waiting on its
-        // socket for ever: an overflowed queue is dropped at once, anything
-        // else gets a few seconds to deliver its last messages.
+        // socket for ever: an overflowed queue is dropped at once, a shut
+        // one (revoked) gets a moment for its reason, anything else a few
+        // seconds to deliver its last messages.
         let linger = if overflowed {
             std::time::Duration::ZERO
+        } else if shut {
+            std::time::Duration::from_secs(SHUT_LINGER_SECS)
         } else {
             std::time::Duration::from_secs(WRITER_LINGER_SECS)
         };
@@ -367,6 +431,11 @@ impl Hub {
             let Some(m) = next else {
                 return Ok(());
             };
+            // Checked before acting on every message: a revoked device's
+            // message is not answered, stored or relayed.
+            if let Some(reason) = outbox.shut_reason() {
+                return Err(Close(reason));
+            }
             match m {
                 Message::Sync {
                     document_id, data, ..
@@ -641,6 +710,11 @@ impl Hub {
             crate::oracle::note_cross_team(&self.storage, device, &key);
             return Ok(());
         };
+        // The slot's lock may have been a wait: revoked meanwhile, nothing
+        // of this message is applied.
+        if let Some(reason) = outbox.shut_reason() {
+            return Err(Close(reason));
+        }
         self.load_state(&mut s, &key, conn_id, device);
         let before = s.doc.get_heads();
         if before.is_empty() {
@@ -1057,17 +1131,48 @@ pub(crate) fn brief(m: &sync::Message) -> String {
     )
 }
 
-/// The next message, or [`REPLACED`] when a newer connection took the
-/// slot, or the overflow reason when the connection's send queue overflowed.
+/// The next message, or the reason the connection is closed: shut (its
+/// device revoked: revocation.rs), [`REPLACED`] when a newer connection took
+/// the slot, or the overflow reason when its send queue overflowed. Those
+/// come first when several are ready (each ends the session).
 async fn next_or_closed(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     kick: &tokio::sync::Notify,
     outbox: &Outbox,
 ) -> Result<Option<Message>, Close> {
     tokio::select! {
-        m = next_message(stream) => m,
+        biased;
+        reason = outbox.shut_down() => Err(Close(reason)),
         () = kick.notified() => Err(Close(REPLACED.into())),
         () = outbox.overflowed() => Err(Close(crate::outbox::overflow_reason(outbox.limit()))),
+        m = next_message(stream) => m,
+    }
+}
+
+/// Tells a shut connection why (an `error` message, then a close frame
+/// with code 1008, policy), best effort: the socket is dropped after.
+async fn say_shut(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, WsMessage>,
+    reason: String,
+) {
+    let error = Message::Error {
+        message: reason.clone(),
+    };
+    if sink
+        .send(WsMessage::Binary(error.encode().into()))
+        .await
+        .is_ok()
+    {
+        // A close frame's reason has at most 123 bytes.
+        let mut short = reason;
+        while short.len() > 123 {
+            short.pop();
+        }
+        let frame = axum::extract::ws::CloseFrame {
+            code: axum::extract::ws::close_code::POLICY,
+            reason: short.into(),
+        };
+        let _ = sink.send(WsMessage::Close(Some(frame))).await;
     }
 }
 

@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/008_team_namespace.sql"),
     include_str!("../migrations/009_refused_documents.sql"),
     include_str!("../migrations/010_store_id.sql"),
+    include_str!("../migrations/011_revocations.sql"),
 ];
 
 /// A team's data-protection policy; `None` is no limit.
@@ -257,6 +258,23 @@ pub trait Storage: Send + Sync + 'static {
     /// has none yet. A store restored from a backup must be given a new one
     /// (devices then send it everything they hold again).
     fn store_id(&self, proposed: &str) -> Result<String>;
+    /// Devices revoked after `cursor` (by any process), oldest first, at
+    /// most `limit`; moves the cursor past them. A fresh cursor starts at
+    /// the latest revocation (earlier ones are refused at authentication).
+    /// Cheap when nothing was written (revocation.rs polls it).
+    fn revocations_since(&self, cursor: &mut RevocationCursor, limit: usize)
+    -> Result<Vec<String>>;
+}
+
+/// Where a relay's revocation watcher has read up to (revocation.rs).
+#[derive(Debug, Clone, Default)]
+pub struct RevocationCursor {
+    /// The last revocation seen (`revocations.seq`); `None`: not yet placed.
+    seq: Option<i64>,
+    /// A backend's "nothing was written since" marker (SQLite: `PRAGMA
+    /// data_version` of the relay's connection, which changes only when
+    /// another connection, e.g. the admin command's, committed).
+    written: Option<i64>,
 }
 
 /// The embedded default: one SQLite file.
@@ -325,6 +343,43 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
 const DEVICE_COLUMNS: &str = "id, team, worker, device_name, enrolled_at, revoked_at, last_sync_at";
 
 impl Storage for SqliteStorage {
+    fn revocations_since(
+        &self,
+        cursor: &mut RevocationCursor,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let written: i64 = conn.pragma_query_value(None, "data_version", |r| r.get(0))?;
+        let Some(after) = cursor.seq else {
+            cursor.seq = Some(conn.query_row(
+                "SELECT coalesce(max(seq), 0) FROM revocations",
+                [],
+                |r| r.get(0),
+            )?);
+            cursor.written = Some(written);
+            return Ok(Vec::new());
+        };
+        if cursor.written == Some(written) {
+            return Ok(Vec::new());
+        }
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, device_id FROM revocations WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<(i64, String)> = stmt
+            .query_map(params![after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        if let Some((seq, _)) = rows.last() {
+            cursor.seq = Some(*seq);
+        }
+        // A full batch may have more behind it: look again next time even
+        // if nothing else is written.
+        if i64::try_from(rows.len()).unwrap_or(i64::MAX) < limit {
+            cursor.written = Some(written);
+        }
+        Ok(rows.into_iter().map(|(_, id)| id).collect())
+    }
+
     fn record_refusals(&self, refusals: &[crate::refusals::Refusal]) -> Result<()> {
         crate::refusals::record(&mut self.conn(), refusals)
     }
