@@ -591,6 +591,11 @@ pub struct ConflictValue {
     pub value_json: String,
     /// The device that wrote it.
     pub device: String,
+    /// The worker who wrote it, as that device named them; `None` for a
+    /// change from an older Linkbook or another client.
+    pub worker: Option<String>,
+    /// When it was written (RFC 3339, the writing device's clock).
+    pub time: Option<String>,
 }
 
 impl From<core::Conflict> for Conflict {
@@ -605,6 +610,8 @@ impl From<core::Conflict> for Conflict {
                 .map(|v| ConflictValue {
                     value_json: v.value.to_string(),
                     device: v.device,
+                    worker: v.worker,
+                    time: v.time.map(instant),
                 })
                 .collect(),
         }

@@ -65,7 +65,13 @@ pub fn run(data: &Path, command: Command) -> Result<(), Error> {
                 let values: Vec<String> = c
                     .values
                     .iter()
-                    .map(|v| format!("{} (device {})", v.value, v.device))
+                    .map(|v| {
+                        let worker = v.worker.as_deref().unwrap_or("unknown worker");
+                        let time = v.time.map_or("unknown time".to_string(), |t| {
+                            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        });
+                        format!("{} (by {worker} at {time}, device {})", v.value, v.device)
+                    })
                     .collect();
                 line(format_args!(
                     "{} {}  {}",

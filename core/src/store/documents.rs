@@ -28,8 +28,11 @@ pub(crate) struct Cached {
 
 /// Loaded documents, each tagged with the row version it was loaded at so a
 /// write by another process (a second CLI) is noticed and reloaded.
-#[derive(Default)]
 pub(crate) struct DocCache {
+    /// This opened store's own actor suffix (see [`session_actor`]): chosen
+    /// when the store is opened, so two copies of one device's data never
+    /// write under the same actor.
+    session: [u8; SESSION_BYTES],
     docs: HashMap<DocumentId, Cached>,
     tick: u64,
     /// Documents the open write transaction touched or created: never
@@ -44,7 +47,23 @@ impl std::fmt::Debug for DocCache {
     }
 }
 
+impl Default for DocCache {
+    fn default() -> Self {
+        DocCache {
+            session: rand::random(),
+            docs: HashMap::new(),
+            tick: 0,
+            pinned: HashSet::new(),
+        }
+    }
+}
+
 impl DocCache {
+    /// The actor this opened store writes with for `device_id`.
+    pub(crate) fn actor(&self, device_id: &str) -> automerge::ActorId {
+        session_actor(device_id, &self.session)
+    }
+
     pub(crate) fn evict(&mut self, id: &DocumentId) {
         self.docs.remove(id);
     }
@@ -76,8 +95,9 @@ impl DocCache {
         &mut self,
         conn: &Connection,
         id: DocumentId,
-        actor: &automerge::ActorId,
+        device_id: &str,
     ) -> Result<Option<&mut Cached>> {
+        let actor = self.actor(device_id);
         let key = id.to_string();
         let row: Option<(String, i64)> = conn
             .query_row(
@@ -116,6 +136,10 @@ impl DocCache {
         let cached = self.docs.get_mut(&id);
         if let Some(c) = cached {
             c.last_used = tick;
+            // The device id changes at enrolment: a cached document follows.
+            if fresh && c.doc.get_actor() != &actor {
+                c.doc.set_actor(actor);
+            }
             return Ok(Some(c));
         }
         Ok(None)
@@ -188,7 +212,7 @@ impl<'a> WriteTxn<'a> {
         cache: &'a mut DocCache,
         author: Author,
     ) -> Result<Self> {
-        let actor = device_actor(&author.device_id);
+        let actor = cache.actor(&author.device_id);
         // A transaction that never ended (a panic inside it) left its
         // documents pinned, possibly with uncommitted changes: drop them.
         for id in std::mem::take(&mut cache.pinned) {
@@ -231,7 +255,7 @@ impl<'a> WriteTxn<'a> {
         self.cache.pinned.insert(id);
         let cached = self
             .cache
-            .get(&self.tx, id, &self.actor)?
+            .get(&self.tx, id, &self.author.device_id)?
             .ok_or_else(|| Error::not_found(what, id))?;
         if !self.touched.iter().any(|t| t.id == id) {
             let heads = cached.doc.get_heads();
@@ -375,6 +399,7 @@ impl<'a> WriteTxn<'a> {
 
     fn write_all(&mut self) -> Result<Vec<(DocumentId, i64)>> {
         let time = self.author.now.timestamp_millis();
+        let message = am::change_message(&self.author.worker);
         let mut versions = Vec::new();
         for t in &self.touched {
             let key = t.id.to_string();
@@ -383,9 +408,16 @@ impl<'a> WriteTxn<'a> {
                 .docs
                 .get_mut(&t.id)
                 .ok_or_else(|| Error::not_found("document", t.id))?;
-            cached
-                .doc
-                .commit_with(CommitOptions::default().with_time(time));
+            // The worker's name goes with every change, so a conflict can
+            // name who wrote each value on any device it reaches; the team
+            // directory holds no names (directory.rs), not even this one.
+            cached.doc.commit_with(if cached.kind == DocumentType::TeamDirectory {
+                CommitOptions::default().with_time(time)
+            } else {
+                CommitOptions::default()
+                    .with_time(time)
+                    .with_message(message.clone())
+            });
             // Checked after every write, so a refused shape never reaches disk.
             let kind = am::read_header(&cached.doc, &key)?;
             if kind != cached.kind {
@@ -436,11 +468,22 @@ impl<'a> WriteTxn<'a> {
     }
 }
 
-/// A device's Automerge actor id: its device id's 16 bytes, so a conflict can
-/// name the device that wrote each value.
-pub(crate) fn device_actor(device_id: &str) -> automerge::ActorId {
-    match uuid::Uuid::parse_str(device_id) {
-        Ok(u) => automerge::ActorId::from(u.as_bytes().as_slice()),
-        Err(_) => automerge::ActorId::from(device_id.as_bytes()),
-    }
+/// Random bytes after the device id in an actor: 8 bytes make two opened
+/// stores of one device collide with odds of 2^-64 per pair, and keep each
+/// new entry in a document's actor table at 24 bytes (docs/adr/0007).
+pub(crate) const SESSION_BYTES: usize = 8;
+
+/// An Automerge actor id: the device id's 16 bytes, so any op names the
+/// device that wrote it with no look-up, then `session`, chosen each time a
+/// store is opened. A copy of a device's data directory (a restored phone
+/// backup, a copied CLI profile, a VM snapshot) then never continues the
+/// same actor's sequence with different changes, which Automerge refuses
+/// (`DuplicateSeqNumber`) on every peer that has the other copy's.
+pub(crate) fn session_actor(device_id: &str, session: &[u8]) -> automerge::ActorId {
+    let mut bytes = match uuid::Uuid::parse_str(device_id) {
+        Ok(u) => u.as_bytes().to_vec(),
+        Err(_) => device_id.as_bytes().to_vec(),
+    };
+    bytes.extend_from_slice(session);
+    automerge::ActorId::from(bytes)
 }
