@@ -704,6 +704,11 @@ pub struct SyncSummary {
     /// over the budget): not stored, asked for again at the next sync; the
     /// others synced. Tell the worker to update the app or call the office.
     pub skipped: Vec<SkippedDocument>,
+    /// Documents whose changes from this device the relay refused: they
+    /// clash with an earlier copy of this device (a restored backup?). Not
+    /// taken, reported by every sync until settled; the others synced. Show
+    /// the reason to the worker and tell the office.
+    pub refused: Vec<SkippedDocument>,
 }
 
 /// A document a sync skipped: its id and why, never its content.
@@ -728,6 +733,14 @@ impl From<core::SyncSummary> for SyncSummary {
             failed: s.failed,
             skipped: s
                 .skipped
+                .into_iter()
+                .map(|d| SkippedDocument {
+                    id: d.id,
+                    reason: d.reason,
+                })
+                .collect(),
+            refused: s
+                .refused
                 .into_iter()
                 .map(|d| SkippedDocument {
                     id: d.id,
