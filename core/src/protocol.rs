@@ -697,6 +697,33 @@ mod tests {
         }
     }
 
+    /// What Automerge 0.12 does with a change whose actor and seq a document
+    /// holds with other content: the whole batch refused, nothing applied,
+    /// as `DuplicateSeqNumber` (docs/adr/0007).
+    #[test]
+    fn automerge_refuses_an_actor_sequence_clash_as_duplicate_seq() {
+        use automerge::{AutoCommit, ROOT, ReadDoc, transaction::Transactable};
+        let mut base = AutoCommit::new();
+        base.put(ROOT, "name", "Smith").expect("put");
+        base.commit();
+        let heads = base.get_heads();
+        let actor = automerge::ActorId::from([7u8; 16].as_slice());
+        let mut write = |name: &str| {
+            let mut fork = base.fork().with_actor(actor.clone());
+            fork.put(ROOT, "name", name).expect("put");
+            fork.put(ROOT, "other", name).expect("put");
+            fork.commit();
+            (fork.save_after(&heads), fork)
+        };
+        let (_, mut ours) = write("Smyth");
+        let (theirs, _) = write("Smith-Jones");
+        let before = ours.get_heads();
+        let e = ours.load_incremental(&theirs).expect_err("a clash");
+        assert!(is_actor_clash(&e), "{e}");
+        assert_eq!(ours.get_heads(), before, "nothing of it applied");
+        assert!(!is_actor_clash(&automerge::AutomergeError::Fail));
+    }
+
     /// A join as the JavaScript client (cbor-x) writes it, captured as bytes:
     /// a map with an `undefined` value and an unknown key.
     #[test]

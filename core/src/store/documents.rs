@@ -411,13 +411,15 @@ impl<'a> WriteTxn<'a> {
             // The worker's name goes with every change, so a conflict can
             // name who wrote each value on any device it reaches; the team
             // directory holds no names (directory.rs), not even this one.
-            cached.doc.commit_with(if cached.kind == DocumentType::TeamDirectory {
-                CommitOptions::default().with_time(time)
-            } else {
-                CommitOptions::default()
-                    .with_time(time)
-                    .with_message(message.clone())
-            });
+            cached
+                .doc
+                .commit_with(if cached.kind == DocumentType::TeamDirectory {
+                    CommitOptions::default().with_time(time)
+                } else {
+                    CommitOptions::default()
+                        .with_time(time)
+                        .with_message(message.clone())
+                });
             // Checked after every write, so a refused shape never reaches disk.
             let kind = am::read_header(&cached.doc, &key)?;
             if kind != cached.kind {
@@ -486,4 +488,87 @@ pub(crate) fn session_actor(device_id: &str, session: &[u8]) -> automerge::Actor
     };
     bytes.extend_from_slice(session);
     automerge::ActorId::from(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Author, NewFamily, NoteCategory, family};
+
+    /// A family of `notes` notes written by `sessions` opened stores of one
+    /// device (each its own actor), saved: (bytes, load time).
+    fn family_by_sessions(notes: usize, sessions: usize) -> (usize, std::time::Duration) {
+        let device = uuid::Uuid::new_v4().hyphenated().to_string();
+        let by = Author {
+            device_id: device.clone(),
+            worker: "Asha".into(),
+            team: "north".into(),
+            now: chrono::Utc::now(),
+        };
+        let mut doc =
+            AutoCommit::new().with_actor(session_actor(&device, &rand::random::<[u8; 8]>()));
+        family::create(
+            &mut doc,
+            &NewFamily {
+                name: "Smith".into(),
+                ..Default::default()
+            },
+            &by,
+        )
+        .expect("family");
+        doc.commit();
+        for i in 0..notes {
+            if i % (notes / sessions).max(1) == 0 {
+                doc.set_actor(session_actor(
+                    &device,
+                    &rand::random::<[u8; SESSION_BYTES]>(),
+                ));
+            }
+            family::add_note(
+                &mut doc,
+                &format!("note {i}: a home visit, all well"),
+                NoteCategory::Visit,
+                &by,
+            )
+            .expect("note");
+            doc.commit_with(CommitOptions::default().with_message(am::change_message("Asha")));
+        }
+        let bytes = doc.save();
+        let start = std::time::Instant::now();
+        AutoCommit::load(&bytes).expect("load");
+        (bytes.len(), start.elapsed())
+    }
+
+    /// What one actor per opened store costs (docs/adr/0007): printed.
+    #[test]
+    fn an_actor_per_opened_store_costs_bytes_per_session() {
+        let (one, one_load) = family_by_sessions(1_000, 1);
+        let (daily, daily_load) = family_by_sessions(1_000, 100);
+        let (every, every_load) = family_by_sessions(1_000, 1_000);
+        println!(
+            "1,000 notes: 1 session {one} B (load {one_load:?}), 100 sessions {daily} B ({daily_load:?}), \
+             1,000 sessions {every} B ({every_load:?}); +{} B per session",
+            (every - one) / 999
+        );
+        assert!(every < one * 3, "{one} vs {every}");
+    }
+
+    #[test]
+    fn actors_start_with_the_device_and_differ_per_session() {
+        let device = "0b3e0d4c-5a8f-4f3e-9a57-2f7f2f1b9a11";
+        let (a, b) = (DocCache::default(), DocCache::default());
+        assert_ne!(a.actor(device), b.actor(device));
+        for actor in [a.actor(device), b.actor(device)] {
+            assert_eq!(actor.to_bytes().len(), 16 + SESSION_BYTES);
+            assert_eq!(am::device_of(&actor), device);
+        }
+        // Actors written before (the device id alone) still read as the device.
+        let old = automerge::ActorId::from(
+            uuid::Uuid::parse_str(device)
+                .expect("uuid")
+                .as_bytes()
+                .as_slice(),
+        );
+        assert_eq!(am::device_of(&old), device);
+    }
 }
