@@ -14,7 +14,6 @@ use crate::args::*;
 use crate::device::{self, io_error};
 use crate::output::{json, line, or_dash};
 
-
 /// Set by a sync the relay refused some of this device's changes in (the
 /// others synced): `main` exits 9 after the summary is printed.
 pub(crate) static CHANGES_REFUSED: std::sync::atomic::AtomicBool =

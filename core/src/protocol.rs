@@ -702,7 +702,7 @@ mod tests {
     /// as `DuplicateSeqNumber` (docs/adr/0007).
     #[test]
     fn automerge_refuses_an_actor_sequence_clash_as_duplicate_seq() {
-        use automerge::{AutoCommit, ROOT, ReadDoc, transaction::Transactable};
+        use automerge::{AutoCommit, ROOT, transaction::Transactable};
         let mut base = AutoCommit::new();
         base.put(ROOT, "name", "Smith").expect("put");
         base.commit();

@@ -56,7 +56,9 @@ impl RefusalKind {
             RefusalKind::Door => "refused at the door",
             RefusalKind::OverBudget => "refused over the Automerge budget",
             RefusalKind::OverSizeCap => "refused over the document size cap",
-            RefusalKind::ActorClash => "refused: the changes clash with an earlier copy of the device",
+            RefusalKind::ActorClash => {
+                "refused: the changes clash with an earlier copy of the device"
+            }
         }
     }
 

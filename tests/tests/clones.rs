@@ -76,7 +76,15 @@ fn a_copied_device_and_its_original_both_sync_and_conflicts_name_worker_and_time
     enrol(&relay, &a, "Asha");
     let family = a.ok(&["family", "add", "--name", "Smith"]);
     for text in ["first visit: mum and two boys", "school called about Tommy"] {
-        a.ok(&["note", "add", &family, "--text", text, "--category", "visit"]);
+        a.ok(&[
+            "note",
+            "add",
+            &family,
+            "--text",
+            text,
+            "--category",
+            "visit",
+        ]);
     }
     assert_eq!(a.run(&["sync"]).code, 0);
     let device_id = a.json(&["profile", "show"])["device_id"]
@@ -86,16 +94,37 @@ fn a_copied_device_and_its_original_both_sync_and_conflicts_name_worker_and_time
 
     // The backup restored onto a second phone, used by a colleague.
     let a2 = copy_profile(&a);
-    assert_eq!(a2.json(&["profile", "show"])["device_id"], device_id.as_str());
+    assert_eq!(
+        a2.json(&["profile", "show"])["device_id"],
+        device_id.as_str()
+    );
     a2.ok(&["profile", "set", "--worker", "Bea"]);
 
     // Divergent offline work on both.
-    a.ok(&["note", "add", &family, "--text", "original: home visit booked"]);
+    a.ok(&[
+        "note",
+        "add",
+        &family,
+        "--text",
+        "original: home visit booked",
+    ]);
     let a_edit = timed(&a, &["family", "update", &family, "--name", "Smith-Jones"]);
-    a2.ok(&["note", "add", &family, "--text", "copy: helpline call from gran"]);
+    a2.ok(&[
+        "note",
+        "add",
+        &family,
+        "--text",
+        "copy: helpline call from gran",
+    ]);
     let a2_edit = timed(&a2, &["family", "update", &family, "--name", "Smyth"]);
     let patel = a2.ok(&["family", "add", "--name", "Patel"]);
-    a2.ok(&["note", "add", &patel, "--text", "copy: first contact, Patel family"]);
+    a2.ok(&[
+        "note",
+        "add",
+        &patel,
+        "--text",
+        "copy: first contact, Patel family",
+    ]);
 
     for (who, device) in [("original", &a), ("copy", &a2)] {
         let r = device.run(&["sync"]);
@@ -131,10 +160,9 @@ fn a_copied_device_and_its_original_both_sync_and_conflicts_name_worker_and_time
     assert_eq!(conflicts[0]["path"], "household/name");
     let values = conflicts[0]["values"].as_array().expect("values");
     assert_eq!(values.len(), 2, "{values:?}");
-    for (value, worker, (before, after)) in [
-        ("Smith-Jones", "Asha", a_edit),
-        ("Smyth", "Bea", a2_edit),
-    ] {
+    for (value, worker, (before, after)) in
+        [("Smith-Jones", "Asha", a_edit), ("Smyth", "Bea", a2_edit)]
+    {
         let v = values
             .iter()
             .find(|v| v["value"] == value)
@@ -152,7 +180,13 @@ fn a_copied_device_and_its_original_both_sync_and_conflicts_name_worker_and_time
         );
     }
     let text = c.ok(&["conflicts"]);
-    for part in ["Smith-Jones", "Smyth", "by Asha at", "by Bea at", &device_id] {
+    for part in [
+        "Smith-Jones",
+        "Smyth",
+        "by Asha at",
+        "by Bea at",
+        &device_id,
+    ] {
         assert!(text.contains(part), "{part} in {text}");
     }
     // Not asserted: the original learning of the copy's work at its next
@@ -224,9 +258,17 @@ fn a_clash_made_before_the_fix_is_refused_for_that_document_only_and_said_so() {
     let smith_id = DocumentId::parse(&smith, "id").expect("id");
     let saved = open_store(&tablet).save_document(smith_id).expect("save");
     let (theirs, ours) = clashing_changes(&saved);
-    assert!(open_store(&tablet).apply_changes(smith_id, &theirs).expect("apply"));
+    assert!(
+        open_store(&tablet)
+            .apply_changes(smith_id, &theirs)
+            .expect("apply")
+    );
     assert_eq!(tablet.run(&["sync"]).code, 0);
-    assert!(open_store(&phone).apply_changes(smith_id, &ours).expect("apply"));
+    assert!(
+        open_store(&phone)
+            .apply_changes(smith_id, &ours)
+            .expect("apply")
+    );
 
     // The phone's other work: a note on another family and a new family.
     phone.ok(&["note", "add", &okafor, "--text", "phone: court date moved"]);
@@ -234,7 +276,10 @@ fn a_clash_made_before_the_fix_is_refused_for_that_document_only_and_said_so() {
 
     for attempt in 1..=2 {
         let r = phone.run(&["sync"]);
-        assert_eq!(r.code, 9, "attempt {attempt}: the clash has its own exit code: {r:?}");
+        assert_eq!(
+            r.code, 9,
+            "attempt {attempt}: the clash has its own exit code: {r:?}"
+        );
         assert!(
             r.stderr.contains(&smith) && r.stderr.contains(ACTOR_CLASH),
             "attempt {attempt}: {}",
@@ -259,17 +304,15 @@ fn a_clash_made_before_the_fix_is_refused_for_that_document_only_and_said_so() {
     assert_eq!(tablet.run(&["sync"]).code, 0);
     assert_eq!(note_texts(&tablet, &okafor), ["phone: court date moved"]);
     assert!(
-        tablet.json(&["family", "list"])
+        tablet
+            .json(&["family", "list"])
             .as_array()
             .expect("families")
             .iter()
             .any(|f| f["id"] == new_family.as_str()),
         "the phone's new family reached the tablet"
     );
-    let name = open_store(&tablet)
-        .family(smith_id)
-        .expect("family")
-        .name;
+    let name = open_store(&tablet).family(smith_id).expect("family").name;
     assert_eq!(name, "Smith (tablet)");
     assert!(
         relay.log().contains("clash"),
