@@ -721,6 +721,9 @@ mod tests {
         let e = ours.load_incremental(&theirs).expect_err("a clash");
         assert!(is_actor_clash(&e), "{e}");
         assert_eq!(ours.get_heads(), before, "nothing of it applied");
+        // A device sent such a change skips that document, saying why.
+        let reason = crate::sync::skipped::reason(&crate::Error::Document(e));
+        assert!(reason.is_some_and(|r| r.contains("clash")));
         assert!(!is_actor_clash(&automerge::AutomergeError::Fail));
     }
 
