@@ -591,6 +591,11 @@ pub struct ConflictValue {
     pub value_json: String,
     /// The device that wrote it.
     pub device: String,
+    /// The worker who wrote it, as that device named them; `None` for a
+    /// change from an older Linkbook or another client.
+    pub worker: Option<String>,
+    /// When it was written (RFC 3339, the writing device's clock).
+    pub time: Option<String>,
 }
 
 impl From<core::Conflict> for Conflict {
@@ -605,6 +610,8 @@ impl From<core::Conflict> for Conflict {
                 .map(|v| ConflictValue {
                     value_json: v.value.to_string(),
                     device: v.device,
+                    worker: v.worker,
+                    time: v.time.map(instant),
                 })
                 .collect(),
         }
@@ -697,6 +704,11 @@ pub struct SyncSummary {
     /// over the budget): not stored, asked for again at the next sync; the
     /// others synced. Tell the worker to update the app or call the office.
     pub skipped: Vec<SkippedDocument>,
+    /// Documents whose changes from this device the relay refused: they
+    /// clash with an earlier copy of this device (a restored backup?). Not
+    /// taken, reported by every sync until settled; the others synced. Show
+    /// the reason to the worker and tell the office.
+    pub refused: Vec<SkippedDocument>,
 }
 
 /// A document a sync skipped: its id and why, never its content.
@@ -721,6 +733,14 @@ impl From<core::SyncSummary> for SyncSummary {
             failed: s.failed,
             skipped: s
                 .skipped
+                .into_iter()
+                .map(|d| SkippedDocument {
+                    id: d.id,
+                    reason: d.reason,
+                })
+                .collect(),
+            refused: s
+                .refused
                 .into_iter()
                 .map(|d| SkippedDocument {
                     id: d.id,

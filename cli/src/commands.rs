@@ -14,6 +14,11 @@ use crate::args::*;
 use crate::device::{self, io_error};
 use crate::output::{json, line, or_dash};
 
+/// Set by a sync the relay refused some of this device's changes in (the
+/// others synced): `main` exits 9 after the summary is printed.
+pub(crate) static CHANGES_REFUSED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 pub fn run(data: &Path, command: Command) -> Result<(), Error> {
     let repo = device::open(data)?;
     match command {
@@ -65,7 +70,13 @@ pub fn run(data: &Path, command: Command) -> Result<(), Error> {
                 let values: Vec<String> = c
                     .values
                     .iter()
-                    .map(|v| format!("{} (device {})", v.value, v.device))
+                    .map(|v| {
+                        let worker = v.worker.as_deref().unwrap_or("unknown worker");
+                        let time = v.time.map_or("unknown time".to_string(), |t| {
+                            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        });
+                        format!("{} (by {worker} at {time}, device {})", v.value, v.device)
+                    })
                     .collect();
                 line(format_args!(
                     "{} {}  {}",
@@ -133,6 +144,15 @@ pub fn run(data: &Path, command: Command) -> Result<(), Error> {
                     "warning: document {} was skipped: {}; the other documents synced",
                     d.id, d.reason
                 );
+            }
+            for d in &s.refused {
+                eprintln!(
+                    "error: the relay refused this device's changes to document {}: {}",
+                    d.id, d.reason
+                );
+            }
+            if !s.refused.is_empty() {
+                CHANGES_REFUSED.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             if as_json {
                 return json(&s);

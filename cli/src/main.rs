@@ -3,8 +3,10 @@
 //!
 //! Errors go to stderr as `error: <message>`; the exit code says their kind:
 //! 2 invalid input (usage errors too), 3 not found, 4 wrong key, 5 not
-//! enrolled or refused by the relay, 6 device revoked, 7 network, 1 anything
-//! else.
+//! enrolled or refused by the relay, 6 device revoked, 7 network, 8 locked,
+//! 9 a sync the relay refused this device's changes to some documents in
+//! (they clash with an earlier copy of the device; the others synced), 1
+//! anything else.
 
 mod args;
 mod commands;
@@ -31,6 +33,9 @@ fn main() -> ExitCode {
     let cli = args::Cli::parse();
     let data = cli.data_dir().to_path_buf();
     match commands::run(&data, cli.command) {
+        Ok(()) if commands::CHANGES_REFUSED.load(std::sync::atomic::Ordering::Relaxed) => {
+            ExitCode::from(9)
+        }
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -100,6 +100,16 @@ pub enum Message {
         retention_days: Option<i64>,
         lease_days: Option<i64>,
     },
+    /// Linkbook's extension, sent by the relay to the device whose sync
+    /// message it refused for this one document (an actor sequence clash:
+    /// [`ACTOR_CLASH`]); nothing of it was stored and the connection goes on
+    /// with the device's other documents. Other peers ignore unknown types.
+    DocRefused {
+        sender_id: String,
+        target_id: String,
+        document_id: String,
+        reason: String,
+    },
     /// A well-formed message of a type this version does not know.
     Unknown {
         message_type: String,
@@ -158,6 +168,7 @@ impl Message {
             Message::RemoteSubscriptionChange { .. } => "remote-subscription-change",
             Message::RemoteHeadsChanged { .. } => "remote-heads-changed",
             Message::ChangedSince { .. } => "changed-since",
+            Message::DocRefused { .. } => "doc-refused",
             Message::Unknown { message_type } => message_type,
         }
     }
@@ -283,6 +294,16 @@ impl Message {
                 if let Some(d) = lease_days {
                     map.push(entry("leaseDays", Value::Integer((*d).into())));
                 }
+            }
+            Message::DocRefused {
+                sender_id,
+                target_id,
+                document_id,
+                reason,
+            } => {
+                ids(&mut map, sender_id, target_id);
+                map.push(entry("documentId", text(document_id)));
+                map.push(entry("reason", text(reason)));
             }
             Message::Unknown { .. } => {}
         }
@@ -440,9 +461,30 @@ impl Message {
                     .and_then(Value::as_integer)
                     .and_then(|i| i64::try_from(i).ok()),
             },
+            "doc-refused" => Message::DocRefused {
+                sender_id: string("senderId")?,
+                target_id: string("targetId")?,
+                document_id: string("documentId")?,
+                reason: string("reason").unwrap_or_default(),
+            },
             _ => Message::Unknown { message_type },
         })
     }
+}
+
+/// Why the relay refuses a device's changes to a document that clash with
+/// changes it already holds: the same actor and sequence number, different
+/// content. Linkbook actors are fresh per opened store (docs/adr/0007), so
+/// this is a device copied before that (a restored backup, a copied
+/// profile, a VM snapshot) or a hostile peer.
+pub const ACTOR_CLASH: &str = "this device's changes to this document clash with changes an earlier copy of this device made (the same change numbers, other content): was it restored from a backup or copied from another device? Nothing of this document was taken; its other documents synced. Tell the office before recording more on it";
+
+/// Whether Automerge refused changes as an actor sequence clash (a change
+/// whose actor and sequence number the document holds with other content;
+/// Automerge 0.12 refuses the whole batch with `DuplicateSeqNumber`,
+/// applying none of it).
+pub fn is_actor_clash(e: &automerge::AutomergeError) -> bool {
+    matches!(e, automerge::AutomergeError::DuplicateSeqNumber(..))
 }
 
 /// Why an Automerge sync message from a peer is refused.
@@ -639,6 +681,12 @@ mod tests {
                 retention_days: Some(365),
                 lease_days: None,
             },
+            Message::DocRefused {
+                sender_id: s.clone(),
+                target_id: t.clone(),
+                document_id: d.clone(),
+                reason: ACTOR_CLASH.into(),
+            },
         ] {
             assert_eq!(
                 Message::decode(&m.encode()).as_ref(),
@@ -647,6 +695,36 @@ mod tests {
                 m.message_type()
             );
         }
+    }
+
+    /// What Automerge 0.12 does with a change whose actor and seq a document
+    /// holds with other content: the whole batch refused, nothing applied,
+    /// as `DuplicateSeqNumber` (docs/adr/0007).
+    #[test]
+    fn automerge_refuses_an_actor_sequence_clash_as_duplicate_seq() {
+        use automerge::{AutoCommit, ROOT, transaction::Transactable};
+        let mut base = AutoCommit::new();
+        base.put(ROOT, "name", "Smith").expect("put");
+        base.commit();
+        let heads = base.get_heads();
+        let actor = automerge::ActorId::from([7u8; 16].as_slice());
+        let mut write = |name: &str| {
+            let mut fork = base.fork().with_actor(actor.clone());
+            fork.put(ROOT, "name", name).expect("put");
+            fork.put(ROOT, "other", name).expect("put");
+            fork.commit();
+            (fork.save_after(&heads), fork)
+        };
+        let (_, mut ours) = write("Smyth");
+        let (theirs, _) = write("Smith-Jones");
+        let before = ours.get_heads();
+        let e = ours.load_incremental(&theirs).expect_err("a clash");
+        assert!(is_actor_clash(&e), "{e}");
+        assert_eq!(ours.get_heads(), before, "nothing of it applied");
+        // A device sent such a change skips that document, saying why.
+        let reason = crate::sync::skipped::reason(&crate::Error::Document(e));
+        assert!(reason.is_some_and(|r| r.contains("clash")));
+        assert!(!is_actor_clash(&automerge::AutomergeError::Fail));
     }
 
     /// A join as the JavaScript client (cbor-x) writes it, captured as bytes:

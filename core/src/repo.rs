@@ -97,6 +97,8 @@ impl Repo {
             // Schema 2 added the projections: derive them from the documents.
             repo.rebuild_projections()?;
         }
+        // Conflicts gained their worker and time (docs/adr/0007).
+        projection::refresh_old_conflicts(&lock(&repo.writer).conn)?;
         repo.ensure_directory()?;
         Ok(repo)
     }
@@ -196,11 +198,11 @@ impl Repo {
         what: &'static str,
         f: impl FnOnce(&AutoCommit) -> T,
     ) -> Result<T> {
-        let actor = documents::device_actor(&lock(&self.profile).device_id);
+        let device = lock(&self.profile).device_id.clone();
         let mut guard = lock(&self.writer);
         let Writer { conn, cache } = &mut *guard;
         let cached = cache
-            .get(conn, id, &actor)?
+            .get(conn, id, &device)?
             .ok_or_else(|| Error::not_found(what, id))?;
         if cached.kind != kind {
             return Err(Error::not_found(what, id));
@@ -215,10 +217,10 @@ impl Repo {
         id: DocumentId,
         f: impl FnOnce(&mut AutoCommit, DocumentType) -> T,
     ) -> Result<Option<T>> {
-        let actor = documents::device_actor(&lock(&self.profile).device_id);
+        let device = lock(&self.profile).device_id.clone();
         let mut guard = lock(&self.writer);
         let Writer { conn, cache } = &mut *guard;
-        Ok(cache.get(conn, id, &actor)?.map(|c| f(&mut c.doc, c.kind)))
+        Ok(cache.get(conn, id, &device)?.map(|c| f(&mut c.doc, c.kind)))
     }
 
     pub(crate) fn query_row_opt<T: rusqlite::types::FromSql>(
@@ -821,18 +823,14 @@ impl Repo {
         let mut out = Vec::new();
         for row in rows {
             let (id, kind, path, values) = row?;
-            let values: Vec<serde_json::Value> = serde_json::from_str(&values).unwrap_or_default();
+            // Rows of an older Linkbook lack worker and time: `None`
+            // until `refresh_old_conflicts` projects them again.
+            let values: Vec<ConflictValue> = serde_json::from_str(&values).unwrap_or_default();
             out.push(Conflict {
                 document_id: DocumentId::parse(&id, "document id")?,
                 document_type: DocumentType::parse(&kind).unwrap_or(DocumentType::Family),
                 path,
-                values: values
-                    .into_iter()
-                    .map(|v| ConflictValue {
-                        device: v["device"].as_str().unwrap_or_default().to_string(),
-                        value: v["value"].clone(),
-                    })
-                    .collect(),
+                values,
             });
         }
         Ok(out)
@@ -932,22 +930,22 @@ impl Repo {
 
     /// The whole document, as Automerge `save()` bytes.
     pub fn save_document(&self, id: DocumentId) -> Result<Vec<u8>> {
-        let actor = documents::device_actor(&lock(&self.profile).device_id);
+        let device = lock(&self.profile).device_id.clone();
         let mut guard = lock(&self.writer);
         let Writer { conn, cache } = &mut *guard;
         let cached = cache
-            .get(conn, id, &actor)?
+            .get(conn, id, &device)?
             .ok_or_else(|| Error::not_found("document", id))?;
         Ok(cached.doc.save())
     }
 
     /// The document's current heads (hex change hashes).
     pub fn heads(&self, id: DocumentId) -> Result<Vec<String>> {
-        let actor = documents::device_actor(&lock(&self.profile).device_id);
+        let device = lock(&self.profile).device_id.clone();
         let mut guard = lock(&self.writer);
         let Writer { conn, cache } = &mut *guard;
         let cached = cache
-            .get(conn, id, &actor)?
+            .get(conn, id, &device)?
             .ok_or_else(|| Error::not_found("document", id))?;
         let mut heads: Vec<String> = cached
             .doc

@@ -42,6 +42,11 @@ pub enum RefusalKind {
     OverBudget,
     /// The document would have grown past `--max-document-bytes`.
     OverSizeCap,
+    /// The device's changes reuse an actor and sequence number the document
+    /// holds with other content: a device copied before Linkbook gave each
+    /// opened store its own actor (docs/adr/0007), or a hostile peer. Only
+    /// that document is refused; the connection goes on.
+    ActorClash,
 }
 
 impl RefusalKind {
@@ -51,6 +56,9 @@ impl RefusalKind {
             RefusalKind::Door => "refused at the door",
             RefusalKind::OverBudget => "refused over the Automerge budget",
             RefusalKind::OverSizeCap => "refused over the document size cap",
+            RefusalKind::ActorClash => {
+                "refused: the changes clash with an earlier copy of the device"
+            }
         }
     }
 
@@ -60,6 +68,7 @@ impl RefusalKind {
             RefusalKind::Door => "refused-at-door",
             RefusalKind::OverBudget => "refused-over-budget",
             RefusalKind::OverSizeCap => "refused-over-size-cap",
+            RefusalKind::ActorClash => "refused-actor-clash",
         }
     }
 }

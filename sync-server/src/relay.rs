@@ -509,6 +509,35 @@ impl Hub {
         Close(reason)
     }
 
+    /// Refuses one document of a connection that goes on (an actor
+    /// sequence clash, `protocol::ACTOR_CLASH`): recorded as other refusals
+    /// are, the loaded copy dropped (Automerge refused the whole batch, but
+    /// the sync state may have moved), this connection's state for it
+    /// forgotten, and the device told in a `doc-refused` message.
+    fn refuse_document(
+        &self,
+        s: &mut Slot,
+        conn_id: u64,
+        device: &Device,
+        outbox: &Outbox,
+        key: &str,
+        id: DocumentId,
+    ) {
+        let reason = linkbook_core::protocol::ACTOR_CLASH;
+        let kind = crate::refusals::RefusalKind::ActorClash;
+        self.refusals.note(&self.storage, device, key, kind, reason);
+        s.states.remove(&conn_id);
+        s.sent.remove(&conn_id);
+        s.last_reply.remove(&conn_id);
+        self.forget(s, &device.team, id);
+        outbox.offer(Message::DocRefused {
+            sender_id: self.peer_id.clone(),
+            target_id: device.id.clone(),
+            document_id: key.to_string(),
+            reason: reason.to_string(),
+        });
+    }
+
     fn unavailable(&self, device: &Device, outbox: &Outbox, document_id: &str) {
         outbox.offer(Message::DocUnavailable {
             sender_id: self.peer_id.clone(),
@@ -734,10 +763,20 @@ impl Hub {
             // Automerge panicked half-way: forget the loaded copy.
             self.forget(&mut s, &device.team, id);
         }
-        if !matches!(applied, Ok(Ok(()))) {
-            return Err(Close(
-                "the Automerge sync message could not be applied".into(),
-            ));
+        match applied {
+            Ok(Ok(())) => {}
+            // A copy of this device (or a hostile peer) reused an actor's
+            // sequence numbers: this document is refused, not the session.
+            Ok(Err(e)) if linkbook_core::protocol::is_actor_clash(&e) => {
+                drop(turn);
+                self.refuse_document(&mut s, conn_id, device, outbox, &key, id);
+                return Ok(());
+            }
+            _ => {
+                return Err(Close(
+                    "the Automerge sync message could not be applied".into(),
+                ));
+            }
         }
         let after = s.doc.get_heads();
         if before != after

@@ -130,6 +130,13 @@ def test_concurrent_edits_show_as_a_conflict_until_resolved(relay):
     [conflict] = [c for c in a.conflicts() if c.document_id == family]
     assert sorted(v.value_json for v in conflict.values) == ['"Brown-Lee"', '"Browne"']
     assert len({v.device for v in conflict.values}) == 2
+    # Each value names who wrote it and when (docs/adr/0007).
+    by_value = {v.value_json: v for v in conflict.values}
+    assert by_value['"Browne"'].worker == a.profile().worker
+    assert by_value['"Brown-Lee"'].worker == b.profile().worker
+    assert by_value['"Browne"'].device == a.profile().device_id
+    for v in conflict.values:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", v.time), v
     a.resolve_conflict(family, conflict.path, '"Brown-Lee"')
     assert not [c for c in a.conflicts() if c.document_id == family]
     a.sync(), b.sync()

@@ -187,17 +187,61 @@ pub(crate) fn read_header(doc: &AutoCommit, id: &str) -> Result<DocumentType> {
     Ok(kind)
 }
 
-/// The device that made the op behind an Automerge id: Linkbook devices use
-/// their device id (a UUID) as actor; other peers show as hex.
+/// The device that made the op behind an Automerge id (docs/adr/0007):
+/// Linkbook actors are the device id's 16 bytes followed by the opened
+/// store's random suffix (before, the 16 bytes alone: still read as the
+/// device); other peers' actors show as hex.
 pub(crate) fn actor_device(id: &automerge::ObjId) -> String {
     match id {
         automerge::ObjId::Root => String::new(),
-        automerge::ObjId::Id(_, actor, _) => {
-            let bytes = actor.to_bytes();
-            match uuid::Uuid::from_slice(bytes) {
-                Ok(u) => u.hyphenated().to_string(),
-                Err(_) => hex::encode(bytes),
-            }
-        }
+        automerge::ObjId::Id(_, actor, _) => device_of(actor),
     }
+}
+
+/// The device an actor belongs to (see [`actor_device`]).
+pub(crate) fn device_of(actor: &automerge::ActorId) -> String {
+    let bytes = actor.to_bytes();
+    let linkbook = bytes.len() == 16 || bytes.len() == 16 + crate::store::documents::SESSION_BYTES;
+    match uuid::Uuid::from_slice(bytes.get(..16).unwrap_or_default()) {
+        Ok(u) if linkbook => u.hyphenated().to_string(),
+        _ => hex::encode(bytes),
+    }
+}
+
+/// The message of every change a device commits: the worker's name, so a
+/// conflict names who wrote each value wherever the change travels.
+pub(crate) fn change_message(worker: &str) -> String {
+    serde_json::json!({ "worker": worker }).to_string()
+}
+
+/// Who wrote an op and when, from the change that holds it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Written {
+    pub worker: Option<String>,
+    pub time: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// [`Written`] for the op behind `id`: the worker from the change's message
+/// ([`change_message`]; other peers' messages name no worker), the time
+/// from its timestamp (Linkbook writes milliseconds; a value too small for
+/// that is taken as seconds, which JavaScript clients write; 0 is none).
+pub(crate) fn written(doc: &AutoCommit, id: &automerge::ObjId) -> Written {
+    let Some(change) = doc
+        .hash_for_opid(id)
+        .and_then(|h| ReadDoc::get_change_by_hash(doc, &h))
+    else {
+        return Written::default();
+    };
+    let worker = change
+        .message()
+        .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
+        .and_then(|m| m["worker"].as_str().map(str::to_string))
+        .map(|w| w.chars().take(super::validate::MAX_NAME).collect());
+    let t = change.timestamp();
+    let time = match t {
+        t if t <= 0 => None,
+        t if t < 100_000_000_000 => chrono::DateTime::from_timestamp(t, 0),
+        t => chrono::DateTime::from_timestamp_millis(t),
+    };
+    Written { worker, time }
 }

@@ -3,7 +3,8 @@
 //! Where two devices set the same field while apart, Automerge keeps every
 //! value and picks one deterministically for plain reads. Linkbook does not
 //! let that pick stand silently: every field with more than one distinct value
-//! is reported (value and device) until a worker writes the one to keep.
+//! is reported (value, device, worker and time) until a worker writes the
+//! one to keep.
 
 use automerge::{
     AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value, ValueRef,
@@ -11,7 +12,7 @@ use automerge::{
 };
 use serde_json::Value as Json;
 
-use super::am::{actor_device, get_map};
+use super::am::{actor_device, get_map, written};
 use super::{Conflict, ConflictValue, DocumentType, family_day};
 use crate::error::{Error, Result};
 use crate::ids::DocumentId;
@@ -65,10 +66,15 @@ fn walk(
             let scalars: Vec<ConflictValue> = values
                 .iter()
                 .filter_map(|(v, exid)| match v {
-                    Value::Scalar(s) => Some(ConflictValue {
-                        value: scalar_json(s),
-                        device: actor_device(exid),
-                    }),
+                    Value::Scalar(s) => {
+                        let written = written(doc, exid);
+                        Some(ConflictValue {
+                            value: scalar_json(s),
+                            device: actor_device(exid),
+                            worker: written.worker,
+                            time: written.time,
+                        })
+                    }
                     _ => None,
                 })
                 .collect();

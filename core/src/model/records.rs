@@ -310,11 +310,19 @@ pub struct Conflict {
     pub values: Vec<ConflictValue>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ConflictValue {
     pub value: serde_json::Value,
-    /// The device that wrote this value.
+    /// The device that wrote this value (from the Automerge actor).
     pub device: String,
+    /// The worker who wrote it, as the writing device named them in its
+    /// change (`None`: a change from before Linkbook named workers, or
+    /// from another automerge-repo client).
+    #[serde(default)]
+    pub worker: Option<String>,
+    /// When it was written, by the writing device's clock.
+    #[serde(default)]
+    pub time: Option<DateTime<Utc>>,
 }
 
 /// What an import or merge changed.

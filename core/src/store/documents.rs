@@ -28,8 +28,11 @@ pub(crate) struct Cached {
 
 /// Loaded documents, each tagged with the row version it was loaded at so a
 /// write by another process (a second CLI) is noticed and reloaded.
-#[derive(Default)]
 pub(crate) struct DocCache {
+    /// This opened store's own actor suffix (see [`session_actor`]): chosen
+    /// when the store is opened, so two copies of one device's data never
+    /// write under the same actor.
+    session: [u8; SESSION_BYTES],
     docs: HashMap<DocumentId, Cached>,
     tick: u64,
     /// Documents the open write transaction touched or created: never
@@ -44,7 +47,23 @@ impl std::fmt::Debug for DocCache {
     }
 }
 
+impl Default for DocCache {
+    fn default() -> Self {
+        DocCache {
+            session: rand::random(),
+            docs: HashMap::new(),
+            tick: 0,
+            pinned: HashSet::new(),
+        }
+    }
+}
+
 impl DocCache {
+    /// The actor this opened store writes with for `device_id`.
+    pub(crate) fn actor(&self, device_id: &str) -> automerge::ActorId {
+        session_actor(device_id, &self.session)
+    }
+
     pub(crate) fn evict(&mut self, id: &DocumentId) {
         self.docs.remove(id);
     }
@@ -76,8 +95,9 @@ impl DocCache {
         &mut self,
         conn: &Connection,
         id: DocumentId,
-        actor: &automerge::ActorId,
+        device_id: &str,
     ) -> Result<Option<&mut Cached>> {
+        let actor = self.actor(device_id);
         let key = id.to_string();
         let row: Option<(String, i64)> = conn
             .query_row(
@@ -116,6 +136,10 @@ impl DocCache {
         let cached = self.docs.get_mut(&id);
         if let Some(c) = cached {
             c.last_used = tick;
+            // The device id changes at enrolment: a cached document follows.
+            if fresh && c.doc.get_actor() != &actor {
+                c.doc.set_actor(actor);
+            }
             return Ok(Some(c));
         }
         Ok(None)
@@ -188,7 +212,7 @@ impl<'a> WriteTxn<'a> {
         cache: &'a mut DocCache,
         author: Author,
     ) -> Result<Self> {
-        let actor = device_actor(&author.device_id);
+        let actor = cache.actor(&author.device_id);
         // A transaction that never ended (a panic inside it) left its
         // documents pinned, possibly with uncommitted changes: drop them.
         for id in std::mem::take(&mut cache.pinned) {
@@ -231,7 +255,7 @@ impl<'a> WriteTxn<'a> {
         self.cache.pinned.insert(id);
         let cached = self
             .cache
-            .get(&self.tx, id, &self.actor)?
+            .get(&self.tx, id, &self.author.device_id)?
             .ok_or_else(|| Error::not_found(what, id))?;
         if !self.touched.iter().any(|t| t.id == id) {
             let heads = cached.doc.get_heads();
@@ -375,6 +399,7 @@ impl<'a> WriteTxn<'a> {
 
     fn write_all(&mut self) -> Result<Vec<(DocumentId, i64)>> {
         let time = self.author.now.timestamp_millis();
+        let message = am::change_message(&self.author.worker);
         let mut versions = Vec::new();
         for t in &self.touched {
             let key = t.id.to_string();
@@ -383,9 +408,18 @@ impl<'a> WriteTxn<'a> {
                 .docs
                 .get_mut(&t.id)
                 .ok_or_else(|| Error::not_found("document", t.id))?;
+            // The worker's name goes with every change, so a conflict can
+            // name who wrote each value on any device it reaches; the team
+            // directory holds no names (directory.rs), not even this one.
             cached
                 .doc
-                .commit_with(CommitOptions::default().with_time(time));
+                .commit_with(if cached.kind == DocumentType::TeamDirectory {
+                    CommitOptions::default().with_time(time)
+                } else {
+                    CommitOptions::default()
+                        .with_time(time)
+                        .with_message(message.clone())
+                });
             // Checked after every write, so a refused shape never reaches disk.
             let kind = am::read_header(&cached.doc, &key)?;
             if kind != cached.kind {
@@ -436,11 +470,105 @@ impl<'a> WriteTxn<'a> {
     }
 }
 
-/// A device's Automerge actor id: its device id's 16 bytes, so a conflict can
-/// name the device that wrote each value.
-pub(crate) fn device_actor(device_id: &str) -> automerge::ActorId {
-    match uuid::Uuid::parse_str(device_id) {
-        Ok(u) => automerge::ActorId::from(u.as_bytes().as_slice()),
-        Err(_) => automerge::ActorId::from(device_id.as_bytes()),
+/// Random bytes after the device id in an actor: 8 bytes make two opened
+/// stores of one device collide with odds of 2^-64 per pair, and keep each
+/// new entry in a document's actor table at 24 bytes (docs/adr/0007).
+pub(crate) const SESSION_BYTES: usize = 8;
+
+/// An Automerge actor id: the device id's 16 bytes, so any op names the
+/// device that wrote it with no look-up, then `session`, chosen each time a
+/// store is opened. A copy of a device's data directory (a restored phone
+/// backup, a copied CLI profile, a VM snapshot) then never continues the
+/// same actor's sequence with different changes, which Automerge refuses
+/// (`DuplicateSeqNumber`) on every peer that has the other copy's.
+pub(crate) fn session_actor(device_id: &str, session: &[u8]) -> automerge::ActorId {
+    let mut bytes = match uuid::Uuid::parse_str(device_id) {
+        Ok(u) => u.as_bytes().to_vec(),
+        Err(_) => device_id.as_bytes().to_vec(),
+    };
+    bytes.extend_from_slice(session);
+    automerge::ActorId::from(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Author, NewFamily, NoteCategory, family};
+
+    /// A family of `notes` notes written by `sessions` opened stores of one
+    /// device (each its own actor), saved: (bytes, load time).
+    fn family_by_sessions(notes: usize, sessions: usize) -> (usize, std::time::Duration) {
+        let device = uuid::Uuid::new_v4().hyphenated().to_string();
+        let by = Author {
+            device_id: device.clone(),
+            worker: "Asha".into(),
+            team: "north".into(),
+            now: chrono::Utc::now(),
+        };
+        let mut doc =
+            AutoCommit::new().with_actor(session_actor(&device, &rand::random::<[u8; 8]>()));
+        family::create(
+            &mut doc,
+            &NewFamily {
+                name: "Smith".into(),
+                ..Default::default()
+            },
+            &by,
+        )
+        .expect("family");
+        doc.commit();
+        for i in 0..notes {
+            if i % (notes / sessions).max(1) == 0 {
+                doc.set_actor(session_actor(
+                    &device,
+                    &rand::random::<[u8; SESSION_BYTES]>(),
+                ));
+            }
+            family::add_note(
+                &mut doc,
+                &format!("note {i}: a home visit, all well"),
+                NoteCategory::Visit,
+                &by,
+            )
+            .expect("note");
+            doc.commit_with(CommitOptions::default().with_message(am::change_message("Asha")));
+        }
+        let bytes = doc.save();
+        let start = std::time::Instant::now();
+        AutoCommit::load(&bytes).expect("load");
+        (bytes.len(), start.elapsed())
+    }
+
+    /// What one actor per opened store costs (docs/adr/0007): printed.
+    #[test]
+    fn an_actor_per_opened_store_costs_bytes_per_session() {
+        let (one, one_load) = family_by_sessions(1_000, 1);
+        let (daily, daily_load) = family_by_sessions(1_000, 100);
+        let (every, every_load) = family_by_sessions(1_000, 1_000);
+        println!(
+            "1,000 notes: 1 session {one} B (load {one_load:?}), 100 sessions {daily} B ({daily_load:?}), \
+             1,000 sessions {every} B ({every_load:?}); +{} B per session",
+            (every - one) / 999
+        );
+        assert!(every < one * 3, "{one} vs {every}");
+    }
+
+    #[test]
+    fn actors_start_with_the_device_and_differ_per_session() {
+        let device = "0b3e0d4c-5a8f-4f3e-9a57-2f7f2f1b9a11";
+        let (a, b) = (DocCache::default(), DocCache::default());
+        assert_ne!(a.actor(device), b.actor(device));
+        for actor in [a.actor(device), b.actor(device)] {
+            assert_eq!(actor.to_bytes().len(), 16 + SESSION_BYTES);
+            assert_eq!(am::device_of(&actor), device);
+        }
+        // Actors written before (the device id alone) still read as the device.
+        let old = automerge::ActorId::from(
+            uuid::Uuid::parse_str(device)
+                .expect("uuid")
+                .as_bytes()
+                .as_slice(),
+        );
+        assert_eq!(am::device_of(&old), device);
     }
 }

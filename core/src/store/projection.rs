@@ -38,6 +38,18 @@ pub(crate) fn project(
         }
         DocumentType::TeamDirectory => {}
     }
+    project_conflicts(conn, id, kind, doc)
+}
+
+/// Rewrites a document's rows in `conflicts`: each value with its device,
+/// worker and time (`model::conflicts::find`).
+fn project_conflicts(
+    conn: &Connection,
+    id: DocumentId,
+    kind: DocumentType,
+    doc: &AutoCommit,
+) -> Result<()> {
+    let key = id.to_string();
     conn.execute("DELETE FROM conflicts WHERE doc_id = ?1", [&key])?;
     if kind == DocumentType::TeamDirectory {
         // Directory entries mirror family and family-day fields: a conflict
@@ -50,6 +62,26 @@ pub(crate) fn project(
     for c in conflicts::find(doc, id, kind) {
         let values = serde_json::to_string(&c.values).unwrap_or_else(|_| "[]".into());
         insert.execute(params![key, kind.as_str(), c.path, values])?;
+    }
+    Ok(())
+}
+
+/// Conflicts projected before values carried their worker and time (rows
+/// whose values lack a `time` key) are projected again from their
+/// documents, once, when the store is opened; conflicts are few, so this is
+/// one indexed scan when there is nothing to do.
+pub(crate) fn refresh_old_conflicts(conn: &Connection) -> Result<()> {
+    let stale: Vec<String> = conn
+        .prepare(
+            "SELECT DISTINCT doc_id FROM conflicts
+             WHERE EXISTS (SELECT 1 FROM json_each(doc_values) WHERE json_type(value, '$.time') IS NULL)",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for id in stale {
+        let id = DocumentId::parse(&id, "document id")?;
+        let (doc, kind) = super::documents::load(conn, id)?;
+        project_conflicts(conn, id, kind, &doc)?;
     }
     Ok(())
 }

@@ -75,6 +75,11 @@ pub struct SyncSummary {
     /// over the budget): not stored, asked for again at the next sync; the
     /// others synced (`skipped.rs`).
     pub skipped: Vec<SkippedDocument>,
+    /// Documents whose changes from this device the relay refused (an
+    /// actor sequence clash: a copy of this device wrote the same change
+    /// numbers, `protocol::ACTOR_CLASH`): not taken by the relay, reported
+    /// again by every sync until settled; the others synced.
+    pub refused: Vec<SkippedDocument>,
 }
 
 /// At most this much is sent ahead of the relay's `101` (a day's offline
@@ -965,6 +970,28 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// The relay refused this device's changes to `id` (`doc-refused`):
+    /// no longer awaited, its sync state not saved (the next sync offers
+    /// the same changes and hears the same again), reported once.
+    fn refused(&mut self, id: DocumentId, reason: String) {
+        tracing::warn!(document = %id, "the relay refused this device's changes to a document");
+        self.pending.remove(&id);
+        self.demanding.remove(&id);
+        self.states.remove(&id);
+        self.needing.remove(&id);
+        if !self.was_refused(id) {
+            self.summary.refused.push(SkippedDocument {
+                id: id.to_string(),
+                reason: reason.chars().take(1_000).collect(),
+            });
+        }
+    }
+
+    fn was_refused(&self, id: DocumentId) -> bool {
+        let id = id.to_string();
+        self.summary.refused.iter().any(|d| d.id == id)
+    }
+
     /// Stops syncing a document deleted during the session (purged).
     fn forget(&mut self, id: DocumentId) {
         self.all.remove(&id);
@@ -1063,7 +1090,7 @@ impl Session<'_> {
                     let Ok(id) = DocumentId::parse(&document_id, "document id") else {
                         continue;
                     };
-                    if self.skipped.contains(&id) {
+                    if self.skipped.contains(&id) || self.was_refused(id) {
                         continue;
                     }
                     // Refused before Automerge sees it (the budget, a bad
@@ -1082,6 +1109,17 @@ impl Session<'_> {
                         if self.skipped_before.remove(&id) {
                             self.repo.forget_skipped(id)?;
                         }
+                    }
+                }
+                Message::DocRefused {
+                    document_id,
+                    reason,
+                    ..
+                } => {
+                    if let Ok(id) = DocumentId::parse(&document_id, "document id")
+                        && self.all.contains(&id)
+                    {
+                        self.refused(id, reason);
                     }
                 }
                 Message::Error { message } => {

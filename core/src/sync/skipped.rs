@@ -43,6 +43,9 @@ pub(crate) fn reason(e: &Error) -> Option<String> {
             "written by a newer Linkbook (schema version {found}; this app reads up to {supported}): update the app"
         )),
         Error::InvalidDocument(m) => Some(invalid_reason(m).to_string()),
+        Error::Document(e) if crate::protocol::is_actor_clash(e) => Some(
+            "its changes clash with ones this device holds (two copies of one device wrote the same change numbers: a restored backup?)".to_string(),
+        ),
         Error::Document(_) => Some("Automerge refused its changes".to_string()),
         _ => None,
     }
