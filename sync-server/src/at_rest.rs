@@ -93,8 +93,7 @@ pub fn prepare_data_dir(data: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         tighten(data)?;
-        let entries =
-            std::fs::read_dir(data).map_err(io(format!("reading {}", data.display())))?;
+        let entries = std::fs::read_dir(data).map_err(io(format!("reading {}", data.display())))?;
         for entry in entries.flatten() {
             tighten(&entry.path())?;
         }
@@ -252,7 +251,10 @@ pub fn relay_key(db: &Path, source: &KeySource) -> Result<DatabaseKey> {
         KeySource::Given(key) => Ok(key.clone()),
         KeySource::File(path) => {
             let hex = std::fs::read_to_string(path).map_err(|e| {
-                Error::Key(format!("the key file {} could not be read: {e}", path.display()))
+                Error::Key(format!(
+                    "the key file {} could not be read: {e}",
+                    path.display()
+                ))
             })?;
             #[cfg(unix)]
             if let Ok(meta) = std::fs::metadata(path) {
@@ -450,11 +452,10 @@ pub fn encrypt_in_place(db: &Path, key: &DatabaseKey) -> Result<()> {
     let _ = std::fs::remove_file(&tmp);
     let plain = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     plain.busy_timeout(std::time::Duration::from_secs(10))?;
-    let (busy, _, _): (i64, i64, i64) = plain.query_row(
-        "PRAGMA wal_checkpoint(TRUNCATE)",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
+    let (busy, _, _): (i64, i64, i64) =
+        plain.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
     let mode: String =
         plain.pragma_update_and_check(None, "journal_mode", "DELETE", |r| r.get(0))?;
     if busy != 0 || !mode.eq_ignore_ascii_case("delete") {
@@ -465,7 +466,9 @@ pub fn encrypt_in_place(db: &Path, key: &DatabaseKey) -> Result<()> {
     }
     let version: u32 = plain.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let tables: Vec<String> = plain
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")?
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        )?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     let counts = |conn: &Connection, schema: &str| -> rusqlite::Result<Vec<i64>> {
@@ -473,7 +476,10 @@ pub fn encrypt_in_place(db: &Path, key: &DatabaseKey) -> Result<()> {
             .iter()
             .map(|t| {
                 conn.query_row(
-                    &format!("SELECT count(*) FROM {schema}.\"{}\"", t.replace('"', "\"\"")),
+                    &format!(
+                        "SELECT count(*) FROM {schema}.\"{}\"",
+                        t.replace('"', "\"\"")
+                    ),
                     [],
                     |r| r.get(0),
                 )

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::at_rest::KeySource;
 use crate::relay::Limits;
 use crate::storage::Storage;
-use crate::at_rest::KeySource;
 use crate::{AppState, Bound, Transport, auth, tls};
 use chrono::{Duration, Utc};
 use clap::{Parser, Subcommand};
@@ -433,7 +433,8 @@ fn serve(store: Data<'_>, args: ServeArgs) -> crate::Result<()> {
         read_idle: std::time::Duration::from_secs(args.idle_timeout_secs),
         header_read_timeout: std::time::Duration::from_secs(args.header_timeout_secs),
     };
-    let state = store.open(limits)?
+    let state = store
+        .open(limits)?
         .with_auth_limits(crate::ratelimit::AuthLimits {
             max_failures: args.auth_max_failures,
             window: std::time::Duration::from_secs(args.auth_window_secs),
