@@ -158,6 +158,14 @@ fn under_umask_022_the_relays_files_are_private_and_hold_no_family_name_or_note_
 
     // While it runs (WAL and SHM present) and after it stopped.
     let dir = relay.data.path().to_path_buf();
+    assert_private(&dir);
+    for needle in [FAMILY, NOTE, "Wakefield", "Quillfeather"] {
+        assert_eq!(
+            files_holding(&dir, needle),
+            Vec::<PathBuf>::new(),
+            "{needle}"
+        );
+    }
     let names: Vec<String> = modes(&dir)
         .iter()
         .filter_map(|(p, _, _)| Some(p.file_name()?.to_str()?.to_string()))
@@ -174,14 +182,6 @@ fn under_umask_022_the_relays_files_are_private_and_hold_no_family_name_or_note_
         "storage-id",
     ] {
         assert!(names.iter().any(|n| n == f), "{f} missing: {names:?}");
-    }
-    assert_private(&dir);
-    for needle in [FAMILY, NOTE, "Wakefield", "Quillfeather"] {
-        assert_eq!(
-            files_holding(&dir, needle),
-            Vec::<PathBuf>::new(),
-            "{needle}"
-        );
     }
     assert!(
         relay.log().contains("made it private"),
