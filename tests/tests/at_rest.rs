@@ -512,3 +512,28 @@ fn a_plaintext_relay_database_is_encrypted_in_place_on_start_with_nothing_lost()
     assert!(notes.iter().any(|n| n.text == NOTE));
     assert_private(relay.data.path());
 }
+
+/// The relay's CPU cost of encryption, a figure for the record (run by
+/// hand with `LINKBOOK_AT_REST_FIGURES=1`, against this build and an older
+/// one): 60 syncs, each one new note, and what the relay spent on them.
+#[test]
+fn figure_relay_cpu_per_sync() {
+    if std::env::var_os("LINKBOOK_AT_REST_FIGURES").is_none() {
+        return;
+    }
+    let relay = Relay::start();
+    let asha = Device::enrolled(&relay, "north", "Asha");
+    let family = add_family(&asha, FAMILY, NOTE);
+    asha.sync(None).expect("sync");
+    let (ticks, started) = (linkbook_tests::cpu_ticks(relay.pid()), Instant::now());
+    for i in 0..60 {
+        asha.add_note(family, &format!("note {i} {NOTE}"), NoteCategory::Other)
+            .expect("note");
+        asha.sync(None).expect("sync");
+    }
+    eprintln!(
+        "60 syncs: relay CPU {} ticks (1/100 s), wall {:?}",
+        linkbook_tests::cpu_ticks(relay.pid()) - ticks,
+        started.elapsed()
+    );
+}
