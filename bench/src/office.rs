@@ -600,7 +600,12 @@ fn office_sync(
 /// Copies the seed device's relay-side sync states to each fleet device
 /// (the relay is stopped).
 fn copy_relay_sync_states(relay_data: &Path, from: &str, to: &[String]) -> Result<()> {
-    let mut conn = rusqlite::Connection::open(relay_data.join(linkbook_server::DB_FILE))?;
+    // Keyed (encrypted at rest) the one way the relay opens it.
+    let mut conn = linkbook_server::at_rest::open_database(
+        &relay_data.join(linkbook_server::DB_FILE),
+        &linkbook_server::at_rest::KeySource::DataDir,
+    )
+    .map_err(|e| e.to_string())?;
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare(

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::at_rest::KeySource;
 use crate::relay::Limits;
 use crate::storage::Storage;
 use crate::{AppState, Bound, Transport, auth, tls};
@@ -18,10 +19,17 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "linkbook-server",
     version,
-    about = "The Linkbook relay: devices sync their team's records through it"
+    about = "The Linkbook relay: devices sync their team's records through it",
+    after_help = "The relay database is encrypted (SQLCipher). Its key is, by default, \
+relay.key in the data directory, made at random on first start; or the 64 hex \
+characters in LINKBOOK_SERVER_KEY; or the file --key-file names. Back the key \
+up apart from the data: a lost key is lost data, and a backup that holds both \
+protects nothing. A database made before encryption is encrypted in place on \
+first start. The data directory is 0700 and every file in it 0600."
 )]
 struct Cli {
-    /// Directory holding the relay database and the development certificate.
+    /// Directory holding the relay database and the development certificate
+    /// (made 0700; every file in it 0600).
     #[arg(
         long,
         env = "LINKBOOK_SERVER_DATA",
@@ -29,6 +37,12 @@ struct Cli {
         global = true
     )]
     data: PathBuf,
+    /// File holding the relay database's key (64 hex characters) instead
+    /// of relay.key in the data directory; or give the key itself in
+    /// LINKBOOK_SERVER_KEY. Back it up apart from the data: a lost key is
+    /// lost data.
+    #[arg(long, env = "LINKBOOK_SERVER_KEY_FILE", global = true)]
+    key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -284,35 +298,56 @@ where
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Belt and braces: every file is also given its mode explicitly.
+    crate::at_rest::restrict_umask();
     let cli = Cli::parse_from(args);
-    let result = match cli.command {
-        None => serve(&cli.data, cli.serve),
-        Some(Command::Device(cmd)) => device(&cli.data, cmd),
-        Some(Command::Family(cmd)) => family(&cli.data, cmd),
-        Some(Command::Team(cmd)) => team(&cli.data, cmd),
-        Some(Command::Retention(RetentionCommand::Apply { today })) => {
-            retention_apply(&cli.data, today)
+    let result = KeySource::from_options(cli.key_file).and_then(|key| {
+        let data = Data {
+            path: &cli.data,
+            key: &key,
+        };
+        match cli.command {
+            None => serve(data, cli.serve),
+            Some(Command::Device(cmd)) => device(data, cmd),
+            Some(Command::Family(cmd)) => family(data, cmd),
+            Some(Command::Team(cmd)) => team(data, cmd),
+            Some(Command::Retention(RetentionCommand::Apply { today })) => {
+                retention_apply(data, today)
+            }
+            Some(Command::Audit {
+                family,
+                device,
+                team,
+                json,
+            }) => audit(data, family, device, team, json),
+            Some(Command::ExportPerson { name, family, team }) => {
+                export_person(data, name, family, team)
+            }
+            Some(Command::Document(DocumentCommand::Refused { team, json })) => data
+                .open(Limits::default())
+                .and_then(|s| crate::refusals::print(&*s.storage, team.as_deref(), json)),
         }
-        Some(Command::Audit {
-            family,
-            device,
-            team,
-            json,
-        }) => audit(&cli.data, family, device, team, json),
-        Some(Command::ExportPerson { name, family, team }) => {
-            export_person(&cli.data, name, family, team)
-        }
-        Some(Command::Document(DocumentCommand::Refused { team, json })) => {
-            AppState::open(&cli.data, Limits::default())
-                .and_then(|s| crate::refusals::print(&*s.storage, team.as_deref(), json))
-        }
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The data directory and the database key: what every command opens the
+/// relay's storage with (one way, `Data::open`).
+#[derive(Debug, Clone, Copy)]
+struct Data<'a> {
+    path: &'a std::path::Path,
+    key: &'a KeySource,
+}
+
+impl Data<'_> {
+    fn open(&self, limits: Limits) -> crate::Result<AppState> {
+        AppState::open_with_key(self.path, limits, self.key)
     }
 }
 
@@ -335,14 +370,12 @@ fn lock_data_dir(data: &std::path::Path) -> crate::Result<std::fs::File> {
         context: format!("opening {}", path.display()),
         source: e,
     };
-    std::fs::create_dir_all(data).map_err(io)?;
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io)?;
+    crate::at_rest::prepare_data_dir(data)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path).map_err(io)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -368,7 +401,8 @@ fn lock_data_dir(data: &std::path::Path) -> crate::Result<std::fs::File> {
     Ok(file)
 }
 
-fn serve(data: &std::path::Path, args: ServeArgs) -> crate::Result<()> {
+fn serve(store: Data<'_>, args: ServeArgs) -> crate::Result<()> {
+    let data = store.path;
     // Held until this function returns, i.e. for the relay's whole life.
     let _lock = lock_data_dir(data)?;
     let max_message_bytes = args
@@ -399,7 +433,8 @@ fn serve(data: &std::path::Path, args: ServeArgs) -> crate::Result<()> {
         read_idle: std::time::Duration::from_secs(args.idle_timeout_secs),
         header_read_timeout: std::time::Duration::from_secs(args.header_timeout_secs),
     };
-    let state = AppState::open(data, limits)?
+    let state = store
+        .open(limits)?
         .with_auth_limits(crate::ratelimit::AuthLimits {
             max_failures: args.auth_max_failures,
             window: std::time::Duration::from_secs(args.auth_window_secs),
@@ -470,8 +505,8 @@ fn serve(data: &std::path::Path, args: ServeArgs) -> crate::Result<()> {
     })
 }
 
-fn device(data: &std::path::Path, cmd: DeviceCommand) -> crate::Result<()> {
-    let state = AppState::open(data, Limits::default())?;
+fn device(data: Data<'_>, cmd: DeviceCommand) -> crate::Result<()> {
+    let state = data.open(Limits::default())?;
     let storage: &dyn Storage = &*state.storage;
     match cmd {
         DeviceCommand::Enrol {
@@ -547,8 +582,8 @@ fn device(data: &std::path::Path, cmd: DeviceCommand) -> crate::Result<()> {
     Ok(())
 }
 
-fn team(data: &std::path::Path, cmd: TeamCommand) -> crate::Result<()> {
-    let state = AppState::open(data, Limits::default())?;
+fn team(data: Data<'_>, cmd: TeamCommand) -> crate::Result<()> {
+    let state = data.open(Limits::default())?;
     let storage: &dyn Storage = &*state.storage;
     let TeamCommand::Policy {
         team,
@@ -585,8 +620,8 @@ fn team(data: &std::path::Path, cmd: TeamCommand) -> crate::Result<()> {
     Ok(())
 }
 
-fn retention_apply(data: &std::path::Path, today: Option<chrono::NaiveDate>) -> crate::Result<()> {
-    let state = AppState::open(data, Limits::default())?;
+fn retention_apply(data: Data<'_>, today: Option<chrono::NaiveDate>) -> crate::Result<()> {
+    let state = data.open(Limits::default())?;
     let today = today.unwrap_or_else(|| Utc::now().date_naive());
     let purged = crate::retention::apply(&*state.storage, today)?;
     for id in &purged {
@@ -630,7 +665,7 @@ fn team_of(storage: &dyn Storage, id: &str, team: Option<&str>) -> crate::Result
 }
 
 fn audit(
-    data: &std::path::Path,
+    data: Data<'_>,
     family: Option<String>,
     device: Option<String>,
     team: Option<String>,
@@ -643,7 +678,7 @@ fn audit(
                 .map_err(|e| crate::Error::BadRequest(e.to_string()))
         })
         .transpose()?;
-    let state = AppState::open(data, Limits::default())?;
+    let state = data.open(Limits::default())?;
     let team = match &family {
         Some(id) => team_of(&*state.storage, id, team.as_deref())?,
         None => team,
@@ -674,9 +709,9 @@ fn audit(
     Ok(())
 }
 
-fn family(data: &std::path::Path, cmd: FamilyCommand) -> crate::Result<()> {
+fn family(data: Data<'_>, cmd: FamilyCommand) -> crate::Result<()> {
     use crate::Error::BadRequest;
-    let state = AppState::open(data, Limits::default())?;
+    let state = data.open(Limits::default())?;
     let storage: &dyn Storage = &*state.storage;
     match cmd {
         FamilyCommand::Purge { id, reason, team } => {
@@ -718,7 +753,7 @@ fn family(data: &std::path::Path, cmd: FamilyCommand) -> crate::Result<()> {
 }
 
 fn export_person(
-    data: &std::path::Path,
+    data: Data<'_>,
     name: Option<String>,
     family: Option<String>,
     team: Option<String>,
@@ -735,7 +770,7 @@ fn export_person(
                 .map_err(|e| BadRequest(e.to_string()))
         })
         .transpose()?;
-    let state = AppState::open(data, Limits::default())?;
+    let state = data.open(Limits::default())?;
     let storage: &dyn Storage = &*state.storage;
     let only_team = match &family {
         Some(id) => team_of(storage, id, team.as_deref())?,

@@ -40,6 +40,15 @@ pub enum Error {
     TooManyReads { max: usize },
     #[error("the office purged this document")]
     Purged,
+    /// SQLCipher could not decrypt the relay database with the key given
+    /// (at_rest.rs); nothing was written.
+    #[error(
+        "the relay database could not be opened with this key: give the key it was made with (relay.key in the data directory, LINKBOOK_SERVER_KEY or --key-file), restored from your backup"
+    )]
+    WrongKey,
+    /// The relay database's key is missing, malformed or given twice.
+    #[error("the relay database key: {0}")]
+    Key(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -4,6 +4,7 @@
 //! [`serve`] binds it with TLS (or, on loopback only, plain HTTP) and runs it
 //! until shutdown. `main.rs` only parses configuration.
 
+pub mod at_rest;
 pub mod audit_upload;
 pub mod auth;
 pub mod cli;
@@ -65,13 +66,18 @@ impl std::fmt::Debug for dyn Storage {
 pub const DB_FILE: &str = "relay.db";
 
 impl AppState {
-    /// Opens (creating) the embedded storage in `data`.
+    /// Opens (creating) the embedded storage in `data`, keyed with the data
+    /// directory's `relay.key`.
     pub fn open(data: &Path, limits: Limits) -> Result<Self> {
-        std::fs::create_dir_all(data).map_err(|e| Error::Io {
-            context: format!("creating {}", data.display()),
-            source: e,
-        })?;
-        let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&data.join(DB_FILE))?);
+        Self::open_with_key(data, limits, &at_rest::KeySource::DataDir)
+    }
+
+    /// Opens (creating) the embedded storage in `data` (a private
+    /// directory), its database encrypted with the key from `key`.
+    pub fn open_with_key(data: &Path, limits: Limits, key: &at_rest::KeySource) -> Result<Self> {
+        at_rest::prepare_data_dir(data)?;
+        let storage: Arc<dyn Storage> =
+            Arc::new(SqliteStorage::open_with_key(&data.join(DB_FILE), key)?);
         let storage_id = relay_storage_id(data, &*storage)?;
         Ok(AppState {
             hub: Arc::new(Hub::new(storage.clone(), storage_id, limits)),

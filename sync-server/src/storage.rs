@@ -289,22 +289,16 @@ impl std::fmt::Debug for SqliteStorage {
 }
 
 impl SqliteStorage {
+    /// Opens (creating) the database at `path`, keyed with the data
+    /// directory's `relay.key` (made if new): what unit tests use.
     pub fn open(path: &Path) -> Result<Self> {
-        let mut conn = Connection::open(path)?;
-        // SQLite opens a file it may not write read-only, without a word:
-        // the relay would start and then refuse every upload.
-        if conn.is_readonly(rusqlite::MAIN_DB)? {
-            return Err(Error::Config(format!(
-                "the relay database {} is read-only (its permissions, or a read-only mount): the relay must be able to write it",
-                path.display()
-            )));
-        }
-        // secure_delete: a purged document's pages are overwritten, not left
-        // readable in the free list.
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON; PRAGMA temp_store = 2;",
-        )?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Self::open_with_key(path, &crate::at_rest::KeySource::DataDir)
+    }
+
+    /// Opens (creating, encrypting a plaintext one in place) the database
+    /// at `path` with the key from `key` (at_rest.rs), then migrates it.
+    pub fn open_with_key(path: &Path, key: &crate::at_rest::KeySource) -> Result<Self> {
+        let mut conn = crate::at_rest::open_database(path, key)?;
         let before: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let before = before as usize;
         if before > MIGRATIONS.len() {

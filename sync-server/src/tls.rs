@@ -23,10 +23,6 @@ fn tls_err(e: impl std::fmt::Display) -> Error {
     Error::Tls(e.to_string())
 }
 
-fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io { context, source }
-}
-
 /// Creates (once) a development CA and a certificate for localhost,
 /// 127.0.0.1 and ::1 signed by it; returns (cert chain path, key path).
 pub fn ensure_dev_certificate(data: &Path) -> Result<(PathBuf, PathBuf)> {
@@ -59,33 +55,16 @@ pub fn ensure_dev_certificate(data: &Path) -> Result<(PathBuf, PathBuf)> {
     }
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer).map_err(tls_err)?;
 
-    write_file(&ca_path, ca_cert.pem().as_bytes(), 0o644)?;
-    write_file(
+    // Private like everything in the data directory (issue 12, finding 4;
+    // the CA is for the operator to hand to devices), each written whole
+    // or not at all; the key last, since its presence means "made".
+    crate::at_rest::write_private(&ca_path, ca_cert.pem().as_bytes())?;
+    crate::at_rest::write_private(
         &cert_path,
         format!("{}{}", leaf_cert.pem(), ca_cert.pem()).as_bytes(),
-        0o644,
     )?;
-    write_file(&key_path, leaf_key.serialize_pem().as_bytes(), 0o600)?;
+    crate::at_rest::write_private(&key_path, leaf_key.serialize_pem().as_bytes())?;
     Ok((cert_path, key_path))
-}
-
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut f = opts
-        .open(path)
-        .map_err(io_err(format!("writing {}", path.display())))?;
-    f.write_all(bytes)
-        .map_err(io_err(format!("writing {}", path.display())))?;
-    Ok(())
 }
 
 /// A rustls server configuration from PEM files (ALPN http/1.1: the sync

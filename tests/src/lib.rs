@@ -99,11 +99,12 @@ impl Relay {
     ) -> Relay {
         use std::io::BufRead;
         let stderr_log = data.path().join("relay.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&stderr_log)
-            .expect("log file");
+        // Private, as everything in the relay's data directory must be
+        // (at_rest.rs checks every file there).
+        let mut log = std::fs::OpenOptions::new();
+        log.create(true).append(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut log, 0o600);
+        let log = log.open(&stderr_log).expect("log file");
         let mut child = command
             .arg("--data")
             .arg(data.path())
@@ -212,6 +213,27 @@ impl Relay {
         relay_integrity_check(&self.db_path())
     }
 
+    /// The relay database's key: `relay.key` in its data directory (64 hex).
+    pub fn key(&self) -> String {
+        relay_key(self.data.path())
+    }
+
+    /// The relay's database, opened and keyed from this process.
+    pub fn db(&self) -> rusqlite::Connection {
+        relay_db(self.data.path())
+    }
+
+    /// Starts with `command` as the program (e.g. `sh -c 'umask 022; exec
+    /// "$0" "$@"'` around the relay), extra options and environment.
+    pub fn start_command(
+        data: TempDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+        command: Command,
+    ) -> Relay {
+        Self::launch_command(data, args, env, command)
+    }
+
     /// Applies util-linux `prlimit` limits (`--as=…`, `--nofile=…`) to the
     /// relay process.
     pub fn prlimit(&self, limits: &[&str]) {
@@ -279,15 +301,45 @@ impl Drop for Relay {
     }
 }
 
-/// `PRAGMA integrity_check` of a relay database file ("ok" when sound).
+/// `PRAGMA integrity_check` of a relay database file ("ok" when sound),
+/// keyed with the `relay.key` beside it.
 pub fn relay_integrity_check(db: &Path) -> String {
+    let data = db.parent().expect("the relay database's directory");
+    open_keyed(db, &relay_key(data))
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check")
+}
+
+/// The key of the relay database in data directory `data` (running or
+/// stopped): `relay.key`, 64 hex characters.
+pub fn relay_key(data: &Path) -> String {
+    let key = std::fs::read_to_string(data.join("relay.key")).expect("relay.key");
+    assert!(
+        key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()),
+        "relay.key holds 64 hex characters"
+    );
+    key
+}
+
+/// The relay database in data directory `data`, keyed as the relay keys
+/// it (SQLCipher 4 defaults, `PRAGMA key = "x'<hex>'"`): the one way the
+/// tests open it.
+pub fn relay_db(data: &Path) -> rusqlite::Connection {
+    open_keyed(&data.join("relay.db"), &relay_key(data))
+}
+
+/// `db` opened read-write (never created) and keyed with `hex_key`.
+pub fn open_keyed(db: &Path, hex_key: &str) -> rusqlite::Connection {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
             .expect("open the relay database");
+    conn.execute_batch(&format!(
+        "PRAGMA cipher_log_level = NONE; PRAGMA key = \"x'{hex_key}'\";"
+    ))
+    .expect("key the relay database");
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .expect("busy timeout");
-    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .expect("integrity_check")
+    conn
 }
 
 /// A Linkbook device store (core `Repo`) in its own temp directory.

@@ -22,9 +22,7 @@ const TEAM: &str = "north";
 /// The relay's count of stored uploads (its audit), read from its database
 /// while it runs: how the test knows the relay is mid-way.
 fn uploads(db: &Path) -> i64 {
-    let conn = rusqlite::Connection::open(db).expect("open the relay database");
-    conn.busy_timeout(Duration::from_secs(10))
-        .expect("busy timeout");
+    let conn = linkbook_tests::relay_db(db.parent().expect("data directory"));
     conn.query_row(
         "SELECT count(*) FROM audit WHERE action = 'uploaded'",
         [],

@@ -435,8 +435,8 @@ async fn a_document_grown_in_small_messages_stops_at_the_size_cap() {
         .await
         .expect("a fresh peer syncs the document");
     assert_eq!(copy.get_heads(), accepted);
-    let stored: i64 = rusqlite::Connection::open(relay.db_path())
-        .expect("open")
+    let stored: i64 = relay
+        .db()
         .query_row(
             "SELECT COALESCE(LENGTH(snapshot), 0) + (SELECT COALESCE(SUM(LENGTH(data)), 0) FROM changes WHERE doc_id = ?1) FROM documents WHERE id = ?1",
             [&doc_id],
@@ -484,7 +484,7 @@ async fn a_poison_stored_before_the_load_budget_does_not_abort_the_relay() {
     }
     let data = relay.stop();
     {
-        let db = rusqlite::Connection::open(data.path().join("relay.db")).expect("open");
+        let db = linkbook_tests::relay_db(data.path());
         for (id, (_, bytes)) in ids.iter().zip(&crashers) {
             db.execute(
                 "UPDATE documents SET snapshot = ?2 WHERE team = 'north' AND id = ?1",

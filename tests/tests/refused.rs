@@ -29,7 +29,7 @@ fn foreign_document() -> automerge::AutoCommit {
 /// Writes `changes` of document `id` for `team` straight into a stopped
 /// relay's database, as an old relay without the door check stored them.
 fn store_directly(db: &Path, id: &str, team: &str, changes: &[u8]) {
-    let conn = rusqlite::Connection::open(db).expect("open the relay database");
+    let conn = linkbook_tests::relay_db(db.parent().expect("data directory"));
     conn.execute(
         "INSERT INTO documents (id, team, created_at) VALUES (?1, ?2, '2026-11-01T00:00:00Z')
          ON CONFLICT(team, id) DO NOTHING",
