@@ -16,6 +16,16 @@ use crate::output::{json, line, or_dash};
 
 pub fn run(data: &Path, command: Command) -> Result<(), Error> {
     let repo = device::open(data)?;
+    let result = run_command(repo, command);
+    // Revoked: core wiped the store (and the repo is closed by now); the
+    // profile's files go too.
+    if matches!(result, Err(Error::Revoked)) {
+        device::remove_wiped(data)?;
+    }
+    result
+}
+
+fn run_command(repo: Repo, command: Command) -> Result<(), Error> {
     match command {
         Command::Profile(cmd) => profile(&repo, cmd),
         Command::Family(cmd) => family(&repo, cmd),
