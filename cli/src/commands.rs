@@ -21,6 +21,16 @@ pub(crate) static CHANGES_REFUSED: std::sync::atomic::AtomicBool =
 
 pub fn run(data: &Path, command: Command) -> Result<(), Error> {
     let repo = device::open(data)?;
+    let result = run_command(repo, command);
+    // Revoked: core wiped the store (and the repo is closed by now); the
+    // profile's files go too.
+    if matches!(result, Err(Error::Revoked)) {
+        device::remove_wiped(data)?;
+    }
+    result
+}
+
+fn run_command(repo: Repo, command: Command) -> Result<(), Error> {
     match command {
         Command::Profile(cmd) => profile(&repo, cmd),
         Command::Family(cmd) => family(&repo, cmd),

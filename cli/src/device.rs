@@ -23,6 +23,28 @@ pub fn open(dir: &Path) -> Result<Repo, Error> {
     Repo::open(dir.join(DB_FILE), &key)
 }
 
+/// After a revocation wipe: removes the database (its records are gone, and
+/// without the key it could not be opened) and then the key file, so nothing
+/// of the profile is left in `dir` and it works again as a new profile. The
+/// database goes first: a key file without a database is harmless, a
+/// database without its key would refuse every later run.
+pub fn remove_wiped(dir: &Path) -> Result<(), Error> {
+    for name in [
+        format!("{DB_FILE}-wal"),
+        format!("{DB_FILE}-shm"),
+        DB_FILE.to_string(),
+        KEY_FILE.to_string(),
+    ] {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(format!("could not remove {}", path.display()))(e)),
+        }
+    }
+    sync_dir(dir).map_err(io_error(format!("could not sync {}", dir.display())))
+}
+
 pub fn io_error(context: String) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { context, source }
 }

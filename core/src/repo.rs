@@ -355,13 +355,23 @@ impl Repo {
                     OR key LIKE 'relay_cursor:%'",
                 [],
             )?;
-            tx.execute("DELETE FROM skipped_documents", [])?;
+            // Whatever no document row points to any more: projections,
+            // states and reads of documents deleted above or never stored.
+            for sql in [
+                "DELETE FROM skipped_documents",
+                "DELETE FROM read_log",
+                "DELETE FROM sync_states",
+                "DELETE FROM conflicts",
+                "DELETE FROM notes",
+                "DELETE FROM families",
+                "DELETE FROM family_days",
+                "INSERT INTO notes_fts(notes_fts) VALUES ('delete-all')",
+            ] {
+                tx.execute(sql, [])?;
+            }
             Ok(())
         })?;
-        let w = lock(&self.writer);
-        let _ = w
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        store::truncate_wal(&lock(&self.writer).conn)?;
         Ok(())
     }
 
@@ -925,6 +935,7 @@ impl Repo {
             }
             Ok(())
         })?;
+        store::truncate_wal(&lock(&self.writer).conn)?;
         Ok(new.into_iter().map(|(id, _)| *id).collect())
     }
 

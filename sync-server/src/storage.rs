@@ -687,6 +687,8 @@ impl Storage for SqliteStorage {
             "DELETE FROM changes WHERE team = ?1 AND doc_id = ?2",
             "DELETE FROM sync_states WHERE team = ?1 AND doc_id = ?2",
             "DELETE FROM documents WHERE team = ?1 AND id = ?2",
+            // Ids and reasons only, but of a family that no longer exists.
+            "DELETE FROM refused_documents WHERE team = ?1 AND doc_id = ?2",
         ] {
             tx.execute(sql, [team, doc_id])?;
         }

@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 
 use tempfile::TempDir;
 
+pub mod pages;
+
 /// A binary of this build (`linkbook`, `linkbook-server`).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -346,6 +348,8 @@ pub fn open_keyed(db: &Path, hex_key: &str) -> rusqlite::Connection {
 #[derive(Debug)]
 pub struct Device {
     pub repo: linkbook_core::Repo,
+    /// The store's raw SQLCipher key (erasure tests decrypt its pages).
+    pub key: [u8; 32],
     _dir: TempDir,
 }
 
@@ -356,7 +360,11 @@ impl Device {
         let key = linkbook_core::DatabaseKey::generate();
         let repo = linkbook_core::Repo::open(dir.path().join("linkbook.db"), &key)
             .expect("open device store");
-        Device { repo, _dir: dir }
+        Device {
+            repo,
+            key: key.to_bytes(),
+            _dir: dir,
+        }
     }
 
     /// A new device enrolled with `relay` as `worker` of `team`.

@@ -2,7 +2,8 @@
 //! relay and from every device at its next sync; no device can bring it back.
 
 use linkbook_core::*;
-use linkbook_tests::{Device, Relay};
+use linkbook_tests::pages::{occurrences, plaintext_pages, relay_plaintext};
+use linkbook_tests::{CliDevice, Device, Relay};
 
 fn family(d: &Device, name: &str, note: &str) -> Result<DocumentId> {
     let id = d.add_family(&NewFamily {
@@ -13,11 +14,10 @@ fn family(d: &Device, name: &str, note: &str) -> Result<DocumentId> {
     Ok(id)
 }
 
+/// Every page of the relay's database and WAL, decrypted with its
+/// `relay.key` when it has one, and its other files as they are.
 fn relay_files_contain(relay: &Relay, needle: &[u8]) -> bool {
-    std::fs::read_dir(relay.data.path())
-        .expect("relay dir")
-        .filter_map(|e| std::fs::read(e.expect("entry").path()).ok())
-        .any(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+    occurrences(&relay_plaintext(relay.data.path()), needle) > 0
 }
 
 #[test]
@@ -187,4 +187,263 @@ fn subject_access_finds_every_family_that_names_a_person_and_is_audited() -> Res
         assert!(!r.stderr.trim().is_empty());
     }
     Ok(())
+}
+
+/// Every page of a device's database and WAL, decrypted with its key.
+fn device_pages(d: &Device) -> Vec<u8> {
+    plaintext_pages(d.path(), Some(&d.key))
+}
+
+/// A second connection on the device's store, keyed as the device keys it.
+fn device_sql(d: &Device) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(d.path()).expect("open");
+    conn.execute_batch(&format!(
+        "PRAGMA key = \"x'{}'\"; PRAGMA cipher_log_level = NONE;",
+        hex::encode(d.key)
+    ))
+    .expect("key");
+    conn
+}
+
+fn count(conn: &rusqlite::Connection, sql: &str) -> i64 {
+    conn.query_row(sql, [], |r| r.get(0)).expect(sql)
+}
+
+/// The FTS index's vocabulary (`fts5vocab`, in the temp schema: nothing is
+/// written to the store).
+fn fts_terms(conn: &rusqlite::Connection) -> Vec<String> {
+    conn.execute_batch(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS temp.vocab USING fts5vocab(main, notes_fts, row);",
+    )
+    .expect("fts5vocab");
+    let mut stmt = conn.prepare("SELECT term FROM temp.vocab").expect("vocab");
+    stmt.query_map([], |r| r.get(0))
+        .expect("terms")
+        .collect::<rusqlite::Result<_>>()
+        .expect("terms")
+}
+
+/// How often `term` occurs in the rows the store keeps on purpose: the
+/// documents (whose history keeps an edited note's old text, by design),
+/// their changes and the notes projection.
+fn live_occurrences(conn: &rusqlite::Connection, term: &str) -> usize {
+    let mut n = 0;
+    for sql in [
+        "SELECT snapshot FROM documents",
+        "SELECT data FROM changes",
+        "SELECT CAST(text AS BLOB) FROM notes",
+    ] {
+        let mut stmt = conn.prepare(sql).expect(sql);
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).expect(sql);
+        for row in rows {
+            n += occurrences(&row.expect("row"), term.as_bytes());
+        }
+    }
+    n
+}
+
+/// Issue 12, finding 1: a purge, a retention drop, a revocation wipe and a
+/// note edit leave no erased term in any page of the device's database or
+/// WAL (decrypted with the device's key), FTS shadow tables included, and
+/// nothing of the family in the read log or the other tables.
+#[test]
+fn erasure_leaves_no_term_in_any_page_of_the_device_store() -> Result<()> {
+    let relay = Relay::start();
+    let a = Device::enrolled(&relay, "north", "Asha");
+    let b = Device::enrolled(&relay, "north", "Ben");
+    let purged_text = "mother says dad is in hmp quagmireleeds son tommy bullied at oakfield";
+    let retained_text = "closed case wombatretention housing moved away";
+    let kept_text = "an ordinary visit with nothing erased";
+    let purged = family(&a, "Xylopurgename", purged_text)?;
+    let closed = family(&a, "Closedfamily", retained_text)?;
+    let today = chrono::Utc::now().date_naive();
+    a.close_family(closed, today - chrono::Duration::days(40), "support ended")?;
+    let kept = family(&a, "Keptfamily", kept_text)?;
+    let edited_note = a.add_note(kept, "first draft editoldterm", NoteCategory::Other)?;
+    a.sync(None)?;
+    b.sync(None)?;
+    // Both devices read every case file (each read is logged).
+    for d in [&a, &b] {
+        for id in [purged, closed, kept] {
+            d.family(id)?;
+        }
+        let pages = device_pages(d);
+        assert!(
+            occurrences(&pages, b"quagmireleeds") > 0,
+            "helper finds live text"
+        );
+        assert!(occurrences(&pages, b"wombatretention") > 0);
+    }
+
+    // (a) a purge and (b) a retention drop, reaching A at its next sync.
+    let r = relay.admin(&[
+        "family",
+        "purge",
+        &purged.to_string(),
+        "--reason",
+        "erasure",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = relay.admin(&[
+        "team",
+        "policy",
+        "--team",
+        "north",
+        "--retention-days",
+        "30",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = relay.admin(&["retention", "apply", "--today", &today.to_string()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // (d) a plain edit that replaces a note's text.
+    a.edit_note(kept, &edited_note, "final wording")?;
+    let s = a.sync(None)?;
+    assert_eq!(s.purged.len(), 2, "{s:?}");
+
+    let pages = device_pages(&a);
+    for term in [
+        "quagmireleeds",
+        "oakfield",
+        "Xylopurgename",
+        "wombatretention",
+        "Closedfamily",
+    ] {
+        assert_eq!(
+            occurrences(&pages, term.as_bytes()),
+            0,
+            "{term} is still in a page of the device store or its WAL"
+        );
+    }
+    let conn = device_sql(&a);
+    for id in [purged, closed] {
+        let id = id.to_string();
+        for sql in [
+            "SELECT count(*) FROM read_log WHERE family_id = ?1",
+            "SELECT count(*) FROM sync_states WHERE doc_id = ?1",
+            "SELECT count(*) FROM conflicts WHERE doc_id = ?1",
+            "SELECT count(*) FROM documents WHERE id = ?1",
+            "SELECT count(*) FROM changes WHERE doc_id = ?1",
+            "SELECT count(*) FROM notes WHERE family_id = ?1",
+            "SELECT count(*) FROM skipped_documents WHERE doc_id = ?1",
+        ] {
+            let n: i64 = conn.query_row(sql, [&id], |r| r.get(0)).expect(sql);
+            assert_eq!(n, 0, "{sql} for an erased family");
+        }
+    }
+    // The edit: the old text stays in the note's history (workers see it),
+    // but the index knows only the current text; and no page holds a copy
+    // of the old text beyond the rows kept on purpose.
+    assert!(a.search("editoldterm")?.is_empty());
+    assert_eq!(a.search("wording")?.len(), 1);
+    let terms = fts_terms(&conn);
+    for gone in ["editoldterm", "draft", "quagmireleeds", "wombatretention"] {
+        assert!(
+            !terms.iter().any(|t| t == gone),
+            "{gone} in the FTS vocabulary"
+        );
+    }
+    assert!(terms.iter().any(|t| t == "wording"));
+    let notes = a.notes(kept)?;
+    let note = notes.iter().find(|n| n.id == edited_note).expect("note");
+    assert!(
+        note.history.iter().any(|h| h.text.contains("editoldterm")),
+        "{note:?}"
+    );
+    // Between checkpoints the WAL holds earlier images of live pages (the
+    // same live rows again), so the count is of the pages after one.
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .expect("checkpoint");
+    let live = live_occurrences(&conn, "editoldterm");
+    assert!(live > 0, "the history keeps the old text");
+    let paged = occurrences(&device_pages(&a), b"editoldterm");
+    assert!(
+        paged <= live,
+        "the old text is in {paged} places of the pages, {live} of them live"
+    );
+    drop(conn);
+
+    // (c) B is revoked: at its next contact it wipes everything it holds.
+    let id = b.profile().device_id;
+    let r = relay.admin(&["device", "revoke", &id]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(matches!(b.sync(None), Err(Error::Revoked)));
+    let pages = device_pages(&b);
+    for term in [
+        "quagmireleeds",
+        "wombatretention",
+        "ordinary",
+        "wording",
+        "editoldterm",
+        "Keptfamily",
+        "Xylopurgename",
+        "Asha",
+    ] {
+        assert_eq!(
+            occurrences(&pages, term.as_bytes()),
+            0,
+            "{term} is still in a page of the wiped store or its WAL"
+        );
+    }
+    let conn = device_sql(&b);
+    for table in [
+        "read_log",
+        "sync_states",
+        "conflicts",
+        "documents",
+        "changes",
+        "notes",
+        "families",
+        "family_days",
+        "skipped_documents",
+        "notes_fts",
+    ] {
+        assert_eq!(
+            count(&conn, &format!("SELECT count(*) FROM {table}")),
+            0,
+            "{table} after a wipe"
+        );
+    }
+    assert!(fts_terms(&conn).is_empty());
+    Ok(())
+}
+
+/// A revoked CLI profile removes its key file, and the database it opened
+/// (useless without it).
+#[test]
+fn a_wiped_cli_profile_removes_its_key_file() {
+    let relay = Relay::start();
+    let d = CliDevice {
+        dir: tempfile::tempdir().expect("dir"),
+        key: None,
+    };
+    let ca = relay.ca_path();
+    let code = relay.enrol_code("north", "Asha");
+    d.ok(&[
+        "enrol",
+        "--server",
+        &relay.url,
+        "--code",
+        &code,
+        "--ca",
+        ca.to_str().expect("path"),
+    ]);
+    d.ok(&["family", "add", "--name", "Smith"]);
+    d.ok(&["sync"]);
+    assert!(d.data().join("key").exists());
+    let id = d.json(&["profile", "show"])["device_id"]
+        .as_str()
+        .expect("device id")
+        .to_string();
+    let r = relay.admin(&["device", "revoke", &id]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = d.run(&["sync"]);
+    assert_eq!(r.code, 6, "{}", r.stderr);
+    let left: Vec<String> = std::fs::read_dir(d.data())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "left in the wiped profile: {left:?}");
+    // The directory works as a new, unenrolled profile.
+    let r = d.run(&["family", "list"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
 }

@@ -303,10 +303,14 @@ impl<'a> WriteTxn<'a> {
         Ok(())
     }
 
-    /// Removes a document, its changes, projections and sync states.
+    /// Removes a document, its changes, projections, sync states and the
+    /// reads of it not yet uploaded. With `secure_delete` and the FTS index's
+    /// `secure-delete` (schema 7) no term or row of it stays in a page; the
+    /// caller truncates the WAL after the commit (`store::truncate_wal`).
     pub(crate) fn delete(&mut self, id: DocumentId) -> Result<()> {
         let key = id.to_string();
         for sql in [
+            "DELETE FROM read_log WHERE family_id = ?1",
             "DELETE FROM changes WHERE doc_id = ?1",
             "DELETE FROM documents WHERE id = ?1",
             "DELETE FROM sync_states WHERE doc_id = ?1",

@@ -6,6 +6,8 @@
 //! tracked by `PRAGMA user_version`.
 
 pub(crate) mod documents;
+#[cfg(test)]
+mod erasure_cost;
 pub(crate) mod projection;
 
 use std::fmt;
@@ -69,6 +71,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/004_purged.sql"),
     include_str!("../../migrations/005_read_log.sql"),
     include_str!("../../migrations/006_skipped_documents.sql"),
+    include_str!("../../migrations/007_secure_erasure.sql"),
 ];
 
 /// Opens (creating if missing) and unlocks the database file.
@@ -129,6 +132,22 @@ pub(crate) fn open_connection(path: &Path, key: &DatabaseKey) -> Result<Connecti
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// After an erasure (purge, retention drop, wipe): copies the WAL into the
+/// database file and truncates it to zero bytes. `secure_delete` zeroed the
+/// freed rows in the new page images, but the WAL still held the older
+/// images, with the erased text, in frames a checkpoint leaves in place
+/// (SQLite reuses the WAL from its start; it does not shorten it). Returns
+/// false if a reader in another process held an older snapshot, so the WAL
+/// could not be truncated (it waits `busy_timeout` for it first); the next
+/// erasure does it.
+pub(crate) fn truncate_wal(conn: &Connection) -> Result<bool> {
+    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+    if busy != 0 {
+        tracing::warn!("the WAL could not be truncated after an erasure: another reader is open");
+    }
+    Ok(busy == 0)
 }
 
 /// Creates a missing database file readable by its owner only; SQLite gives
