@@ -60,7 +60,7 @@ fn files_holding(dir: &Path, needle: &str) -> Vec<PathBuf> {
 
 fn assert_private(dir: &Path) {
     let all = modes(dir);
-    assert!(all.len() >= 4, "{all:?}");
+    assert!(all.len() >= 3, "{all:?}");
     for (path, mode, is_dir) in all {
         let want = if is_dir { 0o700 } else { 0o600 };
         assert_eq!(mode, want, "{} is {mode:o}, not {want:o}", path.display());
@@ -179,7 +179,6 @@ fn under_umask_022_the_relays_files_are_private_and_hold_no_family_name_or_note_
         "dev-key.pem",
         "dev-cert.pem",
         "dev-ca.pem",
-        "storage-id",
     ] {
         assert!(names.iter().any(|n| n == f), "{f} missing: {names:?}");
     }
@@ -514,13 +513,12 @@ fn a_plaintext_relay_database_is_encrypted_in_place_on_start_with_nothing_lost()
 }
 
 /// The relay's CPU cost of encryption, a figure for the record (run by
-/// hand with `LINKBOOK_AT_REST_FIGURES=1`, against this build and an older
+/// hand with `--ignored`, against this build and an older
 /// one): 60 syncs, each one new note, and what the relay spent on them.
+/// A figure, not a check: `cargo test --test at_rest -- --ignored`.
 #[test]
+#[ignore = "a figure for the record, run by hand"]
 fn figure_relay_cpu_per_sync() {
-    if std::env::var_os("LINKBOOK_AT_REST_FIGURES").is_none() {
-        return;
-    }
     let relay = Relay::start();
     let asha = Device::enrolled(&relay, "north", "Asha");
     let family = add_family(&asha, FAMILY, NOTE);
