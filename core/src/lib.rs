@@ -40,7 +40,7 @@ pub use model::{
     SCHEMA_VERSION, SafeguardingFlag,
 };
 pub use repo::{Clock, DeviceProfile, LOCAL_TEAM, Repo};
-pub use store::DatabaseKey;
+pub use store::{DatabaseKey, open_keyed};
 pub use sync::{
     DeviceCredentials, Enrolment, SkippedDocument, SyncListener, SyncProgress, SyncSummary,
     enrol_device,

@@ -24,7 +24,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use linkbook_core::DatabaseKey;
-use rusqlite::{Connection, OpenFlags, ffi::ErrorCode};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Error, Result};
 
@@ -370,51 +370,14 @@ pub fn open_database(db: &Path, source: &KeySource) -> Result<Connection> {
 }
 
 /// A connection to `path` unlocked with `key` (no other pragma set): a
-/// wrong key is [`Error::WrongKey`], and nothing is written.
+/// wrong key is [`Error::WrongKey`], and nothing is written. The devices'
+/// opener (`linkbook_core::open_keyed`), so both key SQLCipher one way.
 fn open_keyed(path: &Path, key: &DatabaseKey) -> Result<Connection> {
-    let open = || {
-        Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-    };
-    let mut conn = open()?;
-    // The devices' store met a rare "PRAGMA key requires a key of one or
-    // more characters" while another thread keyed its own connection (a
-    // race in SQLCipher's crypto-provider set-up, core/src/store/mod.rs):
-    // keying is done one at a time and a failed keying retried on a new
-    // connection; a wrong key is a different error, below.
-    static KEYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let keying = KEYING.lock().unwrap_or_else(|p| p.into_inner());
-    let mut attempts = 0;
-    loop {
-        // A wrong key would otherwise print an HMAC error on stderr.
-        conn.execute_batch("PRAGMA cipher_log_level = NONE;")?;
-        match conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", key.to_hex())) {
-            Err(rusqlite::Error::SqliteFailure(_, Some(message)))
-                if attempts < 3 && message.contains("PRAGMA key requires") =>
-            {
-                attempts += 1;
-                tracing::warn!(attempts, "keying the relay database failed; retrying");
-                std::thread::sleep(std::time::Duration::from_millis(10));
-                conn = open()?;
-            }
-            result => break result?,
-        }
-    }
-    let unlocked = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-        r.get::<_, i64>(0)
-    });
-    drop(keying);
-    match unlocked {
-        Ok(_) => Ok(conn),
-        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::NotADatabase => {
-            Err(Error::WrongKey)
-        }
-        Err(e) => Err(e.into()),
-    }
+    linkbook_core::open_keyed(path, key).map_err(|e| match e {
+        linkbook_core::Error::WrongKey => Error::WrongKey,
+        linkbook_core::Error::Storage(e) => Error::Storage(e),
+        other => Error::Config(format!("opening {}: {other}", path.display())),
+    })
 }
 
 /// Encrypts the plaintext database `db` in place with `key`.

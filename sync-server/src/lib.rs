@@ -346,6 +346,7 @@ async fn sync_socket(
             .find_map(|kv| kv.strip_prefix("since="))
             .and_then(|v| v.parse::<i64>().ok())
     });
+    let sessions = relay::Sessions::from_query(query.as_deref()).map_err(Error::BadRequest)?;
     let hub = state.hub.clone();
     Ok(ws
         // tungstenite's defaults (128 KiB each way) made an idle connection
@@ -354,7 +355,7 @@ async fn sync_socket(
         .read_buffer_size(16 * 1024)
         .write_buffer_size(16 * 1024)
         .max_message_size(hub.limits().max_message_bytes)
-        .on_upgrade(move |socket| hub.serve(device, socket, since))
+        .on_upgrade(move |socket| hub.serve(device, socket, (since, sessions)))
         .into_response())
 }
 

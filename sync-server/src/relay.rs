@@ -146,6 +146,73 @@ const WRITER_LINGER_SECS: u64 = 10;
 /// peer that does not read.
 const SHUT_LINGER_SECS: u64 = 2;
 
+/// Which of a device's uploads its `changed-since` leaves out: its own.
+///
+/// Copies of one device (a restored backup, a copied profile) share its id,
+/// so "uploaded by this device" would hide each copy's uploads from the
+/// other for good. A Linkbook device names each sync session
+/// (`/v1/sync?since=N&session=S&after=P`: S random per session, P the
+/// session of its last successful sync), the relay tags what the session
+/// uploads `device/S`, and leaves out only what is tagged `device/P`: the
+/// device's own last session, never a copy's. Without `session` (older
+/// devices, other clients) uploads are tagged with the device id, as before.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sessions {
+    /// This session's name (`session=`).
+    pub this: Option<String>,
+    /// The device's last successful session (`after=`).
+    pub after: Option<String>,
+}
+
+impl Sessions {
+    /// At most this many characters in a session name (hex digits).
+    pub const MAX_LEN: usize = 32;
+
+    /// Parses `session=` and `after=` from a query string: each, when
+    /// present, 1-32 hex digits; anything else is refused.
+    pub fn from_query(query: Option<&str>) -> Result<Self, String> {
+        let mut out = Sessions::default();
+        for kv in query.unwrap_or_default().split('&') {
+            let (slot, value) = match kv.split_once('=') {
+                Some(("session", v)) => (&mut out.this, v),
+                Some(("after", v)) => (&mut out.after, v),
+                _ => continue,
+            };
+            if value.is_empty()
+                || value.len() > Self::MAX_LEN
+                || !value.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return Err(format!(
+                    "a sync session name is 1 to {} hexadecimal digits",
+                    Self::MAX_LEN
+                ));
+            }
+            *slot = Some(value.to_ascii_lowercase());
+        }
+        if out.this.is_none() && out.after.is_some() {
+            return Err("`after` needs a `session`".into());
+        }
+        Ok(out)
+    }
+
+    /// What this connection's uploads are tagged with.
+    pub fn upload_tag(&self, device_id: &str) -> String {
+        match &self.this {
+            Some(s) => format!("{device_id}/{s}"),
+            None => device_id.to_string(),
+        }
+    }
+
+    /// The tag of the uploads `changed-since` leaves out. A device's first
+    /// session with session names leaves out its untagged older uploads.
+    pub fn excluded_tag(&self, device_id: &str) -> String {
+        match (&self.this, &self.after) {
+            (Some(_), Some(a)) => format!("{device_id}/{a}"),
+            _ => device_id.to_string(),
+        }
+    }
+}
+
 /// Why a connection is being closed: the text the device is sent.
 #[derive(Debug)]
 pub(crate) struct Close(pub(crate) String);
@@ -258,7 +325,12 @@ impl Hub {
     /// `since` (the device's change cursor, `/v1/sync?since=N`), the relay
     /// tells the device what changed since then and sends those documents
     /// without being asked (see [`Hub::push_changed`]).
-    pub async fn serve(self: Arc<Self>, device: Device, socket: WebSocket, since: Option<i64>) {
+    pub async fn serve(
+        self: Arc<Self>,
+        device: Device,
+        socket: WebSocket,
+        (since, sessions): (Option<i64>, Sessions),
+    ) {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (mut sink, mut stream) = socket.split();
         let queue_limit = self
@@ -317,7 +389,7 @@ impl Hub {
             }
         });
         let outcome = self
-            .session(conn_id, &device, &outbox, (&mut stream, &kick), since)
+            .session(conn_id, &device, &outbox, (&mut stream, &kick), (since, &sessions))
             .await;
         if let Err(Close(why)) = &outcome {
             tracing::warn!(device = %device.id, reason = %why, "closing sync connection");
@@ -356,8 +428,9 @@ impl Hub {
             &mut futures_util::stream::SplitStream<WebSocket>,
             &tokio::sync::Notify,
         ),
-        since: Option<i64>,
+        (since, sessions): (Option<i64>, &Sessions),
     ) -> Result<(), Close> {
+        let tag = sessions.upload_tag(&device.id);
         // Replaced only while waiting for the device (next_or_closed), never inside a sync.
         let timeout = std::time::Duration::from_secs(self.limits.join_timeout_secs);
         let first = match tokio::time::timeout(timeout, next_or_closed(stream, kick, outbox)).await
@@ -400,7 +473,10 @@ impl Hub {
             selected_protocol_version: PROTOCOL_VERSION.into(),
         });
         let mut owed: Owed = match since {
-            Some(since) => self.changed_since(device, outbox, since)?.into(),
+            Some(since) => {
+                let mine = sessions.excluded_tag(&device.id);
+                self.changed_since(device, outbox, (since, &mine))?.into()
+            }
             None => Owed::default(),
         };
         tracing::info!(device = %device.id, team = %device.team, "device joined");
@@ -442,7 +518,7 @@ impl Hub {
                 } => {
                     self.sync(
                         conn_id,
-                        device,
+                        (device, &tag),
                         outbox,
                         &mut owed,
                         (&document_id, &data),
@@ -455,7 +531,7 @@ impl Hub {
                 } => {
                     self.sync(
                         conn_id,
-                        device,
+                        (device, &tag),
                         outbox,
                         &mut owed,
                         (&document_id, &data),
@@ -707,7 +783,7 @@ impl Hub {
     async fn sync(
         &self,
         conn_id: u64,
-        device: &Device,
+        (device, tag): (&Device, &str),
         outbox: &Outbox,
         owed: &mut Owed,
         (document_id, data): (&str, &[u8]),
@@ -801,7 +877,7 @@ impl Hub {
         // The rules' diff and the cap are heavy work too (heavy.rs); storing is not.
         drop(turn);
         if let Some(upload) = upload
-            && let Err(close) = self.store(&key, &mut s, upload, device)
+            && let Err(close) = self.store(&key, &mut s, upload, (device, tag))
         {
             // Not stored, so not kept: reload from storage next time.
             self.forget(&mut s, &device.team, id);
@@ -962,12 +1038,12 @@ impl Hub {
         &self,
         device: &Device,
         outbox: &Outbox,
-        since: i64,
+        (since, mine): (i64, &str),
     ) -> Result<Vec<String>, Close> {
         let ((cursor, changed), purged, policy) = blocking(|| {
             Ok::<_, crate::error::Error>((
                 self.storage
-                    .changed_since(&device.team, since, &device.id)?,
+                    .changed_since(&device.team, since, mine)?,
                 self.storage.purged(&device.team)?,
                 self.storage.team_policy(&device.team)?,
             ))
@@ -1086,14 +1162,14 @@ impl Hub {
         key: &str,
         s: &mut Slot,
         upload: crate::doc_cap::Upload,
-        device: &Device,
+        (device, tag): (&Device, &str),
     ) -> Result<(), Close> {
         let now = Utc::now();
         let result = blocking(|| -> crate::error::Result<u64> {
             let count = self.storage.append_changes(
                 key,
                 &s.team,
-                &device.id,
+                tag,
                 &upload.changes,
                 upload.snapshot.as_deref(),
                 now,
@@ -1102,7 +1178,7 @@ impl Hub {
             if count >= COMPACT_AFTER {
                 let snapshot = s.doc.save();
                 self.storage
-                    .append_changes(key, &s.team, &device.id, &[], Some(&snapshot), now)?;
+                    .append_changes(key, &s.team, tag, &[], Some(&snapshot), now)?;
                 stored = u64::try_from(snapshot.len()).unwrap_or(u64::MAX);
             }
             self.storage
@@ -1235,6 +1311,37 @@ async fn next_message(
             }
             Some(Ok(WsMessage::Close(_))) => return Ok(None),
             Some(Ok(_)) => continue, // ping/pong
+        }
+    }
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::Sessions;
+
+    #[test]
+    fn session_names_are_short_hex_and_tag_uploads_per_session() {
+        let s = Sessions::from_query(Some("since=4&session=ab12&after=CD34")).expect("valid");
+        assert_eq!(s.upload_tag("dev"), "dev/ab12");
+        assert_eq!(s.excluded_tag("dev"), "dev/cd34");
+        // A device's first named session leaves out its untagged uploads;
+        // an older device is tagged by its id alone, as before.
+        let first = Sessions::from_query(Some("since=4&session=ab12")).expect("valid");
+        assert_eq!(first.excluded_tag("dev"), "dev");
+        let old = Sessions::from_query(Some("since=4")).expect("valid");
+        assert_eq!((old.upload_tag("dev"), old.excluded_tag("dev")), ("dev".into(), "dev".into()));
+        assert_eq!(Sessions::from_query(None), Ok(Sessions::default()));
+        let long = format!("session={}", "a".repeat(Sessions::MAX_LEN + 1));
+        for bad in [
+            "session=",
+            "session=xyz",
+            "session=ab/cd",
+            "session=ab%2Fcd",
+            long.as_str(),
+            "after=ab12",
+            "session=ab&after=",
+        ] {
+            assert!(Sessions::from_query(Some(bad)).is_err(), "{bad}");
         }
     }
 }

@@ -189,11 +189,27 @@ fn a_copied_device_and_its_original_both_sync_and_conflicts_name_worker_and_time
     ] {
         assert!(text.contains(part), "{part} in {text}");
     }
-    // Not asserted: the original learning of the copy's work at its next
-    // sync. The copies share a device id and token, and the relay's
-    // `changed-since` leaves out documents whose last upload came from the
-    // syncing device id, so the original hears of them only once it
-    // changes them itself (see docs/adr/0007, "left open").
+    // The original learns of the copy's work at its next sync, though the
+    // copy uploaded it under the same device id and token: the relay leaves
+    // out of `changed-since` only what the original's own last session
+    // uploaded (relay::Sessions), so a copy's uploads are never hidden.
+    assert_eq!(a.run(&["sync"]).code, 0);
+    let mut on_original = note_texts(&a, &family);
+    on_original.sort();
+    assert_eq!(on_original, notes, "the original holds the copy's note");
+    assert_eq!(
+        note_texts(&a, &patel),
+        ["copy: first contact, Patel family"],
+        "the original holds the copy's new family"
+    );
+    // And the other way round: the copy hears of the original's next note.
+    a.ok(&["note", "add", &family, "--text", "original: after the copy"]);
+    assert_eq!(a.run(&["sync"]).code, 0);
+    assert_eq!(a2.run(&["sync"]).code, 0);
+    assert!(
+        note_texts(&a2, &family).contains(&"original: after the copy".to_string()),
+        "the copy holds the original's later note"
+    );
 }
 
 /// The device store of a CLI device, opened in this process.

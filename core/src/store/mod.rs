@@ -74,9 +74,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/007_secure_erasure.sql"),
 ];
 
-/// Opens (creating if missing) and unlocks the database file.
-pub(crate) fn open_connection(path: &Path, key: &DatabaseKey) -> Result<Connection> {
-    create_private(path);
+/// Opens `path` (creating it if missing) and unlocks it with `key`, with no
+/// other pragma set: a wrong key is [`Error::WrongKey`] and nothing is
+/// written. The one keyed opener of SQLCipher files, for the device store
+/// and the relay's database (sync-server/src/at_rest.rs).
+pub fn open_keyed(path: &Path, key: &DatabaseKey) -> Result<Connection> {
     let open = || {
         Connection::open_with_flags(
             path,
@@ -116,12 +118,18 @@ pub(crate) fn open_connection(path: &Path, key: &DatabaseKey) -> Result<Connecti
     });
     drop(keying);
     match unlocked {
-        Ok(_) => {}
+        Ok(_) => Ok(conn),
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::NotADatabase => {
-            return Err(Error::WrongKey);
+            Err(Error::WrongKey)
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => Err(e.into()),
     }
+}
+
+/// Opens (creating if missing) and unlocks the database file.
+pub(crate) fn open_connection(path: &Path, key: &DatabaseKey) -> Result<Connection> {
+    create_private(path);
+    let conn = open_keyed(path, key)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;

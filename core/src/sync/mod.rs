@@ -107,6 +107,9 @@ struct Session<'a> {
     ws: WebSocket<net::Prefixed>,
     device_id: String,
     relay_peer: String,
+    /// This session's name when it asked what changed since its cursor
+    /// (saved with the cursor: see `session_key`).
+    sync_session: Option<String>,
     /// Speaking to Linkbook's relay the pipelined way (docs/adr/0005).
     pipelined: bool,
     /// The largest message to send (`protocol::split`).
@@ -389,6 +392,7 @@ impl Repo {
         self.with_writer_tx(|tx| {
             tx.execute("DELETE FROM sync_states WHERE peer_id = ?1", [known])?;
             tx.execute("DELETE FROM profile WHERE key = ?1", [cursor_key(known)])?;
+            tx.execute("DELETE FROM profile WHERE key = ?1", [session_key(known)])?;
             Ok(())
         })?;
         self.set_profile_values(&[("relay_peer", found)])
@@ -404,7 +408,7 @@ impl Repo {
         pipelined: bool,
     ) -> Result<Attempt> {
         let endpoint = Endpoint::parse(server)?;
-        let (ws, opening, relay_peer) = match (pipelined, token) {
+        let (ws, opening, relay_peer, sync_session) = match (pipelined, token) {
             // Our own relay: one round trip after TLS (docs/adr/0005).
             (true, Some(token)) => {
                 let known_peer = self.profile_values(&["relay_peer"])?[0]
@@ -419,12 +423,27 @@ impl Repo {
                             .unwrap_or(0),
                     ),
                 };
-                let path = match since {
-                    Some(n) => format!("/v1/sync?since={n}"),
-                    None => "/v1/sync".to_string(),
+                // This session's name, and the last successful one's: the
+                // relay leaves out of `changed-since` only what that session
+                // uploaded, never what a copy of this device did
+                // (sync-server relay::Sessions).
+                let named = since.map(|_| hex::encode(rand::random::<[u8; 8]>()));
+                let path = match (since, &named) {
+                    (Some(n), Some(this)) => {
+                        let after = self.profile_values(&[&session_key(&known_peer)])?[0]
+                            .clone()
+                            .filter(|p| {
+                                (1..=32).contains(&p.len())
+                                    && p.bytes().all(|b| b.is_ascii_hexdigit())
+                            })
+                            .map(|p| format!("&after={p}"))
+                            .unwrap_or_default();
+                        format!("/v1/sync?since={n}&session={this}{after}")
+                    }
+                    _ => "/v1/sync".to_string(),
                 };
                 let (ws, opening) = net::open_pipelined(&endpoint, ca_pem, &path, token)?;
-                (ws, Some((opening, since.is_some())), known_peer)
+                (ws, Some((opening, since.is_some())), known_peer, named)
             }
             _ => {
                 let stream = net::Prefixed::new(net::connect(&endpoint, ca_pem)?);
@@ -445,7 +464,7 @@ impl Repo {
                         }
                         other => network("opening the sync connection", other),
                     })?;
-                (ws, None, String::new())
+                (ws, None, String::new(), None)
             }
         };
         let mut session = Session {
@@ -453,6 +472,7 @@ impl Repo {
             ws,
             device_id: self.profile().device_id,
             relay_peer,
+            sync_session,
             pipelined: opening.is_some(),
             // Until the relay's `peer` states its limit (our relay's never
             // is below this).
@@ -521,6 +541,12 @@ enum Attempt {
 /// The profile key of the relay's change cursor for a relay peer.
 fn cursor_key(relay_peer: &str) -> String {
     format!("relay_cursor:{relay_peer}")
+}
+
+/// The profile key of the name of the last sync session that moved that
+/// cursor (`/v1/sync?…&after=`: see sync-server relay::Sessions).
+fn session_key(relay_peer: &str) -> String {
+    format!("relay_session:{relay_peer}")
 }
 
 /// A device's credentials from the relay; `token` is shown only this once.
@@ -1132,10 +1158,18 @@ impl Session<'_> {
             self.report();
         }
         match next_cursor {
-            Some(cursor) => self.repo.set_profile_values(&[
-                ("relay_peer", &self.relay_peer),
-                (&cursor_key(&self.relay_peer), &cursor.to_string()),
-            ])?,
+            Some(cursor) => {
+                let mut values = vec![
+                    ("relay_peer".to_string(), self.relay_peer.clone()),
+                    (cursor_key(&self.relay_peer), cursor.to_string()),
+                ];
+                if let Some(named) = &self.sync_session {
+                    values.push((session_key(&self.relay_peer), named.clone()));
+                }
+                let values: Vec<(&str, &str)> =
+                    values.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                self.repo.set_profile_values(&values)?
+            }
             None if self.pipelined => self
                 .repo
                 .set_profile_values(&[("relay_peer", &self.relay_peer)])?,
