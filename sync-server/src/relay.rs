@@ -389,7 +389,13 @@ impl Hub {
             }
         });
         let outcome = self
-            .session(conn_id, &device, &outbox, (&mut stream, &kick), (since, &sessions))
+            .session(
+                conn_id,
+                &device,
+                &outbox,
+                (&mut stream, &kick),
+                (since, &sessions),
+            )
             .await;
         if let Err(Close(why)) = &outcome {
             tracing::warn!(device = %device.id, reason = %why, "closing sync connection");
@@ -1042,8 +1048,7 @@ impl Hub {
     ) -> Result<Vec<String>, Close> {
         let ((cursor, changed), purged, policy) = blocking(|| {
             Ok::<_, crate::error::Error>((
-                self.storage
-                    .changed_since(&device.team, since, mine)?,
+                self.storage.changed_since(&device.team, since, mine)?,
                 self.storage.purged(&device.team)?,
                 self.storage.team_policy(&device.team)?,
             ))
@@ -1329,7 +1334,10 @@ mod session_tests {
         let first = Sessions::from_query(Some("since=4&session=ab12")).expect("valid");
         assert_eq!(first.excluded_tag("dev"), "dev");
         let old = Sessions::from_query(Some("since=4")).expect("valid");
-        assert_eq!((old.upload_tag("dev"), old.excluded_tag("dev")), ("dev".into(), "dev".into()));
+        assert_eq!(
+            (old.upload_tag("dev"), old.excluded_tag("dev")),
+            ("dev".into(), "dev".into())
+        );
         assert_eq!(Sessions::from_query(None), Ok(Sessions::default()));
         let long = format!("session={}", "a".repeat(Sessions::MAX_LEN + 1));
         for bad in [

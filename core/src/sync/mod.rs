@@ -1166,8 +1166,10 @@ impl Session<'_> {
                 if let Some(named) = &self.sync_session {
                     values.push((session_key(&self.relay_peer), named.clone()));
                 }
-                let values: Vec<(&str, &str)> =
-                    values.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let values: Vec<(&str, &str)> = values
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 self.repo.set_profile_values(&values)?
             }
             None if self.pipelined => self
