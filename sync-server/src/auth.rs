@@ -164,7 +164,7 @@ mod tests {
             authenticate(&storage, Some("nope")),
             Err(Error::Unauthorized)
         ));
-        storage.revoke_device(&device.id, now)?;
+        storage.revoke_device(&device.id, None, now)?;
         assert!(matches!(
             authenticate(&storage, Some(&enrolled.token)),
             Err(Error::Revoked)

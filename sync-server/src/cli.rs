@@ -566,16 +566,9 @@ fn device(data: Data<'_>, cmd: DeviceCommand) -> crate::Result<()> {
             }
         }
         DeviceCommand::Revoke { id } => {
-            if !storage.revoke_device(&id, Utc::now())? {
+            if !storage.revoke_device(&id, Some("office administrator"), Utc::now())? {
                 return Err(crate::Error::BadRequest(format!("no device {id}")));
             }
-            storage.audit_as(
-                Some(&id),
-                Some("office administrator"),
-                "revoked",
-                None,
-                &Utc::now().to_rfc3339(),
-            )?;
             println!("revoked {id}");
         }
     }

@@ -45,9 +45,10 @@ pub fn revoke(
     storage: &dyn Storage,
     hub: &Hub,
     device_id: &str,
+    by: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<bool> {
-    if !storage.revoke_device(device_id, now)? {
+    if !storage.revoke_device(device_id, by, now)? {
         return Ok(false);
     }
     hub.cut_revoked(device_id);
@@ -172,7 +173,7 @@ mod tests {
         let relay = SqliteStorage::open(&path).expect("relay's storage");
         let admin = SqliteStorage::open(&path).expect("admin's storage");
         let [old, a, b, c] = ["Old", "Asha", "Ben", "Cara"].map(|w| enrolled(&admin, w));
-        assert!(admin.revoke_device(&old, Utc::now()).expect("revoke"));
+        assert!(admin.revoke_device(&old, None, Utc::now()).expect("revoke"));
 
         let mut cursor = RevocationCursor::default();
         let placed = relay.revocations_since(&mut cursor, 2).expect("place");
@@ -185,10 +186,10 @@ mod tests {
         );
 
         for id in [&a, &b, &c] {
-            assert!(admin.revoke_device(id, Utc::now()).expect("revoke"));
+            assert!(admin.revoke_device(id, None, Utc::now()).expect("revoke"));
         }
         // Revoking again changes nothing and is not news.
-        assert!(admin.revoke_device(&a, Utc::now()).expect("again"));
+        assert!(admin.revoke_device(&a, None, Utc::now()).expect("again"));
         // Two per look: the third waits, and is seen even with nothing new written.
         assert_eq!(
             relay.revocations_since(&mut cursor, 2).expect("look"),
@@ -231,7 +232,7 @@ mod tests {
             .expect("watcher");
 
         let admin = SqliteStorage::open(&path).expect("admin's storage");
-        assert!(admin.revoke_device(&a, Utc::now()).expect("revoke"));
+        assert!(admin.revoke_device(&a, None, Utc::now()).expect("revoke"));
         let reason = tokio::time::timeout(Duration::from_secs(5), outbox_a.shut_down())
             .await
             .expect("cut within a few looks");
@@ -240,8 +241,17 @@ mod tests {
         // A connection that authenticated just before is cut when admitted.
         assert!(hub.register_for_test(&a).is_shut());
 
-        assert!(revoke(&*storage, &hub, &b, Utc::now()).expect("in-process revoke"));
+        assert!(
+            revoke(
+                &*storage,
+                &hub,
+                &b,
+                Some("office administrator"),
+                Utc::now()
+            )
+            .expect("in-process revoke")
+        );
         assert!(outbox_b.is_shut(), "cut at once, before any look");
-        assert!(!revoke(&*storage, &hub, "no-such-device", Utc::now()).expect("revoke"));
+        assert!(!revoke(&*storage, &hub, "no-such-device", None, Utc::now()).expect("revoke"));
     }
 }

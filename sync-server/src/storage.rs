@@ -133,8 +133,10 @@ pub trait Storage: Send + Sync + 'static {
     fn team_policy(&self, team: &str) -> Result<TeamPolicy>;
     /// Every team with a retention period.
     fn retention_policies(&self) -> Result<Vec<(String, i64)>>;
+    /// Revokes a device and audits it once, naming `by` (who revoked it),
+    /// in one transaction; revoking it again changes and audits nothing.
     /// Returns false if there is no such device.
-    fn revoke_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<bool>;
+    fn revoke_device(&self, device_id: &str, by: Option<&str>, now: DateTime<Utc>) -> Result<bool>;
     fn touch_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<()>;
 
     /// Documents are namespaced per team: `(team, id)` is a document, and
@@ -517,21 +519,27 @@ impl Storage for SqliteStorage {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn revoke_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<bool> {
+    fn revoke_device(&self, device_id: &str, by: Option<&str>, now: DateTime<Utc>) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let n = tx.execute(
-            "UPDATE devices SET revoked_at = coalesce(revoked_at, ?2) WHERE id = ?1",
+        let exists = tx
+            .query_row("SELECT 1 FROM devices WHERE id = ?1", [device_id], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some();
+        let revoked_now = tx.execute(
+            "UPDATE devices SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
             params![device_id, now.to_rfc3339()],
-        )?;
-        if n > 0 {
+        )? > 0;
+        if revoked_now {
             tx.execute(
-                "INSERT INTO audit (at, device_id, action) VALUES (?1, ?2, 'revoked')",
-                params![now.to_rfc3339(), device_id],
+                "INSERT INTO audit (at, device_id, worker, action) VALUES (?1, ?2, ?3, 'revoked')",
+                params![now.to_rfc3339(), device_id, by],
             )?;
         }
         tx.commit()?;
-        Ok(n > 0)
+        Ok(exists)
     }
 
     fn touch_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<()> {
@@ -1097,5 +1105,44 @@ mod tests {
             .collect::<rusqlite::Result<_>>()
             .expect("fk");
         assert!(fk.is_empty(), "{fk:?}");
+    }
+
+    #[test]
+    fn a_revocation_is_audited_once_naming_who_revoked() {
+        let dir = tempfile::tempdir().expect("dir");
+        let s = SqliteStorage::open(&dir.path().join("relay.db")).expect("open");
+        s.conn()
+            .execute_batch(
+                "INSERT INTO devices (id, team, worker, device_name, token_hash, enrolled_at)
+                     VALUES ('n1', 'north', 'Asha', 'tablet', x'01', 't')",
+            )
+            .expect("device");
+        assert!(
+            s.revoke_device("n1", Some("office administrator"), now())
+                .expect("revoke")
+        );
+        // Again: the device exists, nothing changes, nothing more is audited.
+        assert!(
+            s.revoke_device("n1", Some("someone else"), now())
+                .expect("again")
+        );
+        assert!(!s.revoke_device("nobody", None, now()).expect("unknown"));
+        let rows: Vec<(Option<String>, String)> = s
+            .conn()
+            .prepare("SELECT worker, at FROM audit WHERE action = 'revoked'")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].0.as_deref(), Some("office administrator"));
+        let revoked_at: String = s
+            .conn()
+            .query_row("SELECT revoked_at FROM devices WHERE id = 'n1'", [], |r| {
+                r.get(0)
+            })
+            .expect("revoked_at");
+        assert_eq!(revoked_at, rows[0].1, "the first revocation's time is kept");
     }
 }
