@@ -713,6 +713,23 @@ impl CliDevice {
         r.stdout.trim().to_string()
     }
 
+    /// Enrols this profile with `relay` for `worker` of `team` through
+    /// `linkbook enrol` (a fresh code, the relay's development CA); returns
+    /// its stdout.
+    pub fn enrol(&self, relay: &Relay, team: &str, worker: &str) -> String {
+        let code = relay.enrol_code(team, worker);
+        let ca = relay.ca_path();
+        self.ok(&[
+            "enrol",
+            "--server",
+            &relay.url,
+            "--code",
+            &code,
+            "--ca",
+            ca.to_str().expect("path"),
+        ])
+    }
+
     /// Runs a `--json` command; returns the parsed document.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = args.to_vec();

@@ -16,17 +16,7 @@ use linkbook_core::{DatabaseKey, DocumentId, Repo, protocol::ACTOR_CLASH};
 use linkbook_tests::{CliDevice, Relay};
 
 fn enrol(relay: &Relay, device: &CliDevice, worker: &str) {
-    let code = relay.enrol_code("north", worker);
-    let ca = relay.ca_path();
-    device.ok(&[
-        "enrol",
-        "--server",
-        &relay.url,
-        "--code",
-        &code,
-        "--ca",
-        ca.to_str().expect("path"),
-    ]);
+    device.enrol(relay, "north", worker);
 }
 
 /// A byte copy of a profile directory, as a backup restore makes it.

@@ -416,17 +416,7 @@ fn a_wiped_cli_profile_removes_its_key_file() {
         dir: tempfile::tempdir().expect("dir"),
         key: None,
     };
-    let ca = relay.ca_path();
-    let code = relay.enrol_code("north", "Asha");
-    d.ok(&[
-        "enrol",
-        "--server",
-        &relay.url,
-        "--code",
-        &code,
-        "--ca",
-        ca.to_str().expect("path"),
-    ]);
+    d.enrol(&relay, "north", "Asha");
     d.ok(&["family", "add", "--name", "Smith"]);
     d.ok(&["sync"]);
     assert!(d.data().join("key").exists());

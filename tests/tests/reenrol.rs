@@ -10,17 +10,7 @@ use linkbook_tests::{CliDevice, CutProxy, Relay, Run};
 const FAMILIES: usize = 3;
 
 fn enrol(device: &CliDevice, relay: &Relay, worker: &str) {
-    let code = relay.enrol_code("north", worker);
-    let ca = relay.ca_path();
-    let out = device.ok(&[
-        "enrol",
-        "--server",
-        &relay.url,
-        "--code",
-        &code,
-        "--ca",
-        ca.to_str().expect("path"),
-    ]);
+    let out = device.enrol(relay, "north", worker);
     assert!(out.contains("team north"), "{out}");
 }
 

@@ -51,17 +51,7 @@ fn store_directly(db: &Path, id: &str, team: &str, changes: &[u8]) {
 
 fn enrol_cli(relay: &Relay, worker: &str) -> CliDevice {
     let device = CliDevice::new(worker);
-    let code = relay.enrol_code("north", worker);
-    let ca = relay.ca_path();
-    device.ok(&[
-        "enrol",
-        "--server",
-        &relay.url,
-        "--code",
-        &code,
-        "--ca",
-        ca.to_str().expect("path"),
-    ]);
+    device.enrol(relay, "north", worker);
     device
 }
 
