@@ -83,15 +83,15 @@ fn decrypt_page(page: &[u8], first: bool, key: &[u8; 32]) -> Vec<u8> {
     out
 }
 
-/// A relay data directory's database and WAL as plaintext: decrypted with
-/// `relay.key` (64 hex characters) when the relay keeps one, read as they
-/// are otherwise; and every other file in the directory as it is (logs,
-/// keys, certificates), since those are not pages.
+/// A relay data directory's database and WAL as plaintext, decrypted with
+/// its `relay.key` ([`crate::relay_key`]: a relay keyed otherwise is not
+/// silently read as ciphertext); and every other file in the directory as
+/// it is (logs, keys, certificates), since those are not pages.
 pub fn relay_plaintext(data: &Path) -> Vec<u8> {
-    let key = std::fs::read_to_string(data.join("relay.key"))
-        .ok()
-        .and_then(|hex_key| hex::decode(hex_key.trim()).ok())
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok());
+    let key: [u8; 32] = hex::decode(crate::relay_key(data))
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes");
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(data) else {
         return out;
@@ -100,7 +100,7 @@ pub fn relay_plaintext(data: &Path) -> Vec<u8> {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with("relay.db") && !name.ends_with("-shm") {
-            out.extend(file_pages(&path, key.as_ref()));
+            out.extend(file_pages(&path, Some(&key)));
         } else if path.is_file() {
             out.extend(std::fs::read(&path).unwrap_or_default());
         }
