@@ -10,6 +10,7 @@
 use ciborium::Value;
 
 mod bounded;
+pub mod dto;
 pub mod split;
 
 /// The only protocol version Linkbook speaks.
@@ -93,9 +94,11 @@ pub enum Message {
     ChangedSince {
         cursor: i64,
         document_ids: Vec<String>,
-        /// Every document of the team the office purged: the device deletes
-        /// them before anything else.
-        purged: Vec<String>,
+        /// Every document of the team the office purged, and when: the
+        /// device deletes them before anything else. On the wire `purged`
+        /// holds the ids and `purgedAt` the times, index for index, so a
+        /// device that predates `purgedAt` still reads the ids.
+        purged: Vec<dto::Purged>,
         /// The team's policy (days; absent: no limit).
         retention_days: Option<i64>,
         lease_days: Option<i64>,
@@ -286,7 +289,11 @@ impl Message {
                 ));
                 map.push(entry(
                     "purged",
-                    Value::Array(purged.iter().map(|s| text(s)).collect()),
+                    Value::Array(purged.iter().map(|p| text(&p.id)).collect()),
+                ));
+                map.push(entry(
+                    "purgedAt",
+                    Value::Array(purged.iter().map(|p| text(&p.purged_at)).collect()),
                 ));
                 if let Some(d) = retention_days {
                     map.push(entry("retentionDays", Value::Integer((*d).into())));
@@ -453,7 +460,16 @@ impl Message {
                     .and_then(|i| i64::try_from(i).ok())
                     .ok_or_else(|| missing("cursor"))?,
                 document_ids: strings("documentIds"),
-                purged: strings("purged"),
+                purged: {
+                    let mut at = strings("purgedAt").into_iter();
+                    strings("purged")
+                        .into_iter()
+                        .map(|id| dto::Purged {
+                            id,
+                            purged_at: at.next().unwrap_or_default(),
+                        })
+                        .collect()
+                },
                 retention_days: get("retentionDays")
                     .and_then(Value::as_integer)
                     .and_then(|i| i64::try_from(i).ok()),
@@ -677,7 +693,10 @@ mod tests {
             Message::ChangedSince {
                 cursor: 42,
                 document_ids: vec![d.clone()],
-                purged: vec![d.clone()],
+                purged: vec![dto::Purged {
+                    id: d.clone(),
+                    purged_at: "2026-01-02T03:04:05+00:00".into(),
+                }],
                 retention_days: Some(365),
                 lease_days: None,
             },

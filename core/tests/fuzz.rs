@@ -222,7 +222,13 @@ fn message() -> impl Strategy<Value = Message> {
                 |(cursor, document_ids, purged, r, l)| Message::ChangedSince {
                     cursor,
                     document_ids,
-                    purged,
+                    purged: purged
+                        .into_iter()
+                        .map(|id: String| linkbook_core::protocol::dto::Purged {
+                            purged_at: format!("{id}@"),
+                            id,
+                        })
+                        .collect(),
                     retention_days: r,
                     lease_days: l
                 }

@@ -63,15 +63,7 @@ pub fn new_enrolment_code(
 }
 
 /// What a device receives when it enrols: the only time the token is shown.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct Enrolled {
-    pub device_id: String,
-    pub token: String,
-    pub team: String,
-    pub worker: String,
-    /// The team directory's document id.
-    pub directory_id: String,
-}
+pub use linkbook_core::protocol::dto::Enrolled;
 
 pub fn enrol(
     storage: &dyn Storage,

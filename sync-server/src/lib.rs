@@ -37,6 +37,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
+use linkbook_core::protocol::dto;
 
 pub use error::{Error, Result};
 use ratelimit::{AuthLimiter, AuthLimits};
@@ -204,19 +205,13 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-#[derive(Debug, serde::Deserialize)]
-struct EnrolRequest {
-    code: String,
-    device_name: String,
-}
-
 async fn enrol(
     State(state): State<AppState>,
     client: ClientAddr,
     body: axum::body::Bytes,
-) -> Result<Json<auth::Enrolled>> {
+) -> Result<Json<dto::Enrolled>> {
     state.auth_allowed(client)?;
-    let req: EnrolRequest = serde_json::from_slice(&body).map_err(|_| {
+    let req: dto::EnrolRequest = serde_json::from_slice(&body).map_err(|_| {
         Error::BadRequest("expected JSON {\"code\": \"…\", \"device_name\": \"…\"}".into())
     })?;
     let enrolled = tokio::task::block_in_place(|| {
@@ -236,27 +231,16 @@ async fn enrol(
     Ok(Json(enrolled))
 }
 
-#[derive(Debug, serde::Deserialize)]
-struct ReadLog {
-    reads: Vec<Read>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct Read {
-    family_id: String,
-    at: String,
-}
-
 /// A device's log of case-file reads, for the audit (ids and times only).
 async fn audit_reads(
     State(state): State<AppState>,
     client: ClientAddr,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<dto::AuditStored>> {
     state.auth_allowed(client)?;
     let token = auth::token_from(&headers, None);
-    let log: ReadLog = serde_json::from_slice(&body).map_err(|_| {
+    let log: dto::ReadLog = serde_json::from_slice(&body).map_err(|_| {
         Error::BadRequest("expected JSON {\"reads\": [{\"family_id\": …, \"at\": …}]}".into())
     })?;
     let mut reads = Vec::with_capacity(log.reads.len());
@@ -279,9 +263,7 @@ async fn audit_reads(
             &state.audit_quotas,
         )
     })?;
-    Ok(Json(
-        serde_json::json!({ "stored": stored, "refused": refused }),
-    ))
+    Ok(Json(dto::AuditStored { stored, refused }))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -297,7 +279,7 @@ async fn changes(
     client: ClientAddr,
     headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<ChangesQuery>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<dto::Changes>> {
     let token = auth::token_from(&headers, None);
     let device = state.authenticate(client, token.as_deref())?;
     let (cursor, documents, purged, policy) = tokio::task::block_in_place(|| {
@@ -311,12 +293,12 @@ async fn changes(
             state.storage.team_policy(&device.team)?,
         ))
     })?;
-    Ok(Json(serde_json::json!({
-        "cursor": cursor,
-        "documents": documents,
-        "purged": purged,
-        "policy": policy,
-    })))
+    Ok(Json(dto::Changes {
+        cursor,
+        documents,
+        purged,
+        policy,
+    }))
 }
 
 async fn sync_socket(

@@ -1060,7 +1060,7 @@ impl Hub {
         outbox.offer(Message::ChangedSince {
             cursor,
             document_ids: changed.clone(),
-            purged: purged.into_iter().map(|p| p.id).collect(),
+            purged,
             retention_days: policy.retention_days,
             lease_days: policy.lease_days,
         });

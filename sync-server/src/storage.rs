@@ -32,14 +32,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/011_revocations.sql"),
 ];
 
-/// A team's data-protection policy; `None` is no limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct TeamPolicy {
-    /// Closed cases are purged this many days after their closure date.
-    pub retention_days: Option<i64>,
-    /// A device unsynced for longer than this locks its records.
-    pub lease_days: Option<i64>,
-}
+/// A team's data-protection policy; `None` is no limit. The same type is
+/// sent to devices in `/v1/changes` and `changed-since`.
+pub use linkbook_core::protocol::dto::Policy as TeamPolicy;
 
 /// One audit record: who did what to which document, when (never content).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -64,11 +59,7 @@ pub struct AuditEntry {
 }
 
 /// A document the office purged, as devices are told of it (no content).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Purged {
-    pub id: String,
-    pub purged_at: String,
-}
+pub use linkbook_core::protocol::dto::Purged;
 
 /// An enrolled device as the administrator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

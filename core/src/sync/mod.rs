@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::ids::DocumentId;
 use crate::model::{DocumentType, am, validate};
 use crate::protocol::split::{self, SplitMessages};
-use crate::protocol::{Message, PROTOCOL_VERSION, PeerMetadata};
+use crate::protocol::{Message, PROTOCOL_VERSION, PeerMetadata, dto};
 use crate::repo::{DeviceProfile, Repo};
 use net::{Endpoint, network};
 pub use skipped::SkippedDocument;
@@ -298,12 +298,16 @@ impl Repo {
                 return Ok(());
             };
             let last = *last;
-            let body = serde_json::json!({
-                "reads": reads
+            let body = serde_json::to_value(dto::ReadLog {
+                reads: reads
                     .iter()
-                    .map(|(_, family, at)| serde_json::json!({ "family_id": family, "at": at }))
-                    .collect::<Vec<_>>(),
-            });
+                    .map(|(_, family, at)| dto::Read {
+                        family_id: family.to_string(),
+                        at: at.clone(),
+                    })
+                    .collect(),
+            })
+            .map_err(|e| Error::Network(format!("encoding the read log: {e}")))?;
             let (status, answer) = net::post_json_auth(&endpoint, ca, "/v1/audit", &body, token)?;
             // The relay takes fewer per upload (`--audit-rows-per-upload`).
             if let (413, Some(max)) = (status, answer["max_reads"].as_u64())
@@ -586,7 +590,8 @@ pub fn enrol_device(
         &endpoint,
         ca_pem,
         "/v1/enrol",
-        &serde_json::json!({ "code": code, "device_name": device_name }),
+        &serde_json::to_value(dto::EnrolRequest { code, device_name })
+            .map_err(|e| Error::Network(format!("encoding the enrolment: {e}")))?,
     )?;
     if status != 200 {
         let why = body["message"]
@@ -598,21 +603,14 @@ pub fn enrol_device(
             _ => Error::Network(format!("the relay answered {status}: {why}")),
         });
     }
-    let field = |k: &str| {
-        body[k]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| network("relay answer", format!("no {k}")))
-    };
+    let enrolled: dto::Enrolled =
+        serde_json::from_value(body).map_err(|e| network("relay answer", e.to_string()))?;
     Ok(DeviceCredentials {
-        device_id: field("device_id")?,
-        token: field("token")?,
-        team: field("team")?,
-        worker: field("worker")?,
-        directory_id: body["directory_id"]
-            .as_str()
-            .map(|d| DocumentId::parse(d, "directory id"))
-            .transpose()?,
+        device_id: enrolled.device_id,
+        token: enrolled.token,
+        team: enrolled.team,
+        worker: enrolled.worker,
+        directory_id: Some(DocumentId::parse(&enrolled.directory_id, "directory id")?),
     })
 }
 
@@ -938,12 +936,7 @@ impl Session<'_> {
                     // Erasures and the team's policy first: purged families
                     // and closed cases past retention are deleted here (what
                     // this flight offered of them the relay refuses).
-                    let now = chrono::Utc::now().to_rfc3339();
-                    let purged: Vec<(DocumentId, String)> = purged
-                        .iter()
-                        .filter_map(|p| DocumentId::parse(p, "document id").ok())
-                        .map(|id| (id, now.clone()))
-                        .collect();
+                    let purged = purged_with_times(&purged, self.repo.now());
                     self.repo.record_policy(retention_days, lease_days)?;
                     let mut gone = self.repo.apply_purges(&purged)?;
                     gone.extend(self.repo.apply_retention()?);
@@ -1397,37 +1390,43 @@ impl Session<'_> {
         if status != 200 {
             return Ok(None);
         }
-        let Some(cursor) = body["cursor"].as_i64() else {
+        // Not a Linkbook relay's answer: sync everything, as with no endpoint.
+        let Ok(changes) = serde_json::from_value::<dto::Changes>(body) else {
             return Ok(None);
         };
-        let changed = body["documents"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str())
-                    .filter_map(|s| DocumentId::parse(s, "document id").ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let purged = body["purged"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|p| {
-                        let id = DocumentId::parse(p["id"].as_str()?, "document id").ok()?;
-                        Some((id, p["purged_at"].as_str().unwrap_or("").to_string()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
         Ok(Some(RelayChanges {
-            cursor,
-            changed,
-            purged,
-            retention_days: body["policy"]["retention_days"].as_i64(),
-            lease_days: body["policy"]["lease_days"].as_i64(),
+            cursor: changes.cursor,
+            changed: changes
+                .documents
+                .iter()
+                .filter_map(|s| DocumentId::parse(s, "document id").ok())
+                .collect(),
+            purged: purged_with_times(&changes.purged, self.repo.now()),
+            retention_days: changes.policy.retention_days,
+            lease_days: changes.policy.lease_days,
         }))
     }
+}
+
+/// The relay's purges as the store records them: well-formed ids only, each
+/// with the relay's purge time, or `now` (the device's clock) where the
+/// relay sent none (a relay older than `purgedAt`).
+fn purged_with_times(
+    purged: &[dto::Purged],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<(DocumentId, String)> {
+    purged
+        .iter()
+        .filter_map(|p| {
+            let id = DocumentId::parse(&p.id, "document id").ok()?;
+            let at = if p.purged_at.is_empty() {
+                now.to_rfc3339()
+            } else {
+                p.purged_at.clone()
+            };
+            Some((id, at))
+        })
+        .collect()
 }
 
 /// What `GET /v1/changes` told: the team's documents changed since our

@@ -97,7 +97,7 @@ impl Repo {
 
     /// Remembers a skipped document (at most [`MAX_REMEMBERED`]).
     pub(crate) fn remember_skipped(&self, id: DocumentId, reason: &str) -> Result<()> {
-        let now = chrono::Utc::now().to_rfc3339();
+        let now = self.now().to_rfc3339();
         self.with_writer_tx(|tx| {
             tx.execute(
                 "INSERT INTO skipped_documents (doc_id, reason, first_skipped_at, last_skipped_at)
