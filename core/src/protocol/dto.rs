@@ -84,7 +84,7 @@ mod tests {
     /// The wire format is what old devices and relays read: a golden test,
     /// so a rename shows up in review.
     #[test]
-    fn changes_keep_their_json_shape() {
+    fn changes_keep_their_json_shape() -> serde_json::Result<()> {
         let changes = Changes {
             cursor: 7,
             documents: vec!["d1".into()],
@@ -97,34 +97,34 @@ mod tests {
                 lease_days: None,
             },
         };
-        let json = serde_json::to_string(&changes).unwrap();
+        let json = serde_json::to_string(&changes)?;
         assert_eq!(
             json,
             r#"{"cursor":7,"documents":["d1"],"purged":[{"id":"d2","purged_at":"2026-01-02T03:04:05+00:00"}],"policy":{"retention_days":365,"lease_days":null}}"#
         );
-        assert_eq!(serde_json::from_str::<Changes>(&json).unwrap(), changes);
+        assert_eq!(serde_json::from_str::<Changes>(&json)?, changes);
+        Ok(())
     }
 
     #[test]
-    fn enrolment_and_audit_keep_their_json_shape() {
+    fn enrolment_and_audit_keep_their_json_shape() -> serde_json::Result<()> {
         let req = EnrolRequest {
             code: "ABCD-EFGH-JKLM".into(),
             device_name: "tablet 3".into(),
         };
         assert_eq!(
-            serde_json::to_string(&req).unwrap(),
+            serde_json::to_string(&req)?,
             r#"{"code":"ABCD-EFGH-JKLM","device_name":"tablet 3"}"#
         );
-        let log: ReadLog =
-            serde_json::from_str(r#"{"reads":[{"family_id":"f","at":"t"}]}"#).unwrap();
+        let log: ReadLog = serde_json::from_str(r#"{"reads":[{"family_id":"f","at":"t"}]}"#)?;
         assert_eq!(log.reads[0].family_id, "f");
         assert_eq!(
             serde_json::to_string(&AuditStored {
                 stored: 2,
                 refused: 1
-            })
-            .unwrap(),
+            })?,
             r#"{"stored":2,"refused":1}"#
         );
+        Ok(())
     }
 }
