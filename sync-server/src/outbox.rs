@@ -48,6 +48,11 @@ struct Shared {
     /// Wakes the session when the writer took the queue to half the limit.
     drained: Notify,
     device: String,
+    /// The peer id the connection announced in its `join` (the client's
+    /// own: a stock automerge-repo picks a random one): what every message
+    /// to it names as `targetId`. Identity is the token's device id, never
+    /// this (docs/adr/0008).
+    peer: std::sync::OnceLock<String>,
     /// Why the queue was shut; set once (an atomic load to check).
     shut: std::sync::OnceLock<String>,
     /// Wakes the session and the writer when the queue was shut.
@@ -84,6 +89,7 @@ impl Outbox {
             overflowed: Notify::new(),
             drained: Notify::new(),
             device: device.to_string(),
+            peer: std::sync::OnceLock::new(),
             shut: std::sync::OnceLock::new(),
             shut_notify: Notify::new(),
         });
@@ -94,6 +100,20 @@ impl Outbox {
             },
             Outgoing { rx, shared },
         )
+    }
+
+    /// Records the peer id the connection announced (once, at `join`).
+    pub(crate) fn set_peer(&self, peer_id: &str) {
+        let _ = self.shared.peer.set(peer_id.to_string());
+    }
+
+    /// The `targetId` of messages to this connection: the peer id it
+    /// announced, or its device id before it joined.
+    pub(crate) fn peer(&self) -> &str {
+        self.shared
+            .peer
+            .get()
+            .map_or(self.shared.device.as_str(), String::as_str)
     }
 
     /// Bytes queued and not yet handed to the socket.

@@ -465,12 +465,15 @@ impl Hub {
                 "unsupported protocol versions {supported_protocol_versions:?}: this relay speaks version 1"
             )));
         }
-        if sender_id != device.id {
-            return Err(Close("the peer id must be this device's id".into()));
-        }
+        // The client's own peer id is accepted (a stock automerge-repo
+        // picks a random one); who it is comes from its token alone: the
+        // peer id only addresses the messages sent to this connection
+        // (docs/adr/0008).
+        check_peer_id(&sender_id, &device.id).map_err(Close)?;
+        outbox.set_peer(&sender_id);
         outbox.offer(Message::Peer {
             sender_id: self.peer_id.clone(),
-            target_id: device.id.clone(),
+            target_id: sender_id.clone(),
             peer_metadata: PeerMetadata {
                 storage_id: Some(self.storage_id.clone()),
                 is_ephemeral: false,
@@ -519,6 +522,17 @@ impl Hub {
                 return Err(Close(reason));
             }
             match m {
+                Message::Sync {
+                    sender_id: from, ..
+                }
+                | Message::Request {
+                    sender_id: from, ..
+                } if from != sender_id => {
+                    return Err(Close(
+                        "a message's senderId must be the peer id this connection joined with"
+                            .into(),
+                    ));
+                }
                 Message::Sync {
                     document_id, data, ..
                 } => {
@@ -614,16 +628,16 @@ impl Hub {
         self.forget(s, &device.team, id);
         outbox.offer(Message::DocRefused {
             sender_id: self.peer_id.clone(),
-            target_id: device.id.clone(),
+            target_id: outbox.peer().to_string(),
             document_id: key.to_string(),
             reason: reason.to_string(),
         });
     }
 
-    fn unavailable(&self, device: &Device, outbox: &Outbox, document_id: &str) {
+    fn unavailable(&self, _device: &Device, outbox: &Outbox, document_id: &str) {
         outbox.offer(Message::DocUnavailable {
             sender_id: self.peer_id.clone(),
-            target_id: device.id.clone(),
+            target_id: outbox.peer().to_string(),
             document_id: document_id.to_string(),
         });
     }
@@ -957,7 +971,7 @@ impl Hub {
                     outbox.clone(),
                     parts
                         .into_iter()
-                        .map(|p| envelope(&device.id, p.data))
+                        .map(|p| envelope(outbox.peer(), p.data))
                         .collect(),
                 ));
             }
@@ -965,7 +979,7 @@ impl Hub {
                 outbox.clone(),
                 vec![Message::DocUnavailable {
                     sender_id: self.peer_id.clone(),
-                    target_id: device.id.clone(),
+                    target_id: outbox.peer().to_string(),
                     document_id: document_id.to_string(),
                 }],
             )),
@@ -1003,7 +1017,7 @@ impl Hub {
                     conn.outbox.clone(),
                     parts
                         .into_iter()
-                        .map(|p| envelope(other_device, p.data))
+                        .map(|p| envelope(conn.outbox.peer(), p.data))
                         .collect(),
                 ));
             }
@@ -1115,7 +1129,7 @@ impl Hub {
         }
         outbox.offer_all(parts.into_iter().map(|p| Message::Sync {
             sender_id: self.peer_id.clone(),
-            target_id: device.id.clone(),
+            target_id: outbox.peer().to_string(),
             document_id: document_id.clone(),
             data: p.data,
         }));
@@ -1231,6 +1245,33 @@ impl Hub {
     }
 }
 
+/// Most characters in a peer id a client announces at `join`.
+pub const MAX_PEER_ID_CHARS: usize = 128;
+
+/// Refused: a peer id that names another device.
+pub const PEER_ID_OF_ANOTHER_DEVICE: &str = "the peer id must be this device's id";
+
+/// A client's own peer id (`join`'s `senderId`): 1 to
+/// [`MAX_PEER_ID_CHARS`] printable characters (no control characters or
+/// whitespace). It names nobody: the device is the token's (docs/adr/0008).
+/// One shaped like a device id (a UUID) must be `device_id` itself, so no
+/// peer id ever names another device, in logs or to another peer.
+pub(crate) fn check_peer_id(peer_id: &str, device_id: &str) -> Result<(), String> {
+    if uuid::Uuid::try_parse(peer_id).is_ok() && !peer_id.eq_ignore_ascii_case(device_id) {
+        return Err(PEER_ID_OF_ANOTHER_DEVICE.into());
+    }
+    let n = peer_id.chars().count();
+    if n == 0
+        || n > MAX_PEER_ID_CHARS
+        || peer_id.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(format!(
+            "the peer id must be 1 to {MAX_PEER_ID_CHARS} printable characters without spaces"
+        ));
+    }
+    Ok(())
+}
+
 /// A sync message for trace logs: heads, need, have and changes counts.
 pub(crate) fn brief(m: &sync::Message) -> String {
     let short = |h: &[ChangeHash]| {
@@ -1322,7 +1363,31 @@ async fn next_message(
 
 #[cfg(test)]
 mod session_tests {
-    use super::Sessions;
+    use super::{MAX_PEER_ID_CHARS, PEER_ID_OF_ANOTHER_DEVICE, Sessions};
+
+    fn check_peer_id(peer_id: &str) -> Result<(), String> {
+        super::check_peer_id(peer_id, "0f8e2d9c-6a1b-4c3d-9e8f-7a6b5c4d3e2f")
+    }
+
+    #[test]
+    fn a_clients_own_peer_id_is_accepted_within_bounds() {
+        for ok in [
+            "peer-4fzyo82mvyr",
+            "0f8e2d9c-6a1b-4c3d-9e8f-7a6b5c4d3e2f",
+            "storage-server-host",
+        ] {
+            assert_eq!(check_peer_id(ok), Ok(()), "{ok}");
+        }
+        let long = "p".repeat(MAX_PEER_ID_CHARS + 1);
+        for bad in ["", "a b", "a\nb", "\u{0}", long.as_str()] {
+            assert!(check_peer_id(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(check_peer_id(&"p".repeat(MAX_PEER_ID_CHARS)), Ok(()));
+        assert_eq!(
+            check_peer_id("1f8e2d9c-6a1b-4c3d-9e8f-7a6b5c4d3e2f"),
+            Err(PEER_ID_OF_ANOTHER_DEVICE.into())
+        );
+    }
 
     #[test]
     fn session_names_are_short_hex_and_tag_uploads_per_session() {

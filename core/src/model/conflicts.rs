@@ -129,8 +129,13 @@ pub(crate) fn resolve(
             ScalarValue::Str(s.as_str().into())
         }
         Json::Bool(b) if current.iter().any(|c| c.is_boolean()) => ScalarValue::Boolean(*b),
+        // Counts written before they were ints (uint: a BigInt in
+        // JavaScript) are settled as an int, what Linkbook writes now.
         Json::Number(n) if current.iter().any(|c| c.is_uint()) && n.as_u64().is_some() => {
-            ScalarValue::Uint(n.as_u64().unwrap_or_default())
+            match n.as_i64() {
+                Some(i) => ScalarValue::Int(i),
+                None => ScalarValue::Uint(n.as_u64().unwrap_or_default()),
+            }
         }
         Json::Number(n) if current.iter().any(|c| c.is_int()) && n.as_i64().is_some() => {
             ScalarValue::Int(n.as_i64().unwrap_or_default())

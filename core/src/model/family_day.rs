@@ -40,7 +40,7 @@ pub(crate) fn create(doc: &mut AutoCommit, new: &NewFamilyDay, by: &Author) -> R
     doc.put(ROOT, "prison", prison)?;
     doc.put(ROOT, "date", new.date.to_string())?;
     if let Some(c) = new.capacity {
-        doc.put(ROOT, "capacity", u64::from(c))?;
+        doc.put(ROOT, "capacity", i64::from(c))?;
     }
     doc.put(ROOT, "created_by", by.worker.as_str())?;
     doc.put_object(ROOT, "bookings", ObjType::Map)?;
@@ -74,8 +74,8 @@ pub(crate) fn book(
     check_counts(adults, children)?;
     let bookings = ensure_map(doc, &ROOT, "bookings")?;
     let f = family.to_string();
-    doc.put(&bookings, format!("{f}.adults"), u64::from(adults))?;
-    doc.put(&bookings, format!("{f}.children"), u64::from(children))?;
+    doc.put(&bookings, format!("{f}.adults"), i64::from(adults))?;
+    doc.put(&bookings, format!("{f}.children"), i64::from(children))?;
     doc.put(&bookings, format!("{f}.booked_at"), by.now.to_rfc3339())?;
     doc.put(&bookings, format!("{f}.booked_by"), by.worker.as_str())?;
     Ok(())
@@ -92,8 +92,8 @@ pub(crate) fn check_in(
     check_counts(adults, children)?;
     let att = ensure_map(doc, &ROOT, "attendance")?;
     let f = family.to_string();
-    doc.put(&att, format!("{f}.adults"), u64::from(adults))?;
-    doc.put(&att, format!("{f}.children"), u64::from(children))?;
+    doc.put(&att, format!("{f}.adults"), i64::from(adults))?;
+    doc.put(&att, format!("{f}.children"), i64::from(children))?;
     let arrived = format!("{f}.arrived_at");
     if doc.get(&att, arrived.as_str())?.is_none() {
         doc.put(&att, arrived, by.now.to_rfc3339())?;
@@ -194,4 +194,101 @@ pub(crate) fn read(doc: &AutoCommit, id: DocumentId) -> FamilyDay {
 /// Fields whose concurrent values merge by rule rather than by asking a worker.
 pub(crate) fn merges_by_rule(path: &str) -> bool {
     path.ends_with(".arrived_at") || path.ends_with(".booked_at") || path.contains(".by.")
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::{AutoCommit, ROOT, ReadDoc, ScalarValue, Value, transaction::Transactable};
+
+    use super::*;
+
+    fn author() -> Author {
+        Author {
+            device_id: "a".into(),
+            worker: "Worker".into(),
+            team: "north".into(),
+            now: chrono::Utc::now(),
+        }
+    }
+
+    fn scalar(doc: &AutoCommit, obj: &ObjId, key: &str) -> ScalarValue {
+        match doc.get(obj, key).expect("get") {
+            Some((Value::Scalar(s), _)) => s.into_owned(),
+            other => panic!("{key}: not a scalar: {other:?}"),
+        }
+    }
+
+    /// Counts are written as Automerge ints (a JavaScript number; a uint
+    /// reads as a BigInt there, and `capacity + 1` throws).
+    #[test]
+    fn counts_are_written_as_ints() {
+        let by = author();
+        let mut doc = AutoCommit::new();
+        let new = NewFamilyDay {
+            prison: "HMP X".into(),
+            date: by.now.date_naive(),
+            capacity: Some(10),
+        };
+        create(&mut doc, &new, &by).expect("create");
+        let fid = DocumentId::random();
+        book(&mut doc, fid, 2, 1, &by).expect("book");
+        check_in(&mut doc, fid, 3, 2, &by).expect("check in");
+        assert_eq!(scalar(&doc, &ROOT, "capacity"), ScalarValue::Int(10));
+        let b = get_map(&doc, &ROOT, "bookings").expect("bookings");
+        let a = get_map(&doc, &ROOT, "attendance").expect("attendance");
+        for (obj, key, n) in [
+            (&b, "adults", 2),
+            (&b, "children", 1),
+            (&a, "adults", 3),
+            (&a, "children", 2),
+        ] {
+            assert_eq!(
+                scalar(&doc, obj, &format!("{fid}.{key}")),
+                ScalarValue::Int(n)
+            );
+        }
+        let day = read(&doc, DocumentId::random());
+        assert_eq!(day.capacity, Some(10));
+        assert_eq!((day.bookings[0].adults, day.bookings[0].children), (2, 1));
+    }
+
+    /// Documents written before counts were ints hold uints: still read.
+    #[test]
+    fn old_uint_counts_still_read() {
+        let by = author();
+        let mut doc = AutoCommit::new();
+        let new = NewFamilyDay {
+            prison: "HMP X".into(),
+            date: by.now.date_naive(),
+            capacity: None,
+        };
+        create(&mut doc, &new, &by).expect("create");
+        let fid = DocumentId::random();
+        book(&mut doc, fid, 1, 1, &by).expect("book");
+        doc.put(ROOT, "capacity", ScalarValue::Uint(12))
+            .expect("put");
+        let b = get_map(&doc, &ROOT, "bookings").expect("bookings");
+        doc.put(&b, format!("{fid}.adults"), ScalarValue::Uint(4))
+            .expect("put");
+        doc.put(&b, format!("{fid}.children"), ScalarValue::Uint(5))
+            .expect("put");
+        let day = read(&doc, DocumentId::random());
+        assert_eq!(day.capacity, Some(12));
+        assert_eq!((day.bookings[0].adults, day.bookings[0].children), (4, 5));
+        // A conflict between two old uints is settled with an int.
+        let mut other = doc.fork();
+        other
+            .put(&b, format!("{fid}.adults"), ScalarValue::Uint(6))
+            .expect("put");
+        doc.put(&b, format!("{fid}.adults"), ScalarValue::Uint(7))
+            .expect("put");
+        doc.merge(&mut other).expect("merge");
+        let path = format!("bookings/{fid}.adults");
+        super::super::conflicts::resolve(&mut doc, &path, &serde_json::json!(6), &by)
+            .expect("resolve");
+        assert_eq!(
+            scalar(&doc, &b, &format!("{fid}.adults")),
+            ScalarValue::Int(6)
+        );
+    }
 }
