@@ -3,16 +3,19 @@
 //! environment. In the library (not only `main.rs`) so that the benchmarks
 //! can run this same relay as a child process of their own binary.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod serve;
+
+pub use serve::LOCK_FILE;
+
+use crate::AppState;
+use crate::admin::{self, AdminError};
 use crate::at_rest::KeySource;
 use crate::relay::Limits;
-use crate::storage::Storage;
-use crate::{AppState, Bound, Transport, auth, tls};
-use chrono::{Duration, Utc};
+use chrono::Utc;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -229,7 +232,7 @@ fn days_or_off(s: &str) -> Result<Limit, String> {
         return Ok(Limit(None));
     }
     match s.parse::<i64>() {
-        Ok(d) if (0..=36_500).contains(&d) => Ok(Limit(Some(d))),
+        Ok(d) if admin::teams::valid_days(d) => Ok(Limit(Some(d))),
         _ => Err(format!(
             "'{s}' is not a number of days (0 to 36500) or 'off'"
         )),
@@ -307,7 +310,7 @@ where
             key: &key,
         };
         match cli.command {
-            None => serve(data, cli.serve),
+            None => serve::serve(data, cli.serve),
             Some(Command::Device(cmd)) => device(data, cmd),
             Some(Command::Family(cmd)) => family(data, cmd),
             Some(Command::Team(cmd)) => team(data, cmd),
@@ -351,163 +354,45 @@ impl Data<'_> {
     }
 }
 
-/// The file in the data directory a serving relay holds locked.
-pub const LOCK_FILE: &str = "relay.lock";
-
-/// Takes the data directory's lock for as long as the returned file lives, or
-/// says which process holds it. One relay per directory: each keeps documents
-/// in memory and compacts them from that copy (`Storage::append_changes`
-/// with a snapshot replaces the stored changes), so a second relay's uploads
-/// to the same document would be deleted by the first one's next
-/// compaction. Only `serve` takes it: the admin commands open the database
-/// directly (SQLite's own locking) while a relay serves. An advisory lock
-/// (`flock`), released by the kernel when the process dies, even by
-/// SIGKILL: a crashed relay never leaves a stale lock behind.
-fn lock_data_dir(data: &std::path::Path) -> crate::Result<std::fs::File> {
-    use std::io::{Read, Seek};
-    let path = data.join(LOCK_FILE);
-    let io = |e| crate::Error::Io {
-        context: format!("opening {}", path.display()),
-        source: e,
-    };
-    crate::at_rest::prepare_data_dir(data)?;
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true).write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&path).map_err(io)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = match holder.trim().parse::<u32>() {
-                Ok(pid) => format!("(process {pid}) "),
-                Err(_) => String::new(),
-            };
-            return Err(crate::Error::Config(format!(
-                "another linkbook-server {holder}is already serving {}: stop it first, or give this relay its own --data directory",
-                data.display()
-            )));
+/// An admin error as the command line has always said it (`--flag` names).
+fn cli_error(e: AdminError) -> crate::Error {
+    use crate::Error::BadRequest;
+    match e {
+        AdminError::InvalidInput {
+            field: "family_id",
+            reason,
+        } => BadRequest(reason),
+        AdminError::InvalidInput { field, reason } => {
+            BadRequest(format!("--{} {reason}", field.replace('_', "-")))
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        AdminError::AmbiguousId { id, teams } => BadRequest(format!(
+            "{id} is held by {} teams ({}): ids are per team, so say which with --team",
+            teams.len(),
+            teams.join(", ")
+        )),
+        AdminError::NotFound {
+            what: "device", id, ..
+        } => BadRequest(format!("no device {id}")),
+        AdminError::NotFound { what, id, team } => BadRequest(match team {
+            Some(team) => format!("no {what} {id} of team {team} on this relay"),
+            None => format!("no {what} {id} on this relay"),
+        }),
+        AdminError::Refused(reason) => BadRequest(reason),
+        AdminError::Storage(e) => e,
     }
-    // Which process holds it, for the message above (informative only: the
-    // lock is what counts).
-    let _ = file
-        .set_len(0)
-        .and_then(|()| file.rewind())
-        .and_then(|()| writeln!(file, "{}", std::process::id()));
-    Ok(file)
 }
 
-fn serve(store: Data<'_>, args: ServeArgs) -> crate::Result<()> {
-    let data = store.path;
-    // Held until this function returns, i.e. for the relay's whole life.
-    let _lock = lock_data_dir(data)?;
-    let max_message_bytes = args
-        .max_message_bytes
-        .max(linkbook_core::protocol::split::MIN_MAX_MESSAGE_BYTES);
-    let limits = Limits {
-        max_message_bytes,
-        max_queued_bytes: args
-            .max_queued_bytes
-            .unwrap_or(max_message_bytes.saturating_mul(4))
-            .max(max_message_bytes.saturating_mul(2)),
-        max_document_bytes: args.max_document_bytes,
-        max_document_ops: args.max_document_ops,
-        max_connections_per_device: args.max_connections_per_device,
-        max_loaded_docs: args.max_loaded_docs.max(1),
-        ping_interval_secs: args.ping_interval_secs,
-        ..Limits::default()
-    };
-    if args.ping_interval_secs == 0 || args.ping_interval_secs * 2 > args.idle_timeout_secs {
-        tracing::warn!(
-            "--ping-interval-secs is off or over half of --idle-timeout-secs: idle devices may be disconnected"
-        );
-    }
-    let conn_limits = crate::conn_limits::ConnLimits {
-        max_unauthenticated: usize::try_from(args.max_unauthenticated).unwrap_or(usize::MAX),
-        max_unauthenticated_per_address: usize::try_from(args.max_unauthenticated_per_address)
-            .unwrap_or(usize::MAX),
-        read_idle: std::time::Duration::from_secs(args.idle_timeout_secs),
-        header_read_timeout: std::time::Duration::from_secs(args.header_timeout_secs),
-    };
-    let state = store
-        .open(limits)?
-        .with_auth_limits(crate::ratelimit::AuthLimits {
-            max_failures: args.auth_max_failures,
-            window: std::time::Duration::from_secs(args.auth_window_secs),
-            lockout: std::time::Duration::from_secs(args.auth_lockout_secs),
-            ..crate::ratelimit::AuthLimits::default()
-        })
-        .with_conn_limits(conn_limits)
-        .with_audit_quotas(crate::audit_upload::AuditQuotas {
-            rows_per_upload: usize::try_from(args.audit_rows_per_upload).unwrap_or(usize::MAX),
-            rows_per_day: args.audit_rows_per_day,
-        });
-    let (transport, trust) = match (args.tls_cert, args.tls_key, args.insecure_http) {
-        (Some(cert), Some(key), _) => (Transport::Tls { cert, key }, None),
-        (_, _, true) => (Transport::InsecureHttp, None),
-        _ => {
-            let (cert, key) = tls::ensure_dev_certificate(data)?;
-            (
-                Transport::Tls { cert, key },
-                Some(data.join(tls::DEV_CA_FILE)),
-            )
-        }
-    };
-    let bound = Bound::bind(args.listen, transport)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| crate::Error::Io {
-            context: "starting the runtime".into(),
-            source: e,
-        })?;
-    // Whoever started the relay may stop reading its output: never fail on it.
-    let mut out = std::io::stdout();
-    if let Some(ca) = trust {
-        let _ = writeln!(
-            out,
-            "development certificate: devices trust {}",
-            ca.display()
-        );
-    }
-    let _ = writeln!(out, "linkbook-server listening on {}", bound.url());
-    let _ = out.flush();
-    runtime.block_on(async move {
-        // Retention: at start, then daily (closed cases past their team's
-        // retention period are purged).
-        let storage = state.storage.clone();
-        tokio::spawn(async move {
-            let mut daily = tokio::time::interval(std::time::Duration::from_secs(24 * 60 * 60));
-            loop {
-                daily.tick().await;
-                let storage = storage.clone();
-                let swept = tokio::task::spawn_blocking(move || {
-                    crate::retention::apply(&*storage, Utc::now().date_naive())
-                })
-                .await;
-                if let Ok(Err(e)) = swept {
-                    tracing::error!(error = %e, "the retention sweep failed");
-                }
-            }
-        });
-        let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
-            }
-        };
-        bound.serve(state, shutdown).await
-    })
+/// Pretty JSON on stdout (`fallback` if it cannot be made).
+fn print_json<T: serde::Serialize>(value: &T, fallback: &str) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| fallback.into())
+    );
 }
 
 fn device(data: Data<'_>, cmd: DeviceCommand) -> crate::Result<()> {
     let state = data.open(Limits::default())?;
-    let storage: &dyn Storage = &*state.storage;
+    let storage = &*state.storage;
     match cmd {
         DeviceCommand::Enrol {
             team,
@@ -515,23 +400,24 @@ fn device(data: Data<'_>, cmd: DeviceCommand) -> crate::Result<()> {
             expires_hours,
             server,
         } => {
-            if !(1..=24 * 30).contains(&expires_hours) {
-                return Err(crate::Error::BadRequest(
-                    "--expires-hours must be 1 to 720".into(),
-                ));
-            }
-            let code = auth::new_enrolment_code(
-                storage,
-                &team,
-                &worker,
-                Duration::hours(expires_hours),
-                Utc::now(),
-            )?;
+            let code = admin::devices::enrol(storage, &team, &worker, expires_hours, Utc::now())
+                .map_err(|e| match e {
+                    AdminError::InvalidInput {
+                        field: "team" | "worker",
+                        ..
+                    } => crate::Error::BadRequest("team and worker must not be empty".into()),
+                    AdminError::InvalidInput {
+                        field: "expires_hours",
+                        ..
+                    } => crate::Error::BadRequest("--expires-hours must be 1 to 720".into()),
+                    e => cli_error(e),
+                })?
+                .code;
             // The code alone on stdout, for scripts; the QR code (for the
             // app's camera) and the explanation on the terminal.
             println!("{code}");
             if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                let link = enrolment_link(&code, server.as_deref());
+                let link = admin::devices::enrolment_link(&code, server.as_deref());
                 if let Ok(qr) = qrcode::QrCode::new(link.as_bytes()) {
                     let art = qr
                         .render::<qrcode::render::unicode::Dense1x2>()
@@ -545,12 +431,9 @@ fn device(data: Data<'_>, cmd: DeviceCommand) -> crate::Result<()> {
             );
         }
         DeviceCommand::List { json } => {
-            let devices = storage.devices()?;
+            let devices = admin::devices::list_devices(storage).map_err(cli_error)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&devices).unwrap_or_else(|_| "[]".into())
-                );
+                print_json(&devices, "[]");
             } else {
                 for d in devices {
                     let status = if d.revoked_at.is_some() {
@@ -566,9 +449,7 @@ fn device(data: Data<'_>, cmd: DeviceCommand) -> crate::Result<()> {
             }
         }
         DeviceCommand::Revoke { id } => {
-            if !storage.revoke_device(&id, Some("office administrator"), Utc::now())? {
-                return Err(crate::Error::BadRequest(format!("no device {id}")));
-            }
+            admin::devices::revoke_device(storage, &id, Utc::now()).map_err(cli_error)?;
             println!("revoked {id}");
         }
     }
@@ -576,34 +457,18 @@ fn device(data: Data<'_>, cmd: DeviceCommand) -> crate::Result<()> {
 }
 
 fn team(data: Data<'_>, cmd: TeamCommand) -> crate::Result<()> {
-    let state = data.open(Limits::default())?;
-    let storage: &dyn Storage = &*state.storage;
     let TeamCommand::Policy {
         team,
         retention_days,
         lease_days,
     } = cmd;
-    let team = team.trim();
-    if team.is_empty() {
-        return Err(crate::Error::BadRequest("--team must name a team".into()));
-    }
-    let mut policy = storage.team_policy(team)?;
-    if retention_days.is_some() || lease_days.is_some() {
-        if let Some(Limit(d)) = retention_days {
-            policy.retention_days = d;
-        }
-        if let Some(Limit(d)) = lease_days {
-            policy.lease_days = d;
-        }
-        storage.set_team_policy(team, policy, Utc::now())?;
-        storage.audit_as(
-            None,
-            Some("office administrator"),
-            "policy changed",
-            None,
-            &Utc::now().to_rfc3339(),
-        )?;
-    }
+    let state = data.open(Limits::default())?;
+    let change = admin::teams::PolicyChange {
+        retention_days: retention_days.map(|Limit(d)| d),
+        lease_days: lease_days.map(|Limit(d)| d),
+    };
+    let (team, policy) = admin::teams::set_team_policy(&*state.storage, &team, change, Utc::now())
+        .map_err(cli_error)?;
     let show = |d: Option<i64>| d.map_or("off".to_string(), |d| format!("{d} days"));
     println!(
         "team {team}: retention {}, offline lease {}",
@@ -616,45 +481,12 @@ fn team(data: Data<'_>, cmd: TeamCommand) -> crate::Result<()> {
 fn retention_apply(data: Data<'_>, today: Option<chrono::NaiveDate>) -> crate::Result<()> {
     let state = data.open(Limits::default())?;
     let today = today.unwrap_or_else(|| Utc::now().date_naive());
-    let purged = crate::retention::apply(&*state.storage, today)?;
+    let purged = admin::retention::sweep(&*state.storage, today).map_err(cli_error)?;
     for id in &purged {
         println!("purged {id}");
     }
     eprintln!("{} closed case(s) past retention purged", purged.len());
     Ok(())
-}
-
-/// The team whose document `id` an admin command means: `--team` if
-/// given, else the only team holding the id (stored or purged). Documents
-/// are namespaced per team, so an id two teams hold needs `--team`.
-fn team_of(storage: &dyn Storage, id: &str, team: Option<&str>) -> crate::Result<Option<String>> {
-    if let Some(team) = team {
-        let team = team.trim();
-        if team.is_empty() {
-            return Err(crate::Error::BadRequest("--team must name a team".into()));
-        }
-        return Ok(Some(team.to_string()));
-    }
-    // Teams holding a stored document with this id first; if none, those
-    // that had one purged (so that "purged already" can be said).
-    let mut teams = storage.teams_holding(id)?;
-    let mut stored = Vec::new();
-    for t in &teams {
-        if storage.document_exists(t, id)? {
-            stored.push(t.clone());
-        }
-    }
-    if !stored.is_empty() {
-        teams = stored;
-    }
-    match teams.len() {
-        0 | 1 => Ok(teams.pop()),
-        _ => Err(crate::Error::BadRequest(format!(
-            "{id} is held by {} teams ({}): ids are per team, so say which with --team",
-            teams.len(),
-            teams.join(", ")
-        ))),
-    }
 }
 
 fn audit(
@@ -664,26 +496,19 @@ fn audit(
     team: Option<String>,
     json: bool,
 ) -> crate::Result<()> {
-    let family = family
-        .map(|f| {
-            linkbook_core::DocumentId::parse(&f, "family id")
-                .map(|id| id.to_string())
-                .map_err(|e| crate::Error::BadRequest(e.to_string()))
-        })
-        .transpose()?;
+    // A malformed id is refused before the database is opened.
+    if let Some(f) = &family {
+        admin::parse_family_id(f).map_err(cli_error)?;
+    }
     let state = data.open(Limits::default())?;
-    let team = match &family {
-        Some(id) => team_of(&*state.storage, id, team.as_deref())?,
-        None => team,
+    let query = admin::audit::AuditQuery {
+        family,
+        device,
+        team,
     };
-    let entries = state
-        .storage
-        .audit_log(family.as_deref(), device.as_deref(), team.as_deref())?;
+    let entries = admin::audit::audit_log(&*state.storage, &query).map_err(cli_error)?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&entries).unwrap_or_else(|_| "[]".into())
-        );
+        print_json(&entries, "[]");
         return Ok(());
     }
     for e in entries {
@@ -703,45 +528,15 @@ fn audit(
 }
 
 fn family(data: Data<'_>, cmd: FamilyCommand) -> crate::Result<()> {
-    use crate::Error::BadRequest;
     let state = data.open(Limits::default())?;
-    let storage: &dyn Storage = &*state.storage;
-    match cmd {
-        FamilyCommand::Purge { id, reason, team } => {
-            let id = linkbook_core::DocumentId::parse(&id, "family id")
-                .map_err(|e| BadRequest(e.to_string()))?
-                .to_string();
-            let reason = reason.trim();
-            if reason.is_empty() {
-                return Err(BadRequest(
-                    "--reason must say why (it is kept in the audit)".into(),
-                ));
-            }
-            let team = team_of(storage, &id, team.as_deref())?
-                .ok_or_else(|| BadRequest(format!("no family {id} on this relay")))?;
-            if storage.is_purged(&team, &id)? {
-                return Err(BadRequest(format!(
-                    "{id} of team {team} was purged already"
-                )));
-            }
-            let stored = storage.load_document(&team, &id)?.ok_or_else(|| {
-                BadRequest(format!("no family {id} of team {team} on this relay"))
-            })?;
-            let kind = document_type(&stored);
-            if kind.as_deref() != Some("family") {
-                return Err(BadRequest(format!(
-                    "{id} is a {}, not a family: only family case files are purged",
-                    kind.as_deref().unwrap_or("damaged document")
-                )));
-            }
-            if !storage.purge_document(&team, &id, reason, Utc::now())? {
-                return Err(BadRequest(format!(
-                    "no family {id} of team {team} on this relay"
-                )));
-            }
-            println!("purged family {id} of team {team}; devices delete it at their next sync");
-        }
-    }
+    let FamilyCommand::Purge { id, reason, team } = cmd;
+    let purged =
+        admin::families::purge_family(&*state.storage, &id, &reason, team.as_deref(), Utc::now())
+            .map_err(cli_error)?;
+    println!(
+        "purged family {} of team {}; devices delete it at their next sync",
+        purged.id, purged.team
+    );
     Ok(())
 }
 
@@ -751,129 +546,24 @@ fn export_person(
     family: Option<String>,
     team: Option<String>,
 ) -> crate::Result<()> {
-    use crate::Error::BadRequest;
-    let name = name.map(|n| n.trim().to_lowercase());
-    if name.as_deref().is_some_and(|n| n.chars().count() < 2) {
-        return Err(BadRequest("--name needs at least two letters".into()));
-    }
-    let family = family
-        .map(|f| {
-            linkbook_core::DocumentId::parse(&f, "family id")
-                .map(|id| id.to_string())
-                .map_err(|e| BadRequest(e.to_string()))
-        })
-        .transpose()?;
+    let query = admin::families::SubjectQuery { name, family, team };
+    // Malformed arguments are refused before the database is opened.
+    let invalid = |e| match e {
+        AdminError::NotFound { .. } => {
+            crate::Error::BadRequest("no family with that id on this relay".into())
+        }
+        e => cli_error(e),
+    };
+    query.answered().map_err(invalid)?;
     let state = data.open(Limits::default())?;
-    let storage: &dyn Storage = &*state.storage;
-    let only_team = match &family {
-        Some(id) => team_of(storage, id, team.as_deref())?,
-        None => team,
-    };
-    let mut records = Vec::new();
-    for (id, team) in storage.document_ids()? {
-        if family.as_ref().is_some_and(|f| *f != id)
-            || only_team.as_ref().is_some_and(|t| *t != team)
-        {
-            continue;
-        }
-        let Some(stored) = storage.load_document(&team, &id)? else {
-            continue;
-        };
-        let Some(doc) = load(&stored) else { continue };
-        if document_type_of(&doc).as_deref() != Some("family") {
-            continue;
-        }
-        let json = serde_json::to_value(automerge::AutoSerde::from(&doc))
-            .map_err(|e| BadRequest(format!("{id} could not be read: {e}")))?;
-        let mut matches = Vec::new();
-        if let Some(name) = &name {
-            find_text(&json, name, String::new(), &mut matches);
-            if matches.is_empty() {
-                continue;
-            }
-        }
-        records.push(serde_json::json!({
-            "family_id": id,
-            "team": team,
-            "matched_at": matches,
-            "record": json,
-            "audit": storage.audit_log(Some(&id), None, Some(&team))?,
-        }));
+    let export =
+        admin::families::export_person(&*state.storage, &query, Utc::now()).map_err(invalid)?;
+    for s in &export.skipped {
+        eprintln!(
+            "skipped {} of team {}: the stored document is damaged ({})",
+            s.family_id, s.team, s.reason
+        );
     }
-    if family.is_some() && records.is_empty() {
-        return Err(BadRequest("no family with that id on this relay".into()));
-    }
-    let now = Utc::now().to_rfc3339();
-    for r in &records {
-        if let (Some(id), Some(team)) = (r["family_id"].as_str(), r["team"].as_str()) {
-            storage.audit_for_team(
-                team,
-                None,
-                Some("office administrator"),
-                "subject access export",
-                id,
-                &now,
-            )?;
-        }
-    }
-    let out = serde_json::json!({
-        "generated_at": now,
-        "query": { "name": name, "family": family },
-        "families": records,
-    });
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&out).unwrap_or_else(|_| "{}".into())
-    );
+    print_json(&export, "{}");
     Ok(())
-}
-
-/// Paths (`members/0/name`) of every string in `value` that contains `needle`.
-fn find_text(value: &serde_json::Value, needle: &str, path: String, out: &mut Vec<String>) {
-    match value {
-        serde_json::Value::String(s) if s.to_lowercase().contains(needle) => out.push(path),
-        serde_json::Value::Array(items) => {
-            for (i, v) in items.iter().enumerate() {
-                find_text(v, needle, format!("{path}/{i}"), out);
-            }
-        }
-        serde_json::Value::Object(map) => {
-            for (k, v) in map {
-                find_text(v, needle, format!("{path}/{k}"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
-fn load(stored: &crate::storage::StoredDocument) -> Option<automerge::Automerge> {
-    let mut doc = match &stored.snapshot {
-        Some(s) => automerge::Automerge::load(s).ok()?,
-        None => automerge::Automerge::new(),
-    };
-    for c in &stored.changes {
-        doc.load_incremental(c).ok()?;
-    }
-    Some(doc)
-}
-
-/// The `type` a stored Linkbook document declares.
-fn document_type(stored: &crate::storage::StoredDocument) -> Option<String> {
-    document_type_of(&load(stored)?)
-}
-
-fn document_type_of(doc: &automerge::Automerge) -> Option<String> {
-    use automerge::ReadDoc;
-    match doc.get(automerge::ROOT, "type").ok()??.0 {
-        automerge::Value::Scalar(s) => s.as_str().map(str::to_string),
-        _ => None,
-    }
-}
-
-/// What the enrolment QR code holds: the code and, if known, the relay.
-fn enrolment_link(code: &str, server: Option<&str>) -> String {
-    match server {
-        Some(s) => format!("linkbook://enrol?code={code}&server={s}"),
-        None => format!("linkbook://enrol?code={code}"),
-    }
 }

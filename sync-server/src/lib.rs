@@ -4,12 +4,14 @@
 //! [`serve`] binds it with TLS (or, on loopback only, plain HTTP) and runs it
 //! until shutdown. `main.rs` only parses configuration.
 
+pub mod admin;
 pub mod at_rest;
 pub mod audit_upload;
 pub mod auth;
 pub mod cli;
 pub mod conn_limits;
 pub mod doc_cap;
+pub mod documents;
 pub mod door;
 pub mod error;
 mod heavy;
@@ -18,7 +20,6 @@ mod outbox;
 pub mod ratelimit;
 pub mod refusals;
 pub mod relay;
-pub mod retention;
 pub mod revocation;
 mod split;
 pub mod storage;

@@ -668,40 +668,18 @@ impl Hub {
         })?;
         let slot = match stored {
             Some(stored) => {
-                let stored_bytes = stored.snapshot.as_ref().map_or(0, Vec::len)
-                    + stored.changes.iter().map(Vec::len).sum::<usize>();
+                let stored_bytes = crate::documents::stored_bytes(&stored);
                 // Stored bytes go through the budget too (doc_cap.rs): a
-                // poison stored before it existed must not abort the relay.
+                // poison stored before it existed must not abort the relay;
+                // Automerge's panics are caught (documents.rs).
                 let budget = crate::doc_cap::load_budget(self.limits.max_document_ops);
-                let over = stored
-                    .snapshot
-                    .iter()
-                    .chain(stored.changes.iter())
-                    .find_map(|bytes| linkbook_core::budget::check(bytes, &budget).err());
-                if let Some(over) = over {
-                    tracing::error!(doc = %key, bytes = stored_bytes, reason = %over, "a stored document is over the load budget; not loaded");
-                    return Err(Close("a stored document is damaged".into()));
-                }
-                // Automerge panics on some malformed bytes: see
-                // protocol::catch_automerge_panic.
-                let mut doc = match &stored.snapshot {
-                    Some(s) => match catch_automerge_panic(|| Automerge::load(s)) {
-                        Ok(Ok(doc)) => doc,
-                        _ => return Err(Close("a stored document is damaged".into())),
-                    },
-                    None => Automerge::new(),
+                let doc = match crate::documents::load(&stored, &budget) {
+                    Ok(doc) => doc,
+                    Err(e) => {
+                        tracing::error!(doc = %key, bytes = stored_bytes, reason = %e, "a stored document is damaged; not loaded");
+                        return Err(Close("a stored document is damaged".into()));
+                    }
                 };
-                // One batch: Automerge applies it at once (per-change calls
-                // re-sort the ops each time).
-                let changes = stored.changes.concat();
-                if !changes.is_empty()
-                    && !matches!(
-                        catch_automerge_panic(|| doc.load_incremental(&changes)),
-                        Ok(Ok(_))
-                    )
-                {
-                    return Err(Close("a stored document is damaged".into()));
-                }
                 Slot {
                     team: stored.team,
                     doc,

@@ -1,0 +1,88 @@
+//! Audit queries: who enrolled, synced, uploaded, received or read which
+//! family, and what was purged or revoked, when (never record content).
+
+use super::{Result, parse_family_id, team_of};
+use crate::storage::{AuditEntry, Storage};
+
+/// Which records: each given filter narrows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// About this family (document id, with or without `automerge:`).
+    pub family: Option<String>,
+    /// Of this device.
+    pub device: Option<String>,
+    /// About this team's documents (needed with `family` when two teams
+    /// hold that id: ids are per team).
+    pub team: Option<String>,
+}
+
+/// The audit records matching `query`, oldest first.
+pub fn audit_log(storage: &dyn Storage, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+    let family = query.family.as_deref().map(parse_family_id).transpose()?;
+    let team = match &family {
+        Some(id) => team_of(storage, id, query.team.as_deref())?,
+        None => query.team.clone(),
+    };
+    Ok(storage.audit_log(family.as_deref(), query.device.as_deref(), team.as_deref())?)
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod tests {
+    use super::super::AdminError;
+    use super::super::test_support::{Relay, family};
+    use super::*;
+
+    #[test]
+    fn a_familys_records_are_found_by_id_and_team() {
+        let relay = Relay::new();
+        let s = relay.storage();
+        let id = relay.store("north", &family("Ada", None));
+        let other = relay.store("north", &family("Grace", None));
+        let at = chrono::Utc::now().to_rfc3339();
+        s.audit_for_team("north", None, Some("Asha"), "read", &id, &at)
+            .expect("audit");
+        s.audit_for_team("north", None, Some("Asha"), "read", &other, &at)
+            .expect("audit");
+        let query = AuditQuery {
+            family: Some(format!("automerge:{id}")),
+            ..AuditQuery::default()
+        };
+        let entries = audit_log(s, &query).expect("audit");
+        assert!(!entries.is_empty());
+        assert!(
+            entries
+                .iter()
+                .all(|e| e.document_id.as_deref() == Some(id.as_str()))
+        );
+        assert!(matches!(
+            audit_log(
+                s,
+                &AuditQuery {
+                    family: Some("not an id".into()),
+                    ..AuditQuery::default()
+                }
+            ),
+            Err(AdminError::InvalidInput {
+                field: "family_id",
+                ..
+            })
+        ));
+        // The same id in a second team: the team must be said.
+        relay.store_as("south", &id, &family("Ada", None));
+        assert!(matches!(
+            audit_log(s, &query),
+            Err(AdminError::AmbiguousId { .. })
+        ));
+        let south = AuditQuery {
+            team: Some("south".into()),
+            ..query
+        };
+        assert!(
+            audit_log(s, &south)
+                .expect("audit")
+                .iter()
+                .all(|e| e.team.as_deref() != Some("north"))
+        );
+    }
+}

@@ -1,0 +1,419 @@
+//! Family case files: erasure (only family case files are purged) and
+//! subject access (every family case file naming a person, whole, with its
+//! audit; the export itself audited).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{ADMINISTRATOR, AdminError, Result, parse_family_id, team_of};
+use crate::storage::{AuditEntry, Storage};
+
+/// A family erased from the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgedFamily {
+    pub id: String,
+    pub team: String,
+}
+
+/// Deletes a family's case file and all its history from the relay; every
+/// device deletes it at its next sync, and no device can upload it again.
+/// `reason` is kept in the audit. Refused for a document that is not a
+/// family case file (or cannot be read), and for one purged already.
+pub fn purge_family(
+    storage: &dyn Storage,
+    id: &str,
+    reason: &str,
+    team: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<PurgedFamily> {
+    let id = parse_family_id(id)?;
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(AdminError::InvalidInput {
+            field: "reason",
+            reason: "must say why (it is kept in the audit)".into(),
+        });
+    }
+    let not_found = |team: Option<&str>| AdminError::NotFound {
+        what: "family",
+        id: id.clone(),
+        team: team.map(str::to_string),
+    };
+    let team = team_of(storage, &id, team)?.ok_or_else(|| not_found(None))?;
+    if storage.is_purged(&team, &id)? {
+        return Err(AdminError::Refused(format!(
+            "{id} of team {team} was purged already"
+        )));
+    }
+    let stored = storage
+        .load_document(&team, &id)?
+        .ok_or_else(|| not_found(Some(&team)))?;
+    let kind = crate::documents::load(&stored, &super::load_budget())
+        .ok()
+        .and_then(|doc| crate::documents::document_type(&doc));
+    if kind.as_deref() != Some("family") {
+        return Err(AdminError::Refused(format!(
+            "{id} is a {}, not a family: only family case files are purged",
+            kind.as_deref().unwrap_or("damaged document")
+        )));
+    }
+    if !storage.purge_document(&team, &id, reason, now)? {
+        return Err(not_found(Some(&team)));
+    }
+    Ok(PurgedFamily { id, team })
+}
+
+/// Whose records a subject access request asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubjectQuery {
+    /// A name (or part of one, at least two letters), matched without
+    /// regard to case in any field or note.
+    pub name: Option<String>,
+    /// Or one family's records, by id.
+    pub family: Option<String>,
+    /// Only this team's families (needed with `family` when two teams hold
+    /// that id: ids are per team).
+    pub team: Option<String>,
+}
+
+impl SubjectQuery {
+    /// The query checked and normalised, as it is answered (callers may
+    /// check it before opening the relay's storage).
+    pub fn answered(&self) -> Result<AnsweredQuery> {
+        let name = self.name.as_deref().map(|n| n.trim().to_lowercase());
+        if name.as_deref().is_some_and(|n| n.chars().count() < 2) {
+            return Err(AdminError::InvalidInput {
+                field: "name",
+                reason: "needs at least two letters".into(),
+            });
+        }
+        let family = self.family.as_deref().map(parse_family_id).transpose()?;
+        if name.is_none() && family.is_none() {
+            return Err(AdminError::InvalidInput {
+                field: "name",
+                reason: "or a family id is needed".into(),
+            });
+        }
+        Ok(AnsweredQuery { name, family })
+    }
+}
+
+/// The query as answered (the name trimmed and lower-cased, the id canonical).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AnsweredQuery {
+    pub name: Option<String>,
+    pub family: Option<String>,
+}
+
+/// One family case file in an export.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FamilyRecord {
+    pub family_id: String,
+    pub team: String,
+    /// Paths (`/members/m1/name`) of the strings that matched the name.
+    pub matched_at: Vec<String>,
+    /// The whole case file, as JSON.
+    pub record: serde_json::Value,
+    pub audit: Vec<AuditEntry>,
+}
+
+/// A stored family-or-not document the export could not read (it is not
+/// in `families`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub family_id: String,
+    pub team: String,
+    pub reason: String,
+}
+
+/// A subject access export. Serialized (`families` etc.) it is the JSON
+/// the office hands over; `skipped` is for the administrator only.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SubjectAccess {
+    pub generated_at: String,
+    pub query: AnsweredQuery,
+    pub families: Vec<FamilyRecord>,
+    #[serde(skip)]
+    pub skipped: Vec<Skipped>,
+}
+
+/// Every family case file matching `query`, whole, with its audit; each
+/// one exported is audited (`subject access export`). Documents that
+/// cannot be read are skipped and listed in `skipped`.
+pub fn export_person(
+    storage: &dyn Storage,
+    query: &SubjectQuery,
+    now: DateTime<Utc>,
+) -> Result<SubjectAccess> {
+    let AnsweredQuery { name, family } = query.answered()?;
+    let only_team = match &family {
+        Some(id) => team_of(storage, id, query.team.as_deref())?,
+        None => query.team.clone(),
+    };
+    let budget = super::load_budget();
+    let mut families = Vec::new();
+    let mut skipped = Vec::new();
+    for (id, team) in storage.document_ids()? {
+        if family.as_ref().is_some_and(|f| *f != id)
+            || only_team.as_ref().is_some_and(|t| *t != team)
+        {
+            continue;
+        }
+        let Some(stored) = storage.load_document(&team, &id)? else {
+            continue;
+        };
+        let doc = match crate::documents::load(&stored, &budget) {
+            Ok(doc) => doc,
+            Err(e) => {
+                skipped.push(Skipped {
+                    family_id: id,
+                    team,
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        };
+        if crate::documents::document_type(&doc).as_deref() != Some("family") {
+            continue;
+        }
+        let json = linkbook_core::protocol::catch_automerge_panic(|| {
+            serde_json::to_value(automerge::AutoSerde::from(&doc))
+        });
+        let json = match json {
+            Ok(Ok(json)) => json,
+            Ok(Err(e)) => return Err(AdminError::Refused(format!("{id} could not be read: {e}"))),
+            Err(e) => return Err(AdminError::Refused(format!("{id} could not be read: {e}"))),
+        };
+        let mut matched_at = Vec::new();
+        if let Some(name) = &name {
+            find_text(&json, name, String::new(), &mut matched_at);
+            if matched_at.is_empty() {
+                continue;
+            }
+        }
+        let audit = storage.audit_log(Some(&id), None, Some(&team))?;
+        families.push(FamilyRecord {
+            family_id: id,
+            team,
+            matched_at,
+            record: json,
+            audit,
+        });
+    }
+    if let (Some(id), true) = (&family, families.is_empty()) {
+        return Err(AdminError::NotFound {
+            what: "family",
+            id: id.clone(),
+            team: only_team,
+        });
+    }
+    let generated_at = now.to_rfc3339();
+    for f in &families {
+        storage.audit_for_team(
+            &f.team,
+            None,
+            Some(ADMINISTRATOR),
+            "subject access export",
+            &f.family_id,
+            &generated_at,
+        )?;
+    }
+    Ok(SubjectAccess {
+        generated_at,
+        query: AnsweredQuery { name, family },
+        families,
+        skipped,
+    })
+}
+
+/// Paths (`/members/0/name`) of every string in `value` that contains `needle`.
+fn find_text(value: &serde_json::Value, needle: &str, path: String, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::String(s) if s.to_lowercase().contains(needle) => out.push(path),
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                find_text(v, needle, format!("{path}/{i}"), out);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                find_text(v, needle, format!("{path}/{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod tests {
+    use super::super::test_support::{Relay, directory, family};
+    use super::*;
+
+    fn exports(relay: &Relay, id: &str) -> usize {
+        relay
+            .storage()
+            .audit_log(Some(id), None, None)
+            .expect("audit")
+            .iter()
+            .filter(|a| a.action == "subject access export")
+            .count()
+    }
+
+    #[test]
+    fn only_family_case_files_are_purged_once() {
+        let relay = Relay::new();
+        let s = relay.storage();
+        let fam = relay.store("north", &family("Ada", None));
+        let dir = relay.store("north", &directory());
+        let damaged = relay.store("north", b"\x85\x6f\x4a\x83 garbage");
+        let now = Utc::now();
+        assert!(matches!(
+            purge_family(s, &fam, "  ", None, now),
+            Err(AdminError::InvalidInput {
+                field: "reason",
+                ..
+            })
+        ));
+        match purge_family(s, &dir, "asked", None, now) {
+            Err(AdminError::Refused(r)) => {
+                assert!(r.contains("is a directory, not a family"), "{r}")
+            }
+            other => panic!("{other:?}"),
+        }
+        match purge_family(s, &damaged, "asked", None, now) {
+            Err(AdminError::Refused(r)) => assert!(r.contains("damaged document"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        let purged =
+            purge_family(s, &format!("automerge:{fam}"), "asked", None, now).expect("purge");
+        assert_eq!(
+            purged,
+            PurgedFamily {
+                id: fam.clone(),
+                team: "north".into()
+            }
+        );
+        assert!(!s.document_exists("north", &fam).expect("exists"));
+        match purge_family(s, &fam, "asked", None, now) {
+            Err(AdminError::Refused(r)) => assert!(r.contains("purged already"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        let unknown = linkbook_core::DocumentId::from_bytes([7; 16]).to_string();
+        assert!(matches!(
+            purge_family(s, &unknown, "asked", None, now),
+            Err(AdminError::NotFound {
+                what: "family",
+                team: None,
+                ..
+            })
+        ));
+        assert!(matches!(
+            purge_family(s, &unknown, "asked", Some("north"), now),
+            Err(AdminError::NotFound { team: Some(_), .. })
+        ));
+    }
+
+    #[test]
+    fn subject_access_finds_a_name_anywhere_and_audits_the_export() {
+        let relay = Relay::new();
+        let s = relay.storage();
+        let ada = relay.store("north", &family("Ada Lovelace", None));
+        let grace = relay.store("south", &family("Grace Hopper", None));
+        relay.store("north", &directory());
+        let query = SubjectQuery {
+            name: Some("  LOVELACE ".into()),
+            ..SubjectQuery::default()
+        };
+        let export = export_person(s, &query, Utc::now()).expect("export");
+        assert_eq!(export.query.name.as_deref(), Some("lovelace"));
+        assert_eq!(export.families.len(), 1);
+        let f = &export.families[0];
+        assert_eq!(
+            (f.family_id.as_str(), f.team.as_str()),
+            (ada.as_str(), "north")
+        );
+        assert_eq!(f.matched_at, ["/members/m1/name"]);
+        assert_eq!(f.record["members"]["m1"]["name"], "Ada Lovelace");
+        assert_eq!((exports(&relay, &ada), exports(&relay, &grace)), (1, 0));
+        // The serialized export is what the office hands over.
+        let json = serde_json::to_value(&export).expect("json");
+        assert_eq!(json["families"][0]["family_id"], ada.as_str());
+        assert!(json.get("skipped").is_none());
+
+        let by_id = SubjectQuery {
+            family: Some(grace.clone()),
+            ..SubjectQuery::default()
+        };
+        let export = export_person(s, &by_id, Utc::now()).expect("export");
+        assert_eq!(export.families.len(), 1);
+        assert!(export.families[0].matched_at.is_empty());
+        for (name, field) in [(" a ", "name")] {
+            let q = SubjectQuery {
+                name: Some(name.into()),
+                ..SubjectQuery::default()
+            };
+            assert!(matches!(
+                export_person(s, &q, Utc::now()),
+                Err(AdminError::InvalidInput { field: f, .. }) if f == field
+            ));
+        }
+        let unknown = SubjectQuery {
+            family: Some(linkbook_core::DocumentId::from_bytes([7; 16]).to_string()),
+            ..SubjectQuery::default()
+        };
+        assert!(matches!(
+            export_person(s, &unknown, Utc::now()),
+            Err(AdminError::NotFound { what: "family", .. })
+        ));
+    }
+
+    /// A stored document of garbage bytes (one Automerge panics on among
+    /// them) is skipped and reported, never a panic.
+    #[test]
+    fn subject_access_skips_a_damaged_stored_document() {
+        let relay = Relay::new();
+        let s = relay.storage();
+        let ada = relay.store("north", &family("Ada Lovelace", None));
+        let garbage = relay.store("north", b"\x85\x6f\x4a\x83\x00\x01garbage bytes");
+        let crasher_dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fuzz-crashers/automerge-load"
+        );
+        let mut crashers = Vec::new();
+        for entry in std::fs::read_dir(crasher_dir).expect("crashers").flatten() {
+            let bytes = std::fs::read(entry.path()).expect("crasher");
+            crashers.push(relay.store("north", &bytes));
+        }
+        assert!(!crashers.is_empty());
+        let query = SubjectQuery {
+            name: Some("ada".into()),
+            ..SubjectQuery::default()
+        };
+        let export = export_person(s, &query, Utc::now()).expect("export");
+        assert_eq!(export.families.len(), 1);
+        assert_eq!(export.families[0].family_id, ada);
+        let mut skipped: Vec<&str> = export
+            .skipped
+            .iter()
+            .map(|k| k.family_id.as_str())
+            .collect();
+        skipped.sort_unstable();
+        let mut expected: Vec<&str> = crashers
+            .iter()
+            .map(String::as_str)
+            .chain([garbage.as_str()])
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(skipped, expected);
+        // Asked for by id, the damaged one is not found (it is no readable family).
+        let by_id = SubjectQuery {
+            family: Some(garbage),
+            ..SubjectQuery::default()
+        };
+        assert!(matches!(
+            export_person(s, &by_id, Utc::now()),
+            Err(AdminError::NotFound { .. })
+        ));
+    }
+}

@@ -1,0 +1,115 @@
+//! Retention: closed cases are purged when their team's retention period
+//! (days after the closure date) has run out. Run by the relay at start and
+//! daily, and by `linkbook-server retention apply` (whose `--today` is the
+//! injected clock the tests use).
+
+use automerge::{Automerge, ReadDoc, Value};
+use chrono::{Duration, NaiveDate, Utc};
+use linkbook_core::budget::Budget;
+
+use super::Result;
+use crate::storage::Storage;
+
+/// Purges every closed family due on `today`; returns their ids. Documents
+/// are loaded within the admin [`super::load_budget`].
+pub fn sweep(storage: &dyn Storage, today: NaiveDate) -> Result<Vec<String>> {
+    sweep_within(storage, today, &super::load_budget())
+}
+
+/// [`sweep`], loading documents within `budget` (the relay passes its own,
+/// from `--max-document-ops`). A document that cannot be loaded is logged
+/// and left alone.
+pub fn sweep_within(
+    storage: &dyn Storage,
+    today: NaiveDate,
+    budget: &Budget,
+) -> Result<Vec<String>> {
+    let mut purged = Vec::new();
+    for (team, days) in storage.retention_policies()? {
+        for (id, doc_team) in storage.document_ids()? {
+            if doc_team != team {
+                continue;
+            }
+            let Some(stored) = storage.load_document(&team, &id)? else {
+                continue;
+            };
+            let doc = match crate::documents::load(&stored, budget) {
+                Ok(doc) => doc,
+                Err(e) => {
+                    tracing::warn!(document = %id, %team, reason = %e, "retention skipped a damaged stored document");
+                    continue;
+                }
+            };
+            let Some(closed) = closure_date(&doc) else {
+                continue;
+            };
+            if closed + Duration::days(days) <= today {
+                let reason = format!("retention: closed {closed}, team policy {days} days");
+                if storage.purge_document(&team, &id, &reason, Utc::now())? {
+                    tracing::info!(document = %id, %team, "closed case purged under the retention policy");
+                    purged.push(id);
+                }
+            }
+        }
+    }
+    Ok(purged)
+}
+
+/// The closure date of a closed family case file.
+fn closure_date(doc: &Automerge) -> Option<NaiveDate> {
+    let text = |obj: &automerge::ObjId, key: &str| match doc.get(obj, key).ok()?? {
+        (Value::Scalar(s), _) => s.as_str().map(str::to_string),
+        _ => None,
+    };
+    if text(&automerge::ROOT, "type")? != "family" || text(&automerge::ROOT, "status")? != "closed"
+    {
+        return None;
+    }
+    let (_, closure) = doc.get(automerge::ROOT, "closure").ok()??;
+    text(&closure, "date")?.parse().ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod tests {
+    use super::super::teams::{PolicyChange, set_team_policy};
+    use super::super::test_support::{Relay, family};
+    use super::*;
+
+    fn date(s: &str) -> NaiveDate {
+        s.parse().expect("date")
+    }
+
+    #[test]
+    fn only_closed_cases_past_their_teams_period_are_purged() {
+        let relay = Relay::new();
+        let s = relay.storage();
+        let due = relay.store("north", &family("Ada", Some("2026-01-01")));
+        let recent = relay.store("north", &family("Bea", Some("2026-03-01")));
+        let open = relay.store("north", &family("Cy", None));
+        let no_policy = relay.store("south", &family("Di", Some("2020-01-01")));
+        let damaged = relay.store("north", b"garbage, not automerge");
+        set_team_policy(
+            s,
+            "north",
+            PolicyChange {
+                retention_days: Some(Some(30)),
+                ..PolicyChange::default()
+            },
+            Utc::now(),
+        )
+        .expect("policy");
+        assert_eq!(sweep(s, date("2026-02-15")).expect("sweep"), [due.clone()]);
+        assert!(s.is_purged("north", &due).expect("purged"));
+        for (team, id) in [
+            ("north", &recent),
+            ("north", &open),
+            ("south", &no_policy),
+            ("north", &damaged),
+        ] {
+            assert!(s.document_exists(team, id).expect("exists"), "{id}");
+        }
+        assert!(sweep(s, date("2026-02-15")).expect("again").is_empty());
+        assert_eq!(sweep(s, date("2026-03-31")).expect("later"), [recent]);
+    }
+}

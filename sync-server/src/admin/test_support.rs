@@ -1,0 +1,70 @@
+//! A real SQLite relay store in a temporary directory, and documents to
+//! put in it, for the admin unit tests.
+#![allow(clippy::expect_used)]
+
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ObjType, ROOT};
+use chrono::Utc;
+
+use crate::storage::{SqliteStorage, Storage};
+
+pub struct Relay {
+    _dir: tempfile::TempDir,
+    storage: SqliteStorage,
+}
+
+impl Relay {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let storage = SqliteStorage::open(&dir.path().join("relay.db")).expect("open");
+        Relay { _dir: dir, storage }
+    }
+
+    pub fn storage(&self) -> &dyn Storage {
+        &self.storage
+    }
+
+    /// Stores `bytes` as a new document of `team`; returns its id.
+    pub fn store(&self, team: &str, bytes: &[u8]) -> String {
+        let id = linkbook_core::DocumentId::from_bytes(rand::random()).to_string();
+        self.store_as(team, &id, bytes);
+        id
+    }
+
+    pub fn store_as(&self, team: &str, id: &str, bytes: &[u8]) {
+        self.storage
+            .append_changes(id, team, "device-1", bytes, Some(bytes), Utc::now())
+            .expect("store");
+    }
+}
+
+/// A family case file naming `name`; closed on `closed` if given.
+pub fn family(name: &str, closed: Option<&str>) -> Vec<u8> {
+    let mut doc = AutoCommit::new();
+    doc.put(ROOT, "type", "family").expect("put");
+    let members = doc
+        .put_object(ROOT, "members", ObjType::Map)
+        .expect("members");
+    let member = doc
+        .put_object(&members, "m1", ObjType::Map)
+        .expect("member");
+    doc.put(&member, "name", name).expect("name");
+    match closed {
+        Some(date) => {
+            doc.put(ROOT, "status", "closed").expect("status");
+            let closure = doc
+                .put_object(ROOT, "closure", ObjType::Map)
+                .expect("closure");
+            doc.put(&closure, "date", date).expect("date");
+        }
+        None => doc.put(ROOT, "status", "open").expect("status"),
+    }
+    doc.save()
+}
+
+/// A document of another type (a team directory).
+pub fn directory() -> Vec<u8> {
+    let mut doc = AutoCommit::new();
+    doc.put(ROOT, "type", "directory").expect("put");
+    doc.save()
+}
