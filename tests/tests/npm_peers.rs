@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use linkbook_core::*;
-use linkbook_tests::{Device, Relay};
+use linkbook_tests::{CliDevice, Device, Relay};
 
 fn npm_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("npm");
@@ -116,6 +116,109 @@ fn the_npm_client_reads_and_writes_a_family_through_the_relay() -> Result<()> {
     assert!(status.success(), "{status}");
     assert!(!relay.log().contains(&creds.token), "a token was logged");
     Ok(())
+}
+
+/// A stock JavaScript app as the README shows it: no `peerId` option (so
+/// automerge-repo's random one), enrolled with a one-time code through
+/// `POST /v1/enrol`, syncing with the token it got. It reads a family day a
+/// Linkbook CLI device wrote, whose counts are JavaScript numbers
+/// (arithmetic works), and its booking reaches the CLI device.
+#[test]
+fn a_stock_js_app_enrols_and_syncs_with_its_own_peer_id() {
+    let relay = Relay::start();
+    let cli = CliDevice::new("Asha");
+    cli.enrol(&relay, "north", "Asha");
+    let family = cli.ok(&["family", "add", "--name", "Smith"]);
+    let other = cli.ok(&["family", "add", "--name", "Jones"]);
+    let today = chrono::Utc::now().date_naive().to_string();
+    let day = cli.ok(&[
+        "day",
+        "create",
+        "--prison",
+        "HMP X",
+        "--date",
+        &today,
+        "--capacity",
+        "10",
+    ]);
+    cli.ok(&[
+        "day",
+        "book",
+        "--adults",
+        "2",
+        "--children",
+        "1",
+        &day,
+        &family,
+    ]);
+    cli.ok(&["sync"]);
+
+    let code = relay.enrol_code("north", "Jo");
+    let mut node = Node(
+        Command::new("node")
+            .arg(npm_dir().join("client.mjs"))
+            .args(["--enrol", &relay.url, "--code", &code])
+            .args(["--doc", &format!("automerge:{family}")])
+            .args(["--day", &format!("automerge:{day}"), "--book", &other])
+            .env("NODE_EXTRA_CA_CERTS", relay.ca_path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node"),
+    );
+    let mut lines = BufReader::new(node.0.stdout.take().expect("stdout")).lines();
+    let mut next = || lines.next().and_then(|l| l.ok()).unwrap_or_default();
+    let enrolled = next();
+    let (device_id, peer) = enrolled
+        .strip_prefix("ENROLLED ")
+        .and_then(|l| l.split_once(" PEER "))
+        .unwrap_or_else(|| panic!("not enrolled: {enrolled}"));
+    assert!(peer.starts_with("peer-"), "{enrolled}");
+    assert_ne!(peer, device_id);
+    assert_eq!(next(), "NOTES []");
+    let seen = next();
+    let seen: serde_json::Value = serde_json::from_str(
+        seen.strip_prefix("DAY ")
+            .unwrap_or_else(|| panic!("no day: {seen}")),
+    )
+    .expect("json");
+    assert_eq!(
+        seen,
+        serde_json::json!({
+            "capacity": 10, "capacityType": "number", "capacityPlusOne": 11,
+            "children": 1, "childrenType": "number",
+        })
+    );
+    assert_eq!(next(), format!("BOOKED {other}"));
+
+    // The app pushes its change on its own schedule: sync until it is here.
+    let mut booking = serde_json::Value::Null;
+    let mut shown = serde_json::Value::Null;
+    for _ in 0..60 {
+        cli.ok(&["sync"]);
+        shown = cli.json(&["day", "show", &day]);
+        if let Some(b) = shown["bookings"]
+            .as_array()
+            .and_then(|b| b.iter().find(|b| b["family_id"] == other.as_str()))
+        {
+            booking = b.clone();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        (&booking["adults"], &booking["children"]),
+        (&serde_json::json!(2), &serde_json::json!(2)),
+        "the app's booking never reached the CLI device: {shown}\n{}",
+        relay.log()
+    );
+    drop(node.0.stdin.take());
+    let status = node.0.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    let log = relay.log();
+    assert!(!log.contains(&code), "a code was logged");
+    assert!(!log.contains("closing sync connection"), "{log}");
 }
 
 #[test]
