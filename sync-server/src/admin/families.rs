@@ -348,16 +348,14 @@ mod tests {
         let export = export_person(s, &by_id, Utc::now()).expect("export");
         assert_eq!(export.families.len(), 1);
         assert!(export.families[0].matched_at.is_empty());
-        for (name, field) in [(" a ", "name")] {
-            let q = SubjectQuery {
-                name: Some(name.into()),
-                ..SubjectQuery::default()
-            };
-            assert!(matches!(
-                export_person(s, &q, Utc::now()),
-                Err(AdminError::InvalidInput { field: f, .. }) if f == field
-            ));
-        }
+        let short = SubjectQuery {
+            name: Some(" a ".into()),
+            ..SubjectQuery::default()
+        };
+        assert!(matches!(
+            export_person(s, &short, Utc::now()),
+            Err(AdminError::InvalidInput { field: "name", .. })
+        ));
         let unknown = SubjectQuery {
             family: Some(linkbook_core::DocumentId::from_bytes([7; 16]).to_string()),
             ..SubjectQuery::default()

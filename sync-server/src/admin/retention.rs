@@ -99,7 +99,10 @@ mod tests {
             Utc::now(),
         )
         .expect("policy");
-        assert_eq!(sweep(s, date("2026-02-15")).expect("sweep"), [due.clone()]);
+        assert_eq!(
+            sweep(s, date("2026-02-15")).expect("sweep"),
+            std::slice::from_ref(&due)
+        );
         assert!(s.is_purged("north", &due).expect("purged"));
         for (team, id) in [
             ("north", &recent),
