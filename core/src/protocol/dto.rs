@@ -56,8 +56,13 @@ pub struct AuditStored {
 pub struct Changes {
     /// The cursor to ask with next time.
     pub cursor: i64,
+    // Only the cursor is required of an answer, as before these types: a
+    // relay that leaves out the rest still has its purges applied.
+    #[serde(default)]
     pub documents: Vec<String>,
+    #[serde(default)]
     pub purged: Vec<Purged>,
+    #[serde(default)]
     pub policy: Policy,
 }
 
@@ -65,6 +70,8 @@ pub struct Changes {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Purged {
     pub id: String,
+    /// Empty if the relay sent none: the device then uses its own clock.
+    #[serde(default)]
     pub purged_at: String,
 }
 
@@ -103,6 +110,11 @@ mod tests {
             r#"{"cursor":7,"documents":["d1"],"purged":[{"id":"d2","purged_at":"2026-01-02T03:04:05+00:00"}],"policy":{"retention_days":365,"lease_days":null}}"#
         );
         assert_eq!(serde_json::from_str::<Changes>(&json)?, changes);
+        // A purge without its time is still a purge.
+        let sparse: Changes = serde_json::from_str(r#"{"cursor":3,"purged":[{"id":"d2"}]}"#)?;
+        assert_eq!(sparse.purged[0].id, "d2");
+        assert_eq!(sparse.purged[0].purged_at, "");
+        assert!(sparse.documents.is_empty());
         Ok(())
     }
 
