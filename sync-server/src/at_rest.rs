@@ -375,7 +375,7 @@ pub fn open_database(db: &Path, source: &KeySource) -> Result<Connection> {
 fn open_keyed(path: &Path, key: &DatabaseKey) -> Result<Connection> {
     linkbook_core::open_keyed(path, key).map_err(|e| match e {
         linkbook_core::Error::WrongKey => Error::WrongKey,
-        linkbook_core::Error::Storage(e) => Error::Storage(e),
+        linkbook_core::Error::Storage(e) => Error::Storage(e.into()),
         other => Error::Config(format!("opening {}: {other}", path.display())),
     })
 }

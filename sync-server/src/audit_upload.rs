@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
-use crate::storage::{Device, Storage};
+use crate::storage::{AuditAction, Device, Storage};
 
 /// How many read rows a device may upload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +62,7 @@ static QUOTA_AUDITED: Mutex<Option<HashMap<String, chrono::NaiveDate>>> = Mutex:
 ///   too).
 ///
 /// So a stolen device cannot backdate reads to before its last sync.
-pub(crate) fn record(
+pub(crate) async fn record(
     storage: &dyn Storage,
     device: &Device,
     reads: Vec<(String, DateTime<Utc>)>,
@@ -79,7 +79,9 @@ pub(crate) fn record(
         .and_hms_opt(0, 0, 0)
         .map(|d| d.and_utc())
         .unwrap_or(now);
-    let used = storage.reads_received_since(&device.id, &day_start.to_rfc3339())?;
+    let used = storage
+        .reads_received_since(&device.id, &day_start.to_rfc3339())
+        .await?;
     if u64::try_from(used).unwrap_or(0) + reads.len() as u64 > quotas.rows_per_day {
         let first_today = {
             let mut audited = QUOTA_AUDITED.lock().unwrap_or_else(|p| p.into_inner());
@@ -88,7 +90,9 @@ pub(crate) fn record(
         };
         if first_today {
             tracing::warn!(device = %device.id, used, "read log quota reached: uploads refused until tomorrow");
-            storage.audit(Some(device), "read-quota-exceeded", None, now)?;
+            storage
+                .audit(Some(device), AuditAction::ReadQuotaExceeded, None, now)
+                .await?;
         }
         return Err(Error::AuditQuota);
     }
@@ -102,7 +106,7 @@ pub(crate) fn record(
         .as_deref()
         .and_then(parse)
         .map(|t| (t - SYNC_GRACE).to_rfc3339());
-    let marks = storage.read_marks(&device.id, synced.as_deref())?;
+    let marks = storage.read_marks(&device.id, synced.as_deref()).await?;
     let mut floor = [
         parse(&device.enrolled_at),
         marks.received_before_sync.as_deref().and_then(parse),
@@ -117,7 +121,7 @@ pub(crate) fn record(
     let mut refused = 0;
     for (family, at) in reads {
         // Another team's family and a never-stored id alike: not recorded.
-        if !storage.document_exists(&device.team, &family)? {
+        if !storage.document_exists(&device.team, &family).await? {
             refused += 1;
             continue;
         }
@@ -128,6 +132,8 @@ pub(crate) fn record(
     if refused > 0 {
         tracing::warn!(device = %device.id, refused, "read log names families not of the device's team");
     }
-    storage.record_reads_received(device, &kept, &now.to_rfc3339())?;
+    storage
+        .record_reads(device, &kept, Some(&now.to_rfc3339()))
+        .await?;
     Ok((kept.len(), refused))
 }

@@ -38,7 +38,7 @@ pub fn normalise_code(code: &str) -> String {
 
 /// A new one-time enrolment code for `team`/`worker`, valid for `valid_for`.
 /// Returns the code as printed (`XXXX-XXXX-XXXX`).
-pub fn new_enrolment_code(
+pub async fn new_enrolment_code(
     storage: &dyn Storage,
     team: &str,
     worker: &str,
@@ -58,14 +58,14 @@ pub fn new_enrolment_code(
         worker: worker.trim().to_string(),
         expires_at: now + valid_for,
     };
-    storage.add_enrolment_code(&hash(&raw), &grant, now)?;
+    storage.add_enrolment_code(&hash(&raw), &grant, now).await?;
     Ok(format!("{}-{}-{}", &raw[0..4], &raw[4..8], &raw[8..12]))
 }
 
 /// What a device receives when it enrols: the only time the token is shown.
 pub use linkbook_core::protocol::dto::Enrolled;
 
-pub fn enrol(
+pub async fn enrol(
     storage: &dyn Storage,
     code: &str,
     device_name: &str,
@@ -83,9 +83,10 @@ pub fn enrol(
     }
     let device_id = uuid::Uuid::new_v4().hyphenated().to_string();
     let token = hex::encode(rand::random::<[u8; 32]>());
-    let device =
-        storage.redeem_enrolment_code(&hash(&code), &device_id, device_name, &hash(&token), now)?;
-    let directory_id = storage.team_directory_id(&device.team, now)?;
+    let device = storage
+        .redeem_enrolment_code(&hash(&code), &device_id, device_name, &hash(&token), now)
+        .await?;
+    let directory_id = storage.team_directory_id(&device.team, now).await?;
     Ok(Enrolled {
         device_id: device.id,
         token,
@@ -113,10 +114,11 @@ pub fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
 }
 
 /// The device a token belongs to, refusing unknown and revoked ones.
-pub fn authenticate(storage: &dyn Storage, token: Option<&str>) -> Result<Device> {
+pub async fn authenticate(storage: &dyn Storage, token: Option<&str>) -> Result<Device> {
     let token = token.filter(|t| !t.is_empty()).ok_or(Error::Unauthorized)?;
     let device = storage
-        .device_by_token(&hash(token))?
+        .device_by_token(&hash(token))
+        .await?
         .ok_or(Error::Unauthorized)?;
     if device.revoked_at.is_some() {
         return Err(Error::Revoked);
@@ -128,37 +130,38 @@ pub fn authenticate(storage: &dyn Storage, token: Option<&str>) -> Result<Device
 mod tests {
     use super::*;
     use crate::storage::SqliteStorage;
+    use crate::storage::prelude::*;
 
-    #[test]
-    fn a_code_enrols_once_and_expires() -> Result<()> {
+    #[tokio::test]
+    async fn a_code_enrols_once_and_expires() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| Error::Io {
             context: "tempdir".into(),
             source: e,
         })?;
         let storage = SqliteStorage::open(&dir.path().join("relay.db"))?;
         let now = Utc::now();
-        let code = new_enrolment_code(&storage, "north", "Asha", Duration::hours(1), now)?;
-        let enrolled = enrol(&storage, &code.to_lowercase(), "Asha's tablet", now)?;
+        let code = new_enrolment_code(&storage, "north", "Asha", Duration::hours(1), now).await?;
+        let enrolled = enrol(&storage, &code.to_lowercase(), "Asha's tablet", now).await?;
         assert_eq!(enrolled.team, "north");
         assert_eq!(enrolled.token.len(), 64);
         assert!(matches!(
-            enrol(&storage, &code, "again", now),
+            enrol(&storage, &code, "again", now).await,
             Err(Error::EnrolmentRefused("enrolment code already used"))
         ));
-        let late = new_enrolment_code(&storage, "north", "Ben", Duration::minutes(5), now)?;
+        let late = new_enrolment_code(&storage, "north", "Ben", Duration::minutes(5), now).await?;
         assert!(matches!(
-            enrol(&storage, &late, "tablet", now + Duration::minutes(6)),
+            enrol(&storage, &late, "tablet", now + Duration::minutes(6)).await,
             Err(Error::EnrolmentRefused("enrolment code expired"))
         ));
-        let device = authenticate(&storage, Some(&enrolled.token))?;
+        let device = authenticate(&storage, Some(&enrolled.token)).await?;
         assert_eq!(device.id, enrolled.device_id);
         assert!(matches!(
-            authenticate(&storage, Some("nope")),
+            authenticate(&storage, Some("nope")).await,
             Err(Error::Unauthorized)
         ));
-        storage.revoke_device(&device.id, None, now)?;
+        storage.revoke_device(&device.id, None, now).await?;
         assert!(matches!(
-            authenticate(&storage, Some(&enrolled.token)),
+            authenticate(&storage, Some(&enrolled.token)).await,
             Err(Error::Revoked)
         ));
         Ok(())

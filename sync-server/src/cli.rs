@@ -309,27 +309,41 @@ where
             path: &cli.data,
             key: &key,
         };
-        match cli.command {
-            None => serve::serve(data, cli.serve),
-            Some(Command::Device(cmd)) => device(data, cmd),
-            Some(Command::Family(cmd)) => family(data, cmd),
-            Some(Command::Team(cmd)) => team(data, cmd),
-            Some(Command::Retention(RetentionCommand::Apply { today })) => {
-                retention_apply(data, today)
+        let command = match cli.command {
+            None => return serve::serve(data, cli.serve),
+            Some(command) => command,
+        };
+        // An admin command: one current-thread runtime for its storage calls.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| crate::Error::Io {
+                context: "starting the command's runtime".into(),
+                source: e,
+            })?;
+        runtime.block_on(async move {
+            match command {
+                Command::Device(cmd) => device(data, cmd).await,
+                Command::Family(cmd) => family(data, cmd).await,
+                Command::Team(cmd) => team(data, cmd).await,
+                Command::Retention(RetentionCommand::Apply { today }) => {
+                    retention_apply(data, today).await
+                }
+                Command::Audit {
+                    family,
+                    device,
+                    team,
+                    json,
+                } => audit(data, family, device, team, json).await,
+                Command::ExportPerson { name, family, team } => {
+                    export_person(data, name, family, team).await
+                }
+                Command::Document(DocumentCommand::Refused { team, json }) => {
+                    let state = data.open(Limits::default())?;
+                    crate::refusals::print(&*state.storage, team.as_deref(), json).await
+                }
             }
-            Some(Command::Audit {
-                family,
-                device,
-                team,
-                json,
-            }) => audit(data, family, device, team, json),
-            Some(Command::ExportPerson { name, family, team }) => {
-                export_person(data, name, family, team)
-            }
-            Some(Command::Document(DocumentCommand::Refused { team, json })) => data
-                .open(Limits::default())
-                .and_then(|s| crate::refusals::print(&*s.storage, team.as_deref(), json)),
-        }
+        })
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -390,7 +404,7 @@ fn print_json<T: serde::Serialize>(value: &T, fallback: &str) {
     );
 }
 
-fn device(data: Data<'_>, cmd: DeviceCommand) -> crate::Result<()> {
+async fn device(data: Data<'_>, cmd: DeviceCommand) -> crate::Result<()> {
     let state = data.open(Limits::default())?;
     let storage = &*state.storage;
     match cmd {
@@ -401,6 +415,7 @@ fn device(data: Data<'_>, cmd: DeviceCommand) -> crate::Result<()> {
             server,
         } => {
             let code = admin::devices::enrol(storage, &team, &worker, expires_hours, Utc::now())
+                .await
                 .map_err(|e| match e {
                     AdminError::InvalidInput {
                         field: "team" | "worker",
@@ -431,7 +446,9 @@ fn device(data: Data<'_>, cmd: DeviceCommand) -> crate::Result<()> {
             );
         }
         DeviceCommand::List { json } => {
-            let devices = admin::devices::list_devices(storage).map_err(cli_error)?;
+            let devices = admin::devices::list_devices(storage)
+                .await
+                .map_err(cli_error)?;
             if json {
                 print_json(&devices, "[]");
             } else {
@@ -449,14 +466,16 @@ fn device(data: Data<'_>, cmd: DeviceCommand) -> crate::Result<()> {
             }
         }
         DeviceCommand::Revoke { id } => {
-            admin::devices::revoke_device(storage, &id, Utc::now()).map_err(cli_error)?;
+            admin::devices::revoke_device(storage, &id, Utc::now())
+                .await
+                .map_err(cli_error)?;
             println!("revoked {id}");
         }
     }
     Ok(())
 }
 
-fn team(data: Data<'_>, cmd: TeamCommand) -> crate::Result<()> {
+async fn team(data: Data<'_>, cmd: TeamCommand) -> crate::Result<()> {
     let TeamCommand::Policy {
         team,
         retention_days,
@@ -468,6 +487,7 @@ fn team(data: Data<'_>, cmd: TeamCommand) -> crate::Result<()> {
         lease_days: lease_days.map(|Limit(d)| d),
     };
     let (team, policy) = admin::teams::set_team_policy(&*state.storage, &team, change, Utc::now())
+        .await
         .map_err(cli_error)?;
     let show = |d: Option<i64>| d.map_or("off".to_string(), |d| format!("{d} days"));
     println!(
@@ -478,10 +498,12 @@ fn team(data: Data<'_>, cmd: TeamCommand) -> crate::Result<()> {
     Ok(())
 }
 
-fn retention_apply(data: Data<'_>, today: Option<chrono::NaiveDate>) -> crate::Result<()> {
+async fn retention_apply(data: Data<'_>, today: Option<chrono::NaiveDate>) -> crate::Result<()> {
     let state = data.open(Limits::default())?;
     let today = today.unwrap_or_else(|| Utc::now().date_naive());
-    let purged = admin::retention::sweep(&*state.storage, today).map_err(cli_error)?;
+    let purged = admin::retention::sweep(&*state.storage, today)
+        .await
+        .map_err(cli_error)?;
     for id in &purged {
         println!("purged {id}");
     }
@@ -489,7 +511,7 @@ fn retention_apply(data: Data<'_>, today: Option<chrono::NaiveDate>) -> crate::R
     Ok(())
 }
 
-fn audit(
+async fn audit(
     data: Data<'_>,
     family: Option<String>,
     device: Option<String>,
@@ -506,7 +528,9 @@ fn audit(
         device,
         team,
     };
-    let entries = admin::audit::audit_log(&*state.storage, &query).map_err(cli_error)?;
+    let entries = admin::audit::audit_log(&*state.storage, &query)
+        .await
+        .map_err(cli_error)?;
     if json {
         print_json(&entries, "[]");
         return Ok(());
@@ -527,11 +551,12 @@ fn audit(
     Ok(())
 }
 
-fn family(data: Data<'_>, cmd: FamilyCommand) -> crate::Result<()> {
+async fn family(data: Data<'_>, cmd: FamilyCommand) -> crate::Result<()> {
     let state = data.open(Limits::default())?;
     let FamilyCommand::Purge { id, reason, team } = cmd;
     let purged =
         admin::families::purge_family(&*state.storage, &id, &reason, team.as_deref(), Utc::now())
+            .await
             .map_err(cli_error)?;
     println!(
         "purged family {} of team {}; devices delete it at their next sync",
@@ -540,7 +565,7 @@ fn family(data: Data<'_>, cmd: FamilyCommand) -> crate::Result<()> {
     Ok(())
 }
 
-fn export_person(
+async fn export_person(
     data: Data<'_>,
     name: Option<String>,
     family: Option<String>,
@@ -556,8 +581,9 @@ fn export_person(
     };
     query.answered().map_err(invalid)?;
     let state = data.open(Limits::default())?;
-    let export =
-        admin::families::export_person(&*state.storage, &query, Utc::now()).map_err(invalid)?;
+    let export = admin::families::export_person(&*state.storage, &query, Utc::now())
+        .await
+        .map_err(invalid)?;
     for s in &export.skipped {
         eprintln!(
             "skipped {} of team {}: the stored document is damaged ({})",

@@ -78,6 +78,7 @@ mod tests {
         StoredDocument {
             team: "north".into(),
             snapshot,
+            seq: 0,
             changes,
         }
     }

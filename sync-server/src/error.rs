@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("storage: {0}")]
-    Storage(#[from] rusqlite::Error),
+    Storage(crate::storage::StorageError),
     #[error("configuration: {0}")]
     Config(String),
     #[error("enrolment refused: {0}")]
@@ -51,6 +51,23 @@ pub enum Error {
     Key(String),
 }
 
+impl From<crate::storage::StorageError> for Error {
+    fn from(e: crate::storage::StorageError) -> Self {
+        use crate::storage::StorageError as S;
+        match e {
+            S::Purged => Error::Purged,
+            S::EnrolmentRefused(why) => Error::EnrolmentRefused(why),
+            other => Error::Storage(other),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Storage(e.into())
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Whole seconds to wait, rounded up (`Retry-After` has no fractions).
@@ -59,16 +76,11 @@ fn retry_after_secs(d: std::time::Duration) -> u64 {
 }
 
 impl Error {
-    /// SQLite could not write its files: a full disk (SQLITE_FULL), a write
-    /// that failed (SQLITE_IOERR: also a file size limit), a read-only file
-    /// or directory. Nothing was committed; the operator has to act.
+    /// The relay's disk is full or not writable (a full disk, a write that
+    /// failed, a read-only file or directory). Nothing was committed; the
+    /// operator has to act.
     pub fn is_disk_problem(&self) -> bool {
-        use rusqlite::ErrorCode::{CannotOpen, DiskFull, ReadOnly, SystemIoFailure};
-        matches!(
-            self,
-            Error::Storage(rusqlite::Error::SqliteFailure(e, _))
-                if matches!(e.code, DiskFull | SystemIoFailure | ReadOnly | CannotOpen)
-        )
+        matches!(self, Error::Storage(e) if e.is_disk_problem())
     }
 }
 

@@ -43,7 +43,7 @@ use linkbook_core::protocol::dto;
 pub use error::{Error, Result};
 use ratelimit::{AuthLimiter, AuthLimits};
 use relay::{Hub, Limits};
-use storage::{SqliteStorage, Storage};
+use storage::{AuditAction, AuditRecord, DeviceStore, SqliteStorage, Storage};
 
 /// Shared by every request.
 #[derive(Clone, Debug)]
@@ -78,9 +78,9 @@ impl AppState {
     /// directory), its database encrypted with the key from `key`.
     pub fn open_with_key(data: &Path, limits: Limits, key: &at_rest::KeySource) -> Result<Self> {
         at_rest::prepare_data_dir(data)?;
-        let storage: Arc<dyn Storage> =
-            Arc::new(SqliteStorage::open_with_key(&data.join(DB_FILE), key)?);
-        let storage_id = relay_storage_id(data, &*storage)?;
+        let sqlite = SqliteStorage::open_with_key(&data.join(DB_FILE), key)?;
+        let storage_id = relay_storage_id(data, &sqlite)?;
+        let storage: Arc<dyn Storage> = Arc::new(sqlite);
         Ok(AppState {
             hub: Arc::new(Hub::new(storage.clone(), storage_id, limits)),
             storage,
@@ -120,15 +120,19 @@ impl AppState {
 
     /// The device a bearer token belongs to, for a client address that is
     /// not locked out; a wrong token counts against the address.
-    fn authenticate(&self, client: ClientAddr, token: Option<&str>) -> Result<storage::Device> {
+    async fn authenticate(
+        &self,
+        client: ClientAddr,
+        token: Option<&str>,
+    ) -> Result<storage::Device> {
         self.auth_allowed(client)?;
-        let device = tokio::task::block_in_place(|| auth::authenticate(&*self.storage, token));
-        self.count_auth(client, device)
+        let device = auth::authenticate(&*self.storage, token).await;
+        self.count_auth(client, device).await
     }
 
     /// Counts a wrong code or token against the client's address (a success
     /// is not counted).
-    fn count_auth<T>(&self, client: ClientAddr, result: Result<T>) -> Result<T> {
+    async fn count_auth<T>(&self, client: ClientAddr, result: Result<T>) -> Result<T> {
         if let (Some(ip), Err(Error::Unauthorized | Error::EnrolmentRefused(_))) =
             (client.0, &result)
         {
@@ -142,17 +146,14 @@ impl AppState {
                         lockout_secs = lockout.as_secs(),
                         "too many failed enrolment or token attempts: address locked out"
                     );
-                    Some("auth-lockout")
+                    Some(AuditAction::AuthLockout)
                 }
-                None if self.auth.failures(ip) == 1 => Some("auth-refused"),
+                None if self.auth.failures(ip) == 1 => Some(AuditAction::AuthRefused),
                 None => None,
             };
             if let Some(action) = action {
-                let at = Utc::now().to_rfc3339();
-                let written = tokio::task::block_in_place(|| {
-                    self.storage.audit_client(action, &ip.to_string(), &at)
-                });
-                if let Err(e) = written {
+                let record = AuditRecord::new(action, Utc::now()).client(&ip.to_string());
+                if let Err(e) = self.storage.append_audit(&[record]).await {
                     tracing::error!(error = %e, "writing the audit failed");
                 }
             }
@@ -184,14 +185,26 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
 /// names. An older relay kept it in `DATA/storage-id`; that value is adopted
 /// once, by a database that already has devices, so they keep their sync
 /// states (a fresh database beside an old file is a new store).
-fn relay_storage_id(data: &Path, storage: &dyn Storage) -> Result<String> {
+///
+/// SQLite's operations never wait (sqlite/mod.rs), so this synchronous
+/// start-up step polls them once.
+fn relay_storage_id(data: &Path, storage: &SqliteStorage) -> Result<String> {
+    fn ready<T>(f: impl std::future::Future<Output = storage::Result<T>>) -> Result<T> {
+        futures_util::FutureExt::now_or_never(f)
+            .unwrap_or_else(|| {
+                Err(storage::StorageError::Unavailable(
+                    "the embedded database did not answer at once".into(),
+                ))
+            })
+            .map_err(Into::into)
+    }
     let legacy = std::fs::read_to_string(data.join("storage-id"))
         .ok()
-        .filter(|_| storage.devices().is_ok_and(|d| !d.is_empty()))
+        .filter(|_| ready(storage.devices()).is_ok_and(|d| !d.is_empty()))
         .map(|id| id.trim().to_string())
         .filter(|id| !id.is_empty());
     let proposed = legacy.unwrap_or_else(|| uuid::Uuid::new_v4().hyphenated().to_string());
-    storage.store_id(&proposed)
+    ready(storage.store_id(&proposed))
 }
 
 /// The relay's HTTP surface.
@@ -215,20 +228,13 @@ async fn enrol(
     let req: dto::EnrolRequest = serde_json::from_slice(&body).map_err(|_| {
         Error::BadRequest("expected JSON {\"code\": \"…\", \"device_name\": \"…\"}".into())
     })?;
-    let enrolled = tokio::task::block_in_place(|| {
-        auth::enrol(&*state.storage, &req.code, &req.device_name, Utc::now())
-    });
-    let enrolled = state.count_auth(client, enrolled)?;
+    let enrolled = auth::enrol(&*state.storage, &req.code, &req.device_name, Utc::now()).await;
+    let enrolled = state.count_auth(client, enrolled).await?;
     tracing::info!(device = %enrolled.device_id, team = %enrolled.team, "device enrolled");
-    tokio::task::block_in_place(|| {
-        state.storage.audit_as(
-            Some(&enrolled.device_id),
-            Some(&enrolled.worker),
-            "enrolled",
-            None,
-            &Utc::now().to_rfc3339(),
-        )
-    })?;
+    let record = AuditRecord::new(AuditAction::Enrolled, Utc::now())
+        .device(&enrolled.device_id)
+        .worker(&enrolled.worker);
+    state.storage.append_audit(&[record]).await?;
     Ok(Json(enrolled))
 }
 
@@ -252,18 +258,16 @@ async fn audit_reads(
             .map_err(|_| Error::BadRequest("a read has a malformed time".into()))?;
         reads.push((id.to_string(), at.with_timezone(&Utc)));
     }
-    let device =
-        tokio::task::block_in_place(|| auth::authenticate(&*state.storage, token.as_deref()));
-    let device = state.count_auth(client, device)?;
-    let (stored, refused) = tokio::task::block_in_place(|| {
-        audit_upload::record(
-            &*state.storage,
-            &device,
-            reads,
-            Utc::now(),
-            &state.audit_quotas,
-        )
-    })?;
+    let device = auth::authenticate(&*state.storage, token.as_deref()).await;
+    let device = state.count_auth(client, device).await?;
+    let (stored, refused) = audit_upload::record(
+        &*state.storage,
+        &device,
+        reads,
+        Utc::now(),
+        &state.audit_quotas,
+    )
+    .await?;
     Ok(Json(dto::AuditStored { stored, refused }))
 }
 
@@ -282,18 +286,13 @@ async fn changes(
     axum::extract::Query(q): axum::extract::Query<ChangesQuery>,
 ) -> Result<Json<dto::Changes>> {
     let token = auth::token_from(&headers, None);
-    let device = state.authenticate(client, token.as_deref())?;
-    let (cursor, documents, purged, policy) = tokio::task::block_in_place(|| {
-        let (cursor, documents) = state
-            .storage
-            .changed_since(&device.team, q.since, &device.id)?;
-        Ok::<_, Error>((
-            cursor,
-            documents,
-            state.storage.purged(&device.team)?,
-            state.storage.team_policy(&device.team)?,
-        ))
-    })?;
+    let device = state.authenticate(client, token.as_deref()).await?;
+    let (cursor, documents) = state
+        .storage
+        .changed_since(&device.team, q.since, &device.id)
+        .await?;
+    let purged = state.storage.purged(&device.team).await?;
+    let policy = state.storage.team_policy(&device.team).await?;
     Ok(Json(dto::Changes {
         cursor,
         documents,
@@ -311,7 +310,7 @@ async fn sync_socket(
     ws: WebSocketUpgrade,
 ) -> Result<Response> {
     let token = auth::token_from(&headers, query.as_deref());
-    let device = match state.authenticate(client, token.as_deref()) {
+    let device = match state.authenticate(client, token.as_deref()).await {
         Ok(d) => d,
         Err(e) => {
             tracing::info!(reason = %e, "sync connection refused");
@@ -494,8 +493,11 @@ mod tests {
             "Asha",
             chrono::Duration::hours(1),
             Utc::now(),
-        )?;
-        let token = auth::enrol(&*state.storage, &code, "tablet", Utc::now())?.token;
+        )
+        .await?;
+        let token = auth::enrol(&*state.storage, &code, "tablet", Utc::now())
+            .await?
+            .token;
         let from = |ip: &str| {
             let addr: SocketAddr = format!("{ip}:40000").parse().expect("addr");
             app(state.clone()).layer(MockConnectInfo(addr))

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 
-use crate::storage::{Device, Storage};
+use crate::storage::{AuditAction, AuditRecord, Device, Storage};
 
 /// (device, document) pairs already audited as cross-team, so that one
 /// device repeating a request cannot flood the append-only audit.
@@ -45,14 +45,14 @@ pub(crate) fn note_cross_team(storage: &Arc<dyn Storage>, device: &Device, doc_i
     let storage = storage.clone();
     let device = device.clone();
     let doc_id = doc_id.to_string();
-    tokio::task::spawn_blocking(move || {
-        check_and_audit(&*storage, &device, &doc_id);
+    tokio::spawn(async move {
+        check_and_audit(&*storage, &device, &doc_id).await;
         IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
     });
 }
 
-fn check_and_audit(storage: &dyn Storage, device: &Device, doc_id: &str) {
-    let holders = match storage.teams_holding(doc_id) {
+async fn check_and_audit(storage: &dyn Storage, device: &Device, doc_id: &str) {
+    let holders = match storage.teams_holding(doc_id).await {
         Ok(teams) => teams,
         Err(e) => {
             tracing::error!(error = %e, "looking up a document's teams for the audit failed");
@@ -71,17 +71,17 @@ fn check_and_audit(storage: &dyn Storage, device: &Device, doc_id: &str) {
         }
     }
     tracing::warn!(device = %device.id, team = %device.team, doc = %doc_id, "request for an id another team holds");
-    let at = Utc::now().to_rfc3339();
-    for holder in others {
-        if let Err(e) = storage.audit_for_team(
-            &holder,
-            Some(&device.id),
-            Some(&device.worker),
-            "cross-team",
-            doc_id,
-            &at,
-        ) {
-            tracing::error!(error = %e, "writing the audit failed");
-        }
+    let at = Utc::now();
+    let records: Vec<AuditRecord> = others
+        .iter()
+        .map(|holder| {
+            AuditRecord::new(AuditAction::CrossTeam, at)
+                .device(&device.id)
+                .worker(&device.worker)
+                .document(holder, doc_id)
+        })
+        .collect();
+    if let Err(e) = storage.append_audit(&records).await {
+        tracing::error!(error = %e, "writing the audit failed");
     }
 }

@@ -21,11 +21,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
-use rusqlite::{Connection, params};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::storage::{Device, Storage};
+use crate::storage::{AuditAction, Device, Storage};
 
 /// Rows kept in `refused_documents`.
 pub const MAX_ROWS: i64 = 10_000;
@@ -63,12 +62,12 @@ impl RefusalKind {
     }
 
     /// The audit action of a new refusal.
-    fn action(self) -> &'static str {
+    pub(crate) fn action(self) -> AuditAction {
         match self {
-            RefusalKind::Door => "refused-at-door",
-            RefusalKind::OverBudget => "refused-over-budget",
-            RefusalKind::OverSizeCap => "refused-over-size-cap",
-            RefusalKind::ActorClash => "refused-actor-clash",
+            RefusalKind::Door => AuditAction::RefusedAtDoor,
+            RefusalKind::OverBudget => AuditAction::RefusedOverBudget,
+            RefusalKind::OverSizeCap => AuditAction::RefusedOverSizeCap,
+            RefusalKind::ActorClash => AuditAction::RefusedActorClash,
         }
     }
 }
@@ -171,14 +170,14 @@ impl Recorder {
         if start_writer {
             let pending = self.pending.clone();
             let storage = storage.clone();
-            tokio::task::spawn_blocking(move || write_batches(&pending, &*storage));
+            tokio::spawn(async move { write_batches(&pending, &*storage).await });
         }
     }
 }
 
 /// Writes batches until none is left (then lets the next `note` start a
 /// writer again).
-fn write_batches(pending: &Mutex<Pending>, storage: &dyn Storage) {
+async fn write_batches(pending: &Mutex<Pending>, storage: &dyn Storage) {
     loop {
         let batch: Vec<Refusal> = {
             let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -188,88 +187,15 @@ fn write_batches(pending: &Mutex<Pending>, storage: &dyn Storage) {
             }
             p.batch.drain().map(|(_, r)| r).collect()
         };
-        if let Err(e) = storage.record_refusals(&batch) {
+        if let Err(e) = storage.record_refusals(&batch).await {
             tracing::error!(error = %e, refusals = batch.len(), "recording refused documents failed");
         }
     }
 }
 
-/// The SQLite half of [`Storage::record_refusals`]: one transaction.
-pub(crate) fn record(conn: &mut Connection, refusals: &[Refusal]) -> Result<()> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let mut added = false;
-    {
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO refused_documents (doc_id, device_id, team, reason, first_at, last_at, count)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT(doc_id, device_id, reason) DO UPDATE SET
-                 count = count + excluded.count, last_at = excluded.last_at, team = excluded.team
-             RETURNING count",
-        )?;
-        let mut audit = tx.prepare_cached(
-            "INSERT INTO audit (at, device_id, worker, action, doc_id) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        for r in refusals {
-            let count: i64 = upsert.query_row(
-                params![
-                    r.doc_id,
-                    r.device_id,
-                    r.team,
-                    r.reason,
-                    r.first_at,
-                    r.last_at,
-                    r.count
-                ],
-                |row| row.get(0),
-            )?;
-            // A new row's count is this batch's alone.
-            if count == r.count {
-                added = true;
-                audit.execute(params![
-                    r.first_at,
-                    r.device_id,
-                    r.worker,
-                    r.kind.action(),
-                    r.doc_id
-                ])?;
-            }
-        }
-    }
-    if added {
-        // Past the cap, the rows last refused longest ago go.
-        tx.execute(
-            "DELETE FROM refused_documents WHERE rowid IN (
-                 SELECT rowid FROM refused_documents ORDER BY last_at DESC LIMIT -1 OFFSET ?1)",
-            [MAX_ROWS],
-        )?;
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-/// The SQLite half of [`Storage::refused_documents`].
-pub(crate) fn list(conn: &Connection, team: Option<&str>) -> Result<Vec<RefusedDocument>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT doc_id, team, device_id, reason, count, first_at, last_at FROM refused_documents
-         WHERE ?1 IS NULL OR team = ?1 ORDER BY last_at DESC, doc_id",
-    )?;
-    let rows = stmt.query_map([team], |r| {
-        Ok(RefusedDocument {
-            document_id: r.get(0)?,
-            team: r.get(1)?,
-            device_id: r.get(2)?,
-            reason: r.get(3)?,
-            count: r.get(4)?,
-            first_at: r.get(5)?,
-            last_at: r.get(6)?,
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
 /// `linkbook-server document refused [--team T] [--json]`.
-pub(crate) fn print(storage: &dyn Storage, team: Option<&str>, json: bool) -> Result<()> {
-    let rows = storage.refused_documents(team)?;
+pub(crate) async fn print(storage: &dyn Storage, team: Option<&str>, json: bool) -> Result<()> {
+    let rows = storage.refused_documents(team).await?;
     if json {
         println!(
             "{}",
@@ -291,6 +217,7 @@ pub(crate) fn print(storage: &dyn Storage, team: Option<&str>, json: bool) -> Re
 mod tests {
     use super::*;
     use crate::storage::SqliteStorage;
+    use crate::storage::prelude::*;
 
     fn refusal(doc: &str, device: &str, at: &str) -> Refusal {
         Refusal {
@@ -306,32 +233,35 @@ mod tests {
         }
     }
 
-    #[test]
-    fn repeats_count_in_one_row_and_the_total_is_capped() -> Result<()> {
+    #[tokio::test]
+    async fn repeats_count_in_one_row_and_the_total_is_capped() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| crate::Error::Io {
             context: "tempdir".into(),
             source: e,
         })?;
         let storage = SqliteStorage::open(&dir.path().join("relay.db"))?;
         for _ in 0..3 {
-            storage.record_refusals(&[refusal("doc-a", "dev-1", "2026-12-01T00:00:00Z")])?;
+            storage
+                .record_refusals(&[refusal("doc-a", "dev-1", "2026-12-01T00:00:00Z")])
+                .await?;
         }
-        let rows = storage.refused_documents(None)?;
+        let rows = storage.refused_documents(None).await?;
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].count, 3);
         let audited = storage
-            .audit_log(Some("doc-a"), None, None)?
+            .audit_log(Some("doc-a"), None, None)
+            .await?
             .into_iter()
             .filter(|e| e.action == "refused-at-door")
             .count();
         assert_eq!(audited, 1, "a repeat is counted, not audited again");
-        assert!(storage.refused_documents(Some("south"))?.is_empty());
+        assert!(storage.refused_documents(Some("south")).await?.is_empty());
 
         let many: Vec<Refusal> = (0..MAX_ROWS + 5)
             .map(|i| refusal(&format!("doc-{i:06}"), "dev-2", "2026-12-02T00:00:00Z"))
             .collect();
-        storage.record_refusals(&many)?;
-        let rows = storage.refused_documents(None)?;
+        storage.record_refusals(&many).await?;
+        let rows = storage.refused_documents(None).await?;
         assert_eq!(rows.len() as i64, MAX_ROWS);
         assert!(
             rows.iter().all(|r| r.document_id != "doc-a"),

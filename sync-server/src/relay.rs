@@ -24,7 +24,9 @@ use linkbook_core::protocol::{Message, PROTOCOL_VERSION, PeerMetadata};
 
 use crate::outbox::{Outbox, Owed};
 use crate::split::Sent;
-use crate::storage::{COMPACT_AFTER, Device, Storage};
+use crate::storage::{
+    AuditAction, AuditRecord, COMPACT_AFTER, Device, Storage, Upload as StorageUpload,
+};
 
 /// Tunable limits.
 #[derive(Debug, Clone)]
@@ -91,6 +93,10 @@ struct Slot {
     /// Bytes storage holds for it (snapshot and changes), against
     /// `max_document_bytes`.
     stored_bytes: u64,
+    /// The cursor value of the latest stored change this copy holds, while
+    /// it holds every stored change up to it (`None`: another writer
+    /// appended meanwhile, so this copy must not compact).
+    seq: Option<i64>,
 }
 
 struct Connection {
@@ -216,11 +222,6 @@ impl Sessions {
 /// Why a connection is being closed: the text the device is sent.
 #[derive(Debug)]
 pub(crate) struct Close(pub(crate) String);
-
-/// Runs blocking storage work without stalling the async workers.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 impl Hub {
     pub fn new(storage: Arc<dyn Storage>, storage_id: String, limits: Limits) -> Self {
@@ -421,7 +422,7 @@ impl Hub {
         if tokio::time::timeout(linger, &mut writer).await.is_err() {
             writer.abort();
         }
-        let _ = blocking(|| self.storage.touch_device(&device.id, Utc::now()));
+        let _ = self.storage.touch_device(&device.id, Utc::now()).await;
         tracing::info!(device = %device.id, "sync connection ended");
     }
 
@@ -484,15 +485,17 @@ impl Hub {
         let mut owed: Owed = match since {
             Some(since) => {
                 let mine = sessions.excluded_tag(&device.id);
-                self.changed_since(device, outbox, (since, &mine))?.into()
+                self.changed_since(device, outbox, (since, &mine))
+                    .await?
+                    .into()
             }
             None => Owed::default(),
         };
         tracing::info!(device = %device.id, team = %device.team, "device joined");
-        let _ = blocking(|| {
-            self.storage
-                .audit(Some(device), "connected", None, Utc::now())
-        });
+        let _ = self
+            .storage
+            .audit(Some(device), AuditAction::Connected, None, Utc::now())
+            .await;
         loop {
             // Pushes (and replies deferred while the send queue was over
             // half full: outbox.rs) go out between the device's messages,
@@ -662,7 +665,7 @@ impl Hub {
         let key = id.to_string();
         // Only the team's own document is looked at: another team's large
         // document costs what a missing id costs (issue 11, finding 6).
-        let stored = blocking(|| self.storage.load_document(team, &key)).map_err(|e| {
+        let stored = self.storage.load_document(team, &key).await.map_err(|e| {
             tracing::error!(error = %e, "loading a document failed");
             Close("the relay could not load a document".into())
         })?;
@@ -689,6 +692,7 @@ impl Hub {
                     last_reply: HashMap::new(),
                     sent: HashMap::new(),
                     stored_bytes: u64::try_from(stored_bytes).unwrap_or(u64::MAX),
+                    seq: Some(stored.seq),
                 }
             }
             None if create => Slot {
@@ -700,6 +704,7 @@ impl Hub {
                 last_reply: HashMap::new(),
                 sent: HashMap::new(),
                 stored_bytes: 0,
+                seq: Some(0),
             },
             None => return Ok(None),
         };
@@ -710,7 +715,7 @@ impl Hub {
                 .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(slot)))
                 .clone()
         };
-        self.evict_idle();
+        self.evict_idle().await;
         Ok(Some(slot))
     }
 
@@ -736,7 +741,7 @@ impl Hub {
     }
 
     /// Drops the least recently used documents nobody is syncing.
-    fn evict_idle(&self) {
+    async fn evict_idle(&self) {
         let mut saved = Vec::new();
         {
             let mut docs = lock(&self.docs);
@@ -768,12 +773,7 @@ impl Hub {
                 }
             }
         }
-        let result = blocking(|| {
-            saved.iter().try_for_each(|(team, doc, device, state)| {
-                self.storage.save_sync_state(team, doc, device, state)
-            })
-        });
-        if let Err(e) = result {
+        if let Err(e) = self.storage.save_sync_states(&saved).await {
             tracing::warn!(error = %e, "saving sync states of evicted documents failed");
         }
     }
@@ -797,10 +797,14 @@ impl Hub {
         // A purged document is gone, also from memory, and never taken again
         // (the administrator purges from another process: checked each time).
         let key = id.to_string();
-        let purged = blocking(|| self.storage.is_purged(&device.team, &key)).map_err(|e| {
-            tracing::error!(error = %e, "checking for a purge failed");
-            Close("the relay could not read its storage".into())
-        })?;
+        let purged = self
+            .storage
+            .is_purged(&device.team, &key)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "checking for a purge failed");
+                Close("the relay could not read its storage".into())
+            })?;
         if purged {
             lock(&self.docs).remove(&(device.team.clone(), id));
             self.unavailable(device, outbox, document_id);
@@ -818,7 +822,7 @@ impl Hub {
         if let Some(reason) = outbox.shut_reason() {
             return Err(Close(reason));
         }
-        self.load_state(&mut s, &key, conn_id, device);
+        self.load_state(&mut s, &key, conn_id, device).await;
         let before = s.doc.get_heads();
         if before.is_empty() {
             // New to this team: another team may hold the id (audited only).
@@ -853,10 +857,23 @@ impl Hub {
             }
         }
         let after = s.doc.get_heads();
+        // The door asks whether a directory entry's family was purged.
+        let purged: std::collections::HashSet<String> = if before != after {
+            self.storage
+                .purged(&device.team)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "reading the purged documents failed");
+                    Close("the relay could not read its storage".into())
+                })?
+                .into_iter()
+                .map(|p| p.id)
+                .collect()
+        } else {
+            Default::default()
+        };
         if before != after
-            && let Err(reason) = crate::door::check(&s.doc, &before, &|id| {
-                blocking(|| self.storage.is_purged(&device.team, id)).unwrap_or(false)
-            })
+            && let Err(reason) = crate::door::check(&s.doc, &before, &|id| purged.contains(id))
         {
             let kind = crate::refusals::RefusalKind::Door;
             return Err(self.refuse(&mut s, device, &key, id, kind, reason));
@@ -875,7 +892,7 @@ impl Hub {
         // The rules' diff and the cap are heavy work too (heavy.rs); storing is not.
         drop(turn);
         if let Some(upload) = upload
-            && let Err(close) = self.store(&key, &mut s, upload, (device, tag))
+            && let Err(close) = self.store(&key, &mut s, upload, (device, tag)).await
         {
             // Not stored, so not kept: reload from storage next time.
             self.forget(&mut s, &device.team, id);
@@ -1000,7 +1017,7 @@ impl Hub {
                 ));
             }
         }
-        self.audit_received(&received, document_id);
+        self.audit_received(&received, document_id).await;
         for (to, messages) in outgoing {
             to.offer_all(messages);
         }
@@ -1008,9 +1025,12 @@ impl Hub {
     }
 
     /// The connection's sync state for a document, from storage the first time.
-    fn load_state(&self, s: &mut Slot, key: &str, conn_id: u64, device: &Device) {
+    async fn load_state(&self, s: &mut Slot, key: &str, conn_id: u64, device: &Device) {
         if let std::collections::hash_map::Entry::Vacant(e) = s.states.entry(conn_id) {
-            let saved = blocking(|| self.storage.sync_state(&device.team, key, &device.id))
+            let saved = self
+                .storage
+                .sync_state(&device.team, key, &device.id)
+                .await
                 .ok()
                 .flatten();
             let state = saved
@@ -1032,20 +1052,22 @@ impl Hub {
     /// sync takes one round trip after TLS (docs/adr/0005).
     /// Tells the device what changed since its cursor (`changed-since`):
     /// the documents the relay will send it unasked.
-    fn changed_since(
+    async fn changed_since(
         &self,
         device: &Device,
         outbox: &Outbox,
         (since, mine): (i64, &str),
     ) -> Result<Vec<String>, Close> {
-        let ((cursor, changed), purged, policy) = blocking(|| {
-            Ok::<_, crate::error::Error>((
-                self.storage.changed_since(&device.team, since, mine)?,
-                self.storage.purged(&device.team)?,
-                self.storage.team_policy(&device.team)?,
+        let read = async {
+            Ok::<_, crate::storage::StorageError>((
+                self.storage
+                    .changed_since(&device.team, since, mine)
+                    .await?,
+                self.storage.purged(&device.team).await?,
+                self.storage.team_policy(&device.team).await?,
             ))
-        })
-        .map_err(|e| {
+        };
+        let ((cursor, changed), purged, policy) = read.await.map_err(|e| {
             tracing::error!(error = %e, "reading the change cursor failed");
             Close("the relay could not read what changed".into())
         })?;
@@ -1082,7 +1104,7 @@ impl Hub {
             self.unavailable(device, outbox, &document_id);
             return Ok(());
         };
-        self.load_state(&mut s, &document_id, conn_id, device);
+        self.load_state(&mut s, &document_id, conn_id, device).await;
         let Slot {
             doc, states, sent, ..
         } = &mut *s;
@@ -1103,7 +1125,8 @@ impl Hub {
             return Ok(());
         };
         if parts.iter().any(|p| p.carries_changes) {
-            self.audit_received(std::slice::from_ref(&device.id), &document_id);
+            self.audit_received(std::slice::from_ref(&device.id), &document_id)
+                .await;
         }
         outbox.offer_all(parts.into_iter().map(|p| Message::Sync {
             sender_id: self.peer_id.clone(),
@@ -1139,22 +1162,31 @@ impl Hub {
         })
     }
 
-    fn audit_received(&self, device_ids: &[String], document_id: &str) {
+    async fn audit_received(&self, device_ids: &[String], document_id: &str) {
         if device_ids.is_empty() {
             return;
         }
-        let result = blocking(|| {
-            self.storage
-                .audit_received(device_ids, document_id, &Utc::now().to_rfc3339())
-        });
-        if let Err(e) = result {
+        let now = Utc::now();
+        let records: Vec<AuditRecord> = device_ids
+            .iter()
+            .map(|id| {
+                AuditRecord::new(AuditAction::Received, now)
+                    .device(id)
+                    .in_document(document_id)
+            })
+            .collect();
+        if let Err(e) = self.storage.append_audit(&records).await {
             tracing::error!(error = %e, "writing the audit failed");
         }
     }
 
     /// Commits an applied message's changes (doc_cap::Upload), compacting
     /// now and then.
-    fn store(
+    /// Its changes, the cursor advance and the `uploaded` audit record are
+    /// one transaction (`commit_upload`); a compaction follows only while
+    /// this copy holds every stored change (nobody else appended since it
+    /// was loaded), and replaces only the changes it covers.
+    async fn store(
         &self,
         key: &str,
         s: &mut Slot,
@@ -1162,27 +1194,50 @@ impl Hub {
         (device, tag): (&Device, &str),
     ) -> Result<(), Close> {
         let now = Utc::now();
-        let result = blocking(|| -> crate::error::Result<u64> {
-            let count = self.storage.append_changes(
-                key,
-                &s.team,
-                tag,
-                &upload.changes,
-                upload.snapshot.as_deref(),
-                now,
-            )?;
-            let mut stored = upload.stored_after(s.stored_bytes);
-            if count >= COMPACT_AFTER {
-                let snapshot = s.doc.save();
-                self.storage
-                    .append_changes(key, &s.team, tag, &[], Some(&snapshot), now)?;
-                stored = u64::try_from(snapshot.len()).unwrap_or(u64::MAX);
+        let audit = [AuditRecord::by(
+            Some(device),
+            AuditAction::Uploaded,
+            Some(key),
+            now,
+        )];
+        let committed = self
+            .storage
+            .commit_upload(&StorageUpload {
+                team: &s.team,
+                doc_id: key,
+                uploader: tag,
+                changes: &upload.changes,
+                snapshot: upload.snapshot.as_deref(),
+                audit: &audit,
+                at: now,
+            })
+            .await;
+        let result = match committed {
+            Ok(c) => {
+                s.stored_bytes = upload.stored_after(s.stored_bytes);
+                s.seq = s
+                    .seq
+                    .filter(|known| *known == c.previous_seq)
+                    .map(|_| c.seq);
+                if c.change_count >= COMPACT_AFTER
+                    && let Some(through) = s.seq
+                {
+                    let snapshot = s.doc.save();
+                    match self.storage.compact(&s.team, key, &snapshot, through).await {
+                        Ok(true) => {
+                            s.stored_bytes = u64::try_from(snapshot.len()).unwrap_or(u64::MAX);
+                        }
+                        Ok(false) => {}
+                        // The changes are stored; compaction tries again later.
+                        Err(e) => {
+                            tracing::warn!(error = %e, doc = %key, "compacting a document failed")
+                        }
+                    }
+                }
+                Ok(())
             }
-            self.storage
-                .audit(Some(device), "uploaded", Some(key), now)?;
-            Ok(stored)
-        });
-        let result = result.map(|stored| s.stored_bytes = stored);
+            Err(e) => Err(crate::Error::from(e)),
+        };
         result.map_err(|e| {
             // The transaction was rolled back and the device keeps its
             // changes; it sends them again at its next sync.
@@ -1212,12 +1267,7 @@ impl Hub {
                 states.push((team, id.to_string(), device, state.encode()));
             }
         }
-        let saved = blocking(|| {
-            states.iter().try_for_each(|(team, doc, device, state)| {
-                self.storage.save_sync_state(team, doc, device, state)
-            })
-        });
-        if let Err(e) = saved {
+        if let Err(e) = self.storage.save_sync_states(&states).await {
             tracing::warn!(error = %e, "saving sync states failed; the next sync will exchange more");
         }
     }

@@ -12,7 +12,7 @@
 //!   and shares only the SQLite file. The watcher asks storage every
 //!   [`POLL_EVERY`] for revocations after its cursor
 //!   (`Storage::revocations_since`: on SQLite a `PRAGMA data_version` on the
-//!   relay's connection, and only if another connection wrote, a range scan
+//!   relay's connection and its own change count, and only if either moved, a range scan
 //!   of `revocations`, schema 11, filled by a trigger), at most [`BATCH`] a
 //!   time. A PostgreSQL backend with several relay nodes would implement the
 //!   same call (or LISTEN/NOTIFY) and every node's watcher cut its own
@@ -41,14 +41,14 @@ pub const BATCH: usize = 256;
 
 /// Revokes a device from inside the relay process: stored (and audited)
 /// first, then its connections are cut at once. False: no such device.
-pub fn revoke(
+pub async fn revoke(
     storage: &dyn Storage,
     hub: &Hub,
     device_id: &str,
     by: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<bool> {
-    if !storage.revoke_device(device_id, by, now)? {
+    if !storage.revoke_device(device_id, by, now).await? {
         return Ok(false);
     }
     hub.cut_revoked(device_id);
@@ -68,17 +68,8 @@ impl Watcher {
     /// at authentication), then watches. Call it before serving, so no
     /// connection can predate the cursor.
     pub async fn start(storage: Arc<dyn Storage>, hub: Arc<Hub>) -> Result<Watcher> {
-        let placing = storage.clone();
-        let cursor = tokio::task::spawn_blocking(move || {
-            let mut cursor = RevocationCursor::default();
-            placing
-                .revocations_since(&mut cursor, BATCH)
-                .map(|_| cursor)
-        })
-        .await
-        .map_err(|e| {
-            crate::Error::Config(format!("the revocation watcher did not start: {e}"))
-        })??;
+        let mut cursor = RevocationCursor::default();
+        storage.revocations_since(&mut cursor, BATCH).await?;
         Ok(Watcher {
             task: tokio::spawn(watch(storage, hub, cursor)),
         })
@@ -120,26 +111,16 @@ async fn watch(storage: Arc<dyn Storage>, hub: Arc<Hub>, mut cursor: RevocationC
     }
 }
 
-/// One look, off the async workers; the cursor as it was if it failed.
+/// One look; the cursor as it was if it failed.
 async fn look(
     storage: &Arc<dyn Storage>,
     mut cursor: RevocationCursor,
 ) -> (RevocationCursor, Result<Vec<String>>) {
-    let storage = storage.clone();
     let before = cursor.clone();
-    let joined = tokio::task::spawn_blocking(move || {
-        let found = storage.revocations_since(&mut cursor, BATCH);
-        (cursor, found)
-    })
-    .await;
-    joined.unwrap_or_else(|e| {
-        (
-            before,
-            Err(crate::Error::Config(format!(
-                "the revocation look failed: {e}"
-            ))),
-        )
-    })
+    match storage.revocations_since(&mut cursor, BATCH).await {
+        Ok(found) => (cursor, Ok(found)),
+        Err(e) => (before, Err(e.into())),
+    }
 }
 
 #[cfg(test)]
@@ -147,8 +128,9 @@ async fn look(
 mod tests {
     use super::*;
     use crate::storage::SqliteStorage;
+    use crate::storage::prelude::*;
 
-    fn enrolled(storage: &dyn Storage, worker: &str) -> String {
+    async fn enrolled(storage: &dyn Storage, worker: &str) -> String {
         let now = Utc::now();
         let code = crate::auth::new_enrolment_code(
             storage,
@@ -157,8 +139,10 @@ mod tests {
             chrono::Duration::hours(1),
             now,
         )
+        .await
         .expect("code");
         crate::auth::enrol(storage, &code, "tablet", now)
+            .await
             .expect("enrol")
             .device_id
     }
@@ -166,50 +150,75 @@ mod tests {
     /// The relay's connection sees revocations another connection (the
     /// admin command's process) committed, each once, and none from before
     /// its cursor was placed.
-    #[test]
-    fn revocations_by_another_connection_are_seen_once_in_order() {
+    #[tokio::test]
+    async fn revocations_by_another_connection_are_seen_once_in_order() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("relay.db");
         let relay = SqliteStorage::open(&path).expect("relay's storage");
         let admin = SqliteStorage::open(&path).expect("admin's storage");
-        let [old, a, b, c] = ["Old", "Asha", "Ben", "Cara"].map(|w| enrolled(&admin, w));
-        assert!(admin.revoke_device(&old, None, Utc::now()).expect("revoke"));
+        let mut ids = Vec::new();
+        for w in ["Old", "Asha", "Ben", "Cara"] {
+            ids.push(enrolled(&admin, w).await);
+        }
+        let [old, a, b, c] = <[String; 4]>::try_from(ids).expect("four");
+        assert!(
+            admin
+                .revoke_device(&old, None, Utc::now())
+                .await
+                .expect("revoke")
+        );
 
         let mut cursor = RevocationCursor::default();
-        let placed = relay.revocations_since(&mut cursor, 2).expect("place");
+        let placed = relay
+            .revocations_since(&mut cursor, 2)
+            .await
+            .expect("place");
         assert!(placed.is_empty(), "earlier revocations are not news");
         assert!(
             relay
                 .revocations_since(&mut cursor, 2)
+                .await
                 .expect("look")
                 .is_empty()
         );
 
         for id in [&a, &b, &c] {
-            assert!(admin.revoke_device(id, None, Utc::now()).expect("revoke"));
+            assert!(
+                admin
+                    .revoke_device(id, None, Utc::now())
+                    .await
+                    .expect("revoke")
+            );
         }
         // Revoking again changes nothing and is not news.
-        assert!(admin.revoke_device(&a, None, Utc::now()).expect("again"));
+        assert!(
+            admin
+                .revoke_device(&a, None, Utc::now())
+                .await
+                .expect("again")
+        );
         // Two per look: the third waits, and is seen even with nothing new written.
         assert_eq!(
-            relay.revocations_since(&mut cursor, 2).expect("look"),
+            relay.revocations_since(&mut cursor, 2).await.expect("look"),
             [a.as_str(), b.as_str()]
         );
         assert_eq!(
-            relay.revocations_since(&mut cursor, 2).expect("look"),
+            relay.revocations_since(&mut cursor, 2).await.expect("look"),
             [c.as_str()]
         );
         assert!(
             relay
                 .revocations_since(&mut cursor, 2)
+                .await
                 .expect("look")
                 .is_empty()
         );
-        // The relay's own writes do not make it look (data_version).
-        relay.touch_device(&a, Utc::now()).expect("touch");
+        // The relay's own writes are no revocations either.
+        relay.touch_device(&a, Utc::now()).await.expect("touch");
         assert!(
             relay
                 .revocations_since(&mut cursor, 2)
+                .await
                 .expect("look")
                 .is_empty()
         );
@@ -223,8 +232,8 @@ mod tests {
         let path = dir.path().join("relay.db");
         let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&path).expect("storage"));
         let hub = Arc::new(Hub::new(storage.clone(), "test".into(), Default::default()));
-        let a = enrolled(&*storage, "Asha");
-        let b = enrolled(&*storage, "Ben");
+        let a = enrolled(&*storage, "Asha").await;
+        let b = enrolled(&*storage, "Ben").await;
         let outbox_a = hub.register_for_test(&a);
         let outbox_b = hub.register_for_test(&b);
         let _watcher = Watcher::start(storage.clone(), hub.clone())
@@ -232,7 +241,12 @@ mod tests {
             .expect("watcher");
 
         let admin = SqliteStorage::open(&path).expect("admin's storage");
-        assert!(admin.revoke_device(&a, None, Utc::now()).expect("revoke"));
+        assert!(
+            admin
+                .revoke_device(&a, None, Utc::now())
+                .await
+                .expect("revoke")
+        );
         let reason = tokio::time::timeout(Duration::from_secs(5), outbox_a.shut_down())
             .await
             .expect("cut within a few looks");
@@ -249,9 +263,14 @@ mod tests {
                 Some("office administrator"),
                 Utc::now()
             )
+            .await
             .expect("in-process revoke")
         );
         assert!(outbox_b.is_shut(), "cut at once, before any look");
-        assert!(!revoke(&*storage, &hub, "no-such-device", None, Utc::now()).expect("revoke"));
+        assert!(
+            !revoke(&*storage, &hub, "no-such-device", None, Utc::now())
+                .await
+                .expect("revoke")
+        );
     }
 }

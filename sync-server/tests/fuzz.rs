@@ -50,14 +50,16 @@ fn case() -> &'static Case {
 }
 
 fn new_code() -> String {
-    auth::new_enrolment_code(
-        &*case().state.storage,
-        "north",
-        "Asha",
-        Duration::hours(1),
-        Utc::now(),
-    )
-    .expect("code")
+    case()
+        .runtime
+        .block_on(auth::new_enrolment_code(
+            &*case().state.storage,
+            "north",
+            "Asha",
+            Duration::hours(1),
+            Utc::now(),
+        ))
+        .expect("code")
 }
 
 #[derive(Debug, Clone)]
@@ -107,13 +109,14 @@ proptest! {
         };
         let name_ok = !name.trim().is_empty() && name.trim().len() <= 200;
         let right_code = auth::normalise_code(&attempt) == auth::normalise_code(&issued);
-        match auth::enrol(storage, &attempt, &name, Utc::now()) {
+        let enrol = |code: &str, name: &str| case().runtime.block_on(auth::enrol(storage, code, name, Utc::now()));
+        match enrol(&attempt, &name) {
             Ok(enrolled) => {
                 prop_assert!(right_code && name_ok, "{attempt:?} / {name:?} enrolled");
                 prop_assert_eq!(enrolled.team, "north");
                 // Single use.
                 prop_assert!(matches!(
-                    auth::enrol(storage, &issued, "again", Utc::now()),
+                    enrol(&issued, "again"),
                     Err(Error::EnrolmentRefused(_))
                 ));
             }

@@ -2,6 +2,8 @@
 //! family, and what was purged or revoked, when (never record content).
 
 use super::{Result, parse_family_id, team_of};
+#[cfg(test)]
+use crate::storage::{AuditAction, AuditRecord};
 use crate::storage::{AuditEntry, Storage};
 
 /// Which records: each given filter narrows them.
@@ -17,13 +19,15 @@ pub struct AuditQuery {
 }
 
 /// The audit records matching `query`, oldest first.
-pub fn audit_log(storage: &dyn Storage, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+pub async fn audit_log(storage: &dyn Storage, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
     let family = query.family.as_deref().map(parse_family_id).transpose()?;
     let team = match &family {
-        Some(id) => team_of(storage, id, query.team.as_deref())?,
+        Some(id) => team_of(storage, id, query.team.as_deref()).await?,
         None => query.team.clone(),
     };
-    Ok(storage.audit_log(family.as_deref(), query.device.as_deref(), team.as_deref())?)
+    Ok(storage
+        .audit_log(family.as_deref(), query.device.as_deref(), team.as_deref())
+        .await?)
 }
 
 #[cfg(test)]
@@ -33,22 +37,26 @@ mod tests {
     use super::super::test_support::{Relay, family};
     use super::*;
 
-    #[test]
-    fn a_familys_records_are_found_by_id_and_team() {
+    #[tokio::test]
+    async fn a_familys_records_are_found_by_id_and_team() {
         let relay = Relay::new();
         let s = relay.storage();
         let id = relay.store("north", &family("Ada", None));
         let other = relay.store("north", &family("Grace", None));
-        let at = chrono::Utc::now().to_rfc3339();
-        s.audit_for_team("north", None, Some("Asha"), "read", &id, &at)
-            .expect("audit");
-        s.audit_for_team("north", None, Some("Asha"), "read", &other, &at)
+        let at = chrono::Utc::now();
+        let read = |doc: &str| {
+            AuditRecord::new(AuditAction::Read, at)
+                .worker("Asha")
+                .document("north", doc)
+        };
+        s.append_audit(&[read(&id), read(&other)])
+            .await
             .expect("audit");
         let query = AuditQuery {
             family: Some(format!("automerge:{id}")),
             ..AuditQuery::default()
         };
-        let entries = audit_log(s, &query).expect("audit");
+        let entries = audit_log(s, &query).await.expect("audit");
         assert!(!entries.is_empty());
         assert!(
             entries
@@ -62,7 +70,8 @@ mod tests {
                     family: Some("not an id".into()),
                     ..AuditQuery::default()
                 }
-            ),
+            )
+            .await,
             Err(AdminError::InvalidInput {
                 field: "family_id",
                 ..
@@ -71,7 +80,7 @@ mod tests {
         // The same id in a second team: the team must be said.
         relay.store_as("south", &id, &family("Ada", None));
         assert!(matches!(
-            audit_log(s, &query),
+            audit_log(s, &query).await,
             Err(AdminError::AmbiguousId { .. })
         ));
         let south = AuditQuery {
@@ -80,6 +89,7 @@ mod tests {
         };
         assert!(
             audit_log(s, &south)
+                .await
                 .expect("audit")
                 .iter()
                 .all(|e| e.team.as_deref() != Some("north"))

@@ -20,7 +20,7 @@ pub struct Enrolment {
 
 /// Makes a one-time enrolment code for `worker` of `team`, valid for
 /// `expires_hours` (1 to [`MAX_CODE_HOURS`]).
-pub fn enrol(
+pub async fn enrol(
     storage: &dyn Storage,
     team: &str,
     worker: &str,
@@ -42,7 +42,7 @@ pub fn enrol(
         }
     }
     let valid_for = Duration::hours(expires_hours);
-    let code = crate::auth::new_enrolment_code(storage, team, worker, valid_for, now)?;
+    let code = crate::auth::new_enrolment_code(storage, team, worker, valid_for, now).await?;
     Ok(Enrolment {
         code,
         team: team.trim().to_string(),
@@ -61,15 +61,15 @@ pub fn enrolment_link(code: &str, server: Option<&str>) -> String {
 }
 
 /// Every enrolled device (revoked ones too).
-pub fn list_devices(storage: &dyn Storage) -> Result<Vec<Device>> {
-    Ok(storage.devices()?)
+pub async fn list_devices(storage: &dyn Storage) -> Result<Vec<Device>> {
+    Ok(storage.devices().await?)
 }
 
 /// Revokes a device (its next connection is refused and told to wipe),
 /// audited once as the office administrator's; revoking it again changes
 /// nothing.
-pub fn revoke_device(storage: &dyn Storage, id: &str, now: DateTime<Utc>) -> Result<()> {
-    if !storage.revoke_device(id, Some(ADMINISTRATOR), now)? {
+pub async fn revoke_device(storage: &dyn Storage, id: &str, now: DateTime<Utc>) -> Result<()> {
+    if !storage.revoke_device(id, Some(ADMINISTRATOR), now).await? {
         return Err(AdminError::NotFound {
             what: "device",
             id: id.to_string(),
@@ -85,40 +85,44 @@ mod tests {
     use super::super::test_support::Relay;
     use super::*;
 
-    #[test]
-    fn a_code_enrols_one_device_which_can_be_revoked_once() {
+    #[tokio::test]
+    async fn a_code_enrols_one_device_which_can_be_revoked_once() {
         let relay = Relay::new();
         let s = relay.storage();
         let now = Utc::now();
-        let e = enrol(s, " north ", "Asha", 2, now).expect("enrol");
+        let e = enrol(s, " north ", "Asha", 2, now).await.expect("enrol");
         assert_eq!((e.team.as_str(), e.worker.as_str()), ("north", "Asha"));
         assert_eq!(e.expires_at, now + Duration::hours(2));
         assert_eq!(e.code.len(), 14);
         let device = crate::auth::enrol(s, &e.code, "tablet", now)
+            .await
             .expect("redeem")
             .device_id;
-        let listed = list_devices(s).expect("list");
+        let listed = list_devices(s).await.expect("list");
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].team, "north");
         assert!(listed[0].revoked_at.is_none());
-        revoke_device(s, &device, now).expect("revoke");
-        revoke_device(s, &device, now).expect("revoking again is no error");
-        assert!(list_devices(s).expect("list")[0].revoked_at.is_some());
+        revoke_device(s, &device, now).await.expect("revoke");
+        revoke_device(s, &device, now)
+            .await
+            .expect("revoking again is no error");
+        assert!(list_devices(s).await.expect("list")[0].revoked_at.is_some());
         let revoked = s
             .audit_log(None, Some(&device), None)
+            .await
             .expect("audit")
             .into_iter()
             .filter(|a| a.action == "revoked")
             .count();
         assert_eq!(revoked, 1, "audited once");
         assert!(matches!(
-            revoke_device(s, "no-such-device", now),
+            revoke_device(s, "no-such-device", now).await,
             Err(AdminError::NotFound { what: "device", .. })
         ));
     }
 
-    #[test]
-    fn bad_enrolment_arguments_are_refused_by_field() {
+    #[tokio::test]
+    async fn bad_enrolment_arguments_are_refused_by_field() {
         let relay = Relay::new();
         let s = relay.storage();
         for (team, worker, hours, field) in [
@@ -127,16 +131,20 @@ mod tests {
             ("  ", "Asha", 1, "team"),
             ("north", "", 1, "worker"),
         ] {
-            match enrol(s, team, worker, hours, Utc::now()) {
+            match enrol(s, team, worker, hours, Utc::now()).await {
                 Err(AdminError::InvalidInput { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{other:?}"),
             }
         }
-        assert!(enrol(s, "north", "Asha", MAX_CODE_HOURS, Utc::now()).is_ok());
+        assert!(
+            enrol(s, "north", "Asha", MAX_CODE_HOURS, Utc::now())
+                .await
+                .is_ok()
+        );
     }
 
-    #[test]
-    fn the_link_carries_the_server_when_known() {
+    #[tokio::test]
+    async fn the_link_carries_the_server_when_known() {
         assert_eq!(enrolment_link("A-B-C", None), "linkbook://enrol?code=A-B-C");
         assert_eq!(
             enrolment_link("A-B-C", Some("https://r:8443")),

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{ADMINISTRATOR, AdminError, Result, parse_family_id, team_of};
-use crate::storage::{AuditEntry, Storage};
+use crate::storage::{AuditAction, AuditEntry, AuditRecord, Storage};
 
 /// A family erased from the relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub struct PurgedFamily {
 /// device deletes it at its next sync, and no device can upload it again.
 /// `reason` is kept in the audit. Refused for a document that is not a
 /// family case file (or cannot be read), and for one purged already.
-pub fn purge_family(
+pub async fn purge_family(
     storage: &dyn Storage,
     id: &str,
     reason: &str,
@@ -39,14 +39,17 @@ pub fn purge_family(
         id: id.clone(),
         team: team.map(str::to_string),
     };
-    let team = team_of(storage, &id, team)?.ok_or_else(|| not_found(None))?;
-    if storage.is_purged(&team, &id)? {
+    let team = team_of(storage, &id, team)
+        .await?
+        .ok_or_else(|| not_found(None))?;
+    if storage.is_purged(&team, &id).await? {
         return Err(AdminError::Refused(format!(
             "{id} of team {team} was purged already"
         )));
     }
     let stored = storage
-        .load_document(&team, &id)?
+        .load_document(&team, &id)
+        .await?
         .ok_or_else(|| not_found(Some(&team)))?;
     let kind = crate::documents::load(&stored, &super::load_budget())
         .ok()
@@ -57,7 +60,7 @@ pub fn purge_family(
             kind.as_deref().unwrap_or("damaged document")
         )));
     }
-    if !storage.purge_document(&team, &id, reason, now)? {
+    if !storage.purge_document(&team, &id, reason, now).await? {
         return Err(not_found(Some(&team)));
     }
     Ok(PurgedFamily { id, team })
@@ -140,26 +143,26 @@ pub struct SubjectAccess {
 /// Every family case file matching `query`, whole, with its audit; each
 /// one exported is audited (`subject access export`). Documents that
 /// cannot be read are skipped and listed in `skipped`.
-pub fn export_person(
+pub async fn export_person(
     storage: &dyn Storage,
     query: &SubjectQuery,
     now: DateTime<Utc>,
 ) -> Result<SubjectAccess> {
     let AnsweredQuery { name, family } = query.answered()?;
     let only_team = match &family {
-        Some(id) => team_of(storage, id, query.team.as_deref())?,
+        Some(id) => team_of(storage, id, query.team.as_deref()).await?,
         None => query.team.clone(),
     };
     let budget = super::load_budget();
     let mut families = Vec::new();
     let mut skipped = Vec::new();
-    for (id, team) in storage.document_ids()? {
+    for (id, team) in storage.document_ids().await? {
         if family.as_ref().is_some_and(|f| *f != id)
             || only_team.as_ref().is_some_and(|t| *t != team)
         {
             continue;
         }
-        let Some(stored) = storage.load_document(&team, &id)? else {
+        let Some(stored) = storage.load_document(&team, &id).await? else {
             continue;
         };
         let doc = match crate::documents::load(&stored, &budget) {
@@ -191,7 +194,7 @@ pub fn export_person(
                 continue;
             }
         }
-        let audit = storage.audit_log(Some(&id), None, Some(&team))?;
+        let audit = storage.audit_log(Some(&id), None, Some(&team)).await?;
         families.push(FamilyRecord {
             family_id: id,
             team,
@@ -208,16 +211,15 @@ pub fn export_person(
         });
     }
     let generated_at = now.to_rfc3339();
-    for f in &families {
-        storage.audit_for_team(
-            &f.team,
-            None,
-            Some(ADMINISTRATOR),
-            "subject access export",
-            &f.family_id,
-            &generated_at,
-        )?;
-    }
+    let records: Vec<AuditRecord> = families
+        .iter()
+        .map(|f| {
+            AuditRecord::new(AuditAction::SubjectAccessExport, now)
+                .worker(ADMINISTRATOR)
+                .document(&f.team, &f.family_id)
+        })
+        .collect();
+    storage.append_audit(&records).await?;
     Ok(SubjectAccess {
         generated_at,
         query: AnsweredQuery { name, family },
@@ -250,18 +252,19 @@ mod tests {
     use super::super::test_support::{Relay, directory, family};
     use super::*;
 
-    fn exports(relay: &Relay, id: &str) -> usize {
+    async fn exports(relay: &Relay, id: &str) -> usize {
         relay
             .storage()
             .audit_log(Some(id), None, None)
+            .await
             .expect("audit")
             .iter()
             .filter(|a| a.action == "subject access export")
             .count()
     }
 
-    #[test]
-    fn only_family_case_files_are_purged_once() {
+    #[tokio::test]
+    async fn only_family_case_files_are_purged_once() {
         let relay = Relay::new();
         let s = relay.storage();
         let fam = relay.store("north", &family("Ada", None));
@@ -269,24 +272,25 @@ mod tests {
         let damaged = relay.store("north", b"\x85\x6f\x4a\x83 garbage");
         let now = Utc::now();
         assert!(matches!(
-            purge_family(s, &fam, "  ", None, now),
+            purge_family(s, &fam, "  ", None, now).await,
             Err(AdminError::InvalidInput {
                 field: "reason",
                 ..
             })
         ));
-        match purge_family(s, &dir, "asked", None, now) {
+        match purge_family(s, &dir, "asked", None, now).await {
             Err(AdminError::Refused(r)) => {
                 assert!(r.contains("is a directory, not a family"), "{r}")
             }
             other => panic!("{other:?}"),
         }
-        match purge_family(s, &damaged, "asked", None, now) {
+        match purge_family(s, &damaged, "asked", None, now).await {
             Err(AdminError::Refused(r)) => assert!(r.contains("damaged document"), "{r}"),
             other => panic!("{other:?}"),
         }
-        let purged =
-            purge_family(s, &format!("automerge:{fam}"), "asked", None, now).expect("purge");
+        let purged = purge_family(s, &format!("automerge:{fam}"), "asked", None, now)
+            .await
+            .expect("purge");
         assert_eq!(
             purged,
             PurgedFamily {
@@ -294,14 +298,14 @@ mod tests {
                 team: "north".into()
             }
         );
-        assert!(!s.document_exists("north", &fam).expect("exists"));
-        match purge_family(s, &fam, "asked", None, now) {
+        assert!(!s.document_exists("north", &fam).await.expect("exists"));
+        match purge_family(s, &fam, "asked", None, now).await {
             Err(AdminError::Refused(r)) => assert!(r.contains("purged already"), "{r}"),
             other => panic!("{other:?}"),
         }
         let unknown = linkbook_core::DocumentId::from_bytes([7; 16]).to_string();
         assert!(matches!(
-            purge_family(s, &unknown, "asked", None, now),
+            purge_family(s, &unknown, "asked", None, now).await,
             Err(AdminError::NotFound {
                 what: "family",
                 team: None,
@@ -309,13 +313,13 @@ mod tests {
             })
         ));
         assert!(matches!(
-            purge_family(s, &unknown, "asked", Some("north"), now),
+            purge_family(s, &unknown, "asked", Some("north"), now).await,
             Err(AdminError::NotFound { team: Some(_), .. })
         ));
     }
 
-    #[test]
-    fn subject_access_finds_a_name_anywhere_and_audits_the_export() {
+    #[tokio::test]
+    async fn subject_access_finds_a_name_anywhere_and_audits_the_export() {
         let relay = Relay::new();
         let s = relay.storage();
         let ada = relay.store("north", &family("Ada Lovelace", None));
@@ -325,7 +329,7 @@ mod tests {
             name: Some("  LOVELACE ".into()),
             ..SubjectQuery::default()
         };
-        let export = export_person(s, &query, Utc::now()).expect("export");
+        let export = export_person(s, &query, Utc::now()).await.expect("export");
         assert_eq!(export.query.name.as_deref(), Some("lovelace"));
         assert_eq!(export.families.len(), 1);
         let f = &export.families[0];
@@ -335,7 +339,10 @@ mod tests {
         );
         assert_eq!(f.matched_at, ["/members/m1/name"]);
         assert_eq!(f.record["members"]["m1"]["name"], "Ada Lovelace");
-        assert_eq!((exports(&relay, &ada), exports(&relay, &grace)), (1, 0));
+        assert_eq!(
+            (exports(&relay, &ada).await, exports(&relay, &grace).await),
+            (1, 0)
+        );
         // The serialized export is what the office hands over.
         let json = serde_json::to_value(&export).expect("json");
         assert_eq!(json["families"][0]["family_id"], ada.as_str());
@@ -345,7 +352,7 @@ mod tests {
             family: Some(grace.clone()),
             ..SubjectQuery::default()
         };
-        let export = export_person(s, &by_id, Utc::now()).expect("export");
+        let export = export_person(s, &by_id, Utc::now()).await.expect("export");
         assert_eq!(export.families.len(), 1);
         assert!(export.families[0].matched_at.is_empty());
         let short = SubjectQuery {
@@ -353,7 +360,7 @@ mod tests {
             ..SubjectQuery::default()
         };
         assert!(matches!(
-            export_person(s, &short, Utc::now()),
+            export_person(s, &short, Utc::now()).await,
             Err(AdminError::InvalidInput { field: "name", .. })
         ));
         let unknown = SubjectQuery {
@@ -361,15 +368,15 @@ mod tests {
             ..SubjectQuery::default()
         };
         assert!(matches!(
-            export_person(s, &unknown, Utc::now()),
+            export_person(s, &unknown, Utc::now()).await,
             Err(AdminError::NotFound { what: "family", .. })
         ));
     }
 
     /// A stored document of garbage bytes (one Automerge panics on among
     /// them) is skipped and reported, never a panic.
-    #[test]
-    fn subject_access_skips_a_damaged_stored_document() {
+    #[tokio::test]
+    async fn subject_access_skips_a_damaged_stored_document() {
         let relay = Relay::new();
         let s = relay.storage();
         let ada = relay.store("north", &family("Ada Lovelace", None));
@@ -388,7 +395,7 @@ mod tests {
             name: Some("ada".into()),
             ..SubjectQuery::default()
         };
-        let export = export_person(s, &query, Utc::now()).expect("export");
+        let export = export_person(s, &query, Utc::now()).await.expect("export");
         assert_eq!(export.families.len(), 1);
         assert_eq!(export.families[0].family_id, ada);
         let mut skipped: Vec<&str> = export
@@ -410,7 +417,7 @@ mod tests {
             ..SubjectQuery::default()
         };
         assert!(matches!(
-            export_person(s, &by_id, Utc::now()),
+            export_person(s, &by_id, Utc::now()).await,
             Err(AdminError::NotFound { .. })
         ));
     }

@@ -53,6 +53,12 @@ pub enum AdminError {
     Storage(#[from] crate::Error),
 }
 
+impl From<crate::storage::StorageError> for AdminError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        AdminError::Storage(e.into())
+    }
+}
+
 pub type Result<T, E = AdminError> = std::result::Result<T, E>;
 
 /// The budget admin functions load stored documents within: the relay's
@@ -88,14 +94,18 @@ pub fn parse_team(team: &str) -> Result<String> {
 /// else the only team holding the id (stored, or if none stores it, purged:
 /// so that "purged already" can be said). Documents are namespaced per
 /// team, so an id two teams hold needs the team.
-pub fn team_of(storage: &dyn Storage, id: &str, team: Option<&str>) -> Result<Option<String>> {
+pub async fn team_of(
+    storage: &dyn Storage,
+    id: &str,
+    team: Option<&str>,
+) -> Result<Option<String>> {
     if let Some(team) = team {
         return parse_team(team).map(Some);
     }
-    let mut teams = storage.teams_holding(id)?;
+    let mut teams = storage.teams_holding(id).await?;
     let mut stored = Vec::new();
     for t in &teams {
-        if storage.document_exists(t, id)? {
+        if storage.document_exists(t, id).await? {
             stored.push(t.clone());
         }
     }
@@ -117,29 +127,30 @@ mod tests {
     use super::test_support::{Relay, family};
     use super::*;
 
-    #[test]
-    fn an_id_two_teams_hold_needs_the_team() {
+    #[tokio::test]
+    async fn an_id_two_teams_hold_needs_the_team() {
         let relay = Relay::new();
         let id = relay.store("north", &family("Ada Lovelace", None));
         relay.store_as("south", &id, &family("Grace Hopper", None));
-        match team_of(relay.storage(), &id, None) {
+        match team_of(relay.storage(), &id, None).await {
             Err(AdminError::AmbiguousId { teams, .. }) => assert_eq!(teams, ["north", "south"]),
             other => panic!("{other:?}"),
         }
         assert_eq!(
             team_of(relay.storage(), &id, Some(" south "))
+                .await
                 .expect("team")
                 .as_deref(),
             Some("south")
         );
         assert!(matches!(
-            team_of(relay.storage(), &id, Some("  ")),
+            team_of(relay.storage(), &id, Some("  ")).await,
             Err(AdminError::InvalidInput { field: "team", .. })
         ));
     }
 
-    #[test]
-    fn family_ids_are_parsed_with_or_without_the_prefix() {
+    #[tokio::test]
+    async fn family_ids_are_parsed_with_or_without_the_prefix() {
         let relay = Relay::new();
         let id = relay.store("north", &family("Ada", None));
         assert_eq!(parse_family_id(&format!("automerge:{id}")).expect("id"), id);

@@ -12,27 +12,29 @@ use crate::storage::Storage;
 
 /// Purges every closed family due on `today`; returns their ids. Documents
 /// are loaded within the admin [`super::load_budget`].
-pub fn sweep(storage: &dyn Storage, today: NaiveDate) -> Result<Vec<String>> {
-    sweep_within(storage, today, &super::load_budget())
+pub async fn sweep(storage: &dyn Storage, today: NaiveDate) -> Result<Vec<String>> {
+    sweep_within(storage, today, &super::load_budget()).await
 }
 
 /// [`sweep`], loading documents within `budget` (the relay passes its own,
 /// from `--max-document-ops`). A document that cannot be loaded is logged
 /// and left alone.
-pub fn sweep_within(
+pub async fn sweep_within(
     storage: &dyn Storage,
     today: NaiveDate,
     budget: &Budget,
 ) -> Result<Vec<String>> {
     let mut purged = Vec::new();
-    for (team, days) in storage.retention_policies()? {
-        for (id, doc_team) in storage.document_ids()? {
+    for (team, days) in storage.retention_policies().await? {
+        for (id, doc_team) in storage.document_ids().await? {
             if doc_team != team {
                 continue;
             }
-            let Some(stored) = storage.load_document(&team, &id)? else {
+            let Some(stored) = storage.load_document(&team, &id).await? else {
                 continue;
             };
+            // A load is CPU work: let the relay's other tasks in between.
+            tokio::task::yield_now().await;
             let doc = match crate::documents::load(&stored, budget) {
                 Ok(doc) => doc,
                 Err(e) => {
@@ -45,7 +47,10 @@ pub fn sweep_within(
             };
             if closed + Duration::days(days) <= today {
                 let reason = format!("retention: closed {closed}, team policy {days} days");
-                if storage.purge_document(&team, &id, &reason, Utc::now())? {
+                if storage
+                    .purge_document(&team, &id, &reason, Utc::now())
+                    .await?
+                {
                     tracing::info!(document = %id, %team, "closed case purged under the retention policy");
                     purged.push(id);
                 }
@@ -80,8 +85,8 @@ mod tests {
         s.parse().expect("date")
     }
 
-    #[test]
-    fn only_closed_cases_past_their_teams_period_are_purged() {
+    #[tokio::test]
+    async fn only_closed_cases_past_their_teams_period_are_purged() {
         let relay = Relay::new();
         let s = relay.storage();
         let due = relay.store("north", &family("Ada", Some("2026-01-01")));
@@ -98,21 +103,27 @@ mod tests {
             },
             Utc::now(),
         )
+        .await
         .expect("policy");
         assert_eq!(
-            sweep(s, date("2026-02-15")).expect("sweep"),
+            sweep(s, date("2026-02-15")).await.expect("sweep"),
             std::slice::from_ref(&due)
         );
-        assert!(s.is_purged("north", &due).expect("purged"));
+        assert!(s.is_purged("north", &due).await.expect("purged"));
         for (team, id) in [
             ("north", &recent),
             ("north", &open),
             ("south", &no_policy),
             ("north", &damaged),
         ] {
-            assert!(s.document_exists(team, id).expect("exists"), "{id}");
+            assert!(s.document_exists(team, id).await.expect("exists"), "{id}");
         }
-        assert!(sweep(s, date("2026-02-15")).expect("again").is_empty());
-        assert_eq!(sweep(s, date("2026-03-31")).expect("later"), [recent]);
+        assert!(
+            sweep(s, date("2026-02-15"))
+                .await
+                .expect("again")
+                .is_empty()
+        );
+        assert_eq!(sweep(s, date("2026-03-31")).await.expect("later"), [recent]);
     }
 }

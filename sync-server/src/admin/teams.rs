@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{ADMINISTRATOR, AdminError, Result, parse_team};
-use crate::storage::{Storage, TeamPolicy};
+use crate::storage::{AuditAction, AuditRecord, Storage, TeamPolicy};
 
 /// The longest retention period or lease, in days (100 years).
 pub const MAX_DAYS: i64 = 36_500;
@@ -29,16 +29,16 @@ pub fn valid_days(days: i64) -> bool {
 
 /// A team's policy (no limits for a team the relay does not know), and its
 /// name as stored (trimmed).
-pub fn team_policy(storage: &dyn Storage, team: &str) -> Result<(String, TeamPolicy)> {
+pub async fn team_policy(storage: &dyn Storage, team: &str) -> Result<(String, TeamPolicy)> {
     let team = parse_team(team)?;
-    let policy = storage.team_policy(&team)?;
+    let policy = storage.team_policy(&team).await?;
     Ok((team, policy))
 }
 
 /// Applies `change` to a team's policy (creating the team if new) and
 /// audits it; devices learn it at their next sync. An empty change only
 /// reads the policy. Returns the team's name and its policy now.
-pub fn set_team_policy(
+pub async fn set_team_policy(
     storage: &dyn Storage,
     team: &str,
     change: PolicyChange,
@@ -57,7 +57,7 @@ pub fn set_team_policy(
             });
         }
     }
-    let (team, mut policy) = team_policy(storage, team)?;
+    let (team, mut policy) = team_policy(storage, team).await?;
     if change.is_empty() {
         return Ok((team, policy));
     }
@@ -67,14 +67,9 @@ pub fn set_team_policy(
     if let Some(d) = change.lease_days {
         policy.lease_days = d;
     }
-    storage.set_team_policy(&team, policy, now)?;
-    storage.audit_as(
-        None,
-        Some(ADMINISTRATOR),
-        "policy changed",
-        None,
-        &now.to_rfc3339(),
-    )?;
+    storage.set_team_policy(&team, policy, now).await?;
+    let record = AuditRecord::new(AuditAction::PolicyChanged, now).worker(ADMINISTRATOR);
+    storage.append_audit(&[record]).await?;
     Ok((team, policy))
 }
 
@@ -84,46 +79,50 @@ mod tests {
     use super::super::test_support::Relay;
     use super::*;
 
-    fn policy_changes(relay: &Relay) -> usize {
+    async fn policy_changes(relay: &Relay) -> usize {
         relay
             .storage()
             .audit_log(None, None, None)
+            .await
             .expect("audit")
             .iter()
             .filter(|a| a.action == "policy changed")
             .count()
     }
 
-    #[test]
-    fn a_policy_is_set_in_part_lifted_and_audited_per_change() {
+    #[tokio::test]
+    async fn a_policy_is_set_in_part_lifted_and_audited_per_change() {
         let relay = Relay::new();
         let s = relay.storage();
-        let (team, p) = team_policy(s, " north ").expect("policy");
+        let (team, p) = team_policy(s, " north ").await.expect("policy");
         assert_eq!((team.as_str(), p), ("north", TeamPolicy::default()));
-        let set = |change| {
+        let set = async |change| {
             set_team_policy(s, "north", change, Utc::now())
+                .await
                 .expect("set")
                 .1
         };
         let p = set(PolicyChange {
             retention_days: Some(Some(30)),
             lease_days: Some(Some(7)),
-        });
+        })
+        .await;
         assert_eq!((p.retention_days, p.lease_days), (Some(30), Some(7)));
         let p = set(PolicyChange {
             lease_days: Some(None),
             ..PolicyChange::default()
-        });
+        })
+        .await;
         assert_eq!((p.retention_days, p.lease_days), (Some(30), None));
-        assert_eq!(policy_changes(&relay), 2);
+        assert_eq!(policy_changes(&relay).await, 2);
         // Reading changes and audits nothing.
-        assert_eq!(set(PolicyChange::default()), p);
-        assert_eq!(policy_changes(&relay), 2);
-        assert_eq!(team_policy(s, "north").expect("policy").1, p);
+        assert_eq!(set(PolicyChange::default()).await, p);
+        assert_eq!(policy_changes(&relay).await, 2);
+        assert_eq!(team_policy(s, "north").await.expect("policy").1, p);
     }
 
-    #[test]
-    fn bad_policies_are_refused_by_field() {
+    #[tokio::test]
+    async fn bad_policies_are_refused_by_field() {
         let relay = Relay::new();
         let s = relay.storage();
         let bad = PolicyChange {
@@ -131,16 +130,16 @@ mod tests {
             ..PolicyChange::default()
         };
         assert!(matches!(
-            set_team_policy(s, "north", bad, Utc::now()),
+            set_team_policy(s, "north", bad, Utc::now()).await,
             Err(AdminError::InvalidInput {
                 field: "lease_days",
                 ..
             })
         ));
         assert!(matches!(
-            set_team_policy(s, " ", PolicyChange::default(), Utc::now()),
+            set_team_policy(s, " ", PolicyChange::default(), Utc::now()).await,
             Err(AdminError::InvalidInput { field: "team", .. })
         ));
-        assert_eq!(policy_changes(&relay), 0);
+        assert_eq!(policy_changes(&relay).await, 0);
     }
 }

@@ -6,7 +6,7 @@ use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ObjType, ROOT};
 use chrono::Utc;
 
-use crate::storage::{SqliteStorage, Storage};
+use crate::storage::{DocumentStore, SqliteStorage, Storage, Upload};
 
 pub struct Relay {
     _dir: tempfile::TempDir,
@@ -32,8 +32,17 @@ impl Relay {
     }
 
     pub fn store_as(&self, team: &str, id: &str, bytes: &[u8]) {
-        self.storage
-            .append_changes(id, team, "device-1", bytes, Some(bytes), Utc::now())
+        let upload = Upload {
+            team,
+            doc_id: id,
+            uploader: "device-1",
+            changes: bytes,
+            snapshot: Some(bytes),
+            audit: &[],
+            at: Utc::now(),
+        };
+        futures_util::FutureExt::now_or_never(self.storage.commit_upload(&upload))
+            .expect("SQLite answers at once")
             .expect("store");
     }
 }

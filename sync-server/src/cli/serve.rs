@@ -15,10 +15,9 @@ pub const LOCK_FILE: &str = "relay.lock";
 
 /// Takes the data directory's lock for as long as the returned file lives, or
 /// says which process holds it. One relay per directory: each keeps documents
-/// in memory and compacts them from that copy (`Storage::append_changes`
-/// with a snapshot replaces the stored changes), so a second relay's uploads
-/// to the same document would be deleted by the first one's next
-/// compaction. Only `serve` takes it: the admin commands open the database
+/// in memory, and a copy another process wrote behind is not reloaded yet
+/// (compaction is conditional and never deletes what it did not cover, but
+/// a second relay's devices would not see each other's changes live). Only `serve` takes it: the admin commands open the database
 /// directly (SQLite's own locking) while a relay serves. An advisory lock
 /// (`flock`), released by the kernel when the process dies, even by
 /// SIGKILL: a crashed relay never leaves a stale lock behind.
@@ -145,12 +144,10 @@ pub(super) fn serve(store: Data<'_>, args: ServeArgs) -> crate::Result<()> {
             let mut daily = tokio::time::interval(std::time::Duration::from_secs(24 * 60 * 60));
             loop {
                 daily.tick().await;
-                let storage = storage.clone();
-                let swept = tokio::task::spawn_blocking(move || {
+                let swept =
                     admin::retention::sweep_within(&*storage, Utc::now().date_naive(), &budget)
-                })
-                .await;
-                if let Ok(Err(e)) = swept {
+                        .await;
+                if let Err(e) = swept {
                     tracing::error!(error = %e, "the retention sweep failed");
                 }
             }

@@ -1,0 +1,822 @@
+//! The storage contract: what every backend must do, as one suite each
+//! backend runs unchanged ([`run`]; the SQLite and in-memory stores run it
+//! in `storage/tests.rs`, a PostgreSQL one will too). Public behind the
+//! `contract` feature so a backend in another crate can run it.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::{AuditAction, AuditRecord, CodeGrant, Storage, StorageError, TeamPolicy, Upload};
+
+/// Runs every case of the contract, each on a fresh store from `make`.
+/// Call it from a multi-thread tokio runtime (the racing cases spawn).
+pub async fn run<S, F, Fut>(mut make: F)
+where
+    S: Storage,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = S>,
+{
+    devices_enrol_once_and_are_found_by_token(&make().await).await;
+    revocation_is_audited_once_and_watched_in_order(&make().await).await;
+    teams_keep_a_directory_id_and_a_policy(&make().await).await;
+    documents_are_namespaced_per_team(&make().await).await;
+    an_upload_commits_its_changes_audit_and_cursor_together(&make().await).await;
+    a_purge_removes_everything_and_refuses_later_uploads(&make().await).await;
+    compaction_replaces_only_what_it_covers(&make().await).await;
+    sync_states_are_per_team_document_and_device(&make().await).await;
+    reads_are_audited_with_their_receipt(&make().await).await;
+    refusals_count_repeats_and_audit_the_first(&make().await).await;
+    the_audit_only_grows(&make().await).await;
+    two_writers_on_one_document_lose_nothing(Arc::new(make().await)).await;
+    a_cursor_reader_racing_writers_never_misses_a_change(Arc::new(make().await)).await;
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+fn upload<'a>(team: &'a str, doc: &'a str, by: &'a str, changes: &'a [u8]) -> Upload<'a> {
+    Upload {
+        team,
+        doc_id: doc,
+        uploader: by,
+        changes,
+        snapshot: None,
+        audit: &[],
+        at: now(),
+    }
+}
+
+async fn enrol<S: Storage>(s: &S, team: &str, worker: &str, id: &str) -> super::Device {
+    let code = format!("code-{id}");
+    let grant = CodeGrant {
+        team: team.into(),
+        worker: worker.into(),
+        expires_at: now() + Duration::minutes(10),
+    };
+    s.add_enrolment_code(code.as_bytes(), &grant, now())
+        .await
+        .expect("code");
+    s.redeem_enrolment_code(
+        code.as_bytes(),
+        id,
+        "tablet",
+        format!("token-{id}").as_bytes(),
+        now(),
+    )
+    .await
+    .expect("redeem")
+}
+
+async fn devices_enrol_once_and_are_found_by_token<S: Storage>(s: &S) {
+    let asha = enrol(s, "north", "Asha", "d-asha").await;
+    assert_eq!(
+        (asha.team.as_str(), asha.worker.as_str()),
+        ("north", "Asha")
+    );
+    assert_eq!(
+        s.redeem_enrolment_code(b"code-d-asha", "d-2", "x", b"t2", now())
+            .await
+            .unwrap_err(),
+        StorageError::EnrolmentRefused("enrolment code already used")
+    );
+    assert_eq!(
+        s.redeem_enrolment_code(b"nope", "d-3", "x", b"t3", now())
+            .await
+            .unwrap_err(),
+        StorageError::EnrolmentRefused("unknown enrolment code")
+    );
+    let grant = CodeGrant {
+        team: "north".into(),
+        worker: "Ben".into(),
+        expires_at: now() - Duration::seconds(1),
+    };
+    s.add_enrolment_code(b"old", &grant, now() - Duration::minutes(5))
+        .await
+        .expect("code");
+    assert_eq!(
+        s.redeem_enrolment_code(b"old", "d-4", "x", b"t4", now())
+            .await
+            .unwrap_err(),
+        StorageError::EnrolmentRefused("enrolment code expired")
+    );
+    assert!(
+        s.device_by_token(b"t4").await.expect("lookup").is_none(),
+        "a refused redemption wrote nothing"
+    );
+    let found = s
+        .device_by_token(b"token-d-asha")
+        .await
+        .expect("lookup")
+        .expect("found");
+    assert_eq!(found, asha);
+    enrol(s, "north", "Ben", "d-ben").await;
+    enrol(s, "east", "Cleo", "d-cleo").await;
+    let listed: Vec<String> = s
+        .devices()
+        .await
+        .expect("devices")
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(
+        listed,
+        ["d-cleo", "d-asha", "d-ben"],
+        "by team, then worker"
+    );
+    let at = now();
+    s.touch_device("d-ben", at).await.expect("touch");
+    let ben = s
+        .device_by_token(b"token-d-ben")
+        .await
+        .expect("ok")
+        .expect("ben");
+    assert_eq!(ben.last_sync_at, Some(at.to_rfc3339()));
+    let enrolled = s
+        .audit_log(None, Some("d-asha"), None)
+        .await
+        .expect("audit");
+    assert_eq!(enrolled.len(), 1);
+    assert_eq!(enrolled[0].action, AuditAction::Enrolled);
+    assert_eq!(enrolled[0].team.as_deref(), Some("north"));
+}
+
+async fn revocation_is_audited_once_and_watched_in_order<S: Storage>(s: &S) {
+    let mut cursor = super::RevocationCursor::default();
+    enrol(s, "north", "Asha", "d-1").await;
+    enrol(s, "north", "Ben", "d-2").await;
+    enrol(s, "north", "Cleo", "d-3").await;
+    assert!(
+        s.revoke_device("d-1", Some("admin"), now())
+            .await
+            .expect("revoke")
+    );
+    assert!(
+        s.revocations_since(&mut cursor, 10)
+            .await
+            .expect("place")
+            .is_empty(),
+        "a fresh cursor starts at the latest revocation"
+    );
+    assert!(
+        s.revoke_device("d-1", Some("again"), now())
+            .await
+            .expect("again")
+    );
+    assert!(
+        !s.revoke_device("nobody", None, now())
+            .await
+            .expect("unknown")
+    );
+    assert!(s.revoke_device("d-2", None, now()).await.expect("revoke"));
+    assert!(s.revoke_device("d-3", None, now()).await.expect("revoke"));
+    assert_eq!(
+        s.revocations_since(&mut cursor, 1).await.expect("w"),
+        ["d-2"]
+    );
+    assert_eq!(
+        s.revocations_since(&mut cursor, 5).await.expect("w"),
+        ["d-3"]
+    );
+    assert!(
+        s.revocations_since(&mut cursor, 5)
+            .await
+            .expect("w")
+            .is_empty()
+    );
+    let revoked: Vec<_> = s
+        .audit_log(None, Some("d-1"), None)
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|e| e.action == AuditAction::Revoked)
+        .collect();
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert_eq!(revoked[0].worker.as_deref(), Some("admin"));
+    let d1 = s
+        .device_by_token(b"token-d-1")
+        .await
+        .expect("ok")
+        .expect("d1");
+    assert_eq!(d1.revoked_at.as_deref(), Some(revoked[0].at.as_str()));
+}
+
+async fn teams_keep_a_directory_id_and_a_policy<S: Storage>(s: &S) {
+    let north = s.team_directory_id("north", now()).await.expect("dir");
+    assert_eq!(
+        s.team_directory_id("north", now()).await.expect("dir"),
+        north
+    );
+    assert_ne!(
+        s.team_directory_id("south", now()).await.expect("dir"),
+        north
+    );
+    assert_eq!(
+        s.team_policy("east").await.expect("policy"),
+        TeamPolicy::default()
+    );
+    let policy = TeamPolicy {
+        retention_days: Some(30),
+        lease_days: Some(7),
+    };
+    s.set_team_policy("east", policy, now()).await.expect("set");
+    assert_eq!(s.team_policy("east").await.expect("policy"), policy);
+    s.set_team_policy(
+        "south",
+        TeamPolicy {
+            retention_days: Some(90),
+            lease_days: None,
+        },
+        now(),
+    )
+    .await
+    .expect("set");
+    assert_eq!(
+        s.retention_policies().await.expect("policies"),
+        [("east".to_string(), 30), ("south".to_string(), 90)]
+    );
+    s.set_team_policy("east", TeamPolicy::default(), now())
+        .await
+        .expect("lift");
+    assert_eq!(
+        s.retention_policies().await.expect("policies"),
+        [("south".to_string(), 90)]
+    );
+    assert_eq!(s.store_id("first").await.expect("id"), "first");
+    assert_eq!(s.store_id("second").await.expect("id"), "first");
+}
+
+async fn documents_are_namespaced_per_team<S: Storage>(s: &S) {
+    let snap = Upload {
+        snapshot: Some(b"north-snap"),
+        ..upload("north", "doc", "n1", b"north-1")
+    };
+    s.commit_upload(&snap).await.expect("north");
+    s.commit_upload(&upload("south", "doc", "s1", b"south-1"))
+        .await
+        .expect("south: its own document");
+    let north = s
+        .load_document("north", "doc")
+        .await
+        .expect("load")
+        .expect("north");
+    assert_eq!(north.snapshot.as_deref(), Some(&b"north-snap"[..]));
+    assert!(north.changes.is_empty());
+    let south = s
+        .load_document("south", "doc")
+        .await
+        .expect("load")
+        .expect("south");
+    assert_eq!(south.snapshot, None);
+    assert_eq!(south.changes, [b"south-1".to_vec()]);
+    assert!(
+        s.load_document("east", "doc")
+            .await
+            .expect("load")
+            .is_none()
+    );
+    assert!(!s.document_exists("east", "doc").await.expect("exists"));
+    assert!(s.document_exists("south", "doc").await.expect("exists"));
+    assert_eq!(
+        s.teams_holding("doc").await.expect("teams"),
+        ["north", "south"]
+    );
+    s.commit_upload(&upload("north", "another", "n1", b"x"))
+        .await
+        .expect("up");
+    assert_eq!(
+        s.document_ids().await.expect("ids"),
+        [
+            ("another".to_string(), "north".to_string()),
+            ("doc".to_string(), "north".to_string()),
+            ("doc".to_string(), "south".to_string())
+        ]
+    );
+    assert_eq!(
+        s.changed_since("north", 0, "n1").await.expect("changed").1,
+        Vec::<String>::new(),
+        "a device's own latest changes are left out"
+    );
+    let (cursor, mut ids) = s.changed_since("north", 0, "other").await.expect("changed");
+    ids.sort();
+    assert_eq!(ids, ["another", "doc"]);
+    assert_eq!(
+        s.changed_since("north", cursor, "other")
+            .await
+            .expect("changed"),
+        (cursor, vec![]),
+        "nothing after the cursor"
+    );
+}
+
+async fn an_upload_commits_its_changes_audit_and_cursor_together<S: Storage>(s: &S) {
+    let device = enrol(s, "north", "Asha", "d-1").await;
+    let audit = [AuditRecord::by(
+        Some(&device),
+        AuditAction::Uploaded,
+        Some("doc"),
+        now(),
+    )];
+    let first = s
+        .commit_upload(&Upload {
+            snapshot: Some(b"whole"),
+            audit: &audit,
+            ..upload("north", "doc", "d-1", b"c1")
+        })
+        .await
+        .expect("first");
+    assert_eq!((first.previous_seq, first.change_count), (0, 0));
+    assert!(first.seq > 0);
+    let second = s
+        .commit_upload(&Upload {
+            audit: &audit,
+            ..upload("north", "doc", "d-1", b"c2")
+        })
+        .await
+        .expect("second");
+    assert_eq!(second.previous_seq, first.seq);
+    assert!(second.seq > first.seq);
+    assert_eq!(second.change_count, 1);
+    // A whole save for a document that is already stored is appended, not
+    // a replacement of what others stored.
+    let third = s
+        .commit_upload(&Upload {
+            snapshot: Some(b"another copy"),
+            ..upload("north", "doc", "d-2", b"")
+        })
+        .await
+        .expect("third");
+    assert_eq!(third.change_count, 2);
+    let doc = s
+        .load_document("north", "doc")
+        .await
+        .expect("load")
+        .expect("doc");
+    assert_eq!(doc.snapshot.as_deref(), Some(&b"whole"[..]));
+    assert_eq!(doc.changes, [b"c2".to_vec(), b"another copy".to_vec()]);
+    assert_eq!(doc.seq, third.seq);
+    let (cursor, ids) = s.changed_since("north", 0, "d-1").await.expect("changed");
+    assert_eq!((cursor, ids), (third.seq, vec!["doc".to_string()]));
+    // No changes: nothing stored, the cursor stays.
+    let none = s
+        .commit_upload(&upload("north", "doc", "d-1", b""))
+        .await
+        .expect("empty");
+    assert_eq!((none.seq, none.previous_seq), (third.seq, third.seq));
+    let uploaded = s
+        .audit_log(Some("doc"), Some("d-1"), None)
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|e| e.action == AuditAction::Uploaded)
+        .count();
+    assert_eq!(uploaded, 2);
+}
+
+async fn a_purge_removes_everything_and_refuses_later_uploads<S: Storage>(s: &S) {
+    let device = enrol(s, "south", "Ben", "s1").await;
+    s.commit_upload(&upload("south", "doc", "s1", b"c1"))
+        .await
+        .expect("up");
+    s.commit_upload(&upload("north", "doc", "n1", b"n1"))
+        .await
+        .expect("up");
+    s.save_sync_states(&[
+        ("south".into(), "doc".into(), "s1".into(), b"s".to_vec()),
+        ("north".into(), "doc".into(), "s1".into(), b"n".to_vec()),
+    ])
+    .await
+    .expect("states");
+    assert!(
+        !s.purge_document("south", "nothing", "r", now())
+            .await
+            .expect("purge")
+    );
+    assert!(
+        s.purge_document("south", "doc", "erasure", now())
+            .await
+            .expect("purge")
+    );
+    assert!(s.is_purged("south", "doc").await.expect("purged"));
+    assert!(!s.is_purged("north", "doc").await.expect("purged"));
+    assert!(
+        s.load_document("south", "doc")
+            .await
+            .expect("load")
+            .is_none()
+    );
+    assert!(
+        s.sync_state("south", "doc", "s1")
+            .await
+            .expect("state")
+            .is_none()
+    );
+    assert_eq!(
+        s.sync_state("north", "doc", "s1").await.expect("state"),
+        Some(b"n".to_vec())
+    );
+    assert_eq!(
+        s.teams_holding("doc").await.expect("teams"),
+        ["north", "south"]
+    );
+    let purged = s.purged("south").await.expect("purged");
+    assert_eq!(purged.len(), 1);
+    assert_eq!(purged[0].id, "doc");
+    assert!(s.purged("north").await.expect("purged").is_empty());
+    // Refused inside the upload's transaction: neither the changes nor
+    // the upload's audit records are written.
+    let before = s.audit_log(None, None, None).await.expect("audit").len();
+    let audit = [AuditRecord::by(
+        Some(&device),
+        AuditAction::Uploaded,
+        Some("doc"),
+        now(),
+    )];
+    let refused = s
+        .commit_upload(&Upload {
+            audit: &audit,
+            ..upload("south", "doc", "s1", b"again")
+        })
+        .await;
+    assert_eq!(refused.unwrap_err(), StorageError::Purged);
+    assert!(
+        s.load_document("south", "doc")
+            .await
+            .expect("load")
+            .is_none()
+    );
+    assert_eq!(
+        s.audit_log(None, None, None).await.expect("audit").len(),
+        before
+    );
+    assert_eq!(
+        s.changed_since("south", 0, "x").await.expect("changed").1,
+        Vec::<String>::new()
+    );
+    s.commit_upload(&upload("north", "doc", "n1", b"n2"))
+        .await
+        .expect("north's document is not purged");
+    let purge_record = s
+        .audit_log(Some("doc"), None, Some("south"))
+        .await
+        .expect("audit")
+        .into_iter()
+        .find(|e| e.action == AuditAction::Purged)
+        .expect("purge audited");
+    assert_eq!(purge_record.team.as_deref(), Some("south"));
+}
+
+async fn compaction_replaces_only_what_it_covers<S: Storage>(s: &S) {
+    s.commit_upload(&upload("north", "doc", "a", b"c1"))
+        .await
+        .expect("c1");
+    s.commit_upload(&upload("north", "doc", "a", b"c2"))
+        .await
+        .expect("c2");
+    let copy = s
+        .load_document("north", "doc")
+        .await
+        .expect("load")
+        .expect("doc");
+    // Appended by another writer after the copy was loaded.
+    s.commit_upload(&upload("north", "doc", "b", b"c3"))
+        .await
+        .expect("c3");
+    assert!(
+        s.compact("north", "doc", b"snap-1-2", copy.seq)
+            .await
+            .expect("compact")
+    );
+    let doc = s
+        .load_document("north", "doc")
+        .await
+        .expect("load")
+        .expect("doc");
+    assert_eq!(doc.snapshot.as_deref(), Some(&b"snap-1-2"[..]));
+    assert_eq!(doc.changes, [b"c3".to_vec()], "the later change survives");
+    let c4 = s
+        .commit_upload(&upload("north", "doc", "b", b"c4"))
+        .await
+        .expect("c4");
+    assert_eq!(c4.change_count, 2);
+    assert!(
+        s.compact("north", "doc", b"snap-all", c4.seq)
+            .await
+            .expect("compact")
+    );
+    assert!(
+        !s.compact("north", "doc", b"stale", copy.seq)
+            .await
+            .expect("stale"),
+        "a copy older than the stored snapshot is refused"
+    );
+    let doc = s
+        .load_document("north", "doc")
+        .await
+        .expect("load")
+        .expect("doc");
+    assert_eq!(doc.snapshot.as_deref(), Some(&b"snap-all"[..]));
+    assert!(doc.changes.is_empty());
+    assert!(
+        !s.compact("north", "missing", b"x", 1)
+            .await
+            .expect("missing")
+    );
+}
+
+async fn sync_states_are_per_team_document_and_device<S: Storage>(s: &S) {
+    assert!(
+        s.sync_state("north", "doc", "d")
+            .await
+            .expect("state")
+            .is_none()
+    );
+    s.save_sync_states(&[
+        ("north".into(), "doc".into(), "d".into(), b"1".to_vec()),
+        ("north".into(), "doc".into(), "e".into(), b"2".to_vec()),
+    ])
+    .await
+    .expect("save");
+    s.save_sync_states(&[("north".into(), "doc".into(), "d".into(), b"3".to_vec())])
+        .await
+        .expect("overwrite");
+    assert_eq!(
+        s.sync_state("north", "doc", "d").await.expect("s"),
+        Some(b"3".to_vec())
+    );
+    assert_eq!(
+        s.sync_state("north", "doc", "e").await.expect("s"),
+        Some(b"2".to_vec())
+    );
+    assert!(
+        s.sync_state("south", "doc", "d")
+            .await
+            .expect("s")
+            .is_none()
+    );
+}
+
+async fn reads_are_audited_with_their_receipt<S: Storage>(s: &S) {
+    let asha = enrol(s, "north", "Asha", "d-1").await;
+    let reads = [
+        ("fam-1".to_string(), "2026-01-01T09:00:00+00:00".to_string()),
+        ("fam-2".to_string(), "2026-01-01T09:05:00+00:00".to_string()),
+    ];
+    s.record_reads(&asha, &reads[..1], None)
+        .await
+        .expect("reads");
+    s.record_reads(&asha, &reads, Some("2026-01-02T10:00:00+00:00"))
+        .await
+        .expect("uploaded reads");
+    assert_eq!(
+        s.reads_received_since("d-1", "2026-01-02T00:00:00+00:00")
+            .await
+            .expect("n"),
+        2
+    );
+    assert_eq!(
+        s.reads_received_since("d-1", "2026-01-03T00:00:00+00:00")
+            .await
+            .expect("n"),
+        0
+    );
+    let marks = s
+        .read_marks("d-1", Some("2026-01-03T00:00:00+00:00"))
+        .await
+        .expect("marks");
+    assert_eq!(
+        marks.received_before_sync.as_deref(),
+        Some("2026-01-02T10:00:00+00:00")
+    );
+    assert_eq!(
+        marks.latest_at.as_deref(),
+        Some("2026-01-01T09:05:00+00:00")
+    );
+    let log = s
+        .audit_log(Some("fam-2"), None, Some("north"))
+        .await
+        .expect("log");
+    assert_eq!(log.len(), 1);
+    assert_eq!(
+        log[0].received_at.as_deref(),
+        Some("2026-01-02T10:00:00+00:00")
+    );
+    assert!(
+        s.audit_log(Some("fam-2"), None, Some("south"))
+            .await
+            .expect("l")
+            .is_empty()
+    );
+}
+
+async fn refusals_count_repeats_and_audit_the_first<S: Storage>(s: &S) {
+    use crate::refusals::{Refusal, RefusalKind};
+    let refusal = |doc: &str, at: &str| Refusal {
+        doc_id: doc.into(),
+        device_id: "d-1".into(),
+        worker: "Mallory".into(),
+        team: "north".into(),
+        reason: "no type".into(),
+        kind: RefusalKind::Door,
+        count: 1,
+        first_at: at.into(),
+        last_at: at.into(),
+    };
+    s.record_refusals(&[refusal("a", "2026-01-01T00:00:00+00:00")])
+        .await
+        .expect("r");
+    s.record_refusals(&[
+        refusal("a", "2026-01-01T01:00:00+00:00"),
+        refusal("b", "2026-01-01T02:00:00+00:00"),
+    ])
+    .await
+    .expect("r");
+    let rows = s.refused_documents(Some("north")).await.expect("rows");
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0].document_id.as_str(), rows[0].count), ("b", 1));
+    assert_eq!((rows[1].document_id.as_str(), rows[1].count), ("a", 2));
+    assert!(
+        s.refused_documents(Some("south"))
+            .await
+            .expect("rows")
+            .is_empty()
+    );
+    let audited = s
+        .audit_log(Some("a"), None, None)
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|e| e.action == AuditAction::RefusedAtDoor)
+        .count();
+    assert_eq!(audited, 1, "a repeat raises the count, not the audit");
+}
+
+async fn the_audit_only_grows<S: Storage>(s: &S) {
+    let device = enrol(s, "north", "Asha", "d-1").await;
+    let snapshot = |log: Vec<super::AuditEntry>| log;
+    let mut before = snapshot(s.audit_log(None, None, None).await.expect("audit"));
+    let steps: Vec<AuditRecord> = vec![
+        AuditRecord::by(Some(&device), AuditAction::Connected, None, now()),
+        AuditRecord::new(AuditAction::AuthRefused, now()).client("192.0.2.1"),
+        AuditRecord::new(AuditAction::SubjectAccessExport, now())
+            .worker("office administrator")
+            .document("north", "doc"),
+    ];
+    for step in steps {
+        s.append_audit(std::slice::from_ref(&step))
+            .await
+            .expect("append");
+        s.commit_upload(&upload("north", "doc", "d-1", b"c"))
+            .await
+            .expect("up");
+        let after = s.audit_log(None, None, None).await.expect("audit");
+        assert!(after.len() > before.len());
+        assert_eq!(
+            &after[..before.len()],
+            &before[..],
+            "earlier records unchanged"
+        );
+        before = after;
+    }
+    s.purge_document("north", "doc", "erasure", now())
+        .await
+        .expect("purge");
+    s.revoke_device("d-1", None, now()).await.expect("revoke");
+    let after = s.audit_log(None, None, None).await.expect("audit");
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "a purge and a revocation keep the records before them"
+    );
+    let client = after
+        .iter()
+        .find(|e| e.action == AuditAction::AuthRefused)
+        .expect("client record");
+    assert_eq!(client.client.as_deref(), Some("192.0.2.1"));
+    let export = after
+        .iter()
+        .find(|e| e.action == AuditAction::SubjectAccessExport)
+        .expect("export record");
+    assert_eq!(export.team.as_deref(), Some("north"));
+}
+
+/// Writers per racing case, uploads per writer: bounded, a few seconds.
+const WRITERS: usize = 4;
+const UPLOADS: usize = 40;
+
+async fn two_writers_on_one_document_lose_nothing<S: Storage>(s: Arc<S>) {
+    let mut tasks = Vec::new();
+    for w in 0..2 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..UPLOADS {
+                let bytes = format!("w{w}-{i}");
+                let by = format!("writer-{w}");
+                let c = s
+                    .commit_upload(&upload("north", "shared", &by, bytes.as_bytes()))
+                    .await
+                    .expect("upload");
+                seqs.push(c.seq);
+            }
+            seqs
+        }));
+    }
+    let mut all = HashSet::new();
+    for t in tasks {
+        for seq in t.await.expect("writer") {
+            assert!(all.insert(seq), "cursor value {seq} handed out twice");
+        }
+    }
+    let doc = s
+        .load_document("north", "shared")
+        .await
+        .expect("load")
+        .expect("doc");
+    assert_eq!(
+        doc.changes.len(),
+        2 * UPLOADS,
+        "every change of both writers kept"
+    );
+    for w in 0..2 {
+        for i in 0..UPLOADS {
+            let bytes = format!("w{w}-{i}").into_bytes();
+            assert!(doc.changes.contains(&bytes), "w{w}-{i} lost");
+        }
+    }
+    assert_eq!(doc.seq, *all.iter().max().expect("seqs"));
+}
+
+async fn a_cursor_reader_racing_writers_never_misses_a_change<S: Storage>(s: Arc<S>) {
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let s = s.clone();
+        writers.push(tokio::spawn(async move {
+            let mut last: HashMap<String, i64> = HashMap::new();
+            for i in 0..UPLOADS {
+                let doc = format!("doc-{}", (w * 7 + i) % 10);
+                let by = format!("writer-{w}");
+                let c = s
+                    .commit_upload(&upload("north", &doc, &by, format!("{w}-{i}").as_bytes()))
+                    .await
+                    .expect("upload");
+                last.insert(doc, c.seq);
+                tokio::task::yield_now().await;
+            }
+            last
+        }));
+    }
+    // The reader chains its cursor; each read covers (since, cursor].
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (s, stop) = (s.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut reads: Vec<(i64, i64, Vec<String>)> = Vec::new();
+            let mut since = 0;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                && std::time::Instant::now() < deadline
+            {
+                let (cursor, ids) = s
+                    .changed_since("north", since, "reader")
+                    .await
+                    .expect("read");
+                reads.push((since, cursor, ids));
+                since = cursor;
+                tokio::task::yield_now().await;
+            }
+            reads
+        })
+    };
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for w in writers {
+        for (doc, seq) in w.await.expect("writer") {
+            let e = last.entry(doc).or_insert(seq);
+            *e = (*e).max(seq);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut reads = reader.await.expect("reader");
+    let since = reads.last().map_or(0, |r| r.1);
+    let (cursor, ids) = s
+        .changed_since("north", since, "reader")
+        .await
+        .expect("read");
+    reads.push((since, cursor, ids));
+    for (doc, seq) in &last {
+        let covering = reads
+            .iter()
+            .find(|(from, to, _)| from < seq && seq <= to)
+            .unwrap_or_else(|| panic!("no read covered {doc}'s change {seq}"));
+        assert!(
+            covering.2.contains(doc),
+            "the read over ({}, {}] skipped {doc}'s change {seq}",
+            covering.0,
+            covering.1
+        );
+    }
+}

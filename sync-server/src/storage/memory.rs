@@ -1,0 +1,653 @@
+//! An in-memory store for tests and simulations: the same contract as
+//! SQLite (it runs the same suite), nothing kept past the process. One lock
+//! over everything makes each operation a transaction and the cursor
+//! commit-ordered.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{
+    AuditAction, AuditEntry, AuditRecord, AuditStore, CodeGrant, Committed, Device, DeviceStore,
+    DocumentStore, Purged, ReadMarks, Result, RevocationCursor, StorageError, StoredDocument,
+    SyncStateStore, TeamPolicy, Upload,
+};
+use crate::refusals::{MAX_ROWS, Refusal, RefusedDocument};
+
+/// The relay's data, in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStorage {
+    state: Mutex<State>,
+}
+
+type Key = (String, String);
+
+#[derive(Debug, Default)]
+struct State {
+    codes: HashMap<Vec<u8>, Code>,
+    devices: Vec<(Device, Vec<u8>)>,
+    teams: BTreeMap<String, Team>,
+    revocations: Vec<String>,
+    /// Bumped by every write (the revocation watcher's "nothing new").
+    writes: i64,
+    documents: BTreeMap<Key, Doc>,
+    /// The last cursor value handed out (never reused).
+    seq: i64,
+    purged: BTreeMap<Key, (String, String)>,
+    sync_states: HashMap<(String, String, String), Vec<u8>>,
+    audit: Vec<AuditEntry>,
+    refused: Vec<RefusedDocument>,
+    store_id: Option<String>,
+}
+
+#[derive(Debug)]
+struct Code {
+    grant: CodeGrant,
+    used: bool,
+}
+
+#[derive(Debug, Default)]
+struct Team {
+    directory_id: String,
+    policy: TeamPolicy,
+}
+
+#[derive(Debug, Default)]
+struct Doc {
+    snapshot: Option<Vec<u8>>,
+    compacted_through: i64,
+    /// (cursor value, bytes), oldest first.
+    changes: Vec<(i64, Vec<u8>)>,
+    seq: i64,
+    last_device: Option<String>,
+}
+
+impl MemoryStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    fn write(&mut self) {
+        self.writes += 1;
+    }
+
+    fn append(&mut self, r: &AuditRecord) {
+        let device_team = r
+            .device_id
+            .as_ref()
+            .and_then(|id| self.devices.iter().find(|(d, _)| &d.id == id))
+            .map(|(d, _)| d.team.clone());
+        self.audit.push(AuditEntry {
+            at: r.at_text(),
+            device_id: r.device_id.clone(),
+            worker: r.worker.clone(),
+            action: r.action.clone(),
+            document_id: r.document_id.clone(),
+            client: r.client.clone(),
+            received_at: None,
+            team: r.team.clone().or(device_team),
+        });
+        self.write();
+    }
+
+    fn team(&mut self, name: &str) -> &mut Team {
+        self.teams.entry(name.to_string()).or_insert_with(|| Team {
+            directory_id: linkbook_core::DocumentId::random().to_string(),
+            policy: TeamPolicy::default(),
+        })
+    }
+}
+
+fn key(team: &str, id: &str) -> Key {
+    (team.to_string(), id.to_string())
+}
+
+#[async_trait]
+impl DeviceStore for MemoryStorage {
+    async fn add_enrolment_code(
+        &self,
+        code_hash: &[u8],
+        grant: &CodeGrant,
+        _now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut s = self.state();
+        if s.codes.contains_key(code_hash) {
+            return Err(StorageError::Conflict("enrolment code exists".into()));
+        }
+        s.codes.insert(
+            code_hash.to_vec(),
+            Code {
+                grant: grant.clone(),
+                used: false,
+            },
+        );
+        s.write();
+        Ok(())
+    }
+
+    async fn redeem_enrolment_code(
+        &self,
+        code_hash: &[u8],
+        device_id: &str,
+        device_name: &str,
+        token_hash: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Device> {
+        let mut s = self.state();
+        let Some(code) = s.codes.get(code_hash) else {
+            return Err(StorageError::EnrolmentRefused("unknown enrolment code"));
+        };
+        if code.used {
+            return Err(StorageError::EnrolmentRefused(
+                "enrolment code already used",
+            ));
+        }
+        if code.grant.expires_at <= now {
+            return Err(StorageError::EnrolmentRefused("enrolment code expired"));
+        }
+        if s.devices
+            .iter()
+            .any(|(d, t)| d.id == device_id || t == token_hash)
+        {
+            return Err(StorageError::Conflict("device exists".into()));
+        }
+        let device = Device {
+            id: device_id.to_string(),
+            team: code.grant.team.clone(),
+            worker: code.grant.worker.clone(),
+            device_name: device_name.to_string(),
+            enrolled_at: now.to_rfc3339(),
+            revoked_at: None,
+            last_sync_at: None,
+        };
+        if let Some(code) = s.codes.get_mut(code_hash) {
+            code.used = true;
+        }
+        s.devices.push((device.clone(), token_hash.to_vec()));
+        s.append(&AuditRecord::by(
+            Some(&device),
+            AuditAction::Enrolled,
+            None,
+            now,
+        ));
+        Ok(device)
+    }
+
+    async fn device_by_token(&self, token_hash: &[u8]) -> Result<Option<Device>> {
+        let s = self.state();
+        Ok(s.devices
+            .iter()
+            .find(|(_, t)| t == token_hash)
+            .map(|(d, _)| d.clone()))
+    }
+
+    async fn devices(&self) -> Result<Vec<Device>> {
+        let mut all: Vec<Device> = self
+            .state()
+            .devices
+            .iter()
+            .map(|(d, _)| d.clone())
+            .collect();
+        all.sort_by(|a, b| {
+            (&a.team, &a.worker, &a.enrolled_at).cmp(&(&b.team, &b.worker, &b.enrolled_at))
+        });
+        Ok(all)
+    }
+
+    async fn revoke_device(
+        &self,
+        device_id: &str,
+        by: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut s = self.state();
+        let Some((device, _)) = s.devices.iter_mut().find(|(d, _)| d.id == device_id) else {
+            return Ok(false);
+        };
+        if device.revoked_at.is_none() {
+            device.revoked_at = Some(now.to_rfc3339());
+            s.revocations.push(device_id.to_string());
+            let mut record = AuditRecord::new(AuditAction::Revoked, now).device(device_id);
+            record.worker = by.map(str::to_string);
+            s.append(&record);
+        }
+        Ok(true)
+    }
+
+    async fn touch_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<()> {
+        let mut s = self.state();
+        if let Some((d, _)) = s.devices.iter_mut().find(|(d, _)| d.id == device_id) {
+            d.last_sync_at = Some(now.to_rfc3339());
+        }
+        s.write();
+        Ok(())
+    }
+
+    async fn revocations_since(
+        &self,
+        cursor: &mut RevocationCursor,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let s = self.state();
+        let total = i64::try_from(s.revocations.len()).unwrap_or(i64::MAX);
+        let Some(after) = cursor.seq else {
+            cursor.seq = Some(total);
+            cursor.written = Some((s.writes, 0));
+            return Ok(Vec::new());
+        };
+        if cursor.written == Some((s.writes, 0)) {
+            return Ok(Vec::new());
+        }
+        let start = usize::try_from(after).unwrap_or(0);
+        let batch: Vec<String> = s
+            .revocations
+            .iter()
+            .skip(start)
+            .take(limit)
+            .cloned()
+            .collect();
+        cursor.seq = Some(after + i64::try_from(batch.len()).unwrap_or(0));
+        if batch.len() < limit {
+            cursor.written = Some((s.writes, 0));
+        }
+        Ok(batch)
+    }
+
+    async fn team_directory_id(&self, team: &str, _now: DateTime<Utc>) -> Result<String> {
+        Ok(self.state().team(team).directory_id.clone())
+    }
+
+    async fn set_team_policy(
+        &self,
+        team: &str,
+        policy: TeamPolicy,
+        _now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut s = self.state();
+        s.team(team).policy = policy;
+        s.write();
+        Ok(())
+    }
+
+    async fn team_policy(&self, team: &str) -> Result<TeamPolicy> {
+        let s = self.state();
+        Ok(s.teams.get(team).map(|t| t.policy).unwrap_or_default())
+    }
+
+    async fn retention_policies(&self) -> Result<Vec<(String, i64)>> {
+        let s = self.state();
+        Ok(s.teams
+            .iter()
+            .filter_map(|(name, t)| t.policy.retention_days.map(|d| (name.clone(), d)))
+            .collect())
+    }
+
+    async fn store_id(&self, proposed: &str) -> Result<String> {
+        let mut s = self.state();
+        Ok(s.store_id
+            .get_or_insert_with(|| proposed.to_string())
+            .clone())
+    }
+}
+
+#[async_trait]
+impl DocumentStore for MemoryStorage {
+    async fn document_exists(&self, team: &str, doc_id: &str) -> Result<bool> {
+        Ok(self.state().documents.contains_key(&key(team, doc_id)))
+    }
+
+    async fn teams_holding(&self, doc_id: &str) -> Result<Vec<String>> {
+        let s = self.state();
+        let mut teams: Vec<String> = s
+            .documents
+            .keys()
+            .chain(s.purged.keys())
+            .filter(|(_, id)| id == doc_id)
+            .map(|(team, _)| team.clone())
+            .collect();
+        teams.sort();
+        teams.dedup();
+        Ok(teams)
+    }
+
+    async fn load_document(&self, team: &str, doc_id: &str) -> Result<Option<StoredDocument>> {
+        let s = self.state();
+        Ok(s.documents.get(&key(team, doc_id)).map(|d| StoredDocument {
+            team: team.to_string(),
+            snapshot: d.snapshot.clone(),
+            changes: d.changes.iter().map(|(_, c)| c.clone()).collect(),
+            seq: d.seq,
+        }))
+    }
+
+    async fn commit_upload(&self, u: &Upload<'_>) -> Result<Committed> {
+        let mut s = self.state();
+        let k = key(u.team, u.doc_id);
+        if s.purged.contains_key(&k) {
+            return Err(StorageError::Purged);
+        }
+        let created = !s.documents.contains_key(&k);
+        let snapshot = u.snapshot.filter(|_| created);
+        let data = match (snapshot, u.changes.is_empty()) {
+            (Some(_), _) => None,
+            (None, false) => Some(u.changes),
+            (None, true) => u.snapshot.filter(|b| !b.is_empty()),
+        };
+        let next = s.seq + 1;
+        let doc = s.documents.entry(k).or_default();
+        let previous_seq = doc.seq;
+        let mut took = false;
+        if let Some(snap) = snapshot {
+            doc.snapshot = Some(snap.to_vec());
+            doc.changes.clear();
+            doc.compacted_through = next;
+            took = true;
+        } else if let Some(data) = data {
+            doc.changes.push((next, data.to_vec()));
+            took = true;
+        }
+        if took {
+            doc.seq = next;
+            doc.last_device = Some(u.uploader.to_string());
+        }
+        let committed = Committed {
+            seq: doc.seq,
+            previous_seq,
+            change_count: i64::try_from(doc.changes.len()).unwrap_or(i64::MAX),
+        };
+        if took {
+            s.seq = next;
+        }
+        for record in u.audit {
+            s.append(record);
+        }
+        s.write();
+        Ok(committed)
+    }
+
+    async fn compact(
+        &self,
+        team: &str,
+        doc_id: &str,
+        snapshot: &[u8],
+        through: i64,
+    ) -> Result<bool> {
+        let mut s = self.state();
+        let Some(doc) = s.documents.get_mut(&key(team, doc_id)) else {
+            return Ok(false);
+        };
+        if doc.compacted_through > through {
+            return Ok(false);
+        }
+        doc.snapshot = Some(snapshot.to_vec());
+        doc.compacted_through = through;
+        doc.changes.retain(|(seq, _)| *seq > through);
+        s.write();
+        Ok(true)
+    }
+
+    async fn changed_since(
+        &self,
+        team: &str,
+        since: i64,
+        device: &str,
+    ) -> Result<(i64, Vec<String>)> {
+        let s = self.state();
+        let mut changed: Vec<(i64, &String, &Doc)> = s
+            .documents
+            .iter()
+            .filter(|((t, _), d)| t == team && d.seq > since)
+            .map(|((_, id), d)| (d.seq, id, d))
+            .collect();
+        changed.sort_by_key(|(seq, _, _)| *seq);
+        let cursor = changed.last().map_or(since, |(seq, _, _)| since.max(*seq));
+        let ids = changed
+            .into_iter()
+            .filter(|(_, _, d)| d.last_device.as_deref() != Some(device))
+            .map(|(_, id, _)| id.clone())
+            .collect();
+        Ok((cursor, ids))
+    }
+
+    async fn purge_document(
+        &self,
+        team: &str,
+        doc_id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut s = self.state();
+        let k = key(team, doc_id);
+        if s.documents.remove(&k).is_none() {
+            return Ok(false);
+        }
+        s.sync_states
+            .retain(|(t, d, _), _| !(t == team && d == doc_id));
+        s.refused
+            .retain(|r| !(r.team == team && r.document_id == doc_id));
+        s.purged.insert(k, (reason.to_string(), now.to_rfc3339()));
+        s.append(
+            &AuditRecord::new(AuditAction::Purged, now)
+                .worker("office administrator")
+                .document(team, doc_id),
+        );
+        Ok(true)
+    }
+
+    async fn is_purged(&self, team: &str, doc_id: &str) -> Result<bool> {
+        Ok(self.state().purged.contains_key(&key(team, doc_id)))
+    }
+
+    async fn purged(&self, team: &str) -> Result<Vec<Purged>> {
+        let s = self.state();
+        let mut all: Vec<Purged> = s
+            .purged
+            .iter()
+            .filter(|((t, _), _)| t == team)
+            .map(|((_, id), (_, at))| Purged {
+                id: id.clone(),
+                purged_at: at.clone(),
+            })
+            .collect();
+        all.sort_by(|a, b| a.purged_at.cmp(&b.purged_at));
+        Ok(all)
+    }
+
+    async fn document_ids(&self) -> Result<Vec<(String, String)>> {
+        let s = self.state();
+        let mut ids: Vec<(String, String)> = s
+            .documents
+            .keys()
+            .map(|(team, id)| (id.clone(), team.clone()))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn record_refusals(&self, refusals: &[Refusal]) -> Result<()> {
+        let mut s = self.state();
+        let mut added = false;
+        for r in refusals {
+            let existing = s.refused.iter_mut().find(|x| {
+                x.document_id == r.doc_id && x.device_id == r.device_id && x.reason == r.reason
+            });
+            match existing {
+                Some(x) => {
+                    x.count += r.count;
+                    x.last_at = r.last_at.clone();
+                    x.team = r.team.clone();
+                }
+                None => {
+                    added = true;
+                    s.refused.push(RefusedDocument {
+                        document_id: r.doc_id.clone(),
+                        team: r.team.clone(),
+                        device_id: r.device_id.clone(),
+                        reason: r.reason.clone(),
+                        count: r.count,
+                        first_at: r.first_at.clone(),
+                        last_at: r.last_at.clone(),
+                    });
+                    let at = DateTime::parse_from_rfc3339(&r.first_at)
+                        .map(|t| t.with_timezone(&Utc))
+                        .unwrap_or_else(|_| Utc::now());
+                    let mut record = AuditRecord::new(r.kind.action(), at)
+                        .device(&r.device_id)
+                        .worker(&r.worker);
+                    record.document_id = Some(r.doc_id.clone());
+                    s.append(&record);
+                }
+            }
+        }
+        if added {
+            s.refused.sort_by(|a, b| b.last_at.cmp(&a.last_at));
+            s.refused
+                .truncate(usize::try_from(MAX_ROWS).unwrap_or(usize::MAX));
+        }
+        s.write();
+        Ok(())
+    }
+
+    async fn refused_documents(&self, team: Option<&str>) -> Result<Vec<RefusedDocument>> {
+        let s = self.state();
+        let mut rows: Vec<RefusedDocument> = s
+            .refused
+            .iter()
+            .filter(|r| team.is_none_or(|t| r.team == t))
+            .cloned()
+            .collect();
+        rows.sort_by(|a, b| {
+            b.last_at
+                .cmp(&a.last_at)
+                .then_with(|| a.document_id.cmp(&b.document_id))
+        });
+        Ok(rows)
+    }
+}
+
+#[async_trait]
+impl SyncStateStore for MemoryStorage {
+    async fn sync_state(
+        &self,
+        team: &str,
+        doc_id: &str,
+        device_id: &str,
+    ) -> Result<Option<Vec<u8>>> {
+        let s = self.state();
+        Ok(s.sync_states
+            .get(&(team.to_string(), doc_id.to_string(), device_id.to_string()))
+            .cloned())
+    }
+
+    async fn save_sync_states(&self, states: &[(String, String, String, Vec<u8>)]) -> Result<()> {
+        let mut s = self.state();
+        for (team, doc, device, state) in states {
+            s.sync_states
+                .insert((team.clone(), doc.clone(), device.clone()), state.clone());
+        }
+        s.write();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl AuditStore for MemoryStorage {
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<()> {
+        let mut s = self.state();
+        for r in records {
+            s.append(r);
+        }
+        Ok(())
+    }
+
+    async fn record_reads(
+        &self,
+        device: &Device,
+        reads: &[(String, String)],
+        received_at: Option<&str>,
+    ) -> Result<()> {
+        let mut s = self.state();
+        for (family, at) in reads {
+            s.audit.push(AuditEntry {
+                at: at.clone(),
+                device_id: Some(device.id.clone()),
+                worker: Some(device.worker.clone()),
+                action: AuditAction::Read,
+                document_id: Some(family.clone()),
+                client: None,
+                received_at: received_at.map(str::to_string),
+                team: Some(device.team.clone()),
+            });
+        }
+        s.write();
+        Ok(())
+    }
+
+    async fn reads_received_since(&self, device_id: &str, since: &str) -> Result<i64> {
+        let s = self.state();
+        let n = s
+            .audit
+            .iter()
+            .filter(|e| {
+                e.action == AuditAction::Read
+                    && e.device_id.as_deref() == Some(device_id)
+                    && e.received_at.as_deref().is_some_and(|r| r >= since)
+            })
+            .count();
+        Ok(i64::try_from(n).unwrap_or(i64::MAX))
+    }
+
+    async fn read_marks(
+        &self,
+        device_id: &str,
+        received_before: Option<&str>,
+    ) -> Result<ReadMarks> {
+        let s = self.state();
+        let reads = || {
+            s.audit.iter().filter(|e| {
+                e.action == AuditAction::Read
+                    && e.device_id.as_deref() == Some(device_id)
+                    && e.received_at.is_some()
+            })
+        };
+        let received_before_sync = received_before.and_then(|t| {
+            reads()
+                .filter_map(|e| e.received_at.clone())
+                .filter(|r| r.as_str() < t)
+                .max()
+        });
+        // The latest receipt; of equal receipts the last appended.
+        let latest_at = reads()
+            .enumerate()
+            .max_by(|(i, a), (j, b)| a.received_at.cmp(&b.received_at).then(i.cmp(j)))
+            .map(|(_, e)| e.at.clone());
+        Ok(ReadMarks {
+            received_before_sync,
+            latest_at,
+        })
+    }
+
+    async fn audit_log(
+        &self,
+        family: Option<&str>,
+        device: Option<&str>,
+        team: Option<&str>,
+    ) -> Result<Vec<AuditEntry>> {
+        let s = self.state();
+        Ok(s.audit
+            .iter()
+            .filter(|e| family.is_none_or(|f| e.document_id.as_deref() == Some(f)))
+            .filter(|e| device.is_none_or(|d| e.device_id.as_deref() == Some(d)))
+            .filter(|e| team.is_none_or(|t| e.team.as_deref() == Some(t)))
+            .cloned()
+            .collect())
+    }
+}

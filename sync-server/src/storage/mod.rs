@@ -1,0 +1,249 @@
+//! The relay's storage, behind four async traits split by concern
+//! (docs/adr/0009): [`DeviceStore`] (devices, enrolment codes, teams and
+//! their policy, revocations), [`DocumentStore`] (documents keyed by
+//! (team, id), the change cursor, purges, refusals), [`SyncStateStore`]
+//! and [`AuditStore`] (the append-only audit). [`Storage`] is all four: what
+//! the relay and the admin service layer hold.
+//!
+//! Implementations: [`SqliteStorage`] (the embedded default, one file) and
+//! [`MemoryStorage`] (tests). Every backend runs the contract suite
+//! (`contract.rs`), which states what a second backend must guarantee:
+//! - an operation that returned `Ok` has committed (durably, for a backend
+//!   that keeps data); one that returned `Err` wrote nothing;
+//! - [`DocumentStore::commit_upload`] stores a batch's changes, its audit
+//!   records and the cursor advance in one transaction, and refuses a purged
+//!   document inside it;
+//! - compaction is conditional: [`DocumentStore::compact`] deletes only the
+//!   changes its snapshot covers;
+//! - the change cursor is commit-ordered: a reader of
+//!   [`DocumentStore::changed_since`] never skips a change committed after
+//!   its read with a cursor value below the one it was handed;
+//! - the audit only grows.
+
+mod error;
+mod memory;
+mod sqlite;
+mod types;
+
+#[cfg(any(test, feature = "contract"))]
+pub mod contract;
+#[cfg(test)]
+mod tests;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+pub use error::StorageError;
+pub use memory::MemoryStorage;
+pub use sqlite::SqliteStorage;
+pub use types::{
+    AuditAction, AuditEntry, AuditRecord, CodeGrant, Committed, Device, ReadMarks,
+    RevocationCursor, StoredDocument, Upload,
+};
+
+/// A team's data-protection policy; `None` is no limit. The same type is
+/// sent to devices in `/v1/changes` and `changed-since`.
+pub use linkbook_core::protocol::dto::Policy as TeamPolicy;
+
+/// A document the office purged, as devices are told of it (no content).
+pub use linkbook_core::protocol::dto::Purged;
+
+/// The four traits, for calling them on a concrete store.
+pub mod prelude {
+    pub use super::{AuditStore, DeviceStore, DocumentStore, Storage, SyncStateStore};
+}
+
+/// What a storage operation returns.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Changes appended before the relay compacts a document into a snapshot.
+pub const COMPACT_AFTER: i64 = 256;
+
+/// Devices, enrolment codes, teams (directory id, policy), revocations and
+/// the store's own id.
+#[async_trait]
+pub trait DeviceStore: Send + Sync + 'static {
+    async fn add_enrolment_code(
+        &self,
+        code_hash: &[u8],
+        grant: &CodeGrant,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Uses up a code, records the device and audits `enrolled`, in one
+    /// transaction: a code enrols one device. A code unknown, used or
+    /// expired is [`StorageError::EnrolmentRefused`].
+    async fn redeem_enrolment_code(
+        &self,
+        code_hash: &[u8],
+        device_id: &str,
+        device_name: &str,
+        token_hash: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Device>;
+    async fn device_by_token(&self, token_hash: &[u8]) -> Result<Option<Device>>;
+    /// Every device, by team, worker and enrolment time.
+    async fn devices(&self) -> Result<Vec<Device>>;
+    /// Revokes a device and audits it once, naming `by` (who revoked it),
+    /// in one transaction; revoking it again changes and audits nothing.
+    /// Returns false if there is no such device.
+    async fn revoke_device(
+        &self,
+        device_id: &str,
+        by: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Records a device's latest sync.
+    async fn touch_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<()>;
+    /// Devices revoked after `cursor` (by any process), oldest first, at
+    /// most `limit`; moves the cursor past them. A fresh cursor starts at
+    /// the latest revocation (earlier ones are refused at authentication).
+    /// Cheap when nothing was written (revocation.rs polls it).
+    async fn revocations_since(
+        &self,
+        cursor: &mut RevocationCursor,
+        limit: usize,
+    ) -> Result<Vec<String>>;
+    /// The team's directory document id, chosen at random the first time.
+    async fn team_directory_id(&self, team: &str, now: DateTime<Utc>) -> Result<String>;
+    /// Sets a team's policy (creating the team if new); `None` lifts a limit.
+    async fn set_team_policy(
+        &self,
+        team: &str,
+        policy: TeamPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// A team's policy (no limits for a team the relay does not know).
+    async fn team_policy(&self, team: &str) -> Result<TeamPolicy>;
+    /// Every team with a retention period, by name.
+    async fn retention_policies(&self) -> Result<Vec<(String, i64)>>;
+    /// This store's id: `proposed` becomes it if it has none yet. A store
+    /// restored from a backup must be given a new one (devices then send it
+    /// everything they hold again).
+    async fn store_id(&self, proposed: &str) -> Result<String>;
+}
+
+/// Documents, namespaced per team: `(team, id)` is a document, and the same
+/// id in two teams is two documents (issue 11, finding 6).
+#[async_trait]
+pub trait DocumentStore: Send + Sync + 'static {
+    async fn document_exists(&self, team: &str, doc_id: &str) -> Result<bool>;
+    /// The teams holding a document (or a purged one) with this id: the
+    /// cross-team audit and the admin commands that take an id.
+    async fn teams_holding(&self, doc_id: &str) -> Result<Vec<String>>;
+    /// The document's snapshot and changes, read in one transaction, with
+    /// the cursor value of its latest change.
+    async fn load_document(&self, team: &str, doc_id: &str) -> Result<Option<StoredDocument>>;
+    /// Stores one incoming batch in one transaction (one fsync): the
+    /// changes (creating the document if new; a snapshot is stored as the
+    /// whole document only if it is new, else its changes are appended),
+    /// the document's cursor advance and last uploader, and `upload.audit`.
+    /// A purged document is refused inside the transaction
+    /// ([`StorageError::Purged`]), with nothing written.
+    async fn commit_upload(&self, upload: &Upload<'_>) -> Result<Committed>;
+    /// Replaces the changes with cursor values up to `through` by
+    /// `snapshot`, which must hold them and the stored snapshot. Conditional:
+    /// changes after `through` stay, and a stored snapshot that already
+    /// covers more than `through` is kept (returns false, nothing written).
+    async fn compact(
+        &self,
+        team: &str,
+        doc_id: &str,
+        snapshot: &[u8],
+        through: i64,
+    ) -> Result<bool>;
+    /// The team's documents changed after cursor `since`, except those whose
+    /// latest change is `device`'s own, and the cursor to ask from next
+    /// time. Commit-ordered: nothing committed later gets a value at or
+    /// below the returned cursor.
+    async fn changed_since(
+        &self,
+        team: &str,
+        since: i64,
+        device: &str,
+    ) -> Result<(i64, Vec<String>)>;
+    /// Deletes every stored change, snapshot, sync state and refusal of
+    /// `team`'s document, remembers it as purged and audits `purged`, in
+    /// one transaction; false if it is not stored.
+    async fn purge_document(
+        &self,
+        team: &str,
+        doc_id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    async fn is_purged(&self, team: &str, doc_id: &str) -> Result<bool>;
+    /// Every document of `team` that was purged, oldest purge first.
+    async fn purged(&self, team: &str) -> Result<Vec<Purged>>;
+    /// Every stored document: (id, team), by id.
+    async fn document_ids(&self) -> Result<Vec<(String, String)>>;
+    /// Records refusals (refusals.rs), auditing each new (document, device,
+    /// reason), in one transaction; keeps at most
+    /// [`crate::refusals::MAX_ROWS`] rows (the last refused longest ago go).
+    async fn record_refusals(&self, refusals: &[crate::refusals::Refusal]) -> Result<()>;
+    /// Refused documents, latest first, of one team or all.
+    async fn refused_documents(
+        &self,
+        team: Option<&str>,
+    ) -> Result<Vec<crate::refusals::RefusedDocument>>;
+}
+
+/// Automerge sync states per (team, document, device).
+#[async_trait]
+pub trait SyncStateStore: Send + Sync + 'static {
+    async fn sync_state(
+        &self,
+        team: &str,
+        doc_id: &str,
+        device_id: &str,
+    ) -> Result<Option<Vec<u8>>>;
+    /// Saves `(team, document, device, state)`s in one transaction.
+    async fn save_sync_states(&self, states: &[(String, String, String, Vec<u8>)]) -> Result<()>;
+}
+
+/// The append-only audit: who did what to which document, when (never
+/// content). No operation changes or removes a record.
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    /// Appends records in one transaction.
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<()>;
+    /// Appends a device's reads: `(family id, claimed at)` with, if given,
+    /// the relay's receipt time beside each (an uploaded read), in one
+    /// transaction.
+    async fn record_reads(
+        &self,
+        device: &Device,
+        reads: &[(String, String)],
+        received_at: Option<&str>,
+    ) -> Result<()>;
+    /// Case-file reads a device uploaded since `since` (receipt time).
+    async fn reads_received_since(&self, device_id: &str, since: &str) -> Result<i64>;
+    /// What the relay knows of a device's earlier read uploads
+    /// (audit_upload.rs clamps new claims to it).
+    async fn read_marks(&self, device_id: &str, received_before: Option<&str>)
+    -> Result<ReadMarks>;
+    /// The audit, oldest first, about one family and/or one device and/or
+    /// one team (a record's team: its own, else its device's).
+    async fn audit_log(
+        &self,
+        family: Option<&str>,
+        device: Option<&str>,
+        team: Option<&str>,
+    ) -> Result<Vec<AuditEntry>>;
+
+    /// Appends one record about `device` (or the relay itself).
+    async fn audit(
+        &self,
+        device: Option<&Device>,
+        action: AuditAction,
+        doc_id: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.append_audit(&[AuditRecord::by(device, action, doc_id, now)])
+            .await
+    }
+}
+
+/// The whole store: what the relay and the admin service layer hold.
+pub trait Storage: DeviceStore + DocumentStore + SyncStateStore + AuditStore {}
+
+impl<T: DeviceStore + DocumentStore + SyncStateStore + AuditStore> Storage for T {}

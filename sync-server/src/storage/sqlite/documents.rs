@@ -1,0 +1,357 @@
+//! [`DocumentStore`] on SQLite.
+//!
+//! The change cursor is `changes.seq` (AUTOINCREMENT, never reused, even
+//! after compaction deleted the row that held the highest value). SQLite
+//! has one writer at a time and every upload takes the write lock first
+//! (`BEGIN IMMEDIATE`), so a value is handed out and committed before the
+//! next writer starts: sequence order is commit order here, which is what
+//! makes `changed_since` commit-ordered.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{SqliteStorage, insert_audit};
+use crate::refusals::{MAX_ROWS, Refusal, RefusedDocument};
+use crate::storage::{
+    Committed, DocumentStore, Purged, Result, StorageError, StoredDocument, Upload,
+};
+
+#[async_trait]
+impl DocumentStore for SqliteStorage {
+    async fn document_exists(&self, team: &str, doc_id: &str) -> Result<bool> {
+        self.with(|c| {
+            Ok::<_, rusqlite::Error>(
+                c.prepare_cached("SELECT 1 FROM documents WHERE team = ?1 AND id = ?2")?
+                    .query_row([team, doc_id], |_| Ok(()))
+                    .optional()?
+                    .is_some(),
+            )
+        })
+    }
+
+    async fn teams_holding(&self, doc_id: &str) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT team FROM documents WHERE id = ?1 UNION SELECT team FROM purged WHERE doc_id = ?1 ORDER BY 1",
+            )?;
+            let rows = stmt.query_map([doc_id], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    async fn load_document(&self, team: &str, doc_id: &str) -> Result<Option<StoredDocument>> {
+        self.with(|conn| {
+            // One read transaction: the snapshot, the changes and the cursor
+            // value agree even while another process writes.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let row: Option<(String, Option<Vec<u8>>, i64)> = tx
+                .prepare_cached(
+                    "SELECT team, snapshot, seq FROM documents WHERE team = ?1 AND id = ?2",
+                )?
+                .query_row([team, doc_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((team, snapshot, seq)) = row else {
+                return Ok(None);
+            };
+            let changes = tx
+                .prepare_cached(
+                    "SELECT data FROM changes WHERE team = ?1 AND doc_id = ?2 ORDER BY seq",
+                )?
+                .query_map([&team, doc_id], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<Vec<u8>>>>()?;
+            tx.commit()?;
+            Ok::<_, rusqlite::Error>(Some(StoredDocument {
+                team,
+                snapshot,
+                changes,
+                seq,
+            }))
+        })
+    }
+
+    async fn commit_upload(&self, upload: &Upload<'_>) -> Result<Committed> {
+        self.with(|conn| commit_upload(conn, upload))
+    }
+
+    async fn compact(
+        &self,
+        team: &str,
+        doc_id: &str,
+        snapshot: &[u8],
+        through: i64,
+    ) -> Result<bool> {
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let replaced = tx
+                .prepare_cached(
+                    "UPDATE documents SET snapshot = ?3, compacted_through = ?4
+                     WHERE team = ?1 AND id = ?2 AND compacted_through <= ?4",
+                )?
+                .execute(params![team, doc_id, snapshot, through])?
+                > 0;
+            if !replaced {
+                return Ok(false);
+            }
+            tx.prepare_cached("DELETE FROM changes WHERE team = ?1 AND doc_id = ?2 AND seq <= ?3")?
+                .execute(params![team, doc_id, through])?;
+            tx.prepare_cached(
+                "UPDATE documents SET change_count =
+                     (SELECT count(*) FROM changes WHERE team = ?1 AND doc_id = ?2)
+                 WHERE team = ?1 AND id = ?2",
+            )?
+            .execute(params![team, doc_id])?;
+            tx.commit()?;
+            Ok::<_, rusqlite::Error>(true)
+        })
+    }
+
+    async fn changed_since(
+        &self,
+        team: &str,
+        since: i64,
+        device: &str,
+    ) -> Result<(i64, Vec<String>)> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, seq, last_device FROM documents WHERE team = ?1 AND seq > ?2 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map(params![team, since], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })?;
+            let mut cursor = since;
+            let mut ids = Vec::new();
+            for row in rows {
+                let (id, seq, last_device) = row?;
+                cursor = cursor.max(seq);
+                if last_device.as_deref() != Some(device) {
+                    ids.push(id);
+                }
+            }
+            Ok::<_, rusqlite::Error>((cursor, ids))
+        })
+    }
+
+    async fn purge_document(
+        &self,
+        team: &str,
+        doc_id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let stored = tx
+                .query_row(
+                    "SELECT 1 FROM documents WHERE team = ?1 AND id = ?2",
+                    [team, doc_id],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !stored {
+                return Ok(false);
+            }
+            for sql in [
+                "DELETE FROM changes WHERE team = ?1 AND doc_id = ?2",
+                "DELETE FROM sync_states WHERE team = ?1 AND doc_id = ?2",
+                "DELETE FROM documents WHERE team = ?1 AND id = ?2",
+                // Ids and reasons only, but of a family that no longer exists.
+                "DELETE FROM refused_documents WHERE team = ?1 AND doc_id = ?2",
+            ] {
+                tx.execute(sql, [team, doc_id])?;
+            }
+            tx.execute(
+                "INSERT INTO purged (doc_id, team, reason, purged_at) VALUES (?1, ?2, ?3, ?4)",
+                params![doc_id, team, reason, now.to_rfc3339()],
+            )?;
+            tx.execute(
+                "INSERT INTO audit (at, device_id, worker, action, doc_id, team) VALUES (?1, NULL, 'office administrator', 'purged', ?2, ?3)",
+                params![now.to_rfc3339(), doc_id, team],
+            )?;
+            tx.commit()?;
+            // Older page images of the document are still in the WAL: fold
+            // it into the (secure-deleted) database file and truncate it.
+            // Busy if a reader holds an old snapshot; the next checkpoint
+            // then does it.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            Ok::<_, rusqlite::Error>(true)
+        })
+    }
+
+    async fn is_purged(&self, team: &str, doc_id: &str) -> Result<bool> {
+        self.with(|c| is_purged(c, team, doc_id))
+    }
+
+    async fn purged(&self, team: &str) -> Result<Vec<Purged>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT doc_id, purged_at FROM purged WHERE team = ?1 ORDER BY purged_at",
+            )?;
+            let rows = stmt.query_map([team], |r| {
+                Ok(Purged {
+                    id: r.get(0)?,
+                    purged_at: r.get(1)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    async fn document_ids(&self) -> Result<Vec<(String, String)>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached("SELECT id, team FROM documents ORDER BY id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    async fn record_refusals(&self, refusals: &[Refusal]) -> Result<()> {
+        self.with(|conn| record_refusals(conn, refusals))
+    }
+
+    async fn refused_documents(&self, team: Option<&str>) -> Result<Vec<RefusedDocument>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT doc_id, team, device_id, reason, count, first_at, last_at FROM refused_documents
+                 WHERE ?1 IS NULL OR team = ?1 ORDER BY last_at DESC, doc_id",
+            )?;
+            let rows = stmt.query_map([team], |r| {
+                Ok(RefusedDocument {
+                    document_id: r.get(0)?,
+                    team: r.get(1)?,
+                    device_id: r.get(2)?,
+                    reason: r.get(3)?,
+                    count: r.get(4)?,
+                    first_at: r.get(5)?,
+                    last_at: r.get(6)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+}
+
+fn is_purged(c: &Connection, team: &str, doc_id: &str) -> rusqlite::Result<bool> {
+    Ok(
+        c.prepare_cached("SELECT 1 FROM purged WHERE team = ?1 AND doc_id = ?2")?
+            .query_row([team, doc_id], |_| Ok(()))
+            .optional()?
+            .is_some(),
+    )
+}
+
+fn commit_upload(conn: &mut Connection, u: &Upload<'_>) -> Result<Committed> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Checked in the same transaction as the write: a purge by the
+    // administrator (another process) cannot be raced.
+    if is_purged(&tx, u.team, u.doc_id)? {
+        return Err(StorageError::Purged);
+    }
+    let created = tx
+        .prepare_cached(
+            "INSERT INTO documents (id, team, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(team, id) DO NOTHING",
+        )?
+        .execute(params![u.doc_id, u.team, u.at.to_rfc3339()])?
+        > 0;
+    let (previous_seq, mut change_count): (i64, i64) = tx
+        .prepare_cached("SELECT seq, change_count FROM documents WHERE team = ?1 AND id = ?2")?
+        .query_row([u.team, u.doc_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let mut seq = previous_seq;
+    // A whole save stands for the document only where nothing was stored
+    // before; otherwise its changes are appended like any others (another
+    // writer's stored changes are never replaced by a copy without them).
+    let snapshot = u.snapshot.filter(|_| created);
+    let data = match (snapshot, u.changes.is_empty()) {
+        (Some(_), _) => None,
+        (None, false) => Some(u.changes),
+        (None, true) => u.snapshot.filter(|s| !s.is_empty()),
+    };
+    if snapshot.is_some() || data.is_some() {
+        tx.prepare_cached("INSERT INTO changes (team, doc_id, data) VALUES (?1, ?2, ?3)")?
+            .execute(params![u.team, u.doc_id, data.unwrap_or_default()])?;
+        seq = tx.last_insert_rowid();
+    }
+    if let Some(snap) = snapshot {
+        tx.prepare_cached("DELETE FROM changes WHERE team = ?1 AND doc_id = ?2")?
+            .execute([u.team, u.doc_id])?;
+        tx.prepare_cached(
+            "UPDATE documents SET snapshot = ?3, compacted_through = ?4, change_count = 0,
+                 seq = ?4, last_device = ?5
+             WHERE team = ?1 AND id = ?2",
+        )?
+        .execute(params![u.team, u.doc_id, snap, seq, u.uploader])?;
+        change_count = 0;
+    } else if data.is_some() {
+        change_count = tx
+            .prepare_cached(
+                "UPDATE documents SET change_count = change_count + 1, seq = ?3, last_device = ?4
+                 WHERE team = ?1 AND id = ?2 RETURNING change_count",
+            )?
+            .query_row(params![u.team, u.doc_id, seq, u.uploader], |r| r.get(0))?;
+    }
+    for record in u.audit {
+        insert_audit(&tx, record)?;
+    }
+    tx.commit()?;
+    Ok(Committed {
+        seq,
+        previous_seq,
+        change_count,
+    })
+}
+
+fn record_refusals(conn: &mut Connection, refusals: &[Refusal]) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut added = false;
+    {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO refused_documents (doc_id, device_id, team, reason, first_at, last_at, count)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(doc_id, device_id, reason) DO UPDATE SET
+                 count = count + excluded.count, last_at = excluded.last_at, team = excluded.team
+             RETURNING count",
+        )?;
+        let mut audit = tx.prepare_cached(
+            "INSERT INTO audit (at, device_id, worker, action, doc_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for r in refusals {
+            let count: i64 = upsert.query_row(
+                params![
+                    r.doc_id,
+                    r.device_id,
+                    r.team,
+                    r.reason,
+                    r.first_at,
+                    r.last_at,
+                    r.count
+                ],
+                |row| row.get(0),
+            )?;
+            // A new row's count is this batch's alone.
+            if count == r.count {
+                added = true;
+                audit.execute(params![
+                    r.first_at,
+                    r.device_id,
+                    r.worker,
+                    r.kind.action().as_str(),
+                    r.doc_id
+                ])?;
+            }
+        }
+    }
+    if added {
+        // Past the cap, the rows last refused longest ago go.
+        tx.execute(
+            "DELETE FROM refused_documents WHERE rowid IN (
+                 SELECT rowid FROM refused_documents ORDER BY last_at DESC LIMIT -1 OFFSET ?1)",
+            [MAX_ROWS],
+        )?;
+    }
+    tx.commit()
+}

@@ -1,0 +1,292 @@
+//! What the storage traits take and return.
+
+use chrono::{DateTime, Utc};
+use serde::{Serialize, Serializer};
+
+/// What an audit record says happened. Stored as its text
+/// ([`AuditAction::as_str`]), which the audit CSV and JSON show.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AuditAction {
+    Enrolled,
+    Connected,
+    /// A device's changes were stored.
+    Uploaded,
+    /// A device was sent changes of a document.
+    Received,
+    /// A worker opened a case file (uploaded from the device).
+    Read,
+    ReadQuotaExceeded,
+    Purged,
+    Revoked,
+    /// A device asked for a document its team does not hold, that another
+    /// team does.
+    CrossTeam,
+    AuthRefused,
+    AuthLockout,
+    RefusedAtDoor,
+    RefusedOverBudget,
+    RefusedOverSizeCap,
+    RefusedActorClash,
+    PolicyChanged,
+    SubjectAccessExport,
+    /// A stored action this relay does not know (written by a newer one).
+    Unknown(String),
+}
+
+impl AuditAction {
+    const NAMED: [AuditAction; 17] = [
+        AuditAction::Enrolled,
+        AuditAction::Connected,
+        AuditAction::Uploaded,
+        AuditAction::Received,
+        AuditAction::Read,
+        AuditAction::ReadQuotaExceeded,
+        AuditAction::Purged,
+        AuditAction::Revoked,
+        AuditAction::CrossTeam,
+        AuditAction::AuthRefused,
+        AuditAction::AuthLockout,
+        AuditAction::RefusedAtDoor,
+        AuditAction::RefusedOverBudget,
+        AuditAction::RefusedOverSizeCap,
+        AuditAction::RefusedActorClash,
+        AuditAction::PolicyChanged,
+        AuditAction::SubjectAccessExport,
+    ];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            AuditAction::Enrolled => "enrolled",
+            AuditAction::Connected => "connected",
+            AuditAction::Uploaded => "uploaded",
+            AuditAction::Received => "received",
+            AuditAction::Read => "read",
+            AuditAction::ReadQuotaExceeded => "read-quota-exceeded",
+            AuditAction::Purged => "purged",
+            AuditAction::Revoked => "revoked",
+            AuditAction::CrossTeam => "cross-team",
+            AuditAction::AuthRefused => "auth-refused",
+            AuditAction::AuthLockout => "auth-lockout",
+            AuditAction::RefusedAtDoor => "refused-at-door",
+            AuditAction::RefusedOverBudget => "refused-over-budget",
+            AuditAction::RefusedOverSizeCap => "refused-over-size-cap",
+            AuditAction::RefusedActorClash => "refused-actor-clash",
+            AuditAction::PolicyChanged => "policy changed",
+            AuditAction::SubjectAccessExport => "subject access export",
+            AuditAction::Unknown(s) => s,
+        }
+    }
+
+    /// The action stored as `text`.
+    pub fn parse(text: &str) -> AuditAction {
+        Self::NAMED
+            .iter()
+            .find(|a| a.as_str() == text)
+            .cloned()
+            .unwrap_or_else(|| AuditAction::Unknown(text.to_string()))
+    }
+}
+
+impl std::fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl PartialEq<str> for AuditAction {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for AuditAction {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for AuditAction {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// One audit record as read back: who did what to which document, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    pub at: String,
+    pub device_id: Option<String>,
+    pub worker: Option<String>,
+    pub action: AuditAction,
+    pub document_id: Option<String>,
+    /// A refused client's address (auth-refused, auth-lockout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// When the relay received an uploaded read (`at` is the device's
+    /// claim, clamped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<String>,
+    /// The team the record is about: the one stated with it, else its
+    /// device's (`None`: neither, e.g. older administrator records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+}
+
+/// One audit record to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub at: DateTime<Utc>,
+    pub action: AuditAction,
+    pub device_id: Option<String>,
+    pub worker: Option<String>,
+    pub document_id: Option<String>,
+    /// Stated when the record is about a team's document and has no device
+    /// of that team (an administrator's export, a cross-team request).
+    pub team: Option<String>,
+    /// A client address (a refused token, a lockout).
+    pub client: Option<String>,
+}
+
+impl AuditRecord {
+    /// A record of `action`, naming nobody yet.
+    pub fn new(action: AuditAction, at: DateTime<Utc>) -> Self {
+        AuditRecord {
+            at,
+            action,
+            device_id: None,
+            worker: None,
+            document_id: None,
+            team: None,
+            client: None,
+        }
+    }
+
+    /// A record of what `device` (or, with none, the relay) did.
+    pub fn by(
+        device: Option<&Device>,
+        action: AuditAction,
+        doc_id: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Self {
+        AuditRecord {
+            device_id: device.map(|d| d.id.clone()),
+            worker: device.map(|d| d.worker.clone()),
+            document_id: doc_id.map(str::to_string),
+            ..AuditRecord::new(action, at)
+        }
+    }
+
+    pub fn worker(mut self, worker: &str) -> Self {
+        self.worker = Some(worker.to_string());
+        self
+    }
+
+    pub fn device(mut self, device_id: &str) -> Self {
+        self.device_id = Some(device_id.to_string());
+        self
+    }
+
+    pub fn document(mut self, team: &str, doc_id: &str) -> Self {
+        self.team = Some(team.to_string());
+        self.document_id = Some(doc_id.to_string());
+        self
+    }
+
+    /// About a document of the device's own team.
+    pub fn in_document(mut self, doc_id: &str) -> Self {
+        self.document_id = Some(doc_id.to_string());
+        self
+    }
+
+    pub fn client(mut self, client: &str) -> Self {
+        self.client = Some(client.to_string());
+        self
+    }
+
+    /// `at` as stored (RFC 3339).
+    pub(crate) fn at_text(&self) -> String {
+        self.at.to_rfc3339()
+    }
+}
+
+/// An enrolled device as the administrator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Device {
+    pub id: String,
+    pub team: String,
+    pub worker: String,
+    pub device_name: String,
+    pub enrolled_at: String,
+    pub revoked_at: Option<String>,
+    pub last_sync_at: Option<String>,
+}
+
+/// A device's earlier read uploads: the latest receipt before a time
+/// (audit_upload.rs: shortly before its last sync's end) and the (clamped)
+/// time of its latest recorded read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadMarks {
+    pub received_before_sync: Option<String>,
+    pub latest_at: Option<String>,
+}
+
+/// A stored document: its team, the bytes to load it from, and the cursor
+/// value of its latest change (what a compaction of this copy covers).
+#[derive(Debug, Clone)]
+pub struct StoredDocument {
+    pub team: String,
+    pub snapshot: Option<Vec<u8>>,
+    pub changes: Vec<Vec<u8>>,
+    pub seq: i64,
+}
+
+/// What a new enrolment code is for.
+#[derive(Debug, Clone)]
+pub struct CodeGrant {
+    pub team: String,
+    pub worker: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// One incoming batch for [`super::DocumentStore::commit_upload`].
+#[derive(Debug, Clone)]
+pub struct Upload<'a> {
+    pub team: &'a str,
+    pub doc_id: &'a str,
+    /// Who uploaded it: a device's session tag (`changed_since` leaves a
+    /// device's own latest changes out).
+    pub uploader: &'a str,
+    /// The new changes (Automerge's `save_after`); empty: none.
+    pub changes: &'a [u8],
+    /// For a document new to the relay, its whole save, stored instead of
+    /// the changes (it loads in half the time).
+    pub snapshot: Option<&'a [u8]>,
+    /// Audit records committed with the changes.
+    pub audit: &'a [super::AuditRecord],
+    pub at: DateTime<Utc>,
+}
+
+/// What [`super::DocumentStore::commit_upload`] committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// The document's cursor value after the commit (its latest change).
+    pub seq: i64,
+    /// Its cursor value just before: equal to what the uploader's copy was
+    /// loaded at or last committed, nobody else wrote in between.
+    pub previous_seq: i64,
+    /// Changes stored beside the snapshot (compact past
+    /// [`super::COMPACT_AFTER`]).
+    pub change_count: i64,
+}
+
+/// Where a relay's revocation watcher has read up to (revocation.rs).
+#[derive(Debug, Clone, Default)]
+pub struct RevocationCursor {
+    /// The last revocation seen; `None`: not yet placed.
+    pub(crate) seq: Option<i64>,
+    /// A backend's "nothing was written since" marker (SQLite: `PRAGMA
+    /// data_version`, which changes when another connection, e.g. the admin
+    /// command's, committed, beside the relay connection's own count of
+    /// changed rows).
+    pub(crate) written: Option<(i64, u64)>,
+}
