@@ -1,0 +1,189 @@
+//! The loaded documents: a [`Slot`] per (team, document), loaded from
+//! storage on demand (through the load budget), created for a first upload,
+//! dropped when refused or not stored, and evicted when idle (least recently
+//! used, beyond `max_loaded_docs`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use automerge::sync;
+use automerge::{Automerge, ReadDoc};
+use linkbook_core::DocumentId;
+
+use super::{Close, DocKey, Hub, lock};
+use crate::split::Sent;
+
+/// One loaded document.
+pub(super) struct Slot {
+    pub(super) team: String,
+    pub(super) doc: Automerge,
+    /// Sync state per connection that has touched this document.
+    pub(super) states: HashMap<u64, (String, sync::State)>,
+    pub(super) last_used: u64,
+    /// Its document holds changes that storage refused (a full disk), or
+    /// was left half-changed by an Automerge panic. The slot is out of the
+    /// map by then, but a connection that was waiting
+    /// for its lock still holds it: that one must reload the document from
+    /// storage, not build on (and answer with heads of) changes the relay
+    /// does not have. See [`Hub::locked_slot`].
+    pub(super) unstored: bool,
+    /// SHA-256 of the last reply sent to each connection: a peer repeating
+    /// "I have nothing" is not sent the same whole document again (issue
+    /// 11, finding 8; Automerge resets `sent_hashes` whenever the peer's
+    /// heads are empty, so its state alone resends everything each time).
+    pub(super) last_reply: HashMap<u64, [u8; 32]>,
+    /// What each connection was sent of this document (split.rs): replies
+    /// proportional to the request.
+    pub(super) sent: HashMap<u64, Sent>,
+    /// Bytes storage holds for it (snapshot and changes), against
+    /// `max_document_bytes`.
+    pub(super) stored_bytes: u64,
+    /// The cursor value of the latest stored change this copy holds, while
+    /// it holds every stored change up to it (`None`: another writer
+    /// appended meanwhile, so this copy must not compact).
+    pub(super) seq: Option<i64>,
+}
+
+impl Hub {
+    /// Drops a slot's loaded document (refused, half-applied or not
+    /// stored): it leaves the map, and a connection already waiting for its
+    /// lock reloads it from storage (`Slot::unstored`).
+    pub(super) fn forget(&self, s: &mut Slot, team: &str, id: DocumentId) {
+        s.unstored = true;
+        lock(&self.docs).remove(&(team.to_string(), id));
+    }
+
+    /// The loaded slot of `team`'s document `id`; `None`: the team has no
+    /// such document (whether or not another team has one: namespaced).
+    pub(super) async fn slot(
+        &self,
+        id: DocumentId,
+        team: &str,
+        create: bool,
+    ) -> Result<Option<Arc<tokio::sync::Mutex<Slot>>>, Close> {
+        let tick = self.tick.fetch_add(1, Ordering::Relaxed);
+        let map_key: DocKey = (team.to_string(), id);
+        let loaded = lock(&self.docs).get(&map_key).cloned();
+        if let Some(slot) = loaded {
+            let mut s = slot.lock().await;
+            s.last_used = tick;
+            drop(s);
+            return Ok(Some(slot));
+        }
+        let key = id.to_string();
+        // Only the team's own document is looked at: another team's large
+        // document costs what a missing id costs (issue 11, finding 6).
+        let stored = self.storage.load_document(team, &key).await.map_err(|e| {
+            tracing::error!(error = %e, "loading a document failed");
+            Close("the relay could not load a document".into())
+        })?;
+        let slot = match stored {
+            Some(stored) => {
+                let stored_bytes = crate::documents::stored_bytes(&stored);
+                // Stored bytes go through the budget too (doc_cap.rs): a
+                // poison stored before it existed must not abort the relay;
+                // Automerge's panics are caught (documents.rs).
+                let budget = crate::doc_cap::load_budget(self.limits.max_document_ops);
+                let doc = match crate::documents::load(&stored, &budget) {
+                    Ok(doc) => doc,
+                    Err(e) => {
+                        tracing::error!(doc = %key, bytes = stored_bytes, reason = %e, "a stored document is damaged; not loaded");
+                        return Err(Close("a stored document is damaged".into()));
+                    }
+                };
+                Slot {
+                    team: stored.team,
+                    doc,
+                    states: HashMap::new(),
+                    last_used: tick,
+                    unstored: false,
+                    last_reply: HashMap::new(),
+                    sent: HashMap::new(),
+                    stored_bytes: u64::try_from(stored_bytes).unwrap_or(u64::MAX),
+                    seq: Some(stored.seq),
+                }
+            }
+            None if create => Slot {
+                team: team.to_string(),
+                doc: Automerge::new(),
+                states: HashMap::new(),
+                last_used: tick,
+                unstored: false,
+                last_reply: HashMap::new(),
+                sent: HashMap::new(),
+                stored_bytes: 0,
+                seq: Some(0),
+            },
+            None => return Ok(None),
+        };
+        let slot = {
+            let mut docs = lock(&self.docs);
+            // Another connection may have loaded it meanwhile: keep theirs.
+            docs.entry(map_key)
+                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(slot)))
+                .clone()
+        };
+        self.evict_idle().await;
+        Ok(Some(slot))
+    }
+
+    /// The document's slot, locked (see [`Hub::slot`]); one left behind by
+    /// a failed write is passed over and the document loaded again.
+    pub(super) async fn locked_slot(
+        &self,
+        id: DocumentId,
+        team: &str,
+        create: bool,
+    ) -> Result<Option<tokio::sync::OwnedMutexGuard<Slot>>, Close> {
+        loop {
+            let Some(slot) = self.slot(id, team, create).await? else {
+                return Ok(None);
+            };
+            let s = slot.lock_owned().await;
+            // Removed from the map before its lock was released, so the
+            // next `slot` call loads from storage: this loop ends.
+            if !s.unstored {
+                return Ok(Some(s));
+            }
+        }
+    }
+
+    /// Drops the least recently used documents nobody is syncing.
+    async fn evict_idle(&self) {
+        let mut saved = Vec::new();
+        {
+            let mut docs = lock(&self.docs);
+            if docs.len() <= self.limits.max_loaded_docs {
+                return;
+            }
+            // Not in use by any request right now (the map holds the only
+            // reference and nobody holds the lock), and holding no received
+            // changes that wait for their dependencies: those are only in
+            // memory, and their sender will not send them again this session.
+            let mut idle: Vec<(u64, DocKey)> = docs
+                .iter()
+                .filter(|(_, slot)| Arc::strong_count(slot) == 1)
+                .filter_map(|(key, slot)| slot.try_lock().ok().map(|s| (s, key.clone())))
+                .filter(|(s, _)| s.doc.get_missing_deps(&[]).is_empty())
+                .map(|(s, id)| (s.last_used, id))
+                .collect();
+            idle.sort();
+            let excess = docs.len() - self.limits.max_loaded_docs;
+            for (_, (team, id)) in idle.into_iter().take(excess) {
+                if let Some(slot) = docs.remove(&(team.clone(), id))
+                    && let Ok(mut s) = slot.try_lock()
+                {
+                    // A connection still syncing it reloads this state from
+                    // storage, as after a reconnect.
+                    for (_, (device, state)) in s.states.drain() {
+                        saved.push((team.clone(), id.to_string(), device, state.encode()));
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.storage.save_sync_states(&saved).await {
+            tracing::warn!(error = %e, "saving sync states of evicted documents failed");
+        }
+    }
+}
