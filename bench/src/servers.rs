@@ -4,10 +4,11 @@
 //! automerge-repo sync server (`tests/npm/server.mjs`, set up as the public
 //! automerge-repo-sync-server is).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use linkbook_test_support::wait_for_line;
 
 use crate::Result;
 use crate::procstat::{self, Sample};
@@ -67,21 +68,6 @@ fn log_file(data: &Path, name: &str) -> Result<std::fs::File> {
         .map_err(|e| format!("log file: {e}"))?)
 }
 
-/// Reads the child's stdout until a line starting with `prefix`; returns the rest.
-fn wait_for_line(child: &mut Child, prefix: &str) -> Result<String> {
-    let stdout = child.stdout.take().ok_or("child has no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        let line = line.map_err(|e| format!("server stdout: {e}"))?;
-        if let Some(rest) = line.strip_prefix(prefix) {
-            // Keep draining whatever it prints later.
-            std::thread::spawn(move || lines.for_each(drop));
-            return Ok(rest.trim().to_string());
-        }
-    }
-    Err(format!("the server exited before printing '{prefix}'").into())
-}
-
 impl Server {
     /// Linkbook's relay on 127.0.0.1 (TLS, development certificate), data in `data`.
     pub fn linkbook(data: &Path, extra_args: &[&str]) -> Result<Server> {
@@ -131,20 +117,13 @@ impl Server {
                     }
                     None => Command::new(self_exe()?),
                 };
-                let mut child = command
-                    .arg("relay")
-                    .arg("--data")
-                    .arg(&self.data)
-                    .args(["--listen", "127.0.0.1:0"])
-                    .args(&self.extra_args)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(log_file(&self.data, "relay.log")?)
-                    .spawn()
-                    .map_err(|e| format!("starting the relay: {e}"))?;
-                let url = wait_for_line(&mut child, "linkbook-server listening on ");
+                command.arg("relay").stdin(Stdio::null());
+                let args: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
+                let log = log_file(&self.data, "relay.log")?;
+                let (child, url) =
+                    linkbook_test_support::spawn_relay(command, &self.data, &args, log)?;
                 self.child = Some(child);
-                self.url = url?;
+                self.url = url;
             }
             Side::Peer => {
                 let mut child = Command::new("node")
@@ -181,19 +160,9 @@ impl Server {
 
     /// A one-time enrolment code from the relay's admin command.
     pub fn enrol_code(&self, team: &str, worker: &str) -> Result<String> {
-        let out = Command::new(self_exe()?)
-            .arg("relay")
-            .arg("--data")
-            .arg(&self.data)
-            .args(["device", "enrol", "--team", team, "--worker", worker])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()
-            .map_err(|e| format!("enrol: {e}"))?;
-        if !out.status.success() {
-            return Err("the relay's enrol command failed".into());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        let mut admin = Command::new(self_exe()?);
+        admin.arg("relay");
+        linkbook_test_support::enrol_code(admin, &self.data, team, worker)
     }
 
     /// Stops the process and waits for it: SIGTERM for the relay (it

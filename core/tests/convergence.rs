@@ -2,11 +2,9 @@
 //! documents in random orders and subsets, and always end identical, with
 //! every note anyone wrote.
 
-mod common;
-
 use chrono::Utc;
-use common::{device, send_doc, sync_into};
 use linkbook_core::*;
+use linkbook_test_support::{device, send_doc, sync_into};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]

@@ -23,7 +23,7 @@ use automerge::transaction::Transactable;
 use automerge::{AutoCommit, Automerge, ROOT};
 use ciborium::Value;
 use linkbook_core::protocol::{Message, PeerMetadata};
-use linkbook_core::{DatabaseKey, NewFamily, NoteCategory, Repo};
+use linkbook_core::{NewFamily, NoteCategory, Repo};
 use proptest::prelude::*;
 
 /// Cases per property: `LINKBOOK_FUZZ_CASES` or the CI default.
@@ -597,11 +597,8 @@ proptest! {
 // ------------------------------------------------------------------- import
 
 fn repo() -> (Repo, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let repo =
-        Repo::open(dir.path().join("linkbook.db"), &DatabaseKey::generate()).expect("open repo");
-    repo.set_worker("Asha").expect("worker");
-    (repo, dir)
+    let d = linkbook_test_support::device("Asha");
+    (d.repo, d.dir)
 }
 
 fn export_with_a_family() -> Vec<u8> {

@@ -1,11 +1,9 @@
 //! The device store's behaviour as a worker sees it: records kept, bad input
 //! refused with nothing written, concurrent edits merged and shown.
 
-mod common;
-
 use chrono::{Duration, Utc};
-use common::{device, send_doc, sync_into};
 use linkbook_core::*;
+use linkbook_test_support::{device, send_doc, sync_into};
 
 fn smith(repo: &Repo) -> DocumentId {
     repo.add_family(&NewFamily {

@@ -191,7 +191,7 @@ fn subject_access_finds_every_family_that_names_a_person_and_is_audited() -> Res
 
 /// Every page of a device's database and WAL, decrypted with its key.
 fn device_pages(d: &Device) -> Vec<u8> {
-    plaintext_pages(d.path(), Some(&d.key))
+    plaintext_pages(d.path(), Some(&d.key.to_bytes()))
 }
 
 /// A second connection on the device's store, keyed as the device keys it.
@@ -199,7 +199,7 @@ fn device_sql(d: &Device) -> rusqlite::Connection {
     let conn = rusqlite::Connection::open(d.path()).expect("open");
     conn.execute_batch(&format!(
         "PRAGMA key = \"x'{}'\"; PRAGMA cipher_log_level = NONE;",
-        hex::encode(d.key)
+        d.key.to_hex()
     ))
     .expect("key");
     conn
