@@ -322,7 +322,7 @@ async fn sync_socket(
     }
     // At the cap, the device's oldest connection gives way (relay::Hub::admit).
     // `since=N`: a Linkbook device's change cursor; it asks for the pipelined
-    // session (relay::Hub::push_changed). Other automerge-repo clients never send it.
+    // session (relay::Hub::push). Other automerge-repo clients never send it.
     let since = query.as_deref().and_then(|q| {
         q.split('&')
             .find_map(|kv| kv.strip_prefix("since="))
