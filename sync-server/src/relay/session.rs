@@ -192,28 +192,23 @@ impl Hub {
                     ));
                 }
                 Message::Sync {
-                    document_id, data, ..
-                } => {
-                    self.sync(
-                        conn_id,
-                        (device, &tag),
-                        outbox,
-                        &mut owed,
-                        (&document_id, &data),
-                        false,
-                    )
-                    .await?
+                    ref document_id,
+                    ref data,
+                    ..
                 }
-                Message::Request {
-                    document_id, data, ..
+                | Message::Request {
+                    ref document_id,
+                    ref data,
+                    ..
                 } => {
+                    let is_request = matches!(m, Message::Request { .. });
                     self.sync(
                         conn_id,
                         (device, &tag),
                         outbox,
                         &mut owed,
-                        (&document_id, &data),
-                        true,
+                        (document_id, data),
+                        is_request,
                     )
                     .await?
                 }
