@@ -255,16 +255,17 @@ fn duplicated_and_reordered_messages_still_converge() {
             reorder: true,
             ..Faults::default()
         };
-        // At most one more sync, as after a dropped connection.
-        let done = session(&mut ra, &mut rb, 64 * 1024, faults, &mut rng)
-            || session(&mut ra, &mut rb, 64 * 1024, faults, &mut rng);
-        assert!(done, "seed {seed}");
+        assert!(
+            session(&mut ra, &mut rb, 64 * 1024, faults, &mut rng),
+            "seed {seed}"
+        );
         assert!(converged(&mut ra, &mut rb, &ids), "seed {seed}");
     }
 }
 
 #[test]
 fn dropped_messages_cost_a_sync_not_the_data() {
+    let mut bitten = 0;
     for seed in 1..=8 {
         let (mut ra, mut rb, ids) = two_replicas();
         let mut rng = Rng(seed);
@@ -272,7 +273,10 @@ fn dropped_messages_cost_a_sync_not_the_data() {
             drop: 300,
             ..Faults::default()
         };
-        session(&mut ra, &mut rb, 64 * 1024, lossy, &mut rng);
+        let done = session(&mut ra, &mut rb, 64 * 1024, lossy, &mut rng);
+        if !(done && converged(&mut ra, &mut rb, &ids)) {
+            bitten += 1;
+        }
         // The next syncs start from the states kept: each converges what
         // the lossy one left.
         let mut syncs = 0;
@@ -281,11 +285,15 @@ fn dropped_messages_cost_a_sync_not_the_data() {
         {
             syncs += 1;
             assert!(
-                syncs < 3,
+                syncs < 2,
                 "seed {seed}: not converged after {syncs} clean syncs"
             );
         }
     }
+    assert!(
+        bitten > 0,
+        "the drops never mattered: the test proves nothing"
+    );
 }
 
 #[test]
