@@ -1,44 +1,44 @@
 //! What changed at the relay since this device's cursor (`GET
 //! /v1/changes`), typed by `protocol::dto`.
 
-use super::*;
+use super::net::{self, Endpoint};
+use crate::error::Result;
+use crate::ids::DocumentId;
+use crate::protocol::dto;
 
-impl Session<'_> {
-    /// The relay's change cursor and the documents changed since ours;
-    /// `None` where the server has no such endpoint (any automerge-repo
-    /// server that is not a Linkbook relay): then every document is synced.
-    pub(super) fn relay_changed(&self) -> Result<Option<RelayChanges>> {
-        let Some((endpoint, ca, token)) = &self.relay_changes else {
-            return Ok(None);
-        };
-        let since: i64 = self.repo.profile_values(&[&cursor_key(&self.relay_peer)])?[0]
-            .as_deref()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let (status, body) = net::get_json(
-            endpoint,
-            ca.as_deref(),
-            &format!("/v1/changes?since={since}"),
-            token,
-        )?;
-        if status != 200 {
-            return Ok(None);
-        }
-        // Not a Linkbook relay's answer: sync everything, as with no endpoint.
-        let Ok(changes) = serde_json::from_value::<dto::Changes>(body) else {
-            return Ok(None);
-        };
-        Ok(Some(RelayChanges {
+/// `GET /v1/changes?since=`: the relay's change cursor and the documents
+/// changed since ours; `None` where the server has no such endpoint (any
+/// automerge-repo server that is not a Linkbook relay): then every document
+/// is synced.
+pub(super) fn fetch(
+    endpoint: &Endpoint,
+    ca: Option<&str>,
+    token: &str,
+    since: i64,
+) -> Result<Option<dto::Changes>> {
+    let (status, body) = net::get_json(endpoint, ca, &format!("/v1/changes?since={since}"), token)?;
+    if status != 200 {
+        return Ok(None);
+    }
+    // Not a Linkbook relay's answer: sync everything, as with no endpoint.
+    Ok(serde_json::from_value::<dto::Changes>(body).ok())
+}
+
+impl RelayChanges {
+    /// The answer as the plan uses it (`now`: the device's clock, for
+    /// purges the relay sent no time for).
+    pub(super) fn new(changes: dto::Changes, now: chrono::DateTime<chrono::Utc>) -> Self {
+        RelayChanges {
             cursor: changes.cursor,
             changed: changes
                 .documents
                 .iter()
                 .filter_map(|s| DocumentId::parse(s, "document id").ok())
                 .collect(),
-            purged: purged_with_times(&changes.purged, self.repo.now()),
+            purged: purged_with_times(&changes.purged, now),
             retention_days: changes.policy.retention_days,
             lease_days: changes.policy.lease_days,
-        }))
+        }
     }
 }
 

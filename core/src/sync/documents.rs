@@ -1,84 +1,58 @@
-//! The store side of a sync: generating and receiving one document's sync
-//! messages under the door check, and the saved sync states per peer.
+//! The store side of a sync: the device's documents as the engine's
+//! [`Replica`] (a peer's changes taken in one write transaction, behind the
+//! check at the door), and the saved sync states per peer.
 
-use super::*;
+use automerge::AutoCommit;
 
-impl Repo {
-    /// A sync message for one document (from an empty document if this
-    /// device does not hold it); the flag says whether it does.
-    pub(crate) fn generate_sync_message(
-        &self,
+use super::peer::{Replica, SavedState};
+use crate::error::{Error, Result};
+use crate::ids::DocumentId;
+use crate::model::{DocumentType, am};
+use crate::repo::{DeviceProfile, Repo};
+
+/// The device's documents, for one sync.
+pub(super) struct Store<'a> {
+    repo: &'a Repo,
+}
+
+impl<'a> Store<'a> {
+    pub(super) fn new(repo: &'a Repo) -> Self {
+        Store { repo }
+    }
+}
+
+impl Replica for Store<'_> {
+    fn read<T>(
+        &mut self,
         id: DocumentId,
-        state: &mut sync::State,
-        max_message_bytes: usize,
-    ) -> Result<(SplitMessages, bool)> {
-        let held = self.with_doc(id, |doc, _| {
-            split::generate_sync_messages(state, max_message_bytes, |s| {
-                doc.sync().generate_sync_message(s)
-            })
-        })?;
-        Ok(match held {
-            Some(m) => (m, true),
-            None => (
-                split::generate_sync_messages(state, max_message_bytes, |s| {
-                    AutoCommit::new().sync().generate_sync_message(s)
-                }),
-                false,
-            ),
-        })
+        f: impl FnOnce(&mut AutoCommit) -> T,
+    ) -> Result<Option<T>> {
+        self.repo.with_doc(id, |doc, _| f(doc))
     }
 
-    /// Whether this device holds the document.
-    pub(super) fn holds(&self, id: DocumentId) -> Result<bool> {
-        let found: Option<i64> =
-            self.query_row_opt("SELECT 1 FROM documents WHERE id = ?1", &[&id.to_string()])?;
-        Ok(found.is_some())
-    }
-
-    /// Whether this device's heads for `id` are exactly `heads`.
-    pub(super) fn has_exact_heads(
-        &self,
+    /// The door: a document new to this device must be a Linkbook type of
+    /// this team (and a team directory this team's own); what the change
+    /// brought is committed with its projections, or nothing is (the write
+    /// transaction rolls back and drops the document from the cache).
+    fn write(
+        &mut self,
         id: DocumentId,
-        heads: &[automerge::ChangeHash],
-    ) -> Result<bool> {
-        let mut theirs = heads.to_vec();
-        theirs.sort();
-        let ours = self.with_doc(id, |doc, _| doc.get_heads())?;
-        Ok(match ours {
-            Some(mut ours) => {
-                ours.sort();
-                ours == theirs
-            }
-            None => theirs.is_empty(),
-        })
-    }
-
-    /// Applies a sync message, committing what it brought before returning.
-    pub(crate) fn receive_sync_message(
-        &self,
-        id: DocumentId,
-        state: &mut sync::State,
-        message: sync::Message,
+        apply: impl FnOnce(&mut AutoCommit) -> Result<()>,
     ) -> Result<bool> {
         let DeviceProfile {
             team,
             directory_id: directory,
             ..
-        } = self.profile();
-        self.write(|txn| {
+        } = self.repo.profile();
+        self.repo.write(|txn| {
             if txn.exists(id)? {
                 let (doc, _) = txn.doc(id, "document")?;
                 let before = doc.get_heads();
-                // A panic leaves the cached document half-changed: the error drops it.
-                crate::protocol::catch_automerge_panic(|| {
-                    doc.sync().receive_sync_message(state, message)
-                })??;
+                apply(doc)?;
                 return Ok(doc.get_heads() != before);
             }
             let mut doc = AutoCommit::new();
-            crate::protocol::catch_automerge_panic(|| {
-                doc.sync().receive_sync_message(state, message)
-            })??;
+            apply(&mut doc)?;
             if doc.get_heads().is_empty() {
                 return Ok(false);
             }
@@ -99,26 +73,29 @@ impl Repo {
         })
     }
 
-    pub(crate) fn load_sync_state(
-        &self,
-        id: DocumentId,
-        peer: &str,
-    ) -> Result<Option<sync::State>> {
-        let bytes: Option<Vec<u8>> = self.query_row_opt(
+    fn sync_state(&mut self, peer: &str, id: DocumentId) -> Result<Option<Vec<u8>>> {
+        self.repo.query_row_opt(
             "SELECT state FROM sync_states WHERE doc_id = ?1 AND peer_id = ?2",
             &[&id.to_string(), &peer],
-        )?;
-        Ok(bytes.and_then(|b| sync::State::decode(&b).ok()))
+        )
+    }
+}
+
+impl Repo {
+    /// Applies a sync message, committing what it brought before returning.
+    #[cfg(test)]
+    pub(crate) fn receive_sync_message(
+        &self,
+        id: DocumentId,
+        state: &mut automerge::sync::State,
+        message: automerge::sync::Message,
+    ) -> Result<bool> {
+        Store::new(self).write(id, |doc| super::peer::apply(doc, state, message))
     }
 
     /// Saves sync states; a document left in sync also records the version
     /// it was in sync at, so the next sync skips it unless it changes.
-    pub(crate) fn save_sync_states(
-        &self,
-        peer: &str,
-        states: &HashMap<DocumentId, sync::State>,
-        in_sync: &BTreeSet<DocumentId>,
-    ) -> Result<()> {
+    pub(crate) fn save_sync_states(&self, peer: &str, states: &[SavedState]) -> Result<()> {
         if peer.is_empty() || states.is_empty() {
             return Ok(());
         }
@@ -128,8 +105,8 @@ impl Repo {
                  VALUES (?1, ?2, ?3, CASE WHEN ?4 THEN coalesce((SELECT version FROM documents WHERE id = ?1), -1) ELSE -1 END)
                  ON CONFLICT(doc_id, peer_id) DO UPDATE SET state = excluded.state, doc_version = excluded.doc_version",
             )?;
-            for (id, state) in states {
-                stmt.execute(rusqlite::params![id.to_string(), peer, state.encode(), in_sync.contains(id)])?;
+            for s in states {
+                stmt.execute(rusqlite::params![s.id.to_string(), peer, s.state, s.in_sync])?;
             }
             Ok(())
         })
@@ -159,6 +136,7 @@ mod tests {
     use super::*;
     use crate::model::{Author, family};
     use crate::{DatabaseKey, NewFamily, NoteCategory};
+    use automerge::sync;
 
     pub(super) fn with_changes(
         heads: Vec<automerge::ChangeHash>,

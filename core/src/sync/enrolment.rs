@@ -2,6 +2,7 @@
 //! refusals to the errors the app acts on.
 
 use super::*;
+use crate::model::validate;
 
 /// A device's credentials from the relay; `token` is shown only this once.
 #[derive(Clone, PartialEq, Eq)]

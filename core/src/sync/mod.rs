@@ -11,30 +11,25 @@
 mod changes;
 mod documents;
 mod enrolment;
-mod exchange;
 pub(crate) mod net;
+mod peer;
+mod plan;
 mod session;
 pub(crate) mod skipped;
 
-use changes::purged_with_times;
 use enrolment::refused;
 pub use enrolment::{DeviceCredentials, enrol_device};
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-
-use automerge::AutoCommit;
-use automerge::sync::{self, SyncDoc};
 use serde::Serialize;
 use tungstenite::client::IntoClientRequest;
-use tungstenite::{Message as WsMessage, WebSocket};
 
 use crate::error::{Error, Result};
 use crate::ids::DocumentId;
-use crate::model::{DocumentType, am, validate};
-use crate::protocol::split::{self, SplitMessages};
-use crate::protocol::{Message, PROTOCOL_VERSION, PeerMetadata, dto};
-use crate::repo::{DeviceProfile, Repo};
+use crate::protocol::dto;
+use crate::repo::Repo;
 use net::{Endpoint, network};
+use plan::{Opening, Plan};
+use session::Session;
 pub use skipped::SkippedDocument;
 
 /// What enrolment stored: the relay this device syncs with.
@@ -91,73 +86,7 @@ pub struct SyncSummary {
     pub refused: Vec<SkippedDocument>,
 }
 
-/// At most this much is sent ahead of the relay's `101` (a day's offline
-/// work is tens of KB; a first upload of a whole caseload, tens of MB, waits
-/// for the upgrade rather than sitting in the relay's HTTP buffers).
-const PIPELINE_BYTES: u64 = 256 * 1024;
-
-/// How long a peer may be silent before heads-only announcements count as
-/// answered.
-const QUIET: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// While writing a long opening (a first sync of thousands of documents), the
-/// socket is read at least this often: see [`Session::keep_alive`].
-const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Messages one session takes about one document: a 64 MiB document in the
-/// smallest parts (64 KiB) is ~1,000; a relay that sends more never lets
-/// the sync end (tests/tests/malicious_relay.rs).
-const MAX_MESSAGES_PER_DOCUMENT: u32 = 10_000;
-
 const PROFILE_KEYS: [&str; 4] = ["server_url", "server_ca", "token", "relay_peer"];
-
-struct Session<'a> {
-    repo: &'a Repo,
-    ws: WebSocket<net::Prefixed>,
-    device_id: String,
-    relay_peer: String,
-    /// This session's name when it asked what changed since its cursor
-    /// (saved with the cursor: see `session_key`).
-    sync_session: Option<String>,
-    /// Speaking to Linkbook's relay the pipelined way (docs/adr/0005).
-    pipelined: bool,
-    /// The largest message to send (`protocol::split`).
-    max_message_bytes: usize,
-    states: HashMap<DocumentId, sync::State>,
-    /// Documents not yet known to be in sync.
-    pending: BTreeSet<DocumentId>,
-    /// Pending documents whose last message asks for an answer (it carried
-    /// changes or needs, or was a request); the others are heads
-    /// announcements, which a peer with nothing to add may leave unanswered.
-    demanding: BTreeSet<DocumentId>,
-    all: BTreeSet<DocumentId>,
-    sent_changes: BTreeSet<DocumentId>,
-    received: BTreeSet<DocumentId>,
-    /// Documents changed on this device since its last sync with this peer.
-    locally_changed: BTreeSet<DocumentId>,
-    /// Documents whose last message to the relay asked for changes
-    /// (`need`), with how many answers since came without any.
-    needing: HashMap<DocumentId, u8>,
-    unavailable: BTreeSet<DocumentId>,
-    /// Documents skipped this session (`skipped.rs`): what else the relay
-    /// sends of them is ignored.
-    skipped: BTreeSet<DocumentId>,
-    /// Documents earlier syncs skipped, asked for again.
-    skipped_before: BTreeSet<DocumentId>,
-    /// Messages read while still writing ([`Session::keep_alive`]), in order;
-    /// handled before anything read later.
-    backlog: VecDeque<Message>,
-    summary: SyncSummary,
-    listener: Option<&'a dyn SyncListener>,
-    /// Sync only these documents (and do not follow the directory).
-    only: Option<BTreeSet<DocumentId>>,
-    /// Where to ask the relay what changed (`GET /v1/changes`), with what.
-    relay_changes: Option<(Endpoint, Option<String>, String)>,
-    /// Set when the relay's `peer` names another store than the one whose
-    /// sync states the pipelined opening used (a rebuilt relay, a new one
-    /// enrolled with, a restore): the session stops and starts over.
-    other_store: Option<String>,
-}
 
 impl Repo {
     /// Exchanges a one-time enrolment code for this device's credentials and
@@ -480,63 +409,39 @@ impl Repo {
                 (ws, None, String::new(), None)
             }
         };
-        let mut session = Session {
-            repo: self,
-            ws,
-            device_id: self.profile().device_id,
-            relay_peer,
-            sync_session,
-            pipelined: opening.is_some(),
-            // Until the relay's `peer` states its limit (our relay's never
-            // is below this).
-            max_message_bytes: match opening {
-                Some(_) => split::MIN_MAX_MESSAGE_BYTES,
-                None => split::DEFAULT_MAX_MESSAGE_BYTES,
+        let mut plan = Plan::new(
+            self,
+            Opening {
+                pipelined: opening.is_some(),
+                asked_changed_since: opening.as_ref().is_some_and(|(_, asked)| *asked),
+                asks_changes: opening.is_none() && token.is_some(),
+                relay_peer,
+                sync_session,
+                only: only.map(<[DocumentId]>::to_vec),
             },
-            states: HashMap::new(),
-            pending: BTreeSet::new(),
-            demanding: BTreeSet::new(),
-            all: BTreeSet::new(),
-            sent_changes: BTreeSet::new(),
-            received: BTreeSet::new(),
-            needing: HashMap::new(),
-            locally_changed: BTreeSet::new(),
-            unavailable: BTreeSet::new(),
-            skipped: BTreeSet::new(),
-            skipped_before: self.skipped_ids()?.into_iter().collect(),
-            backlog: VecDeque::new(),
-            summary: SyncSummary::default(),
-            listener,
-            only: only.map(|ids| ids.iter().copied().collect()),
-            relay_changes: match (&opening, token) {
-                (None, Some(t)) => {
-                    Some((endpoint.clone(), ca_pem.map(str::to_string), t.to_string()))
-                }
-                _ => None,
-            },
-            other_store: None,
+        )?;
+        let relay_changes = match (&opening, token) {
+            (None, Some(t)) => Some((endpoint.clone(), ca_pem.map(str::to_string), t.to_string())),
+            _ => None,
         };
-        let result = match opening {
-            Some((opening, asked)) => session.run_pipelined(opening, asked),
-            None => session.run(),
-        };
-        if let Some(found) = session.other_store.take() {
+        let mut session = Session::new(ws, listener, relay_changes);
+        let result = session.run(&mut plan, opening.map(|(o, _)| o));
+        if let Some(found) = plan.other_store.take() {
             // What was sent assumed the other store's heads; nothing learnt
             // in this session is kept.
-            let _ = session.ws.close(None);
-            let _ = session.ws.flush();
+            let mut ignored = SyncSummary::default();
+            session.close(&mut ignored);
             return Ok(Attempt::OtherStore {
-                known: session.relay_peer,
+                known: plan.relay_peer().to_string(),
                 found,
             });
         }
         // Whatever happened, keep what was learnt about the relay's heads.
-        let saved = session.save_states();
-        let _ = session.ws.close(None);
-        let _ = session.ws.flush();
+        let saved = plan.save_states();
+        session.close(&mut plan.summary);
         result?;
         saved?;
-        Ok(Attempt::Done(session.summary))
+        Ok(Attempt::Done(plan.summary))
     }
 }
 
@@ -560,29 +465,4 @@ fn cursor_key(relay_peer: &str) -> String {
 /// cursor (`/v1/sync?…&after=`: see sync-server relay::Sessions).
 fn session_key(relay_peer: &str) -> String {
     format!("relay_session:{relay_peer}")
-}
-
-/// A message for trace logs: type, document, heads and sizes (no content).
-fn describe(m: &Message) -> String {
-    match m {
-        Message::Sync {
-            document_id, data, ..
-        }
-        | Message::Request {
-            document_id, data, ..
-        } => {
-            let s = sync::Message::decode(data)
-                .map(|m| {
-                    format!(
-                        "heads={:?} need={:?} changes={}",
-                        m.heads,
-                        m.need,
-                        m.changes.len()
-                    )
-                })
-                .unwrap_or_default();
-            format!("{} {} {}", m.message_type(), document_id, s)
-        }
-        other => other.message_type().to_string(),
-    }
 }

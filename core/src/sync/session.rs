@@ -1,49 +1,201 @@
-//! One sync session's socket driver: send and receive with quiet and
-//! keep-alive, the plain and the pipelined opening, and per-document
-//! skip/refuse/forget bookkeeping.
+//! The socket driver of one sync session, and nothing else: it writes what
+//! the plan (`plan.rs`) gives, reads the relay's messages in one read loop
+//! ([`Session::read`]: an answer awaited, a quiet that may end the
+//! exchange, or a poll that keeps the connection alive while writing), and
+//! feeds them to the plan until it is done. Every decision about documents
+//! is the plan's and the engine's (`peer.rs`).
 
-use super::*;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
-impl Session<'_> {
-    /// Counts a binary WebSocket message and decodes it.
-    pub(super) fn decode_received(&mut self, bytes: &[u8]) -> Result<Message> {
-        self.summary.bytes_received += bytes.len() as u64;
-        self.summary.messages_received += 1;
-        Message::decode(bytes).map_err(|e| network("the relay sent a malformed message", e))
+use automerge::sync;
+use tungstenite::{Message as WsMessage, WebSocket};
+
+use super::changes;
+use super::net::{self, Endpoint, network};
+use super::plan::{self, Plan};
+use super::{SyncListener, SyncProgress, SyncSummary};
+use crate::error::{Error, Result};
+use crate::protocol::Message;
+
+/// At most this much is sent ahead of the relay's `101` (a day's offline
+/// work is tens of KB; a first upload of a whole caseload, tens of MB, waits
+/// for the upgrade rather than sitting in the relay's HTTP buffers).
+const PIPELINE_BYTES: u64 = 256 * 1024;
+
+/// How long a peer may be silent before heads-only announcements count as
+/// answered.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// While writing a long opening (a first sync of thousands of documents), the
+/// socket is read at least this often: see [`Session::keep_alive`].
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+
+/// How a read waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// For an answer: nothing but pings (or nothing) for
+    /// [`net::IO_TIMEOUT`] is the relay's failure.
+    Answer,
+    /// In the exchange: like `Answer`, but a read timeout of [`QUIET`]
+    /// returns `None` when `quiet_ends` (nothing awaits an answer).
+    Exchange { quiet_ends: bool },
+    /// Only what already arrived: `None` when nothing is there or after
+    /// [`KEEP_ALIVE`] of pings.
+    Poll,
+}
+
+pub(super) struct Session<'a> {
+    ws: WebSocket<net::Prefixed>,
+    /// The socket's read timeout now (set only when it changes).
+    timeout: Duration,
+    /// Messages read while still writing ([`Session::keep_alive`]), in order;
+    /// handled before anything read later.
+    backlog: VecDeque<Message>,
+    listener: Option<&'a dyn SyncListener>,
+    /// Where to ask the relay what changed (`GET /v1/changes`), with what.
+    relay_changes: Option<(Endpoint, Option<String>, String)>,
+    /// Bytes and messages each way.
+    traffic: SyncSummary,
+}
+
+impl<'a> Session<'a> {
+    pub(super) fn new(
+        ws: WebSocket<net::Prefixed>,
+        listener: Option<&'a dyn SyncListener>,
+        relay_changes: Option<(Endpoint, Option<String>, String)>,
+    ) -> Self {
+        Session {
+            ws,
+            timeout: net::IO_TIMEOUT,
+            backlog: VecDeque::new(),
+            listener,
+            relay_changes,
+            traffic: SyncSummary::default(),
+        }
     }
 
-    pub(super) fn send(&mut self, m: Message) -> Result<()> {
+    /// Runs the session: `pipelined` is the opening still to finish (its
+    /// first flight is written before the relay's `101` is read).
+    pub(super) fn run(
+        &mut self,
+        plan: &mut Plan<'_>,
+        pipelined: Option<net::Pipelined>,
+    ) -> Result<()> {
+        self.send(plan.join())?;
+        if let Some(opening) = pipelined {
+            while self.traffic.bytes_sent <= PIPELINE_BYTES && plan.open_ahead()? {
+                self.send_all(plan)?;
+            }
+            if let Err((status, body)) = opening.finish(&mut self.ws)? {
+                return Err(super::enrolment::refused(status, Some(&body)));
+            }
+        }
+        let mut last_read = Instant::now();
+        loop {
+            // The rest of the opening (a big upload after the 101, all of
+            // a plain session's), reading now and then.
+            while plan.open_next()? {
+                self.send_all(plan)?;
+                if last_read.elapsed() >= KEEP_ALIVE {
+                    self.keep_alive()?;
+                    last_read = Instant::now();
+                }
+            }
+            if let Some(since) = plan.take_changes_request() {
+                let answer = self.relay_changed(since)?;
+                plan.on_changes(answer)?;
+                continue;
+            }
+            if plan.done() {
+                break;
+            }
+            let wait = match plan.exchanging() {
+                true => Wait::Exchange {
+                    quiet_ends: plan.quiet_ends(),
+                },
+                false => Wait::Answer,
+            };
+            let Some(m) = self.next(wait)? else {
+                plan.on_quiet();
+                continue;
+            };
+            let exchanging = plan.exchanging();
+            plan.on_message(m)?;
+            self.send_all(plan)?;
+            if exchanging {
+                self.report(plan);
+            }
+        }
+        let leave = plan.finish()?;
+        let _ = self.send(leave);
+        Ok(())
+    }
+
+    /// Closes the connection; the summary gets this session's traffic.
+    pub(super) fn close(mut self, summary: &mut SyncSummary) {
+        let _ = self.ws.close(None);
+        let _ = self.ws.flush();
+        summary.bytes_sent = self.traffic.bytes_sent;
+        summary.bytes_received = self.traffic.bytes_received;
+        summary.messages_sent = self.traffic.messages_sent;
+        summary.messages_received = self.traffic.messages_received;
+    }
+
+    fn send_all(&mut self, plan: &mut Plan<'_>) -> Result<()> {
+        for m in plan.take_outgoing() {
+            self.send(m)?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, m: Message) -> Result<()> {
         tracing::trace!(message = %describe(&m), "sync send");
         let bytes = m.encode();
-        self.summary.bytes_sent += bytes.len() as u64;
-        self.summary.messages_sent += 1;
+        self.traffic.bytes_sent += bytes.len() as u64;
+        self.traffic.messages_sent += 1;
         self.ws
             .send(WsMessage::Binary(bytes.into()))
             .map_err(|e| network("sending to the relay", e))
     }
 
-    /// The next message; `None` when the peer has been quiet for
-    /// [`QUIET`] while no pending document awaits an answer.
-    pub(super) fn receive_or_quiet(&mut self) -> Result<Option<Message>> {
-        if let Some(m) = self.backlog.pop_front() {
-            return Ok(Some(m));
+    /// The next message: what the keep-alive read first, then the socket.
+    fn next(&mut self, wait: Wait) -> Result<Option<Message>> {
+        match self.backlog.pop_front() {
+            Some(m) => Ok(Some(m)),
+            None => self.read(wait),
         }
-        // Pings and pongs are no answer: a peer that sends only those is
-        // as silent as one that sends nothing.
-        let waiting = std::time::Instant::now();
+    }
+
+    /// The one read loop. Pings and pongs are no answer: a peer that sends
+    /// only those is as silent as one that sends nothing.
+    fn read(&mut self, wait: Wait) -> Result<Option<Message>> {
+        let (timeout, patience) = match wait {
+            Wait::Answer => (net::IO_TIMEOUT, net::IO_TIMEOUT),
+            // From here on, short reads: a peer that has nothing to add to
+            // a document may stay silent (automerge-repo's JavaScript
+            // server does).
+            Wait::Exchange { .. } => (QUIET, net::IO_TIMEOUT),
+            Wait::Poll => (Duration::from_millis(1), KEEP_ALIVE),
+        };
+        self.set_timeout(timeout)?;
+        let stopped = || Error::Network("the relay stopped answering".into());
+        let waiting = Instant::now();
         loop {
             match self.ws.read() {
                 Ok(WsMessage::Binary(bytes)) => {
-                    let m = self.decode_received(&bytes)?;
-                    tracing::trace!(message = %describe(&m), pending = self.pending.len(), "sync receive");
+                    self.traffic.bytes_received += bytes.len() as u64;
+                    self.traffic.messages_received += 1;
+                    let m = plan::decode(&bytes)?;
+                    tracing::trace!(message = %describe(&m), "sync receive");
                     return Ok(Some(m));
                 }
                 Ok(WsMessage::Close(_)) => {
                     return Err(Error::Network("the relay closed the connection".into()));
                 }
-                Ok(_) if waiting.elapsed() >= net::IO_TIMEOUT => {
-                    return Err(Error::Network("the relay stopped answering".into()));
-                }
+                // A peer that never pauses must not keep us from writing.
+                Ok(_) if wait == Wait::Poll && waiting.elapsed() >= patience => return Ok(None),
+                Ok(_) if waiting.elapsed() >= patience => return Err(stopped()),
                 Ok(_) => continue,
                 Err(tungstenite::Error::Io(e))
                     if matches!(
@@ -51,14 +203,10 @@ impl Session<'_> {
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     ) =>
                 {
-                    // Our relay answers every message; only other servers
-                    // may leave a heads announcement unanswered.
-                    if !self.pipelined && self.pending.iter().all(|id| !self.demanding.contains(id))
-                    {
-                        return Ok(None);
-                    }
-                    if waiting.elapsed() >= net::IO_TIMEOUT {
-                        return Err(Error::Network("the relay stopped answering".into()));
+                    match wait {
+                        Wait::Poll | Wait::Exchange { quiet_ends: true } => return Ok(None),
+                        _ if waiting.elapsed() >= patience => return Err(stopped()),
+                        _ => {}
                     }
                 }
                 Err(e) => return Err(net::read_failed(e)),
@@ -66,127 +214,15 @@ impl Session<'_> {
         }
     }
 
-    pub(super) fn receive(&mut self) -> Result<Message> {
-        if let Some(m) = self.backlog.pop_front() {
-            return Ok(m);
+    fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
+        if self.timeout != timeout {
+            self.ws
+                .get_ref()
+                .set_read_timeout(timeout)
+                .map_err(|e| network("socket", e))?;
+            self.timeout = timeout;
         }
-        let waiting = std::time::Instant::now();
-        loop {
-            match self.ws.read().map_err(|e| match e {
-                tungstenite::Error::Io(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    Error::Network("the relay stopped answering".into())
-                }
-                e => net::read_failed(e),
-            })? {
-                WsMessage::Binary(bytes) => {
-                    self.summary.bytes_received += bytes.len() as u64;
-                    self.summary.messages_received += 1;
-                    let m = Message::decode(&bytes)
-                        .map_err(|e| network("the relay sent a malformed message", e));
-                    if let Ok(m) = &m {
-                        tracing::trace!(message = %describe(m), pending = self.pending.len(), "sync receive");
-                    }
-                    return m;
-                }
-                WsMessage::Close(_) => {
-                    return Err(Error::Network("the relay closed the connection".into()));
-                }
-                _ if waiting.elapsed() >= net::IO_TIMEOUT => {
-                    return Err(Error::Network("the relay stopped answering".into()));
-                }
-                _ => continue,
-            }
-        }
-    }
-
-    pub(super) fn run(&mut self) -> Result<()> {
-        self.send(Message::Join {
-            sender_id: self.device_id.clone(),
-            peer_metadata: PeerMetadata {
-                storage_id: None,
-                is_ephemeral: false,
-                max_message_bytes: None,
-            },
-            supported_protocol_versions: vec![PROTOCOL_VERSION.into()],
-        })?;
-        self.expect_peer()?;
-        // A server may leave a heads announcement unanswered when it has
-        // nothing to add, but never one that differs from what it holds:
-        // documents changed here since the last sync with it must hear back.
-        // (Waiting only on changes and needs made devices give up on a busy
-        // JavaScript server before their changes went up: office-sync
-        // benchmark, 20 devices at once.)
-        self.locally_changed = self
-            .repo
-            .changed_since_sync(&self.relay_peer)?
-            .into_iter()
-            .collect();
-        let mut next_cursor = None;
-        let mut docs: Vec<DocumentId> = match &self.only {
-            Some(only) => only.iter().copied().collect(),
-            None => {
-                let held: BTreeSet<DocumentId> = self
-                    .repo
-                    .document_ids()?
-                    .into_iter()
-                    .map(|(id, _)| id)
-                    .collect();
-                let relay = self.relay_changed()?;
-                if let Some(relay) = &relay {
-                    // Erasures first: a purged family is deleted here before
-                    // anything could offer it to the relay again; then closed
-                    // cases past the team's retention.
-                    self.repo
-                        .record_policy(relay.retention_days, relay.lease_days)?;
-                    let mut purged = self.repo.apply_purges(&relay.purged)?;
-                    purged.extend(self.repo.apply_retention()?);
-                    self.summary.purged = purged.iter().map(ToString::to_string).collect();
-                }
-                let held: BTreeSet<DocumentId> = match &relay {
-                    Some(_) if !self.summary.purged.is_empty() => self
-                        .repo
-                        .document_ids()?
-                        .into_iter()
-                        .map(|(id, _)| id)
-                        .collect(),
-                    _ => held,
-                };
-                let listed = self.repo.directory_listing()?;
-                match relay.map(|r| (r.cursor, r.changed)) {
-                    // Only what changed here since the last sync, what
-                    // changed on the relay since, and what we lack.
-                    Some((cursor, changed)) => {
-                        next_cursor = Some(cursor);
-                        let mut d: Vec<DocumentId> = self.locally_changed.iter().copied().collect();
-                        d.extend(changed);
-                        d.extend(listed.into_iter().filter(|id| !held.contains(id)));
-                        d.extend(self.skipped_before.iter().copied());
-                        d
-                    }
-                    None => held
-                        .into_iter()
-                        .chain(listed)
-                        .chain(self.skipped_before.iter().copied())
-                        .collect(),
-                }
-            }
-        };
-        // The directory first: it names the documents this device lacks.
-        docs.sort_by_key(|id| *id != self.repo.directory_id());
-        let mut last_read = std::time::Instant::now();
-        for id in docs {
-            self.start(id)?;
-            if last_read.elapsed() >= KEEP_ALIVE {
-                self.keep_alive()?;
-                last_read = std::time::Instant::now();
-            }
-        }
-        self.exchange(next_cursor)
+        Ok(())
     }
 
     /// Reads what the server has sent so far without waiting for more,
@@ -195,248 +231,59 @@ impl Session<'_> {
     /// a client that missed a pong; a first sync of 2,000 documents with it
     /// took longer than that to write on a busy machine, and was reset
     /// (benchmark fresh-device, full tier).
-    pub(super) fn keep_alive(&mut self) -> Result<()> {
-        self.ws
-            .get_ref()
-            .set_read_timeout(std::time::Duration::from_millis(1))
-            .map_err(|e| network("socket", e))?;
-        let reading = std::time::Instant::now();
-        let read = loop {
-            match self.ws.read() {
-                Ok(WsMessage::Binary(bytes)) => match self.decode_received(&bytes) {
-                    Ok(m) => self.backlog.push_back(m),
-                    Err(e) => break Err(e),
-                },
-                Ok(WsMessage::Close(_)) => {
-                    break Err(Error::Network("the relay closed the connection".into()));
-                }
-                // A peer that never pauses must not keep us from writing.
-                Ok(_) if reading.elapsed() >= KEEP_ALIVE => break Ok(()),
-                Ok(_) => continue,
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break Ok(());
-                }
-                Err(e) => break Err(net::read_failed(e)),
-            }
-        };
-        self.ws
-            .get_ref()
-            .set_read_timeout(net::IO_TIMEOUT)
-            .map_err(|e| network("socket", e))?;
-        read?;
+    fn keep_alive(&mut self) -> Result<()> {
+        while let Some(m) = self.read(Wait::Poll)? {
+            self.backlog.push_back(m);
+        }
         // The pongs tungstenite queued go out now, not with the next message.
-        match self.ws.flush() {
-            Ok(()) => Ok(()),
-            Err(e) => Err(network("sending to the relay", e)),
+        self.ws
+            .flush()
+            .map_err(|e| network("sending to the relay", e))
+    }
+
+    /// `GET /v1/changes?since=`: `None` where the server has no such
+    /// endpoint (any automerge-repo server that is not a Linkbook relay).
+    fn relay_changed(&self, since: i64) -> Result<Option<crate::protocol::dto::Changes>> {
+        match &self.relay_changes {
+            Some((endpoint, ca, token)) => changes::fetch(endpoint, ca.as_deref(), token, since),
+            None => Ok(None),
         }
     }
 
-    /// The pipelined session with Linkbook's relay (docs/adr/0005): the
-    /// upgrade request, `join` and a sync message for every document to
-    /// send (carrying the changes made since the heads last shared with the
-    /// relay) leave in one flight; the relay answers with `peer`,
-    /// `changed-since` and its own changes, and its answers to ours.
-    pub(super) fn run_pipelined(
-        &mut self,
-        opening: net::Pipelined,
-        asked_changes: bool,
-    ) -> Result<()> {
-        self.send(Message::Join {
-            sender_id: self.device_id.clone(),
-            peer_metadata: PeerMetadata {
-                storage_id: None,
-                is_ephemeral: false,
-                max_message_bytes: None,
-            },
-            supported_protocol_versions: vec![PROTOCOL_VERSION.into()],
-        })?;
-        let mut docs: Vec<DocumentId> = match &self.only {
-            Some(only) => only.iter().copied().collect(),
-            None => {
-                let held: BTreeSet<DocumentId> = self
-                    .repo
-                    .document_ids()?
-                    .into_iter()
-                    .map(|(id, _)| id)
-                    .collect();
-                // What changed here since the last sync (everything, the
-                // first time), and what the directory names that we lack;
-                // the relay sends what changed there.
-                let mut d = self.repo.changed_since_sync(&self.relay_peer)?;
-                d.extend(
-                    self.repo
-                        .directory_listing()?
-                        .into_iter()
-                        .filter(|id| !held.contains(id)),
-                );
-                // Skipped before: a readable version may be there now.
-                d.extend(self.skipped_before.iter().copied());
-                d
-            }
-        };
-        docs.sort_by_key(|id| *id != self.repo.directory_id());
-        let mut docs = docs.into_iter();
-        for id in docs.by_ref() {
-            self.start(id)?;
-            if self.summary.bytes_sent > PIPELINE_BYTES {
-                break;
-            }
-        }
-        if let Err((status, body)) = opening.finish(&mut self.ws)? {
-            return Err(refused(status, Some(&body)));
-        }
-        self.expect_peer()?;
-        // The rest of a big upload (a device's first sync) after the 101.
-        for id in docs {
-            self.start(id)?;
-        }
-        let mut next_cursor = None;
-        if asked_changes {
-            match self.receive()? {
-                Message::ChangedSince {
-                    cursor,
-                    document_ids,
-                    purged,
-                    retention_days,
-                    lease_days,
-                } => {
-                    next_cursor = Some(cursor);
-                    // Erasures and the team's policy first: purged families
-                    // and closed cases past retention are deleted here (what
-                    // this flight offered of them the relay refuses).
-                    let purged = purged_with_times(&purged, self.repo.now());
-                    self.repo.record_policy(retention_days, lease_days)?;
-                    let mut gone = self.repo.apply_purges(&purged)?;
-                    gone.extend(self.repo.apply_retention()?);
-                    for id in &gone {
-                        self.forget(*id);
-                    }
-                    self.summary.purged = gone.iter().map(ToString::to_string).collect();
-                    for d in document_ids {
-                        if let Ok(id) = DocumentId::parse(&d, "document id") {
-                            // The relay sends these without being asked.
-                            self.all.insert(id);
-                            self.pending.insert(id);
-                            self.demanding.insert(id);
-                        }
-                    }
-                }
-                Message::Error { message } => {
-                    return Err(Error::Network(format!(
-                        "the relay ended the sync: {message}"
-                    )));
-                }
-                other => {
-                    return Err(Error::Network(format!(
-                        "expected 'changed-since' from the relay, got '{}'",
-                        other.message_type()
-                    )));
-                }
-            }
-        }
-        self.exchange(next_cursor)
-    }
-
-    /// Skips a document this app cannot read: no longer awaited, its sync
-    /// state not saved (the next sync asks again from the last good one),
-    /// reported and remembered; the session goes on with the others.
-    pub(super) fn skip(&mut self, id: DocumentId, reason: String) -> Result<()> {
-        tracing::warn!(document = %id, reason = %reason, "skipping a document this app cannot read");
-        self.pending.remove(&id);
-        self.demanding.remove(&id);
-        self.states.remove(&id);
-        self.needing.remove(&id);
-        self.received.remove(&id);
-        if self.skipped.insert(id) {
-            self.repo.remember_skipped(id, &reason)?;
-            self.summary.skipped.push(SkippedDocument {
-                id: id.to_string(),
-                reason,
-            });
-        }
-        Ok(())
-    }
-
-    /// The relay refused this device's changes to `id` (`doc-refused`):
-    /// no longer awaited, its sync state not saved (the next sync offers
-    /// the same changes and hears the same again), reported once.
-    pub(super) fn refused(&mut self, id: DocumentId, reason: String) {
-        tracing::warn!(document = %id, "the relay refused this device's changes to a document");
-        self.pending.remove(&id);
-        self.demanding.remove(&id);
-        self.states.remove(&id);
-        self.needing.remove(&id);
-        if !self.was_refused(id) {
-            self.summary.refused.push(SkippedDocument {
-                id: id.to_string(),
-                reason: reason.chars().take(1_000).collect(),
-            });
-        }
-    }
-
-    pub(super) fn was_refused(&self, id: DocumentId) -> bool {
-        let id = id.to_string();
-        self.summary.refused.iter().any(|d| d.id == id)
-    }
-
-    /// Stops syncing a document deleted during the session (purged).
-    pub(super) fn forget(&mut self, id: DocumentId) {
-        self.all.remove(&id);
-        self.pending.remove(&id);
-        self.demanding.remove(&id);
-        self.states.remove(&id);
-        self.needing.remove(&id);
-        self.locally_changed.remove(&id);
-        self.sent_changes.remove(&id);
-    }
-
-    pub(super) fn expect_peer(&mut self) -> Result<()> {
-        match self.receive()? {
-            Message::Peer {
-                sender_id,
-                selected_protocol_version,
-                peer_metadata,
-                ..
-            } if selected_protocol_version == PROTOCOL_VERSION => {
-                // The pipelined opening already went out with what this
-                // device knew of `relay_peer`'s store (sync states, cursor).
-                // A relay whose peer id is another store's (its id comes
-                // from its database: a relay rebuilt or restored, or another
-                // relay enrolled with) holds none of that: trusting it would
-                // skip every document unchanged since the last sync there.
-                if self.pipelined && !self.relay_peer.is_empty() && self.relay_peer != sender_id {
-                    self.other_store = Some(sender_id);
-                    return Err(Error::Network(
-                        "the relay is another store than the one last synced with".into(),
-                    ));
-                }
-                self.relay_peer = sender_id;
-                self.max_message_bytes = split::message_limit(peer_metadata.max_message_bytes);
-                Ok(())
-            }
-            Message::Error { message } => Err(Error::Network(format!(
-                "the relay refused the connection: {message}"
-            ))),
-            other => Err(Error::Network(format!(
-                "expected 'peer' from the relay, got '{}'",
-                other.message_type()
-            ))),
-        }
-    }
-
-    pub(super) fn report(&self) {
+    fn report(&self, plan: &Plan<'_>) {
         if let Some(l) = self.listener {
+            let (documents_done, documents_total) = plan.progress();
             l.progress(&SyncProgress {
-                documents_done: (self.all.len() - self.pending.len()) as u32,
-                documents_total: self.all.len() as u32,
-                bytes_sent: self.summary.bytes_sent,
-                bytes_received: self.summary.bytes_received,
+                documents_done,
+                documents_total,
+                bytes_sent: self.traffic.bytes_sent,
+                bytes_received: self.traffic.bytes_received,
             });
         }
+    }
+}
+
+/// A message for trace logs: type, document, heads and sizes (no content).
+fn describe(m: &Message) -> String {
+    match m {
+        Message::Sync {
+            document_id, data, ..
+        }
+        | Message::Request {
+            document_id, data, ..
+        } => {
+            let s = sync::Message::decode(data)
+                .map(|m| {
+                    format!(
+                        "heads={:?} need={:?} changes={}",
+                        m.heads,
+                        m.need,
+                        m.changes.len()
+                    )
+                })
+                .unwrap_or_default();
+            format!("{} {} {}", m.message_type(), document_id, s)
+        }
+        other => other.message_type().to_string(),
     }
 }
