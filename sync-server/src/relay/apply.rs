@@ -96,21 +96,29 @@ impl Hub {
             }
         }
         let after = s.doc.get_heads();
-        // The door asks whether a directory entry's family was purged.
-        let purged: std::collections::HashSet<String> = if before != after {
-            self.storage
-                .purged(&device.team)
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "reading the purged documents failed");
-                    Close("the relay could not read its storage".into())
-                })?
-                .into_iter()
-                .map(|p| p.id)
-                .collect()
-        } else {
-            Default::default()
+        // The door asks, for a team directory only, whether a removed
+        // entry's family was purged: the team's purged ids are read then
+        // (the directory's type before or after the change; the rules judge
+        // by the one it had). A failed read keeps nothing of the message.
+        let directory = |heads: &[automerge::ChangeHash]| {
+            matches!(
+                automerge::ReadDoc::get_at(&s.doc, automerge::ROOT, "type", heads),
+                Ok(Some((automerge::Value::Scalar(t), _))) if t.as_str() == Some(linkbook_core::DocumentType::TeamDirectory.as_str())
+            )
         };
+        let purged: std::collections::HashSet<String> =
+            if before != after && (directory(&before) || directory(&after)) {
+                match self.storage.purged(&device.team).await {
+                    Ok(purged) => purged.into_iter().map(|p| p.id).collect(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the purged documents failed");
+                        self.forget(&mut s, &device.team, id);
+                        return Err(Close("the relay could not read its storage".into()));
+                    }
+                }
+            } else {
+                Default::default()
+            };
         if before != after
             && let Err(reason) = crate::door::check(&s.doc, &before, &|id| purged.contains(id))
         {
