@@ -38,7 +38,7 @@ pub use memory::MemoryStorage;
 pub use sqlite::SqliteStorage;
 pub use types::{
     AuditAction, AuditEntry, AuditRecord, CodeGrant, Committed, Device, ReadMarks,
-    RevocationCursor, StoredDocument, Upload,
+    RevocationCursor, Stored, StoredDocument, Upload,
 };
 
 /// A team's data-protection policy; `None` is no limit. The same type is

@@ -266,6 +266,32 @@ pub struct Upload<'a> {
     pub at: DateTime<Utc>,
 }
 
+/// What a backend stores for an [`Upload`] (the rule every backend keeps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored<'a> {
+    /// The whole document, replacing nothing (it is new to the store).
+    Snapshot(&'a [u8]),
+    /// Bytes appended beside what is stored.
+    Append(&'a [u8]),
+    /// No changes: nothing stored, the cursor stays.
+    Nothing,
+}
+
+impl<'a> Upload<'a> {
+    /// A whole save stands for the document only where nothing was stored
+    /// before (`created`); otherwise its changes are appended like any
+    /// others, so another writer's stored changes are never replaced by a
+    /// copy without them.
+    pub fn stored(&self, created: bool) -> Stored<'a> {
+        match self.snapshot {
+            Some(snap) if created => Stored::Snapshot(snap),
+            _ if !self.changes.is_empty() => Stored::Append(self.changes),
+            Some(snap) if !snap.is_empty() => Stored::Append(snap),
+            _ => Stored::Nothing,
+        }
+    }
+}
+
 /// What [`super::DocumentStore::commit_upload`] committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Committed {

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     AuditAction, AuditEntry, AuditRecord, CodeGrant, Committed, Device, DeviceStore, DocumentStore,
-    Purged, Result, RevocationCursor, StorageError, StoredDocument, TeamPolicy, Upload,
+    Purged, Result, RevocationCursor, StorageError, Stored, StoredDocument, TeamPolicy, Upload,
 };
 use crate::refusals::{MAX_ROWS, Refusal, RefusedDocument};
 
@@ -336,25 +336,20 @@ impl DocumentStore for MemoryStorage {
             return Err(StorageError::Purged);
         }
         let created = !s.documents.contains_key(&k);
-        let snapshot = u.snapshot.filter(|_| created);
-        let data = match (snapshot, u.changes.is_empty()) {
-            (Some(_), _) => None,
-            (None, false) => Some(u.changes),
-            (None, true) => u.snapshot.filter(|b| !b.is_empty()),
-        };
+        let stored = u.stored(created);
         let next = s.seq + 1;
         let doc = s.documents.entry(k).or_default();
         let previous_seq = doc.seq;
-        let mut took = false;
-        if let Some(snap) = snapshot {
-            doc.snapshot = Some(snap.to_vec());
-            doc.changes.clear();
-            doc.compacted_through = next;
-            took = true;
-        } else if let Some(data) = data {
-            doc.changes.push((next, data.to_vec()));
-            took = true;
+        match stored {
+            Stored::Snapshot(snap) => {
+                doc.snapshot = Some(snap.to_vec());
+                doc.changes.clear();
+                doc.compacted_through = next;
+            }
+            Stored::Append(data) => doc.changes.push((next, data.to_vec())),
+            Stored::Nothing => {}
         }
+        let took = stored != Stored::Nothing;
         if took {
             doc.seq = next;
             doc.last_device = Some(u.uploader.to_string());

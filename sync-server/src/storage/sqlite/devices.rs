@@ -4,9 +4,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
-use super::{DEVICE_COLUMNS, SqliteStorage, device_row};
+use super::{DEVICE_COLUMNS, SqliteStorage, device_row, insert_audit};
 use crate::storage::{
-    CodeGrant, Device, DeviceStore, Result, RevocationCursor, StorageError, TeamPolicy,
+    AuditAction, AuditRecord, CodeGrant, Device, DeviceStore, Result, RevocationCursor,
+    StorageError, TeamPolicy,
 };
 
 #[async_trait]
@@ -63,9 +64,11 @@ impl DeviceStore for SqliteStorage {
                 "INSERT INTO devices (id, team, worker, device_name, token_hash, enrolled_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![device_id, team, worker, device_name, token_hash, now.to_rfc3339()],
             )?;
-            tx.execute(
-                "INSERT INTO audit (at, device_id, worker, action) VALUES (?1, ?2, ?3, 'enrolled')",
-                params![now.to_rfc3339(), device_id, worker],
+            insert_audit(
+                &tx,
+                &AuditRecord::new(AuditAction::Enrolled, now)
+                    .device(device_id)
+                    .worker(&worker),
             )?;
             let device = tx.query_row(
                 &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"),
@@ -116,10 +119,9 @@ impl DeviceStore for SqliteStorage {
                 params![device_id, now.to_rfc3339()],
             )? > 0;
             if revoked_now {
-                tx.execute(
-                    "INSERT INTO audit (at, device_id, worker, action) VALUES (?1, ?2, ?3, 'revoked')",
-                    params![now.to_rfc3339(), device_id, by],
-                )?;
+                let mut record = AuditRecord::new(AuditAction::Revoked, now).device(device_id);
+                record.worker = by.map(str::to_string);
+                insert_audit(&tx, &record)?;
             }
             tx.commit()?;
             Ok::<_, rusqlite::Error>(exists)

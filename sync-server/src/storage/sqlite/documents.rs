@@ -14,7 +14,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::{SqliteStorage, insert_audit};
 use crate::refusals::{MAX_ROWS, Refusal, RefusedDocument};
 use crate::storage::{
-    Committed, DocumentStore, Purged, Result, StorageError, StoredDocument, Upload,
+    AuditAction, AuditRecord, Committed, DocumentStore, Purged, Result, StorageError, Stored,
+    StoredDocument, Upload,
 };
 
 #[async_trait]
@@ -169,9 +170,11 @@ impl DocumentStore for SqliteStorage {
                 "INSERT INTO purged (doc_id, team, reason, purged_at) VALUES (?1, ?2, ?3, ?4)",
                 params![doc_id, team, reason, now.to_rfc3339()],
             )?;
-            tx.execute(
-                "INSERT INTO audit (at, device_id, worker, action, doc_id, team) VALUES (?1, NULL, 'office administrator', 'purged', ?2, ?3)",
-                params![now.to_rfc3339(), doc_id, team],
+            insert_audit(
+                &tx,
+                &AuditRecord::new(AuditAction::Purged, now)
+                    .worker("office administrator")
+                    .document(team, doc_id),
             )?;
             tx.commit()?;
             // Older page images of the document are still in the WAL: fold
@@ -262,21 +265,19 @@ fn commit_upload(conn: &mut Connection, u: &Upload<'_>) -> Result<Committed> {
         .prepare_cached("SELECT seq, change_count FROM documents WHERE team = ?1 AND id = ?2")?
         .query_row([u.team, u.doc_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let mut seq = previous_seq;
-    // A whole save stands for the document only where nothing was stored
-    // before; otherwise its changes are appended like any others (another
-    // writer's stored changes are never replaced by a copy without them).
-    let snapshot = u.snapshot.filter(|_| created);
-    let data = match (snapshot, u.changes.is_empty()) {
-        (Some(_), _) => None,
-        (None, false) => Some(u.changes),
-        (None, true) => u.snapshot.filter(|s| !s.is_empty()),
+    let stored = u.stored(created);
+    // A snapshot takes its cursor value from a row deleted at once.
+    let data = match stored {
+        Stored::Snapshot(_) => Some(&[][..]),
+        Stored::Append(data) => Some(data),
+        Stored::Nothing => None,
     };
-    if snapshot.is_some() || data.is_some() {
+    if let Some(data) = data {
         tx.prepare_cached("INSERT INTO changes (team, doc_id, data) VALUES (?1, ?2, ?3)")?
-            .execute(params![u.team, u.doc_id, data.unwrap_or_default()])?;
+            .execute(params![u.team, u.doc_id, data])?;
         seq = tx.last_insert_rowid();
     }
-    if let Some(snap) = snapshot {
+    if let Stored::Snapshot(snap) = stored {
         tx.prepare_cached("DELETE FROM changes WHERE team = ?1 AND doc_id = ?2")?
             .execute([u.team, u.doc_id])?;
         tx.prepare_cached(
@@ -286,7 +287,7 @@ fn commit_upload(conn: &mut Connection, u: &Upload<'_>) -> Result<Committed> {
         )?
         .execute(params![u.team, u.doc_id, snap, seq, u.uploader])?;
         change_count = 0;
-    } else if data.is_some() {
+    } else if let Stored::Append(_) = stored {
         change_count = tx
             .prepare_cached(
                 "UPDATE documents SET change_count = change_count + 1, seq = ?3, last_device = ?4
