@@ -41,7 +41,8 @@ pub use model::{
 };
 pub use repo::{Clock, DeviceProfile, LOCAL_TEAM, Repo};
 pub use store::{DatabaseKey, open_keyed};
+pub use sync::link;
 pub use sync::{
-    DeviceCredentials, Enrolment, SkippedDocument, SyncListener, SyncProgress, SyncSummary,
-    enrol_device,
+    DeviceCredentials, Enrolment, IO_TIMEOUT, SkippedDocument, SyncListener, SyncProgress,
+    SyncSummary, enrol_device,
 };

@@ -80,14 +80,46 @@ impl AppState {
         at_rest::prepare_data_dir(data)?;
         let sqlite = SqliteStorage::open_with_key(&data.join(DB_FILE), key)?;
         let storage_id = relay_storage_id(data, &sqlite)?;
-        let storage: Arc<dyn Storage> = Arc::new(sqlite);
-        Ok(AppState {
+        Ok(Self::with_storage(Arc::new(sqlite), storage_id, limits))
+    }
+
+    /// A relay on `storage` (any backend: the in-memory one for the
+    /// simulation, a database's), named `storage_id`.
+    pub fn with_storage(storage: Arc<dyn Storage>, storage_id: String, limits: Limits) -> Self {
+        AppState {
             hub: Arc::new(Hub::new(storage.clone(), storage_id, limits)),
             storage,
             auth: Arc::new(AuthLimiter::new(AuthLimits::default())),
             conns: conn_limits::Counter::new(conn_limits::ConnLimits::default()),
             audit_quotas: audit_upload::AuditQuotas::default(),
-        })
+        }
+    }
+
+    /// Admits a sync connection (`GET /v1/sync`): the device of bearer
+    /// `token` from `client` (not locked out), its change cursor (`since=N`
+    /// asks for the pipelined session, relay::Hub::push; other
+    /// automerge-repo clients never send it) and its session names from the
+    /// `query`. A refusal is the error the HTTP answer says.
+    pub async fn admit_sync(
+        &self,
+        client: Option<IpAddr>,
+        token: Option<&str>,
+        query: Option<&str>,
+    ) -> Result<(storage::Device, (Option<i64>, relay::Sessions))> {
+        let device = match self.authenticate(ClientAddr(client), token).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::info!(reason = %e, "sync connection refused");
+                return Err(e);
+            }
+        };
+        let since = query.and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("since="))
+                .and_then(|v| v.parse::<i64>().ok())
+        });
+        let sessions = relay::Sessions::from_query(query).map_err(Error::BadRequest)?;
+        Ok((device, (since, sessions)))
     }
 
     /// The same state with these quotas on uploaded read rows.
@@ -310,25 +342,13 @@ async fn sync_socket(
     ws: WebSocketUpgrade,
 ) -> Result<Response> {
     let token = auth::token_from(&headers, query.as_deref());
-    let device = match state.authenticate(client, token.as_deref()).await {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::info!(reason = %e, "sync connection refused");
-            return Err(e);
-        }
-    };
+    let (device, opening) = state
+        .admit_sync(client.0, token.as_deref(), query.as_deref())
+        .await?;
     if let Some(axum::Extension(u)) = unauthenticated {
         u.authenticated();
     }
     // At the cap, the device's oldest connection gives way (relay::Hub::admit).
-    // `since=N`: a Linkbook device's change cursor; it asks for the pipelined
-    // session (relay::Hub::push). Other automerge-repo clients never send it.
-    let since = query.as_deref().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("since="))
-            .and_then(|v| v.parse::<i64>().ok())
-    });
-    let sessions = relay::Sessions::from_query(query.as_deref()).map_err(Error::BadRequest)?;
     let hub = state.hub.clone();
     Ok(ws
         // tungstenite's defaults (128 KiB each way) made an idle connection
@@ -337,7 +357,7 @@ async fn sync_socket(
         .read_buffer_size(16 * 1024)
         .write_buffer_size(16 * 1024)
         .max_message_size(hub.limits().max_message_bytes)
-        .on_upgrade(move |socket| hub.serve(device, socket, (since, sessions)))
+        .on_upgrade(move |socket| hub.serve(device, socket, opening))
         .into_response())
 }
 

@@ -9,13 +9,13 @@
 //!   the public `Repo` API from a seed;
 //! - [`relay`]: a `linkbook-server` process on 127.0.0.1 with a random port
 //!   ([`Relay`], [`spawn_relay`]), enrolment codes and enrolled devices
-//!   ([`Device::enrolled`]), the relay's database opened from the test.
-//!
-//! It depends on `linkbook-core` only: the relay runs as a process, so
-//! core's own tests can use this crate without a cycle in the normal graph.
+//!   ([`Device::enrolled`]), the relay's database opened from the test;
+//! - [`sim`]: devices and the relay's hub in one process, joined by a
+//!   seeded faulty network (no sockets), for property tests.
 
 pub mod caseload;
 pub mod relay;
+pub mod sim;
 pub mod store;
 
 pub use relay::{

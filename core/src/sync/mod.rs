@@ -11,6 +11,7 @@
 mod changes;
 mod documents;
 mod enrolment;
+pub mod link;
 pub(crate) mod net;
 mod peer;
 mod plan;
@@ -27,10 +28,14 @@ use crate::error::{Error, Result};
 use crate::ids::DocumentId;
 use crate::protocol::dto;
 use crate::repo::Repo;
+use link::{Connector, Link, WsLink};
 use net::{Endpoint, network};
 use plan::{Opening, Plan};
 use session::Session;
 pub use skipped::SkippedDocument;
+
+/// A relay silent for this long while an answer is awaited is taken as gone.
+pub const IO_TIMEOUT: std::time::Duration = net::IO_TIMEOUT;
 
 /// What enrolment stored: the relay this device syncs with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -100,6 +105,18 @@ impl Repo {
         device_name: &str,
     ) -> Result<Enrolment> {
         let c = enrol_device(server_url, code, ca_pem, device_name)?;
+        self.adopt_enrolment(server_url, ca_pem, &c)
+    }
+
+    /// Takes credentials the relay at `server_url` issued for this device
+    /// (by [`enrol_device`], or a caller that redeemed the code its own
+    /// way): the device moves into their team and keeps the token.
+    pub fn adopt_enrolment(
+        &self,
+        server_url: &str,
+        ca_pem: Option<&str>,
+        c: &DeviceCredentials,
+    ) -> Result<Enrolment> {
         self.rehome(&c.team, c.directory_id)?;
         self.set_profile_values(&[
             ("device_id", c.device_id.as_str()),
@@ -110,9 +127,9 @@ impl Repo {
         ])?;
         Ok(Enrolment {
             server_url: server_url.trim().to_string(),
-            device_id: c.device_id,
-            team: c.team,
-            worker: c.worker,
+            device_id: c.device_id.clone(),
+            team: c.team.clone(),
+            worker: c.worker.clone(),
         })
     }
 
@@ -205,13 +222,61 @@ impl Repo {
             ));
         };
         let ca = values[1].clone().filter(|s| !s.is_empty());
-        let result = self.sync_session(&server, Some(&token), ca.as_deref(), only, listener, true);
+        let endpoint = Endpoint::parse(&server)?;
+        let connect = Connect::Relay {
+            endpoint,
+            token: Some(&token),
+            ca: ca.as_deref(),
+        };
+        let result = self.sync_session(connect, only, listener, true);
+        self.after_sync(result, || self.upload_reads(&server, ca.as_deref(), &token))
+    }
+
+    /// Syncs with the relay this device enrolled with over the links
+    /// `connector` opens (the in-process simulation, a tablet's own
+    /// transport), the same session as [`Repo::sync`]: the offline lease
+    /// runs from a successful one and a revoked device wipes itself. The
+    /// log of case-file reads stays queued for a sync over the network
+    /// (`POST /v1/audit` is not part of the sync protocol).
+    pub fn sync_over(
+        &self,
+        connector: &mut dyn Connector,
+        listener: Option<&dyn SyncListener>,
+    ) -> Result<SyncSummary> {
+        let Some(token) = self.profile_values(&["token"])?[0]
+            .clone()
+            .filter(|t| !t.is_empty())
+        else {
+            return Err(Error::Unauthorized(
+                "this device is not enrolled: run enrol first".into(),
+            ));
+        };
+        let result = self.sync_session(
+            Connect::Caller {
+                connector,
+                token: &token,
+            },
+            None,
+            listener,
+            true,
+        );
+        self.after_sync(result, || Ok(()))
+    }
+
+    /// What follows a session with the enrolled relay: a successful one
+    /// starts the offline lease and uploads the read log (`upload`); a
+    /// revoked device deletes everything it holds.
+    fn after_sync(
+        &self,
+        result: Result<SyncSummary>,
+        upload: impl FnOnce() -> Result<()>,
+    ) -> Result<SyncSummary> {
         if result.is_ok() {
             // The offline lease runs from here.
             self.record_sync()?;
             // The audit of who read which case file: kept here until the
             // relay has it, so a failed upload only waits for the next sync.
-            if let Err(e) = self.upload_reads(&server, ca.as_deref(), &token) {
+            if let Err(e) = upload() {
                 tracing::warn!(error = %e, "uploading the read log failed; kept for the next sync");
             }
         }
@@ -273,7 +338,13 @@ impl Repo {
         ca_pem: Option<&str>,
         listener: Option<&dyn SyncListener>,
     ) -> Result<SyncSummary> {
-        self.sync_session(server, token, ca_pem, None, listener, false)
+        let endpoint = Endpoint::parse(server)?;
+        let connect = Connect::Relay {
+            endpoint,
+            token,
+            ca: ca_pem,
+        };
+        self.sync_session(connect, None, listener, false)
     }
 
     /// Syncs only the named documents with the automerge-repo server at
@@ -290,23 +361,27 @@ impl Repo {
         ids: &[DocumentId],
         listener: Option<&dyn SyncListener>,
     ) -> Result<SyncSummary> {
-        self.sync_session(server, token, ca_pem, Some(ids), listener, false)
+        let endpoint = Endpoint::parse(server)?;
+        let connect = Connect::Relay {
+            endpoint,
+            token,
+            ca: ca_pem,
+        };
+        self.sync_session(connect, Some(ids), listener, false)
     }
 
     /// One session; again from scratch if the relay turned out to be
     /// another store than the one this device's sync states describe.
     fn sync_session(
         &self,
-        server: &str,
-        token: Option<&str>,
-        ca_pem: Option<&str>,
+        mut connect: Connect<'_>,
         only: Option<&[DocumentId]>,
         listener: Option<&dyn SyncListener>,
         pipelined: bool,
     ) -> Result<SyncSummary> {
         let mut started_over = false;
         loop {
-            match self.sync_session_once(server, token, ca_pem, only, listener, pipelined)? {
+            match self.sync_session_once(&mut connect, only, listener, pipelined)? {
                 Attempt::Done(summary) => return Ok(summary),
                 Attempt::OtherStore { known, found } if !started_over => {
                     tracing::info!(
@@ -342,90 +417,103 @@ impl Repo {
 
     fn sync_session_once(
         &self,
-        server: &str,
-        token: Option<&str>,
-        ca_pem: Option<&str>,
+        connect: &mut Connect<'_>,
         only: Option<&[DocumentId]>,
         listener: Option<&dyn SyncListener>,
         pipelined: bool,
     ) -> Result<Attempt> {
-        let endpoint = Endpoint::parse(server)?;
-        let (ws, opening, relay_peer, sync_session) = match (pipelined, token) {
-            // Our own relay: one round trip after TLS (docs/adr/0005).
-            (true, Some(token)) => {
-                let known_peer = self.profile_values(&["relay_peer"])?[0]
-                    .clone()
-                    .unwrap_or_default();
-                let since = match only {
-                    Some(_) => None,
-                    None => Some(
-                        self.profile_values(&[&cursor_key(&known_peer)])?[0]
-                            .as_deref()
-                            .and_then(|c| c.parse::<i64>().ok())
-                            .unwrap_or(0),
-                    ),
-                };
-                // This session's name, and the last successful one's: the
-                // relay leaves out of `changed-since` only what that session
-                // uploaded, never what a copy of this device did
-                // (sync-server relay::Sessions).
-                let named = since.map(|_| hex::encode(rand::random::<[u8; 8]>()));
-                let path = match (since, &named) {
-                    (Some(n), Some(this)) => {
-                        let after = self.profile_values(&[&session_key(&known_peer)])?[0]
-                            .clone()
-                            .filter(|p| {
-                                (1..=32).contains(&p.len())
-                                    && p.bytes().all(|b| b.is_ascii_hexdigit())
-                            })
-                            .map(|p| format!("&after={p}"))
-                            .unwrap_or_default();
-                        format!("/v1/sync?since={n}&session={this}{after}")
-                    }
-                    _ => "/v1/sync".to_string(),
-                };
-                let (ws, opening) = net::open_pipelined(&endpoint, ca_pem, &path, token)?;
-                (ws, Some((opening, since.is_some())), known_peer, named)
+        let token = connect.token().map(str::to_string);
+        // A plain session with a token asks the relay `GET /v1/changes`.
+        let relay_changes = match (&*connect, &token) {
+            (Connect::Relay { endpoint, ca, .. }, Some(t)) if !pipelined => {
+                Some((endpoint.clone(), ca.map(str::to_string), t.clone()))
             }
-            _ => {
-                let stream = net::Prefixed::new(net::connect(&endpoint, ca_pem)?);
-                let mut request = endpoint
-                    .url_for("/v1/sync", true)
-                    .into_client_request()
-                    .map_err(|e| network("sync request", e))?;
-                if let Some(token) = token {
-                    let value = format!("Bearer {token}")
-                        .parse()
-                        .map_err(|_| Error::invalid("token", "not a valid header value"))?;
-                    request.headers_mut().insert("Authorization", value);
-                }
-                let (ws, _) =
-                    tungstenite::client::client(request, stream).map_err(|e| match e {
-                        tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp)) => {
-                            refused(resp.status().as_u16(), resp.body().as_deref())
-                        }
-                        other => network("opening the sync connection", other),
-                    })?;
-                (ws, None, String::new(), None)
-            }
+            _ => None,
         };
+        let (link, opening, relay_peer, sync_session): (Box<dyn Link + '_>, _, _, _) =
+            match (pipelined, token.as_deref()) {
+                // Our own relay: one round trip after TLS (docs/adr/0005).
+                (true, Some(token)) => {
+                    let known_peer = self.profile_values(&["relay_peer"])?[0]
+                        .clone()
+                        .unwrap_or_default();
+                    let since = match only {
+                        Some(_) => None,
+                        None => Some(
+                            self.profile_values(&[&cursor_key(&known_peer)])?[0]
+                                .as_deref()
+                                .and_then(|c| c.parse::<i64>().ok())
+                                .unwrap_or(0),
+                        ),
+                    };
+                    // This session's name, and the last successful one's:
+                    // the relay leaves out of `changed-since` only what that
+                    // session uploaded, never what a copy of this device did
+                    // (sync-server relay::Sessions).
+                    let named = since.map(|_| hex::encode(rand::random::<[u8; 8]>()));
+                    let path = match (since, &named) {
+                        (Some(n), Some(this)) => {
+                            let after = self.profile_values(&[&session_key(&known_peer)])?[0]
+                                .clone()
+                                .filter(|p| {
+                                    (1..=32).contains(&p.len())
+                                        && p.bytes().all(|b| b.is_ascii_hexdigit())
+                                })
+                                .map(|p| format!("&after={p}"))
+                                .unwrap_or_default();
+                            format!("/v1/sync?since={n}&session={this}{after}")
+                        }
+                        _ => "/v1/sync".to_string(),
+                    };
+                    let link: Box<dyn Link + '_> = match connect {
+                        Connect::Relay { endpoint, ca, .. } => {
+                            let (ws, opening) = net::open_pipelined(endpoint, *ca, &path, token)?;
+                            Box::new(WsLink::new(ws, Some(opening)))
+                        }
+                        Connect::Caller { connector, .. } => connector.connect(&path, token)?,
+                    };
+                    (link, Some(since.is_some()), known_peer, named)
+                }
+                _ => {
+                    let Connect::Relay { endpoint, ca, .. } = connect else {
+                        return Err(Error::Unauthorized(
+                            "a caller's link syncs only an enrolled device".into(),
+                        ));
+                    };
+                    let stream = net::Prefixed::new(net::connect(endpoint, *ca)?);
+                    let mut request = endpoint
+                        .url_for("/v1/sync", true)
+                        .into_client_request()
+                        .map_err(|e| network("sync request", e))?;
+                    if let Some(token) = token.as_deref() {
+                        let value = format!("Bearer {token}")
+                            .parse()
+                            .map_err(|_| Error::invalid("token", "not a valid header value"))?;
+                        request.headers_mut().insert("Authorization", value);
+                    }
+                    let (ws, _) =
+                        tungstenite::client::client(request, stream).map_err(|e| match e {
+                            tungstenite::HandshakeError::Failure(tungstenite::Error::Http(
+                                resp,
+                            )) => refused(resp.status().as_u16(), resp.body().as_deref()),
+                            other => network("opening the sync connection", other),
+                        })?;
+                    (Box::new(WsLink::new(ws, None)), None, String::new(), None)
+                }
+            };
         let mut plan = Plan::new(
             self,
             Opening {
                 pipelined: opening.is_some(),
-                asked_changed_since: opening.as_ref().is_some_and(|(_, asked)| *asked),
+                asked_changed_since: opening == Some(true),
                 asks_changes: opening.is_none() && token.is_some(),
                 relay_peer,
                 sync_session,
                 only: only.map(<[DocumentId]>::to_vec),
             },
         )?;
-        let relay_changes = match (&opening, token) {
-            (None, Some(t)) => Some((endpoint.clone(), ca_pem.map(str::to_string), t.to_string())),
-            _ => None,
-        };
-        let mut session = Session::new(ws, listener, relay_changes);
-        let result = session.run(&mut plan, opening.map(|(o, _)| o));
+        let mut session = Session::new(link, listener, relay_changes);
+        let result = session.run(&mut plan, opening.is_some());
         if let Some(found) = plan.other_store.take() {
             // What was sent assumed the other store's heads; nothing learnt
             // in this session is kept.
@@ -442,6 +530,30 @@ impl Repo {
         result?;
         saved?;
         Ok(Attempt::Done(plan.summary))
+    }
+}
+
+/// How a session reaches the relay.
+enum Connect<'c> {
+    /// Over the network, at the relay's address.
+    Relay {
+        endpoint: Endpoint,
+        token: Option<&'c str>,
+        ca: Option<&'c str>,
+    },
+    /// Over the caller's links ([`Repo::sync_over`]).
+    Caller {
+        connector: &'c mut dyn Connector,
+        token: &'c str,
+    },
+}
+
+impl Connect<'_> {
+    fn token(&self) -> Option<&str> {
+        match self {
+            Connect::Relay { token, .. } => *token,
+            Connect::Caller { token, .. } => Some(token),
+        }
     }
 }
 

@@ -1,21 +1,22 @@
-//! The socket driver of one sync session, and nothing else: it writes what
-//! the plan (`plan.rs`) gives, reads the relay's messages in one read loop
-//! ([`Session::read`]: an answer awaited, a quiet that may end the
-//! exchange, or a poll that keeps the connection alive while writing), and
-//! feeds them to the plan until it is done. Every decision about documents
+//! The driver of one sync session, and nothing else: it writes what the
+//! plan (`plan.rs`) gives to the session's [`Link`] (the relay's WebSocket,
+//! or a caller's), reads the relay's messages from it (an answer awaited, a
+//! quiet that may end the exchange, or a poll that keeps the connection
+//! alive while writing: `link.rs` has the one socket read loop), and feeds
+//! them to the plan until it is done. Every decision about documents
 //! is the plan's and the engine's (`peer.rs`).
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use automerge::sync;
-use tungstenite::{Message as WsMessage, WebSocket};
 
 use super::changes;
-use super::net::{self, Endpoint, network};
+use super::link::{KEEP_ALIVE, Link, Wait};
+use super::net::Endpoint;
 use super::plan::{self, Plan};
 use super::{SyncListener, SyncProgress, SyncSummary};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::protocol::Message;
 
 /// At most this much is sent ahead of the relay's `101` (a day's offline
@@ -23,32 +24,8 @@ use crate::protocol::Message;
 /// for the upgrade rather than sitting in the relay's HTTP buffers).
 const PIPELINE_BYTES: u64 = 256 * 1024;
 
-/// How long a peer may be silent before heads-only announcements count as
-/// answered.
-const QUIET: Duration = Duration::from_millis(500);
-
-/// While writing a long opening (a first sync of thousands of documents), the
-/// socket is read at least this often: see [`Session::keep_alive`].
-const KEEP_ALIVE: Duration = Duration::from_secs(1);
-
-/// How a read waits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wait {
-    /// For an answer: nothing but pings (or nothing) for
-    /// [`net::IO_TIMEOUT`] is the relay's failure.
-    Answer,
-    /// In the exchange: like `Answer`, but a read timeout of [`QUIET`]
-    /// returns `None` when `quiet_ends` (nothing awaits an answer).
-    Exchange { quiet_ends: bool },
-    /// Only what already arrived: `None` when nothing is there or after
-    /// [`KEEP_ALIVE`] of pings.
-    Poll,
-}
-
 pub(super) struct Session<'a> {
-    ws: WebSocket<net::Prefixed>,
-    /// The socket's read timeout now (set only when it changes).
-    timeout: Duration,
+    link: Box<dyn Link + 'a>,
     /// Messages read while still writing ([`Session::keep_alive`]), in order;
     /// handled before anything read later.
     backlog: VecDeque<Message>,
@@ -61,13 +38,12 @@ pub(super) struct Session<'a> {
 
 impl<'a> Session<'a> {
     pub(super) fn new(
-        ws: WebSocket<net::Prefixed>,
+        link: Box<dyn Link + 'a>,
         listener: Option<&'a dyn SyncListener>,
         relay_changes: Option<(Endpoint, Option<String>, String)>,
     ) -> Self {
         Session {
-            ws,
-            timeout: net::IO_TIMEOUT,
+            link,
             backlog: VecDeque::new(),
             listener,
             relay_changes,
@@ -75,19 +51,15 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Runs the session: `pipelined` is the opening still to finish (its
-    /// first flight is written before the relay's `101` is read).
-    pub(super) fn run(
-        &mut self,
-        plan: &mut Plan<'_>,
-        pipelined: Option<net::Pipelined>,
-    ) -> Result<()> {
+    /// Runs the session: `pipelined`, its first flight is written before
+    /// the relay's answer to the opening ([`Link::opened`]) is read.
+    pub(super) fn run(&mut self, plan: &mut Plan<'_>, pipelined: bool) -> Result<()> {
         self.send(plan.join())?;
-        if let Some(opening) = pipelined {
+        if pipelined {
             while self.traffic.bytes_sent <= PIPELINE_BYTES && plan.open_ahead()? {
                 self.send_all(plan)?;
             }
-            if let Err((status, body)) = opening.finish(&mut self.ws)? {
+            if let Err((status, body)) = self.link.opened()? {
                 return Err(super::enrolment::refused(status, Some(&body)));
             }
         }
@@ -134,8 +106,7 @@ impl<'a> Session<'a> {
 
     /// Closes the connection; the summary gets this session's traffic.
     pub(super) fn close(mut self, summary: &mut SyncSummary) {
-        let _ = self.ws.close(None);
-        let _ = self.ws.flush();
+        self.link.close();
         summary.bytes_sent = self.traffic.bytes_sent;
         summary.bytes_received = self.traffic.bytes_received;
         summary.messages_sent = self.traffic.messages_sent;
@@ -154,9 +125,7 @@ impl<'a> Session<'a> {
         let bytes = m.encode();
         self.traffic.bytes_sent += bytes.len() as u64;
         self.traffic.messages_sent += 1;
-        self.ws
-            .send(WsMessage::Binary(bytes.into()))
-            .map_err(|e| network("sending to the relay", e))
+        self.link.send(bytes)
     }
 
     /// The next message: what the keep-alive read first, then the socket.
@@ -167,62 +136,16 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// The one read loop. Pings and pongs are no answer: a peer that sends
-    /// only those is as silent as one that sends nothing.
+    /// The link's next message, decoded.
     fn read(&mut self, wait: Wait) -> Result<Option<Message>> {
-        let (timeout, patience) = match wait {
-            Wait::Answer => (net::IO_TIMEOUT, net::IO_TIMEOUT),
-            // From here on, short reads: a peer that has nothing to add to
-            // a document may stay silent (automerge-repo's JavaScript
-            // server does).
-            Wait::Exchange { .. } => (QUIET, net::IO_TIMEOUT),
-            Wait::Poll => (Duration::from_millis(1), KEEP_ALIVE),
+        let Some(bytes) = self.link.recv(wait)? else {
+            return Ok(None);
         };
-        self.set_timeout(timeout)?;
-        let stopped = || Error::Network("the relay stopped answering".into());
-        let waiting = Instant::now();
-        loop {
-            match self.ws.read() {
-                Ok(WsMessage::Binary(bytes)) => {
-                    self.traffic.bytes_received += bytes.len() as u64;
-                    self.traffic.messages_received += 1;
-                    let m = plan::decode(&bytes)?;
-                    tracing::trace!(message = %describe(&m), "sync receive");
-                    return Ok(Some(m));
-                }
-                Ok(WsMessage::Close(_)) => {
-                    return Err(Error::Network("the relay closed the connection".into()));
-                }
-                // A peer that never pauses must not keep us from writing.
-                Ok(_) if wait == Wait::Poll && waiting.elapsed() >= patience => return Ok(None),
-                Ok(_) if waiting.elapsed() >= patience => return Err(stopped()),
-                Ok(_) => continue,
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    match wait {
-                        Wait::Poll | Wait::Exchange { quiet_ends: true } => return Ok(None),
-                        _ if waiting.elapsed() >= patience => return Err(stopped()),
-                        _ => {}
-                    }
-                }
-                Err(e) => return Err(net::read_failed(e)),
-            }
-        }
-    }
-
-    fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
-        if self.timeout != timeout {
-            self.ws
-                .get_ref()
-                .set_read_timeout(timeout)
-                .map_err(|e| network("socket", e))?;
-            self.timeout = timeout;
-        }
-        Ok(())
+        self.traffic.bytes_received += bytes.len() as u64;
+        self.traffic.messages_received += 1;
+        let m = plan::decode(&bytes)?;
+        tracing::trace!(message = %describe(&m), "sync receive");
+        Ok(Some(m))
     }
 
     /// Reads what the server has sent so far without waiting for more,
@@ -236,9 +159,7 @@ impl<'a> Session<'a> {
             self.backlog.push_back(m);
         }
         // The pongs tungstenite queued go out now, not with the next message.
-        self.ws
-            .flush()
-            .map_err(|e| network("sending to the relay", e))
+        self.link.flush()
     }
 
     /// `GET /v1/changes?since=`: `None` where the server has no such

@@ -2,12 +2,13 @@
 //! (pings, the shut reason, the last close), reading its messages, and what
 //! happens when it ends (sync states saved, the writer given a moment).
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use chrono::Utc;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use linkbook_core::protocol::Message;
 
 use super::registry::Connection;
@@ -23,6 +24,13 @@ const WRITER_LINGER_SECS: u64 = 10;
 /// peer that does not read.
 const SHUT_LINGER_SECS: u64 = 2;
 
+/// What a device's connection delivers: WebSocket frames (axum's), as read
+/// from its socket or, in-process, from a caller's channel.
+pub type Frames = Pin<Box<dyn Stream<Item = Result<WsMessage, axum::Error>> + Send>>;
+
+/// Where the frames to a device go.
+pub type FrameSink = Pin<Box<dyn Sink<WsMessage, Error = axum::Error> + Send>>;
+
 impl Hub {
     /// Serves one authenticated device's WebSocket until it closes. With
     /// `since` (the device's change cursor, `/v1/sync?since=N`), the relay
@@ -32,10 +40,25 @@ impl Hub {
         self: Arc<Self>,
         device: Device,
         socket: WebSocket,
+        opening: (Option<i64>, Sessions),
+    ) {
+        let (sink, stream) = socket.split();
+        self.serve_frames(device, Box::pin(sink), Box::pin(stream), opening)
+            .await;
+    }
+
+    /// Serves one authenticated device's connection over any frame stream
+    /// and sink, exactly as [`Hub::serve`] serves a WebSocket: the
+    /// in-process simulation (test support crate) connects devices this
+    /// way, with no socket.
+    pub async fn serve_frames(
+        self: Arc<Self>,
+        device: Device,
+        mut sink: FrameSink,
+        mut stream: Frames,
         (since, sessions): (Option<i64>, Sessions),
     ) {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (mut sink, mut stream) = socket.split();
         let queue_limit = self
             .limits
             .max_queued_bytes
@@ -134,7 +157,7 @@ impl Hub {
 /// the slot, or the overflow reason when its send queue overflowed. Those
 /// come first when several are ready (each ends the session).
 pub(super) async fn next_or_closed(
-    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    stream: &mut Frames,
     kick: &tokio::sync::Notify,
     outbox: &Outbox,
 ) -> Result<Option<Message>, Close> {
@@ -149,10 +172,7 @@ pub(super) async fn next_or_closed(
 
 /// Tells a shut connection why (an `error` message, then a close frame
 /// with code 1008, policy), best effort: the socket is dropped after.
-async fn say_shut(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, WsMessage>,
-    reason: String,
-) {
+async fn say_shut(sink: &mut FrameSink, reason: String) {
     let error = Message::Error {
         message: reason.clone(),
     };
@@ -175,9 +195,7 @@ async fn say_shut(
 }
 
 /// The next protocol message, `None` at a clean close.
-async fn next_message(
-    stream: &mut futures_util::stream::SplitStream<WebSocket>,
-) -> Result<Option<Message>, Close> {
+async fn next_message(stream: &mut Frames) -> Result<Option<Message>, Close> {
     loop {
         match stream.next().await {
             None => return Ok(None),

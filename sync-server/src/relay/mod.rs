@@ -39,6 +39,7 @@ use linkbook_core::protocol::Message;
 use crate::storage::Storage;
 
 pub(crate) use apply::brief;
+pub use connection::{FrameSink, Frames};
 pub use registry::REPLACED;
 pub use session::{MAX_PEER_ID_CHARS, PEER_ID_OF_ANOTHER_DEVICE, Sessions};
 

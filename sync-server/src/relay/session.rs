@@ -4,7 +4,6 @@
 //! messages). [`Sessions`] names a device's sync sessions, so copies of a
 //! device hear of each other's uploads.
 
-use axum::extract::ws::WebSocket;
 use chrono::Utc;
 use linkbook_core::protocol::{Message, PROTOCOL_VERSION, PeerMetadata};
 
@@ -86,10 +85,7 @@ impl Hub {
         conn_id: u64,
         device: &Device,
         outbox: &Outbox,
-        (stream, kick): (
-            &mut futures_util::stream::SplitStream<WebSocket>,
-            &tokio::sync::Notify,
-        ),
+        (stream, kick): (&mut super::connection::Frames, &tokio::sync::Notify),
         (since, sessions): (Option<i64>, &Sessions),
     ) -> Result<(), Close> {
         let tag = sessions.upload_tag(&device.id);
