@@ -385,12 +385,21 @@ fn erasure_leaves_no_term_in_any_page_of_the_device_store() -> Result<()> {
         );
     }
     let conn = device_sql(&b);
+    // Left as a new device is: unenrolled, with the local team's empty
+    // directory and nothing else.
+    let local = linkbook_core::DocumentId::team_directory(linkbook_core::LOCAL_TEAM);
+    assert_eq!(b.directory_id(), local);
+    for table in ["documents WHERE id", "changes WHERE doc_id"] {
+        assert_eq!(
+            count(&conn, &format!("SELECT count(*) FROM {table} != '{local}'")),
+            0,
+            "{table} after a wipe"
+        );
+    }
     for table in [
         "read_log",
         "sync_states",
         "conflicts",
-        "documents",
-        "changes",
         "notes",
         "families",
         "family_days",

@@ -170,10 +170,24 @@ fn a_device_of_another_team_cannot_get_documents_and_a_revoked_device_gets_nothi
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(matches!(a.repo.sync(None), Err(Error::Revoked)));
     assert!(a.repo.families()?.is_empty());
-    assert!(a.repo.document_ids()?.is_empty());
+    // Nothing but a new device's empty local directory.
+    let local = linkbook_core::DocumentId::team_directory(linkbook_core::LOCAL_TEAM);
+    let left: Vec<_> = a
+        .repo
+        .document_ids()?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(left, vec![local]);
     assert!(a.repo.search("confidential")?.is_empty());
     assert_eq!(a.repo.enrolment()?, None);
     assert!(matches!(a.repo.sync(None), Err(Error::Unauthorized(_))));
+    // It works on as a new, unenrolled device would.
+    assert_eq!(a.repo.profile().team, linkbook_core::LOCAL_TEAM);
+    a.repo.add_family(&NewFamily {
+        name: "Offline after the wipe".into(),
+        ..Default::default()
+    })?;
 
     // An enrolment code works once only.
     let code = relay.enrol_code("north", "Dee");

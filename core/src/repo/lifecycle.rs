@@ -77,6 +77,10 @@ impl Repo {
     /// Deletes every record on this device and forgets its enrolment (what a
     /// revoked device does). Deleted pages are overwritten (`secure_delete`)
     /// and the WAL is truncated, so nothing stays readable with the key.
+    /// The device is left as a new one is, unenrolled in the local team
+    /// (found by the simulation: it used to keep its old team and the id of
+    /// the directory it had just deleted, so every later write failed with
+    /// "team directory not found").
     pub(crate) fn wipe(&self) -> Result<()> {
         let ids = self.document_ids()?;
         self.write(|txn| {
@@ -107,6 +111,7 @@ impl Repo {
             }
             Ok(())
         })?;
+        self.rehome(LOCAL_TEAM, None)?;
         store::truncate_wal(&lock(&self.writer).conn)?;
         Ok(())
     }

@@ -169,6 +169,8 @@ impl Sim {
         &self.devices[device].device.repo
     }
 
+    /// The team a device was enrolled in (a wiped device's profile names
+    /// the local team since).
     pub fn team(&self, device: usize) -> &str {
         &self.devices[device].team
     }
@@ -195,7 +197,7 @@ impl Sim {
             address: None,
             key_worker: None,
         })?;
-        self.origins.insert(id, self.devices[device].team.clone());
+        self.origins.insert(id, self.repo(device).profile().team);
         Ok(id)
     }
 
@@ -210,7 +212,7 @@ impl Sim {
             date: Utc::now().date_naive(),
             capacity: None,
         })?;
-        self.origins.insert(id, self.devices[device].team.clone());
+        self.origins.insert(id, self.repo(device).profile().team);
         Ok(id)
     }
 

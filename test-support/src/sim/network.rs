@@ -181,10 +181,13 @@ pub struct Observed {
     /// Messages handed on and faults applied.
     pub delivered: u64,
     pub faults: u64,
+    /// Sessions that ended in an error.
+    pub failed_sessions: u64,
 }
 
 /// A revocation in the middle of a round: after `after_steps` controller
-/// steps, device `device` is revoked (its open connections are cut).
+/// steps (or at the round's end, if it ends sooner), device `device` is
+/// revoked (its open connections are cut).
 #[derive(Debug, Clone, Copy)]
 pub struct RevokeDuring {
     pub device: usize,
@@ -252,13 +255,15 @@ pub(super) fn round(
         };
         control.run(&requests, devices.len());
         control.finish();
-        handles
+        let results: Vec<_> = handles
             .into_iter()
             .map(|h| {
                 h.join()
                     .unwrap_or_else(|_| Err(Error::Network("the device's session panicked".into())))
             })
-            .collect()
+            .collect();
+        control.observed.failed_sessions += results.iter().filter(|r| r.is_err()).count() as u64;
+        results
     })
 }
 
@@ -603,6 +608,11 @@ impl Controller<'_> {
 
     /// After the round: close what is left and let the hub save.
     fn finish(&mut self) {
+        if let Some(r) = self.revoke_during
+            && self.revoked_now.is_none()
+        {
+            self.revoke(r.device);
+        }
         for (_, c) in std::mem::take(&mut self.conns) {
             self.retire(c);
         }
