@@ -24,7 +24,11 @@ pub struct Device {
 impl Device {
     /// A new, unenrolled device with a fresh key and no worker set.
     pub fn new() -> Device {
-        let dir = tempfile::tempdir().expect("device dir");
+        Device::in_dir(tempfile::tempdir().expect("device dir"))
+    }
+
+    /// A new, unenrolled device with a fresh key in `dir` (dropped with it).
+    pub fn in_dir(dir: TempDir) -> Device {
         let key = DatabaseKey::generate();
         let repo = Repo::open(dir.path().join("linkbook.db"), &key).expect("open device store");
         Device { repo, key, dir }

@@ -71,6 +71,18 @@ pub struct Sim {
     observed: Observed,
 }
 
+/// A temp dir for a store: in memory (`/dev/shm`) where the machine has
+/// it. The simulation checks what syncs, not durability (crash tests kill
+/// real processes), and an fsync behind a busy disk costs milliseconds.
+fn scratch() -> TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    match shm.is_dir() {
+        true => tempfile::tempdir_in(shm).or_else(|_| tempfile::tempdir()),
+        false => tempfile::tempdir(),
+    }
+    .expect("temp dir")
+}
+
 /// The address devices believe they enrolled with (never dialled).
 const SIM_URL: &str = "https://relay.sim.invalid";
 
@@ -96,7 +108,7 @@ impl Sim {
                 (AppState::with_storage(storage, id, limits), None)
             }
             Backend::Sqlite => {
-                let dir = tempfile::tempdir().expect("relay dir");
+                let dir = scratch();
                 let data = dir.path().join("data");
                 let state = rt
                     .block_on(async { AppState::open(&data, limits) })
@@ -138,7 +150,8 @@ impl Sim {
         if let Some(d) = directory_id {
             self.origins.insert(d, team.to_string());
         }
-        let device = Device::of_worker(worker);
+        let device = Device::in_dir(scratch());
+        device.repo.set_worker(worker).expect("set worker");
         device
             .repo
             .adopt_enrolment(
