@@ -86,7 +86,7 @@ pub(crate) async fn record(
         let first_today = {
             let mut audited = QUOTA_AUDITED.lock().unwrap_or_else(|p| p.into_inner());
             let map = audited.get_or_insert_with(HashMap::new);
-            map.insert(device.id.clone(), now.date_naive()) != Some(now.date_naive())
+            map.insert(device.id.to_string(), now.date_naive()) != Some(now.date_naive())
         };
         if first_today {
             tracing::warn!(device = %device.id, used, "read log quota reached: uploads refused until tomorrow");

@@ -18,7 +18,7 @@ use chrono::{DateTime, Duration, Utc};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::storage::{CodeGrant, Device, Storage};
+use crate::storage::{CodeGrant, Device, DeviceId, Storage, Team};
 
 /// Crockford's base32: no I, L, O, U to misread when typed from paper.
 const CODE_ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
@@ -54,7 +54,7 @@ pub async fn new_enrolment_code(
         .map(|_| CODE_ALPHABET[rand::random_range(0..CODE_ALPHABET.len())] as char)
         .collect();
     let grant = CodeGrant {
-        team: team.trim().to_string(),
+        team: Team::from(team.trim()),
         worker: worker.trim().to_string(),
         expires_at: now + valid_for,
     };
@@ -84,13 +84,19 @@ pub async fn enrol(
     let device_id = uuid::Uuid::new_v4().hyphenated().to_string();
     let token = hex::encode(rand::random::<[u8; 32]>());
     let device = storage
-        .redeem_enrolment_code(&hash(&code), &device_id, device_name, &hash(&token), now)
+        .redeem_enrolment_code(
+            &hash(&code),
+            &DeviceId::from(device_id),
+            device_name,
+            &hash(&token),
+            now,
+        )
         .await?;
     let directory_id = storage.team_directory_id(&device.team, now).await?;
     Ok(Enrolled {
-        device_id: device.id,
+        device_id: device.id.into_string(),
         token,
-        team: device.team,
+        team: device.team.into_string(),
         worker: device.worker,
         directory_id,
     })

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 
-use crate::storage::{AuditAction, AuditRecord, Device, Storage};
+use crate::storage::{AuditAction, AuditRecord, Device, Storage, Team};
 
 /// (device, document) pairs already audited as cross-team, so that one
 /// device repeating a request cannot flood the append-only audit.
@@ -33,7 +33,7 @@ pub(crate) fn note_cross_team(storage: &Arc<dyn Storage>, device: &Device, doc_i
     {
         let audited = AUDITED.lock().unwrap_or_else(|p| p.into_inner());
         if audited.as_ref().is_some_and(|s| {
-            s.len() >= MAX_AUDITED || s.contains(&(device.id.clone(), doc_id.to_string()))
+            s.len() >= MAX_AUDITED || s.contains(&(device.id.to_string(), doc_id.to_string()))
         }) {
             return;
         }
@@ -59,14 +59,14 @@ async fn check_and_audit(storage: &dyn Storage, device: &Device, doc_id: &str) {
             return;
         }
     };
-    let others: Vec<String> = holders.into_iter().filter(|t| *t != device.team).collect();
+    let others: Vec<Team> = holders.into_iter().filter(|t| *t != device.team).collect();
     if others.is_empty() {
         return;
     }
     {
         let mut audited = AUDITED.lock().unwrap_or_else(|p| p.into_inner());
         let set = audited.get_or_insert_with(HashSet::new);
-        if set.len() >= MAX_AUDITED || !set.insert((device.id.clone(), doc_id.to_string())) {
+        if set.len() >= MAX_AUDITED || !set.insert((device.id.to_string(), doc_id.to_string())) {
             return;
         }
     }

@@ -24,7 +24,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::storage::{AuditAction, Device, Storage};
+use crate::storage::{AuditAction, Device, Storage, Team};
 
 /// Rows kept in `refused_documents`.
 pub const MAX_ROWS: i64 = 10_000;
@@ -78,7 +78,7 @@ pub struct Refusal {
     pub doc_id: String,
     pub device_id: String,
     pub worker: String,
-    pub team: String,
+    pub team: Team,
     pub reason: String,
     pub kind: RefusalKind,
     pub count: i64,
@@ -90,7 +90,7 @@ pub struct Refusal {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RefusedDocument {
     pub document_id: String,
-    pub team: String,
+    pub team: Team,
     pub device_id: String,
     pub reason: String,
     pub count: i64,
@@ -132,7 +132,11 @@ impl Recorder {
         let now = Utc::now().to_rfc3339();
         let start_writer = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let key = (doc_id.to_string(), device.id.clone(), reason.to_string());
+            let key = (
+                doc_id.to_string(),
+                device.id.to_string(),
+                reason.to_string(),
+            );
             let full = p.batch.len() >= MAX_PENDING;
             match p.batch.get_mut(&key) {
                 Some(r) => {
@@ -153,7 +157,7 @@ impl Recorder {
                         key,
                         Refusal {
                             doc_id: doc_id.to_string(),
-                            device_id: device.id.clone(),
+                            device_id: device.id.to_string(),
                             worker: device.worker.clone(),
                             team: device.team.clone(),
                             reason: reason.to_string(),
@@ -195,7 +199,8 @@ async fn write_batches(pending: &Mutex<Pending>, storage: &dyn Storage) {
 
 /// `linkbook-server document refused [--team T] [--json]`.
 pub(crate) async fn print(storage: &dyn Storage, team: Option<&str>, json: bool) -> Result<()> {
-    let rows = storage.refused_documents(team).await?;
+    let team = team.map(Team::from);
+    let rows = storage.refused_documents(team.as_ref()).await?;
     if json {
         println!(
             "{}",
@@ -255,7 +260,12 @@ mod tests {
             .filter(|e| e.action == "refused-at-door")
             .count();
         assert_eq!(audited, 1, "a repeat is counted, not audited again");
-        assert!(storage.refused_documents(Some("south")).await?.is_empty());
+        assert!(
+            storage
+                .refused_documents(Some(&Team::from("south")))
+                .await?
+                .is_empty()
+        );
 
         let many: Vec<Refusal> = (0..MAX_ROWS + 5)
             .map(|i| refusal(&format!("doc-{i:06}"), "dev-2", "2026-12-02T00:00:00Z"))

@@ -27,7 +27,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::Result;
 use crate::relay::Hub;
-use crate::storage::{RevocationCursor, Storage};
+use crate::storage::{DeviceId, RevocationCursor, Storage};
 
 /// What a revoked device's open connection is told before it is closed.
 pub const REVOKED: &str =
@@ -48,7 +48,10 @@ pub async fn revoke(
     by: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<bool> {
-    if !storage.revoke_device(device_id, by, now).await? {
+    if !storage
+        .revoke_device(&DeviceId::from(device_id), by, now)
+        .await?
+    {
         return Ok(false);
     }
     hub.cut_revoked(device_id);
@@ -115,7 +118,7 @@ async fn watch(storage: Arc<dyn Storage>, hub: Arc<Hub>, mut cursor: RevocationC
 async fn look(
     storage: &Arc<dyn Storage>,
     mut cursor: RevocationCursor,
-) -> (RevocationCursor, Result<Vec<String>>) {
+) -> (RevocationCursor, Result<Vec<crate::storage::DeviceId>>) {
     let before = cursor.clone();
     match storage.revocations_since(&mut cursor, BATCH).await {
         Ok(found) => (cursor, Ok(found)),
@@ -163,7 +166,7 @@ mod tests {
         let [old, a, b, c] = <[String; 4]>::try_from(ids).expect("four");
         assert!(
             admin
-                .revoke_device(&old, None, Utc::now())
+                .revoke_device(&DeviceId::from(&old), None, Utc::now())
                 .await
                 .expect("revoke")
         );
@@ -185,7 +188,7 @@ mod tests {
         for id in [&a, &b, &c] {
             assert!(
                 admin
-                    .revoke_device(id, None, Utc::now())
+                    .revoke_device(&DeviceId::from(id), None, Utc::now())
                     .await
                     .expect("revoke")
             );
@@ -193,7 +196,7 @@ mod tests {
         // Revoking again changes nothing and is not news.
         assert!(
             admin
-                .revoke_device(&a, None, Utc::now())
+                .revoke_device(&DeviceId::from(&a), None, Utc::now())
                 .await
                 .expect("again")
         );
@@ -214,7 +217,10 @@ mod tests {
                 .is_empty()
         );
         // The relay's own writes are no revocations either.
-        relay.touch_device(&a, Utc::now()).await.expect("touch");
+        relay
+            .touch_device(&DeviceId::from(&a), Utc::now())
+            .await
+            .expect("touch");
         assert!(
             relay
                 .revocations_since(&mut cursor, 2)
@@ -243,7 +249,7 @@ mod tests {
         let admin = SqliteStorage::open(&path).expect("admin's storage");
         assert!(
             admin
-                .revoke_device(&a, None, Utc::now())
+                .revoke_device(&DeviceId::from(&a), None, Utc::now())
                 .await
                 .expect("revoke")
         );

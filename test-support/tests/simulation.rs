@@ -8,15 +8,15 @@ use linkbook_test_support::sim::{Backend, Faults, Sim};
 fn a_note_written_offline_reaches_the_team_and_not_the_other_team() {
     for backend in [Backend::Memory, Backend::Sqlite] {
         let mut sim = Sim::new(backend, &[("north", 2), ("south", 1)]);
-        let family = sim.add_family(0, "Family A").unwrap();
+        let family = sim.add_family(0, "Family A").expect("a device operation");
         sim.repo(0)
             .add_note(family, "visited on Tuesday", NoteCategory::Visit)
-            .unwrap();
+            .expect("a device operation");
         let results = sim.round(&[0], Faults::NONE, 1, None);
         assert!(results[0].is_ok(), "{results:?}");
         let results = sim.round(&[1, 2], Faults::NONE, 2, None);
         assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
-        let notes = sim.repo(1).notes(family).unwrap();
+        let notes = sim.repo(1).notes(family).expect("a device operation");
         assert_eq!(notes.len(), 1, "{backend:?}");
         assert_eq!(notes[0].text, "visited on Tuesday");
         assert!(
@@ -33,12 +33,14 @@ fn faults_break_sessions_and_a_clean_round_recovers() {
     let mut sim = Sim::new(Backend::Memory, &[("north", 3)]);
     let mut notes = Vec::new();
     for d in 0..3 {
-        let family = sim.add_family(d, &format!("Family {d}")).unwrap();
+        let family = sim
+            .add_family(d, &format!("Family {d}"))
+            .expect("a device operation");
         for i in 0..3 {
             let id = sim
                 .repo(d)
                 .add_note(family, &format!("note {i}"), NoteCategory::PhoneCall)
-                .unwrap();
+                .expect("a device operation");
             notes.push((family, id));
         }
     }
@@ -65,7 +67,7 @@ fn faults_break_sessions_and_a_clean_round_recovers() {
     }
     for d in 0..3 {
         for (family, id) in &notes {
-            let held = sim.repo(d).notes(*family).unwrap();
+            let held = sim.repo(d).notes(*family).expect("a device operation");
             assert!(held.iter().any(|n| &n.id == id), "device {d} lacks {id}");
         }
     }
@@ -75,11 +77,11 @@ fn faults_break_sessions_and_a_clean_round_recovers() {
 fn a_device_revoked_mid_sync_is_cut_and_wipes_itself() {
     use linkbook_test_support::sim::RevokeDuring;
     let mut sim = Sim::new(Backend::Sqlite, &[("north", 2)]);
-    let family = sim.add_family(0, "Family A").unwrap();
+    let family = sim.add_family(0, "Family A").expect("a device operation");
     for i in 0..20 {
         sim.repo(0)
             .add_note(family, &format!("note {i}"), NoteCategory::Visit)
-            .unwrap();
+            .expect("a device operation");
     }
     assert!(sim.round(&[0], Faults::NONE, 1, None)[0].is_ok());
     let revoke = RevokeDuring {

@@ -412,7 +412,7 @@ fn tally(sim: &Sim, model: &Model) {
     t[2] += seen.faults;
     t[3] += seen.failed_sessions;
     t[4] += model.purged.len() as u64 + model.revoked.len() as u64;
-    if t[0] % 100 == 0 || t[0] == u64::from(cases()) {
+    if t[0].is_multiple_of(100) || t[0] == u64::from(cases()) {
         eprintln!(
             "simulation: {} cases, {} messages handed on, {} faults, {} sessions broken by them, {} purges and revocations",
             t[0], t[1], t[2], t[3], t[4]

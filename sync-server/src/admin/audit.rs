@@ -4,7 +4,7 @@
 use super::{Result, parse_family_id, team_of};
 #[cfg(test)]
 use crate::storage::{AuditAction, AuditRecord};
-use crate::storage::{AuditEntry, Storage};
+use crate::storage::{AuditEntry, DeviceId, Storage, Team};
 
 /// Which records: each given filter narrows them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,10 +23,11 @@ pub async fn audit_log(storage: &dyn Storage, query: &AuditQuery) -> Result<Vec<
     let family = query.family.as_deref().map(parse_family_id).transpose()?;
     let team = match &family {
         Some(id) => team_of(storage, id, query.team.as_deref()).await?,
-        None => query.team.clone(),
+        None => query.team.as_deref().map(Team::from),
     };
+    let device = query.device.as_deref().map(DeviceId::from);
     Ok(storage
-        .audit_log(family.as_deref(), query.device.as_deref(), team.as_deref())
+        .audit_log(family.as_deref(), device.as_ref(), team.as_ref())
         .await?)
 }
 

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::{ADMINISTRATOR, AdminError, Result};
-use crate::storage::{Device, Storage};
+use crate::storage::{Device, DeviceId, Storage, Team};
 
 /// The longest an enrolment code may stay valid, in hours (30 days).
 pub const MAX_CODE_HOURS: i64 = 24 * 30;
@@ -13,7 +13,7 @@ pub const MAX_CODE_HOURS: i64 = 24 * 30;
 pub struct Enrolment {
     /// `XXXX-XXXX-XXXX`, shown once (only its hash is stored).
     pub code: String,
-    pub team: String,
+    pub team: Team,
     pub worker: String,
     pub expires_at: DateTime<Utc>,
 }
@@ -45,7 +45,7 @@ pub async fn enrol(
     let code = crate::auth::new_enrolment_code(storage, team, worker, valid_for, now).await?;
     Ok(Enrolment {
         code,
-        team: team.trim().to_string(),
+        team: Team::from(team.trim()),
         worker: worker.trim().to_string(),
         expires_at: now + valid_for,
     })
@@ -69,7 +69,10 @@ pub async fn list_devices(storage: &dyn Storage) -> Result<Vec<Device>> {
 /// audited once as the office administrator's; revoking it again changes
 /// nothing.
 pub async fn revoke_device(storage: &dyn Storage, id: &str, now: DateTime<Utc>) -> Result<()> {
-    if !storage.revoke_device(id, Some(ADMINISTRATOR), now).await? {
+    if !storage
+        .revoke_device(&DeviceId::from(id), Some(ADMINISTRATOR), now)
+        .await?
+    {
         return Err(AdminError::NotFound {
             what: "device",
             id: id.to_string(),
@@ -108,7 +111,7 @@ mod tests {
             .expect("revoking again is no error");
         assert!(list_devices(s).await.expect("list")[0].revoked_at.is_some());
         let revoked = s
-            .audit_log(None, Some(&device), None)
+            .audit_log(None, Some(&DeviceId::from(&device)), None)
             .await
             .expect("audit")
             .into_iter()

@@ -6,13 +6,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{ADMINISTRATOR, AdminError, Result, parse_family_id, team_of};
-use crate::storage::{AuditAction, AuditEntry, AuditRecord, Storage};
+use crate::storage::{AuditAction, AuditEntry, AuditRecord, Storage, Team};
 
 /// A family erased from the relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurgedFamily {
     pub id: String,
-    pub team: String,
+    pub team: Team,
 }
 
 /// Deletes a family's case file and all its history from the relay; every
@@ -112,7 +112,7 @@ pub struct AnsweredQuery {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FamilyRecord {
     pub family_id: String,
-    pub team: String,
+    pub team: Team,
     /// Paths (`/members/m1/name`) of the strings that matched the name.
     pub matched_at: Vec<String>,
     /// The whole case file, as JSON.
@@ -125,7 +125,7 @@ pub struct FamilyRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
     pub family_id: String,
-    pub team: String,
+    pub team: Team,
     pub reason: String,
 }
 
@@ -151,7 +151,7 @@ pub async fn export_person(
     let AnsweredQuery { name, family } = query.answered()?;
     let only_team = match &family {
         Some(id) => team_of(storage, id, query.team.as_deref()).await?,
-        None => query.team.clone(),
+        None => query.team.as_deref().map(Team::from),
     };
     let budget = super::load_budget();
     let mut families = Vec::new();
@@ -207,7 +207,7 @@ pub async fn export_person(
         return Err(AdminError::NotFound {
             what: "family",
             id: id.clone(),
-            team: only_team,
+            team: only_team.map(Team::into_string),
         });
     }
     let generated_at = now.to_rfc3339();
@@ -298,7 +298,11 @@ mod tests {
                 team: "north".into()
             }
         );
-        assert!(!s.document_exists("north", &fam).await.expect("exists"));
+        assert!(
+            !s.document_exists(&Team::from("north"), &fam)
+                .await
+                .expect("exists")
+        );
         match purge_family(s, &fam, "asked", None, now).await {
             Err(AdminError::Refused(r)) => assert!(r.contains("purged already"), "{r}"),
             other => panic!("{other:?}"),

@@ -20,7 +20,7 @@ mod test_support;
 
 use linkbook_core::budget::Budget;
 
-use crate::storage::Storage;
+use crate::storage::{Storage, Team};
 
 /// Who the audit names for a change an administrator made.
 pub const ADMINISTRATOR: &str = "office administrator";
@@ -79,7 +79,7 @@ pub fn parse_family_id(id: &str) -> Result<String> {
 }
 
 /// A team name, trimmed; empty is refused.
-pub fn parse_team(team: &str) -> Result<String> {
+pub fn parse_team(team: &str) -> Result<Team> {
     let team = team.trim();
     if team.is_empty() {
         return Err(AdminError::InvalidInput {
@@ -87,18 +87,14 @@ pub fn parse_team(team: &str) -> Result<String> {
             reason: "must name a team".into(),
         });
     }
-    Ok(team.to_string())
+    Ok(Team::from(team))
 }
 
 /// The team whose document `id` an admin request means: `team` if given,
 /// else the only team holding the id (stored, or if none stores it, purged:
 /// so that "purged already" can be said). Documents are namespaced per
 /// team, so an id two teams hold needs the team.
-pub async fn team_of(
-    storage: &dyn Storage,
-    id: &str,
-    team: Option<&str>,
-) -> Result<Option<String>> {
+pub async fn team_of(storage: &dyn Storage, id: &str, team: Option<&str>) -> Result<Option<Team>> {
     if let Some(team) = team {
         return parse_team(team).map(Some);
     }
@@ -116,7 +112,7 @@ pub async fn team_of(
         0 | 1 => Ok(teams.pop()),
         _ => Err(AdminError::AmbiguousId {
             id: id.to_string(),
-            teams,
+            teams: teams.into_iter().map(Team::into_string).collect(),
         }),
     }
 }

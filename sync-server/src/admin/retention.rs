@@ -80,6 +80,7 @@ mod tests {
     use super::super::teams::{PolicyChange, set_team_policy};
     use super::super::test_support::{Relay, family};
     use super::*;
+    use crate::storage::Team;
 
     fn date(s: &str) -> NaiveDate {
         s.parse().expect("date")
@@ -109,14 +110,23 @@ mod tests {
             sweep(s, date("2026-02-15")).await.expect("sweep"),
             std::slice::from_ref(&due)
         );
-        assert!(s.is_purged("north", &due).await.expect("purged"));
+        assert!(
+            s.is_purged(&Team::from("north"), &due)
+                .await
+                .expect("purged")
+        );
         for (team, id) in [
             ("north", &recent),
             ("north", &open),
             ("south", &no_policy),
             ("north", &damaged),
         ] {
-            assert!(s.document_exists(team, id).await.expect("exists"), "{id}");
+            assert!(
+                s.document_exists(&Team::from(team), id)
+                    .await
+                    .expect("exists"),
+                "{id}"
+            );
         }
         assert!(
             sweep(s, date("2026-02-15"))

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{ADMINISTRATOR, AdminError, Result, parse_team};
-use crate::storage::{AuditAction, AuditRecord, Storage, TeamPolicy};
+use crate::storage::{AuditAction, AuditRecord, Storage, Team, TeamPolicy};
 
 /// The longest retention period or lease, in days (100 years).
 pub const MAX_DAYS: i64 = 36_500;
@@ -29,7 +29,7 @@ pub fn valid_days(days: i64) -> bool {
 
 /// A team's policy (no limits for a team the relay does not know), and its
 /// name as stored (trimmed).
-pub async fn team_policy(storage: &dyn Storage, team: &str) -> Result<(String, TeamPolicy)> {
+pub async fn team_policy(storage: &dyn Storage, team: &str) -> Result<(Team, TeamPolicy)> {
     let team = parse_team(team)?;
     let policy = storage.team_policy(&team).await?;
     Ok((team, policy))
@@ -43,7 +43,7 @@ pub async fn set_team_policy(
     team: &str,
     change: PolicyChange,
     now: DateTime<Utc>,
-) -> Result<(String, TeamPolicy)> {
+) -> Result<(Team, TeamPolicy)> {
     for (field, days) in [
         ("retention_days", change.retention_days),
         ("lease_days", change.lease_days),

@@ -6,7 +6,7 @@ use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ObjType, ROOT};
 use chrono::Utc;
 
-use crate::storage::{DocumentStore, SqliteStorage, Storage, Upload};
+use crate::storage::{DocumentStore, SqliteStorage, Storage, Team, Upload};
 
 pub struct Relay {
     _dir: tempfile::TempDir,
@@ -32,8 +32,9 @@ impl Relay {
     }
 
     pub fn store_as(&self, team: &str, id: &str, bytes: &[u8]) {
+        let team = Team::from(team);
         let upload = Upload {
-            team,
+            team: &team,
             doc_id: id,
             uploader: "device-1",
             changes: bytes,

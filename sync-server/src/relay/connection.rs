@@ -68,7 +68,7 @@ impl Hub {
         self.admit(
             conn_id,
             Connection {
-                device_id: device.id.clone(),
+                device_id: device.id.to_string(),
                 outbox: outbox.clone(),
                 kick: kick.clone(),
             },

@@ -73,7 +73,7 @@ impl Hub {
         match replies {
             Some(Some(parts)) => {
                 if parts.iter().any(|p| p.carries_changes) {
-                    received.push(device.id.clone());
+                    received.push(device.id.to_string());
                 }
                 outgoing.push((
                     outbox.clone(),
@@ -114,8 +114,10 @@ impl Hub {
                 if parts.is_empty() {
                     continue;
                 }
-                if parts.iter().any(|p| p.carries_changes) && !received.contains(other_device) {
-                    received.push(other_device.clone());
+                if parts.iter().any(|p| p.carries_changes)
+                    && !received.iter().any(|r| r == other_device.as_str())
+                {
+                    received.push(other_device.to_string());
                 }
                 outgoing.push((
                     conn.outbox.clone(),

@@ -87,7 +87,7 @@ impl Default for Limits {
 }
 
 /// A loaded document's key: its team and id.
-type DocKey = (String, DocumentId);
+type DocKey = (crate::storage::Team, DocumentId);
 
 /// Everything connections share.
 pub struct Hub {

@@ -15,7 +15,7 @@ use linkbook_core::protocol::Message;
 use super::slots::Slot;
 use super::{Close, Hub};
 use crate::outbox::Outbox;
-use crate::storage::Device;
+use crate::storage::{Device, DeviceId};
 
 impl Hub {
     /// Tells the device what changed since its cursor (`changed-since`):
@@ -29,7 +29,7 @@ impl Hub {
         let read = async {
             Ok::<_, crate::storage::StorageError>((
                 self.storage
-                    .changed_since(&device.team, since, mine)
+                    .changed_since(&device.team, since, &DeviceId::from(mine))
                     .await?,
                 self.storage.purged(&device.team).await?,
                 self.storage.team_policy(&device.team).await?,
@@ -88,7 +88,7 @@ impl Hub {
             return Ok(());
         };
         if parts.iter().any(|p| p.carries_changes) {
-            self.audit_received(std::slice::from_ref(&device.id), &document_id)
+            self.audit_received(&[device.id.to_string()], &document_id)
                 .await;
         }
         outbox.offer_all(

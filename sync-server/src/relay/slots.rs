@@ -13,13 +13,14 @@ use linkbook_core::DocumentId;
 
 use super::{Close, DocKey, Hub, lock};
 use crate::split::Sent;
+use crate::storage::{DeviceId, Team};
 
 /// One loaded document.
 pub(super) struct Slot {
-    pub(super) team: String,
+    pub(super) team: Team,
     pub(super) doc: Automerge,
     /// Sync state per connection that has touched this document.
-    pub(super) states: HashMap<u64, (String, sync::State)>,
+    pub(super) states: HashMap<u64, (DeviceId, sync::State)>,
     pub(super) last_used: u64,
     /// Its document holds changes that storage refused (a full disk), or
     /// was left half-changed by an Automerge panic. The slot is out of the
@@ -49,9 +50,9 @@ impl Hub {
     /// Drops a slot's loaded document (refused, half-applied or not
     /// stored): it leaves the map, and a connection already waiting for its
     /// lock reloads it from storage (`Slot::unstored`).
-    pub(super) fn forget(&self, s: &mut Slot, team: &str, id: DocumentId) {
+    pub(super) fn forget(&self, s: &mut Slot, team: &Team, id: DocumentId) {
         s.unstored = true;
-        lock(&self.docs).remove(&(team.to_string(), id));
+        lock(&self.docs).remove(&(team.clone(), id));
     }
 
     /// The loaded slot of `team`'s document `id`; `None`: the team has no
@@ -59,11 +60,11 @@ impl Hub {
     pub(super) async fn slot(
         &self,
         id: DocumentId,
-        team: &str,
+        team: &Team,
         create: bool,
     ) -> Result<Option<Arc<tokio::sync::Mutex<Slot>>>, Close> {
         let tick = self.tick.fetch_add(1, Ordering::Relaxed);
-        let map_key: DocKey = (team.to_string(), id);
+        let map_key: DocKey = (team.clone(), id);
         let loaded = lock(&self.docs).get(&map_key).cloned();
         if let Some(slot) = loaded {
             let mut s = slot.lock().await;
@@ -105,7 +106,7 @@ impl Hub {
                 }
             }
             None if create => Slot {
-                team: team.to_string(),
+                team: team.clone(),
                 doc: Automerge::new(),
                 states: HashMap::new(),
                 last_used: tick,
@@ -133,7 +134,7 @@ impl Hub {
     pub(super) async fn locked_slot(
         &self,
         id: DocumentId,
-        team: &str,
+        team: &Team,
         create: bool,
     ) -> Result<Option<tokio::sync::OwnedMutexGuard<Slot>>, Close> {
         loop {

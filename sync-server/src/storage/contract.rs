@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::{AuditAction, AuditRecord, CodeGrant, Storage, StorageError, TeamPolicy, Upload};
+use super::{
+    AuditAction, AuditRecord, CodeGrant, DeviceId, Storage, StorageError, Team, TeamPolicy, Upload,
+};
 
 /// Runs every case of the contract, each on a fresh store from `make`.
 /// Call it from a multi-thread tokio runtime (the racing cases spawn).
@@ -39,9 +41,20 @@ fn now() -> DateTime<Utc> {
     Utc::now()
 }
 
-fn upload<'a>(team: &'a str, doc: &'a str, by: &'a str, changes: &'a [u8]) -> Upload<'a> {
+/// The teams the suite stores documents for, for the `Upload`s that borrow
+/// them.
+fn team(name: &str) -> &'static Team {
+    static TEAMS: std::sync::LazyLock<[Team; 3]> =
+        std::sync::LazyLock::new(|| ["north", "south", "east"].map(Team::from));
+    TEAMS
+        .iter()
+        .find(|t| *t == name)
+        .expect("a team of the contract suite")
+}
+
+fn upload<'a>(team_name: &str, doc: &'a str, by: &'a str, changes: &'a [u8]) -> Upload<'a> {
     Upload {
-        team,
+        team: team(team_name),
         doc_id: doc,
         uploader: by,
         changes,
@@ -63,7 +76,7 @@ async fn enrol<S: Storage>(s: &S, team: &str, worker: &str, id: &str) -> super::
         .expect("code");
     s.redeem_enrolment_code(
         code.as_bytes(),
-        id,
+        &DeviceId::from(id),
         "tablet",
         format!("token-{id}").as_bytes(),
         now(),
@@ -79,13 +92,13 @@ async fn devices_enrol_once_and_are_found_by_token<S: Storage>(s: &S) {
         ("north", "Asha")
     );
     assert_eq!(
-        s.redeem_enrolment_code(b"code-d-asha", "d-2", "x", b"t2", now())
+        s.redeem_enrolment_code(b"code-d-asha", &DeviceId::from("d-2"), "x", b"t2", now())
             .await
             .unwrap_err(),
         StorageError::EnrolmentRefused("enrolment code already used")
     );
     assert_eq!(
-        s.redeem_enrolment_code(b"nope", "d-3", "x", b"t3", now())
+        s.redeem_enrolment_code(b"nope", &DeviceId::from("d-3"), "x", b"t3", now())
             .await
             .unwrap_err(),
         StorageError::EnrolmentRefused("unknown enrolment code")
@@ -99,7 +112,7 @@ async fn devices_enrol_once_and_are_found_by_token<S: Storage>(s: &S) {
         .await
         .expect("code");
     assert_eq!(
-        s.redeem_enrolment_code(b"old", "d-4", "x", b"t4", now())
+        s.redeem_enrolment_code(b"old", &DeviceId::from("d-4"), "x", b"t4", now())
             .await
             .unwrap_err(),
         StorageError::EnrolmentRefused("enrolment code expired")
@@ -121,7 +134,7 @@ async fn devices_enrol_once_and_are_found_by_token<S: Storage>(s: &S) {
         .await
         .expect("devices")
         .into_iter()
-        .map(|d| d.id)
+        .map(|d| d.id.into_string())
         .collect();
     assert_eq!(
         listed,
@@ -129,7 +142,9 @@ async fn devices_enrol_once_and_are_found_by_token<S: Storage>(s: &S) {
         "by team, then worker"
     );
     let at = now();
-    s.touch_device("d-ben", at).await.expect("touch");
+    s.touch_device(&DeviceId::from("d-ben"), at)
+        .await
+        .expect("touch");
     let ben = s
         .device_by_token(b"token-d-ben")
         .await
@@ -137,7 +152,7 @@ async fn devices_enrol_once_and_are_found_by_token<S: Storage>(s: &S) {
         .expect("ben");
     assert_eq!(ben.last_sync_at, Some(at.to_rfc3339()));
     let enrolled = s
-        .audit_log(None, Some("d-asha"), None)
+        .audit_log(None, Some(&DeviceId::from("d-asha")), None)
         .await
         .expect("audit");
     assert_eq!(enrolled.len(), 1);
@@ -151,7 +166,7 @@ async fn revocation_is_audited_once_and_watched_in_order<S: Storage>(s: &S) {
     enrol(s, "north", "Ben", "d-2").await;
     enrol(s, "north", "Cleo", "d-3").await;
     assert!(
-        s.revoke_device("d-1", Some("admin"), now())
+        s.revoke_device(&DeviceId::from("d-1"), Some("admin"), now())
             .await
             .expect("revoke")
     );
@@ -163,17 +178,25 @@ async fn revocation_is_audited_once_and_watched_in_order<S: Storage>(s: &S) {
         "a fresh cursor starts at the latest revocation"
     );
     assert!(
-        s.revoke_device("d-1", Some("again"), now())
+        s.revoke_device(&DeviceId::from("d-1"), Some("again"), now())
             .await
             .expect("again")
     );
     assert!(
-        !s.revoke_device("nobody", None, now())
+        !s.revoke_device(&DeviceId::from("nobody"), None, now())
             .await
             .expect("unknown")
     );
-    assert!(s.revoke_device("d-2", None, now()).await.expect("revoke"));
-    assert!(s.revoke_device("d-3", None, now()).await.expect("revoke"));
+    assert!(
+        s.revoke_device(&DeviceId::from("d-2"), None, now())
+            .await
+            .expect("revoke")
+    );
+    assert!(
+        s.revoke_device(&DeviceId::from("d-3"), None, now())
+            .await
+            .expect("revoke")
+    );
     assert_eq!(
         s.revocations_since(&mut cursor, 1).await.expect("w"),
         ["d-2"]
@@ -189,7 +212,7 @@ async fn revocation_is_audited_once_and_watched_in_order<S: Storage>(s: &S) {
             .is_empty()
     );
     let revoked: Vec<_> = s
-        .audit_log(None, Some("d-1"), None)
+        .audit_log(None, Some(&DeviceId::from("d-1")), None)
         .await
         .expect("audit")
         .into_iter()
@@ -206,27 +229,39 @@ async fn revocation_is_audited_once_and_watched_in_order<S: Storage>(s: &S) {
 }
 
 async fn teams_keep_a_directory_id_and_a_policy<S: Storage>(s: &S) {
-    let north = s.team_directory_id("north", now()).await.expect("dir");
+    let north = s
+        .team_directory_id(&Team::from("north"), now())
+        .await
+        .expect("dir");
     assert_eq!(
-        s.team_directory_id("north", now()).await.expect("dir"),
+        s.team_directory_id(&Team::from("north"), now())
+            .await
+            .expect("dir"),
         north
     );
     assert_ne!(
-        s.team_directory_id("south", now()).await.expect("dir"),
+        s.team_directory_id(&Team::from("south"), now())
+            .await
+            .expect("dir"),
         north
     );
     assert_eq!(
-        s.team_policy("east").await.expect("policy"),
+        s.team_policy(&Team::from("east")).await.expect("policy"),
         TeamPolicy::default()
     );
     let policy = TeamPolicy {
         retention_days: Some(30),
         lease_days: Some(7),
     };
-    s.set_team_policy("east", policy, now()).await.expect("set");
-    assert_eq!(s.team_policy("east").await.expect("policy"), policy);
+    s.set_team_policy(&Team::from("east"), policy, now())
+        .await
+        .expect("set");
+    assert_eq!(
+        s.team_policy(&Team::from("east")).await.expect("policy"),
+        policy
+    );
     s.set_team_policy(
-        "south",
+        &Team::from("south"),
         TeamPolicy {
             retention_days: Some(90),
             lease_days: None,
@@ -237,14 +272,14 @@ async fn teams_keep_a_directory_id_and_a_policy<S: Storage>(s: &S) {
     .expect("set");
     assert_eq!(
         s.retention_policies().await.expect("policies"),
-        [("east".to_string(), 30), ("south".to_string(), 90)]
+        [(Team::from("east"), 30), (Team::from("south"), 90)]
     );
-    s.set_team_policy("east", TeamPolicy::default(), now())
+    s.set_team_policy(&Team::from("east"), TeamPolicy::default(), now())
         .await
         .expect("lift");
     assert_eq!(
         s.retention_policies().await.expect("policies"),
-        [("south".to_string(), 90)]
+        [(Team::from("south"), 90)]
     );
     assert_eq!(s.store_id("first").await.expect("id"), "first");
     assert_eq!(s.store_id("second").await.expect("id"), "first");
@@ -260,27 +295,35 @@ async fn documents_are_namespaced_per_team<S: Storage>(s: &S) {
         .await
         .expect("south: its own document");
     let north = s
-        .load_document("north", "doc")
+        .load_document(&Team::from("north"), "doc")
         .await
         .expect("load")
         .expect("north");
     assert_eq!(north.snapshot.as_deref(), Some(&b"north-snap"[..]));
     assert!(north.changes.is_empty());
     let south = s
-        .load_document("south", "doc")
+        .load_document(&Team::from("south"), "doc")
         .await
         .expect("load")
         .expect("south");
     assert_eq!(south.snapshot, None);
     assert_eq!(south.changes, [b"south-1".to_vec()]);
     assert!(
-        s.load_document("east", "doc")
+        s.load_document(&Team::from("east"), "doc")
             .await
             .expect("load")
             .is_none()
     );
-    assert!(!s.document_exists("east", "doc").await.expect("exists"));
-    assert!(s.document_exists("south", "doc").await.expect("exists"));
+    assert!(
+        !s.document_exists(&Team::from("east"), "doc")
+            .await
+            .expect("exists")
+    );
+    assert!(
+        s.document_exists(&Team::from("south"), "doc")
+            .await
+            .expect("exists")
+    );
     assert_eq!(
         s.teams_holding("doc").await.expect("teams"),
         ["north", "south"]
@@ -291,21 +334,27 @@ async fn documents_are_namespaced_per_team<S: Storage>(s: &S) {
     assert_eq!(
         s.document_ids().await.expect("ids"),
         [
-            ("another".to_string(), "north".to_string()),
-            ("doc".to_string(), "north".to_string()),
-            ("doc".to_string(), "south".to_string())
+            ("another".to_string(), Team::from("north")),
+            ("doc".to_string(), Team::from("north")),
+            ("doc".to_string(), Team::from("south"))
         ]
     );
     assert_eq!(
-        s.changed_since("north", 0, "n1").await.expect("changed").1,
+        s.changed_since(&Team::from("north"), 0, &DeviceId::from("n1"))
+            .await
+            .expect("changed")
+            .1,
         Vec::<String>::new(),
         "a device's own latest changes are left out"
     );
-    let (cursor, mut ids) = s.changed_since("north", 0, "other").await.expect("changed");
+    let (cursor, mut ids) = s
+        .changed_since(&Team::from("north"), 0, &DeviceId::from("other"))
+        .await
+        .expect("changed");
     ids.sort();
     assert_eq!(ids, ["another", "doc"]);
     assert_eq!(
-        s.changed_since("north", cursor, "other")
+        s.changed_since(&Team::from("north"), cursor, &DeviceId::from("other"))
             .await
             .expect("changed"),
         (cursor, vec![]),
@@ -352,14 +401,17 @@ async fn an_upload_commits_its_changes_audit_and_cursor_together<S: Storage>(s: 
         .expect("third");
     assert_eq!(third.change_count, 2);
     let doc = s
-        .load_document("north", "doc")
+        .load_document(&Team::from("north"), "doc")
         .await
         .expect("load")
         .expect("doc");
     assert_eq!(doc.snapshot.as_deref(), Some(&b"whole"[..]));
     assert_eq!(doc.changes, [b"c2".to_vec(), b"another copy".to_vec()]);
     assert_eq!(doc.seq, third.seq);
-    let (cursor, ids) = s.changed_since("north", 0, "d-1").await.expect("changed");
+    let (cursor, ids) = s
+        .changed_since(&Team::from("north"), 0, &DeviceId::from("d-1"))
+        .await
+        .expect("changed");
     assert_eq!((cursor, ids), (third.seq, vec!["doc".to_string()]));
     // No changes: nothing stored, the cursor stays.
     let none = s
@@ -368,7 +420,7 @@ async fn an_upload_commits_its_changes_audit_and_cursor_together<S: Storage>(s: 
         .expect("empty");
     assert_eq!((none.seq, none.previous_seq), (third.seq, third.seq));
     let uploaded = s
-        .audit_log(Some("doc"), Some("d-1"), None)
+        .audit_log(Some("doc"), Some(&DeviceId::from("d-1")), None)
         .await
         .expect("audit")
         .into_iter()
@@ -392,41 +444,56 @@ async fn a_purge_removes_everything_and_refuses_later_uploads<S: Storage>(s: &S)
     .await
     .expect("states");
     assert!(
-        !s.purge_document("south", "nothing", "r", now())
+        !s.purge_document(&Team::from("south"), "nothing", "r", now())
             .await
             .expect("purge")
     );
     assert!(
-        s.purge_document("south", "doc", "erasure", now())
+        s.purge_document(&Team::from("south"), "doc", "erasure", now())
             .await
             .expect("purge")
     );
-    assert!(s.is_purged("south", "doc").await.expect("purged"));
-    assert!(!s.is_purged("north", "doc").await.expect("purged"));
     assert!(
-        s.load_document("south", "doc")
+        s.is_purged(&Team::from("south"), "doc")
+            .await
+            .expect("purged")
+    );
+    assert!(
+        !s.is_purged(&Team::from("north"), "doc")
+            .await
+            .expect("purged")
+    );
+    assert!(
+        s.load_document(&Team::from("south"), "doc")
             .await
             .expect("load")
             .is_none()
     );
     assert!(
-        s.sync_state("south", "doc", "s1")
+        s.sync_state(&Team::from("south"), "doc", &DeviceId::from("s1"))
             .await
             .expect("state")
             .is_none()
     );
     assert_eq!(
-        s.sync_state("north", "doc", "s1").await.expect("state"),
+        s.sync_state(&Team::from("north"), "doc", &DeviceId::from("s1"))
+            .await
+            .expect("state"),
         Some(b"n".to_vec())
     );
     assert_eq!(
         s.teams_holding("doc").await.expect("teams"),
         ["north", "south"]
     );
-    let purged = s.purged("south").await.expect("purged");
+    let purged = s.purged(&Team::from("south")).await.expect("purged");
     assert_eq!(purged.len(), 1);
     assert_eq!(purged[0].id, "doc");
-    assert!(s.purged("north").await.expect("purged").is_empty());
+    assert!(
+        s.purged(&Team::from("north"))
+            .await
+            .expect("purged")
+            .is_empty()
+    );
     // Refused inside the upload's transaction: neither the changes nor
     // the upload's audit records are written.
     let before = s.audit_log(None, None, None).await.expect("audit").len();
@@ -444,7 +511,7 @@ async fn a_purge_removes_everything_and_refuses_later_uploads<S: Storage>(s: &S)
         .await;
     assert_eq!(refused.unwrap_err(), StorageError::Purged);
     assert!(
-        s.load_document("south", "doc")
+        s.load_document(&Team::from("south"), "doc")
             .await
             .expect("load")
             .is_none()
@@ -454,14 +521,17 @@ async fn a_purge_removes_everything_and_refuses_later_uploads<S: Storage>(s: &S)
         before
     );
     assert_eq!(
-        s.changed_since("south", 0, "x").await.expect("changed").1,
+        s.changed_since(&Team::from("south"), 0, &DeviceId::from("x"))
+            .await
+            .expect("changed")
+            .1,
         Vec::<String>::new()
     );
     s.commit_upload(&upload("north", "doc", "n1", b"n2"))
         .await
         .expect("north's document is not purged");
     let purge_record = s
-        .audit_log(Some("doc"), None, Some("south"))
+        .audit_log(Some("doc"), None, Some(&Team::from("south")))
         .await
         .expect("audit")
         .into_iter()
@@ -478,7 +548,7 @@ async fn compaction_replaces_only_what_it_covers<S: Storage>(s: &S) {
         .await
         .expect("c2");
     let copy = s
-        .load_document("north", "doc")
+        .load_document(&Team::from("north"), "doc")
         .await
         .expect("load")
         .expect("doc");
@@ -487,12 +557,12 @@ async fn compaction_replaces_only_what_it_covers<S: Storage>(s: &S) {
         .await
         .expect("c3");
     assert!(
-        s.compact("north", "doc", b"snap-1-2", copy.seq)
+        s.compact(&Team::from("north"), "doc", b"snap-1-2", copy.seq)
             .await
             .expect("compact")
     );
     let doc = s
-        .load_document("north", "doc")
+        .load_document(&Team::from("north"), "doc")
         .await
         .expect("load")
         .expect("doc");
@@ -504,25 +574,25 @@ async fn compaction_replaces_only_what_it_covers<S: Storage>(s: &S) {
         .expect("c4");
     assert_eq!(c4.change_count, 2);
     assert!(
-        s.compact("north", "doc", b"snap-all", c4.seq)
+        s.compact(&Team::from("north"), "doc", b"snap-all", c4.seq)
             .await
             .expect("compact")
     );
     assert!(
-        !s.compact("north", "doc", b"stale", copy.seq)
+        !s.compact(&Team::from("north"), "doc", b"stale", copy.seq)
             .await
             .expect("stale"),
         "a copy older than the stored snapshot is refused"
     );
     let doc = s
-        .load_document("north", "doc")
+        .load_document(&Team::from("north"), "doc")
         .await
         .expect("load")
         .expect("doc");
     assert_eq!(doc.snapshot.as_deref(), Some(&b"snap-all"[..]));
     assert!(doc.changes.is_empty());
     assert!(
-        !s.compact("north", "missing", b"x", 1)
+        !s.compact(&Team::from("north"), "missing", b"x", 1)
             .await
             .expect("missing")
     );
@@ -530,7 +600,7 @@ async fn compaction_replaces_only_what_it_covers<S: Storage>(s: &S) {
 
 async fn sync_states_are_per_team_document_and_device<S: Storage>(s: &S) {
     assert!(
-        s.sync_state("north", "doc", "d")
+        s.sync_state(&Team::from("north"), "doc", &DeviceId::from("d"))
             .await
             .expect("state")
             .is_none()
@@ -545,15 +615,19 @@ async fn sync_states_are_per_team_document_and_device<S: Storage>(s: &S) {
         .await
         .expect("overwrite");
     assert_eq!(
-        s.sync_state("north", "doc", "d").await.expect("s"),
+        s.sync_state(&Team::from("north"), "doc", &DeviceId::from("d"))
+            .await
+            .expect("s"),
         Some(b"3".to_vec())
     );
     assert_eq!(
-        s.sync_state("north", "doc", "e").await.expect("s"),
+        s.sync_state(&Team::from("north"), "doc", &DeviceId::from("e"))
+            .await
+            .expect("s"),
         Some(b"2".to_vec())
     );
     assert!(
-        s.sync_state("south", "doc", "d")
+        s.sync_state(&Team::from("south"), "doc", &DeviceId::from("d"))
             .await
             .expect("s")
             .is_none()
@@ -573,19 +647,19 @@ async fn reads_are_audited_with_their_receipt<S: Storage>(s: &S) {
         .await
         .expect("uploaded reads");
     assert_eq!(
-        s.reads_received_since("d-1", "2026-01-02T00:00:00+00:00")
+        s.reads_received_since(&DeviceId::from("d-1"), "2026-01-02T00:00:00+00:00")
             .await
             .expect("n"),
         2
     );
     assert_eq!(
-        s.reads_received_since("d-1", "2026-01-03T00:00:00+00:00")
+        s.reads_received_since(&DeviceId::from("d-1"), "2026-01-03T00:00:00+00:00")
             .await
             .expect("n"),
         0
     );
     let marks = s
-        .read_marks("d-1", Some("2026-01-03T00:00:00+00:00"))
+        .read_marks(&DeviceId::from("d-1"), Some("2026-01-03T00:00:00+00:00"))
         .await
         .expect("marks");
     assert_eq!(
@@ -597,7 +671,7 @@ async fn reads_are_audited_with_their_receipt<S: Storage>(s: &S) {
         Some("2026-01-01T09:05:00+00:00")
     );
     let log = s
-        .audit_log(Some("fam-2"), None, Some("north"))
+        .audit_log(Some("fam-2"), None, Some(&Team::from("north")))
         .await
         .expect("log");
     assert_eq!(log.len(), 1);
@@ -606,7 +680,7 @@ async fn reads_are_audited_with_their_receipt<S: Storage>(s: &S) {
         Some("2026-01-02T10:00:00+00:00")
     );
     assert!(
-        s.audit_log(Some("fam-2"), None, Some("south"))
+        s.audit_log(Some("fam-2"), None, Some(&Team::from("south")))
             .await
             .expect("l")
             .is_empty()
@@ -635,12 +709,15 @@ async fn refusals_count_repeats_and_audit_the_first<S: Storage>(s: &S) {
     ])
     .await
     .expect("r");
-    let rows = s.refused_documents(Some("north")).await.expect("rows");
+    let rows = s
+        .refused_documents(Some(&Team::from("north")))
+        .await
+        .expect("rows");
     assert_eq!(rows.len(), 2);
     assert_eq!((rows[0].document_id.as_str(), rows[0].count), ("b", 1));
     assert_eq!((rows[1].document_id.as_str(), rows[1].count), ("a", 2));
     assert!(
-        s.refused_documents(Some("south"))
+        s.refused_documents(Some(&Team::from("south")))
             .await
             .expect("rows")
             .is_empty()
@@ -682,10 +759,12 @@ async fn the_audit_only_grows<S: Storage>(s: &S) {
         );
         before = after;
     }
-    s.purge_document("north", "doc", "erasure", now())
+    s.purge_document(&Team::from("north"), "doc", "erasure", now())
         .await
         .expect("purge");
-    s.revoke_device("d-1", None, now()).await.expect("revoke");
+    s.revoke_device(&DeviceId::from("d-1"), None, now())
+        .await
+        .expect("revoke");
     let after = s.audit_log(None, None, None).await.expect("audit");
     assert_eq!(
         &after[..before.len()],
@@ -733,7 +812,7 @@ async fn two_writers_on_one_document_lose_nothing<S: Storage>(s: Arc<S>) {
         }
     }
     let doc = s
-        .load_document("north", "shared")
+        .load_document(&Team::from("north"), "shared")
         .await
         .expect("load")
         .expect("doc");
@@ -782,7 +861,7 @@ async fn a_cursor_reader_racing_writers_never_misses_a_change<S: Storage>(s: Arc
                 && std::time::Instant::now() < deadline
             {
                 let (cursor, ids) = s
-                    .changed_since("north", since, "reader")
+                    .changed_since(&Team::from("north"), since, &DeviceId::from("reader"))
                     .await
                     .expect("read");
                 reads.push((since, cursor, ids));
@@ -803,7 +882,7 @@ async fn a_cursor_reader_racing_writers_never_misses_a_change<S: Storage>(s: Arc
     let mut reads = reader.await.expect("reader");
     let since = reads.last().map_or(0, |r| r.1);
     let (cursor, ids) = s
-        .changed_since("north", since, "reader")
+        .changed_since(&Team::from("north"), since, &DeviceId::from("reader"))
         .await
         .expect("read");
     reads.push((since, cursor, ids));

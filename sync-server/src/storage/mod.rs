@@ -21,6 +21,7 @@
 //! - the audit only grows.
 
 mod error;
+mod ids;
 mod memory;
 mod sqlite;
 mod types;
@@ -34,6 +35,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use error::StorageError;
+pub use ids::{DeviceId, Team};
 pub use memory::MemoryStorage;
 pub use sqlite::SqliteStorage;
 pub use types::{
@@ -75,7 +77,7 @@ pub trait DeviceStore: Send + Sync + 'static {
     async fn redeem_enrolment_code(
         &self,
         code_hash: &[u8],
-        device_id: &str,
+        device_id: &DeviceId,
         device_name: &str,
         token_hash: &[u8],
         now: DateTime<Utc>,
@@ -88,12 +90,12 @@ pub trait DeviceStore: Send + Sync + 'static {
     /// Returns false if there is no such device.
     async fn revoke_device(
         &self,
-        device_id: &str,
+        device_id: &DeviceId,
         by: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<bool>;
     /// Records a device's latest sync.
-    async fn touch_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<()>;
+    async fn touch_device(&self, device_id: &DeviceId, now: DateTime<Utc>) -> Result<()>;
     /// Devices revoked after `cursor` (by any process), oldest first, at
     /// most `limit`; moves the cursor past them. A fresh cursor starts at
     /// the latest revocation (earlier ones are refused at authentication).
@@ -102,20 +104,20 @@ pub trait DeviceStore: Send + Sync + 'static {
         &self,
         cursor: &mut RevocationCursor,
         limit: usize,
-    ) -> Result<Vec<String>>;
+    ) -> Result<Vec<DeviceId>>;
     /// The team's directory document id, chosen at random the first time.
-    async fn team_directory_id(&self, team: &str, now: DateTime<Utc>) -> Result<String>;
+    async fn team_directory_id(&self, team: &Team, now: DateTime<Utc>) -> Result<String>;
     /// Sets a team's policy (creating the team if new); `None` lifts a limit.
     async fn set_team_policy(
         &self,
-        team: &str,
+        team: &Team,
         policy: TeamPolicy,
         now: DateTime<Utc>,
     ) -> Result<()>;
     /// A team's policy (no limits for a team the relay does not know).
-    async fn team_policy(&self, team: &str) -> Result<TeamPolicy>;
+    async fn team_policy(&self, team: &Team) -> Result<TeamPolicy>;
     /// Every team with a retention period, by name.
-    async fn retention_policies(&self) -> Result<Vec<(String, i64)>>;
+    async fn retention_policies(&self) -> Result<Vec<(Team, i64)>>;
     /// This store's id: `proposed` becomes it if it has none yet. A store
     /// restored from a backup must be given a new one (devices then send it
     /// everything they hold again).
@@ -126,13 +128,13 @@ pub trait DeviceStore: Send + Sync + 'static {
 /// id in two teams is two documents (issue 11, finding 6).
 #[async_trait]
 pub trait DocumentStore: Send + Sync + 'static {
-    async fn document_exists(&self, team: &str, doc_id: &str) -> Result<bool>;
+    async fn document_exists(&self, team: &Team, doc_id: &str) -> Result<bool>;
     /// The teams holding a document (or a purged one) with this id: the
     /// cross-team audit and the admin commands that take an id.
-    async fn teams_holding(&self, doc_id: &str) -> Result<Vec<String>>;
+    async fn teams_holding(&self, doc_id: &str) -> Result<Vec<Team>>;
     /// The document's snapshot and changes, read in one transaction, with
     /// the cursor value of its latest change.
-    async fn load_document(&self, team: &str, doc_id: &str) -> Result<Option<StoredDocument>>;
+    async fn load_document(&self, team: &Team, doc_id: &str) -> Result<Option<StoredDocument>>;
     /// Stores one incoming batch in one transaction (one fsync): the
     /// changes (creating the document if new; a snapshot is stored as the
     /// whole document only if it is new, else its changes are appended),
@@ -146,7 +148,7 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// covers more than `through` is kept (returns false, nothing written).
     async fn compact(
         &self,
-        team: &str,
+        team: &Team,
         doc_id: &str,
         snapshot: &[u8],
         through: i64,
@@ -157,25 +159,25 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// below the returned cursor.
     async fn changed_since(
         &self,
-        team: &str,
+        team: &Team,
         since: i64,
-        device: &str,
+        device: &DeviceId,
     ) -> Result<(i64, Vec<String>)>;
     /// Deletes every stored change, snapshot, sync state and refusal of
     /// `team`'s document, remembers it as purged and audits `purged`, in
     /// one transaction; false if it is not stored.
     async fn purge_document(
         &self,
-        team: &str,
+        team: &Team,
         doc_id: &str,
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<bool>;
-    async fn is_purged(&self, team: &str, doc_id: &str) -> Result<bool>;
+    async fn is_purged(&self, team: &Team, doc_id: &str) -> Result<bool>;
     /// Every document of `team` that was purged, oldest purge first.
-    async fn purged(&self, team: &str) -> Result<Vec<Purged>>;
+    async fn purged(&self, team: &Team) -> Result<Vec<Purged>>;
     /// Every stored document: (id, team), by id.
-    async fn document_ids(&self) -> Result<Vec<(String, String)>>;
+    async fn document_ids(&self) -> Result<Vec<(String, Team)>>;
     /// Records refusals (refusals.rs), auditing each new (document, device,
     /// reason), in one transaction; keeps at most
     /// [`crate::refusals::MAX_ROWS`] rows (the last refused longest ago go).
@@ -183,7 +185,7 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// Refused documents, latest first, of one team or all.
     async fn refused_documents(
         &self,
-        team: Option<&str>,
+        team: Option<&Team>,
     ) -> Result<Vec<crate::refusals::RefusedDocument>>;
 }
 
@@ -192,12 +194,12 @@ pub trait DocumentStore: Send + Sync + 'static {
 pub trait SyncStateStore: Send + Sync + 'static {
     async fn sync_state(
         &self,
-        team: &str,
+        team: &Team,
         doc_id: &str,
-        device_id: &str,
+        device_id: &DeviceId,
     ) -> Result<Option<Vec<u8>>>;
     /// Saves `(team, document, device, state)`s in one transaction.
-    async fn save_sync_states(&self, states: &[(String, String, String, Vec<u8>)]) -> Result<()>;
+    async fn save_sync_states(&self, states: &[(Team, String, DeviceId, Vec<u8>)]) -> Result<()>;
 }
 
 /// The append-only audit: who did what to which document, when (never
@@ -216,18 +218,21 @@ pub trait AuditStore: Send + Sync + 'static {
         received_at: Option<&str>,
     ) -> Result<()>;
     /// Case-file reads a device uploaded since `since` (receipt time).
-    async fn reads_received_since(&self, device_id: &str, since: &str) -> Result<i64>;
+    async fn reads_received_since(&self, device_id: &DeviceId, since: &str) -> Result<i64>;
     /// What the relay knows of a device's earlier read uploads
     /// (audit_upload.rs clamps new claims to it).
-    async fn read_marks(&self, device_id: &str, received_before: Option<&str>)
-    -> Result<ReadMarks>;
+    async fn read_marks(
+        &self,
+        device_id: &DeviceId,
+        received_before: Option<&str>,
+    ) -> Result<ReadMarks>;
     /// The audit, oldest first, about one family and/or one device and/or
     /// one team (a record's team: its own, else its device's).
     async fn audit_log(
         &self,
         family: Option<&str>,
-        device: Option<&str>,
-        team: Option<&str>,
+        device: Option<&DeviceId>,
+        team: Option<&Team>,
     ) -> Result<Vec<AuditEntry>>;
 
     /// Appends one record about `device` (or the relay itself).

@@ -102,35 +102,56 @@ async fn schema_7_data_migrates_to_team_keys() {
     }
     let s = SqliteStorage::open(&path).expect("migrates");
     let a = s
-        .load_document("north", "a")
+        .load_document(&Team::from("north"), "a")
         .await
         .expect("load")
         .expect("a");
     assert_eq!(a.snapshot.as_deref(), Some(&[0xaa][..]));
     assert_eq!(a.changes, vec![vec![0xa1]]);
-    assert!(s.load_document("south", "a").await.expect("load").is_none());
+    assert!(
+        s.load_document(&Team::from("south"), "a")
+            .await
+            .expect("load")
+            .is_none()
+    );
     let b = s
-        .load_document("south", "b")
+        .load_document(&Team::from("south"), "b")
         .await
         .expect("load")
         .expect("b");
     assert_eq!(b.changes, vec![vec![0xb1]]);
     assert_eq!(
-        s.sync_state("north", "a", "n1").await.expect("state"),
+        s.sync_state(&Team::from("north"), "a", &DeviceId::from("n1"))
+            .await
+            .expect("state"),
         Some(vec![0x5a])
     );
     assert_eq!(
-        s.sync_state("south", "b", "s1").await.expect("state"),
+        s.sync_state(&Team::from("south"), "b", &DeviceId::from("s1"))
+            .await
+            .expect("state"),
         Some(vec![0x5b])
     );
-    assert!(s.is_purged("north", "p").await.expect("purged"));
-    assert!(!s.is_purged("south", "p").await.expect("purged"));
+    assert!(
+        s.is_purged(&Team::from("north"), "p")
+            .await
+            .expect("purged")
+    );
+    assert!(
+        !s.is_purged(&Team::from("south"), "p")
+            .await
+            .expect("purged")
+    );
     // 'a' keeps its change 1 beside the snapshot: a compaction through the
     // cursor before it would go back, and is refused.
-    assert!(!s.compact("north", "a", b"old", -1).await.expect("refused"));
+    assert!(
+        !s.compact(&Team::from("north"), "a", b"old", -1)
+            .await
+            .expect("refused")
+    );
     // The next change's seq is past every cursor handed out (3).
     let up = Upload {
-        team: "south",
+        team: &Team::from("south"),
         doc_id: "b",
         uploader: "s1",
         changes: b"b2",
@@ -139,7 +160,10 @@ async fn schema_7_data_migrates_to_team_keys() {
         at: Utc::now(),
     };
     s.commit_upload(&up).await.expect("append");
-    let (cursor, ids) = s.changed_since("south", 3, "other").await.expect("changed");
+    let (cursor, ids) = s
+        .changed_since(&Team::from("south"), 3, &DeviceId::from("other"))
+        .await
+        .expect("changed");
     assert!(cursor > 3, "{cursor}");
     assert_eq!(ids, ["b"]);
     let conn = s.conn();

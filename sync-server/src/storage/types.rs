@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Serialize, Serializer};
 
+use super::ids::{DeviceId, Team};
+
 /// What an audit record says happened. Stored as its text
 /// ([`AuditAction::as_str`]), which the audit CSV and JSON show.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -169,7 +171,7 @@ impl AuditRecord {
         at: DateTime<Utc>,
     ) -> Self {
         AuditRecord {
-            device_id: device.map(|d| d.id.clone()),
+            device_id: device.map(|d| d.id.to_string()),
             worker: device.map(|d| d.worker.clone()),
             document_id: doc_id.map(str::to_string),
             ..AuditRecord::new(action, at)
@@ -212,8 +214,8 @@ impl AuditRecord {
 /// An enrolled device as the administrator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Device {
-    pub id: String,
-    pub team: String,
+    pub id: DeviceId,
+    pub team: Team,
     pub worker: String,
     pub device_name: String,
     pub enrolled_at: String,
@@ -234,7 +236,7 @@ pub struct ReadMarks {
 /// value of its latest change (what a compaction of this copy covers).
 #[derive(Debug, Clone)]
 pub struct StoredDocument {
-    pub team: String,
+    pub team: Team,
     pub snapshot: Option<Vec<u8>>,
     pub changes: Vec<Vec<u8>>,
     pub seq: i64,
@@ -243,7 +245,7 @@ pub struct StoredDocument {
 /// What a new enrolment code is for.
 #[derive(Debug, Clone)]
 pub struct CodeGrant {
-    pub team: String,
+    pub team: Team,
     pub worker: String,
     pub expires_at: DateTime<Utc>,
 }
@@ -251,7 +253,7 @@ pub struct CodeGrant {
 /// One incoming batch for [`super::DocumentStore::commit_upload`].
 #[derive(Debug, Clone)]
 pub struct Upload<'a> {
-    pub team: &'a str,
+    pub team: &'a Team,
     pub doc_id: &'a str,
     /// Who uploaded it: a device's session tag (`changed_since` leaves a
     /// device's own latest changes out).

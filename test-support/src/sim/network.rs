@@ -151,8 +151,8 @@ impl Link for SimLink<'_> {
 /// One connection between a device and the relay's hub.
 #[derive(Debug)]
 struct Conn {
-    team: String,
-    device_id: String,
+    team: linkbook_server::storage::Team,
+    device_id: linkbook_server::storage::DeviceId,
     /// Frames to the hub's session (dropped: the device side closed).
     to_relay: Option<UnboundedSender<Result<WsMessage, axum::Error>>>,
     /// What the hub's writer sends.

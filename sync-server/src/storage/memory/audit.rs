@@ -1,5 +1,6 @@
 //! [`AuditStore`] and [`SyncStateStore`] in memory.
 
+use crate::storage::{DeviceId, Team};
 use async_trait::async_trait;
 
 use super::MemoryStorage;
@@ -11,9 +12,9 @@ use crate::storage::{
 impl SyncStateStore for MemoryStorage {
     async fn sync_state(
         &self,
-        team: &str,
+        team: &Team,
         doc_id: &str,
-        device_id: &str,
+        device_id: &DeviceId,
     ) -> Result<Option<Vec<u8>>> {
         let s = self.state();
         Ok(s.sync_states
@@ -21,11 +22,13 @@ impl SyncStateStore for MemoryStorage {
             .cloned())
     }
 
-    async fn save_sync_states(&self, states: &[(String, String, String, Vec<u8>)]) -> Result<()> {
+    async fn save_sync_states(&self, states: &[(Team, String, DeviceId, Vec<u8>)]) -> Result<()> {
         let mut s = self.state();
         for (team, doc, device, state) in states {
-            s.sync_states
-                .insert((team.clone(), doc.clone(), device.clone()), state.clone());
+            s.sync_states.insert(
+                (team.to_string(), doc.clone(), device.to_string()),
+                state.clone(),
+            );
         }
         s.write();
         Ok(())
@@ -52,20 +55,20 @@ impl AuditStore for MemoryStorage {
         for (family, at) in reads {
             s.audit.push(AuditEntry {
                 at: at.clone(),
-                device_id: Some(device.id.clone()),
+                device_id: Some(device.id.to_string()),
                 worker: Some(device.worker.clone()),
                 action: AuditAction::Read,
                 document_id: Some(family.clone()),
                 client: None,
                 received_at: received_at.map(str::to_string),
-                team: Some(device.team.clone()),
+                team: Some(device.team.to_string()),
             });
         }
         s.write();
         Ok(())
     }
 
-    async fn reads_received_since(&self, device_id: &str, since: &str) -> Result<i64> {
+    async fn reads_received_since(&self, device_id: &DeviceId, since: &str) -> Result<i64> {
         let s = self.state();
         let n = s
             .audit
@@ -81,7 +84,7 @@ impl AuditStore for MemoryStorage {
 
     async fn read_marks(
         &self,
-        device_id: &str,
+        device_id: &DeviceId,
         received_before: Option<&str>,
     ) -> Result<ReadMarks> {
         let s = self.state();
@@ -112,8 +115,8 @@ impl AuditStore for MemoryStorage {
     async fn audit_log(
         &self,
         family: Option<&str>,
-        device: Option<&str>,
-        team: Option<&str>,
+        device: Option<&DeviceId>,
+        team: Option<&Team>,
     ) -> Result<Vec<AuditEntry>> {
         let s = self.state();
         Ok(s.audit

@@ -3,6 +3,7 @@
 //! over everything makes each operation a transaction and the cursor
 //! commit-ordered.
 
+use crate::storage::{DeviceId, Team};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
@@ -29,8 +30,8 @@ type Key = (String, String);
 struct State {
     codes: HashMap<Vec<u8>, Code>,
     devices: Vec<(Device, Vec<u8>)>,
-    teams: BTreeMap<String, Team>,
-    revocations: Vec<String>,
+    teams: BTreeMap<String, TeamState>,
+    revocations: Vec<DeviceId>,
     /// Bumped by every write (the revocation watcher's "nothing new").
     writes: i64,
     documents: BTreeMap<Key, Doc>,
@@ -50,7 +51,7 @@ struct Code {
 }
 
 #[derive(Debug, Default)]
-struct Team {
+struct TeamState {
     directory_id: String,
     policy: TeamPolicy,
 }
@@ -85,7 +86,7 @@ impl State {
             .device_id
             .as_ref()
             .and_then(|id| self.devices.iter().find(|(d, _)| &d.id == id))
-            .map(|(d, _)| d.team.clone());
+            .map(|(d, _)| d.team.to_string());
         self.audit.push(AuditEntry {
             at: r.at_text(),
             device_id: r.device_id.clone(),
@@ -99,11 +100,13 @@ impl State {
         self.write();
     }
 
-    fn team(&mut self, name: &str) -> &mut Team {
-        self.teams.entry(name.to_string()).or_insert_with(|| Team {
-            directory_id: linkbook_core::DocumentId::random().to_string(),
-            policy: TeamPolicy::default(),
-        })
+    fn team(&mut self, name: &str) -> &mut TeamState {
+        self.teams
+            .entry(name.to_string())
+            .or_insert_with(|| TeamState {
+                directory_id: linkbook_core::DocumentId::random().to_string(),
+                policy: TeamPolicy::default(),
+            })
     }
 }
 
@@ -137,7 +140,7 @@ impl DeviceStore for MemoryStorage {
     async fn redeem_enrolment_code(
         &self,
         code_hash: &[u8],
-        device_id: &str,
+        device_id: &DeviceId,
         device_name: &str,
         token_hash: &[u8],
         now: DateTime<Utc>,
@@ -156,12 +159,12 @@ impl DeviceStore for MemoryStorage {
         }
         if s.devices
             .iter()
-            .any(|(d, t)| d.id == device_id || t == token_hash)
+            .any(|(d, t)| d.id == *device_id || t == token_hash)
         {
             return Err(StorageError::Conflict("device exists".into()));
         }
         let device = Device {
-            id: device_id.to_string(),
+            id: device_id.clone(),
             team: code.grant.team.clone(),
             worker: code.grant.worker.clone(),
             device_name: device_name.to_string(),
@@ -205,17 +208,17 @@ impl DeviceStore for MemoryStorage {
 
     async fn revoke_device(
         &self,
-        device_id: &str,
+        device_id: &DeviceId,
         by: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let mut s = self.state();
-        let Some((device, _)) = s.devices.iter_mut().find(|(d, _)| d.id == device_id) else {
+        let Some((device, _)) = s.devices.iter_mut().find(|(d, _)| d.id == *device_id) else {
             return Ok(false);
         };
         if device.revoked_at.is_none() {
             device.revoked_at = Some(now.to_rfc3339());
-            s.revocations.push(device_id.to_string());
+            s.revocations.push(device_id.clone());
             let mut record = AuditRecord::new(AuditAction::Revoked, now).device(device_id);
             record.worker = by.map(str::to_string);
             s.append(&record);
@@ -223,9 +226,9 @@ impl DeviceStore for MemoryStorage {
         Ok(true)
     }
 
-    async fn touch_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<()> {
+    async fn touch_device(&self, device_id: &DeviceId, now: DateTime<Utc>) -> Result<()> {
         let mut s = self.state();
-        if let Some((d, _)) = s.devices.iter_mut().find(|(d, _)| d.id == device_id) {
+        if let Some((d, _)) = s.devices.iter_mut().find(|(d, _)| d.id == *device_id) {
             d.last_sync_at = Some(now.to_rfc3339());
         }
         s.write();
@@ -236,7 +239,7 @@ impl DeviceStore for MemoryStorage {
         &self,
         cursor: &mut RevocationCursor,
         limit: usize,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<DeviceId>> {
         let s = self.state();
         let total = i64::try_from(s.revocations.len()).unwrap_or(i64::MAX);
         let Some(after) = cursor.seq else {
@@ -248,7 +251,7 @@ impl DeviceStore for MemoryStorage {
             return Ok(Vec::new());
         }
         let start = usize::try_from(after).unwrap_or(0);
-        let batch: Vec<String> = s
+        let batch: Vec<DeviceId> = s
             .revocations
             .iter()
             .skip(start)
@@ -262,13 +265,13 @@ impl DeviceStore for MemoryStorage {
         Ok(batch)
     }
 
-    async fn team_directory_id(&self, team: &str, _now: DateTime<Utc>) -> Result<String> {
+    async fn team_directory_id(&self, team: &Team, _now: DateTime<Utc>) -> Result<String> {
         Ok(self.state().team(team).directory_id.clone())
     }
 
     async fn set_team_policy(
         &self,
-        team: &str,
+        team: &Team,
         policy: TeamPolicy,
         _now: DateTime<Utc>,
     ) -> Result<()> {
@@ -278,16 +281,23 @@ impl DeviceStore for MemoryStorage {
         Ok(())
     }
 
-    async fn team_policy(&self, team: &str) -> Result<TeamPolicy> {
+    async fn team_policy(&self, team: &Team) -> Result<TeamPolicy> {
         let s = self.state();
-        Ok(s.teams.get(team).map(|t| t.policy).unwrap_or_default())
+        Ok(s.teams
+            .get(team.as_str())
+            .map(|t| t.policy)
+            .unwrap_or_default())
     }
 
-    async fn retention_policies(&self) -> Result<Vec<(String, i64)>> {
+    async fn retention_policies(&self) -> Result<Vec<(Team, i64)>> {
         let s = self.state();
         Ok(s.teams
             .iter()
-            .filter_map(|(name, t)| t.policy.retention_days.map(|d| (name.clone(), d)))
+            .filter_map(|(name, t)| {
+                t.policy
+                    .retention_days
+                    .map(|d| (Team::from(name.as_str()), d))
+            })
             .collect())
     }
 
@@ -301,11 +311,11 @@ impl DeviceStore for MemoryStorage {
 
 #[async_trait]
 impl DocumentStore for MemoryStorage {
-    async fn document_exists(&self, team: &str, doc_id: &str) -> Result<bool> {
+    async fn document_exists(&self, team: &Team, doc_id: &str) -> Result<bool> {
         Ok(self.state().documents.contains_key(&key(team, doc_id)))
     }
 
-    async fn teams_holding(&self, doc_id: &str) -> Result<Vec<String>> {
+    async fn teams_holding(&self, doc_id: &str) -> Result<Vec<Team>> {
         let s = self.state();
         let mut teams: Vec<String> = s
             .documents
@@ -316,13 +326,13 @@ impl DocumentStore for MemoryStorage {
             .collect();
         teams.sort();
         teams.dedup();
-        Ok(teams)
+        Ok(teams.into_iter().map(Team::from).collect())
     }
 
-    async fn load_document(&self, team: &str, doc_id: &str) -> Result<Option<StoredDocument>> {
+    async fn load_document(&self, team: &Team, doc_id: &str) -> Result<Option<StoredDocument>> {
         let s = self.state();
         Ok(s.documents.get(&key(team, doc_id)).map(|d| StoredDocument {
-            team: team.to_string(),
+            team: team.clone(),
             snapshot: d.snapshot.clone(),
             changes: d.changes.iter().map(|(_, c)| c.clone()).collect(),
             seq: d.seq,
@@ -371,7 +381,7 @@ impl DocumentStore for MemoryStorage {
 
     async fn compact(
         &self,
-        team: &str,
+        team: &Team,
         doc_id: &str,
         snapshot: &[u8],
         through: i64,
@@ -392,9 +402,9 @@ impl DocumentStore for MemoryStorage {
 
     async fn changed_since(
         &self,
-        team: &str,
+        team: &Team,
         since: i64,
-        device: &str,
+        device: &DeviceId,
     ) -> Result<(i64, Vec<String>)> {
         let s = self.state();
         let mut changed: Vec<(i64, &String, &Doc)> = s
@@ -415,7 +425,7 @@ impl DocumentStore for MemoryStorage {
 
     async fn purge_document(
         &self,
-        team: &str,
+        team: &Team,
         doc_id: &str,
         reason: &str,
         now: DateTime<Utc>,
@@ -428,7 +438,7 @@ impl DocumentStore for MemoryStorage {
         s.sync_states
             .retain(|(t, d, _), _| !(t == team && d == doc_id));
         s.refused
-            .retain(|r| !(r.team == team && r.document_id == doc_id));
+            .retain(|r| !(r.team == *team && r.document_id == doc_id));
         s.purged.insert(k, (reason.to_string(), now.to_rfc3339()));
         s.append(
             &AuditRecord::new(AuditAction::Purged, now)
@@ -438,11 +448,11 @@ impl DocumentStore for MemoryStorage {
         Ok(true)
     }
 
-    async fn is_purged(&self, team: &str, doc_id: &str) -> Result<bool> {
+    async fn is_purged(&self, team: &Team, doc_id: &str) -> Result<bool> {
         Ok(self.state().purged.contains_key(&key(team, doc_id)))
     }
 
-    async fn purged(&self, team: &str) -> Result<Vec<Purged>> {
+    async fn purged(&self, team: &Team) -> Result<Vec<Purged>> {
         let s = self.state();
         let mut all: Vec<Purged> = s
             .purged
@@ -457,7 +467,7 @@ impl DocumentStore for MemoryStorage {
         Ok(all)
     }
 
-    async fn document_ids(&self) -> Result<Vec<(String, String)>> {
+    async fn document_ids(&self) -> Result<Vec<(String, Team)>> {
         let s = self.state();
         let mut ids: Vec<(String, String)> = s
             .documents
@@ -465,7 +475,10 @@ impl DocumentStore for MemoryStorage {
             .map(|(team, id)| (id.clone(), team.clone()))
             .collect();
         ids.sort();
-        Ok(ids)
+        Ok(ids
+            .into_iter()
+            .map(|(id, team)| (id, Team::from(team)))
+            .collect())
     }
 
     async fn record_refusals(&self, refusals: &[Refusal]) -> Result<()> {
@@ -512,12 +525,12 @@ impl DocumentStore for MemoryStorage {
         Ok(())
     }
 
-    async fn refused_documents(&self, team: Option<&str>) -> Result<Vec<RefusedDocument>> {
+    async fn refused_documents(&self, team: Option<&Team>) -> Result<Vec<RefusedDocument>> {
         let s = self.state();
         let mut rows: Vec<RefusedDocument> = s
             .refused
             .iter()
-            .filter(|r| team.is_none_or(|t| r.team == t))
+            .filter(|r| team.is_none_or(|t| r.team == *t))
             .cloned()
             .collect();
         rows.sort_by(|a, b| {

@@ -2,6 +2,7 @@
 //! append-only in the database itself (triggers refuse UPDATE and DELETE,
 //! migration 001).
 
+use crate::storage::{DeviceId, Team};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
@@ -46,7 +47,7 @@ impl AuditStore for SqliteStorage {
         })
     }
 
-    async fn reads_received_since(&self, device_id: &str, since: &str) -> Result<i64> {
+    async fn reads_received_since(&self, device_id: &DeviceId, since: &str) -> Result<i64> {
         self.with(|c| {
             c.prepare_cached(
                 "SELECT COUNT(*) FROM audit
@@ -58,7 +59,7 @@ impl AuditStore for SqliteStorage {
 
     async fn read_marks(
         &self,
-        device_id: &str,
+        device_id: &DeviceId,
         received_before: Option<&str>,
     ) -> Result<ReadMarks> {
         self.with(|conn| {
@@ -91,8 +92,8 @@ impl AuditStore for SqliteStorage {
     async fn audit_log(
         &self,
         family: Option<&str>,
-        device: Option<&str>,
-        team: Option<&str>,
+        device: Option<&DeviceId>,
+        team: Option<&Team>,
     ) -> Result<Vec<AuditEntry>> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(
@@ -125,9 +126,9 @@ impl AuditStore for SqliteStorage {
 impl SyncStateStore for SqliteStorage {
     async fn sync_state(
         &self,
-        team: &str,
+        team: &Team,
         doc_id: &str,
-        device_id: &str,
+        device_id: &DeviceId,
     ) -> Result<Option<Vec<u8>>> {
         self.with(|c| {
             c.prepare_cached(
@@ -138,7 +139,7 @@ impl SyncStateStore for SqliteStorage {
         })
     }
 
-    async fn save_sync_states(&self, states: &[(String, String, String, Vec<u8>)]) -> Result<()> {
+    async fn save_sync_states(&self, states: &[(Team, String, DeviceId, Vec<u8>)]) -> Result<()> {
         if states.is_empty() {
             return Ok(());
         }

@@ -1,5 +1,6 @@
 //! [`DeviceStore`] on SQLite.
 
+use crate::storage::{DeviceId, Team};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
@@ -30,7 +31,7 @@ impl DeviceStore for SqliteStorage {
     async fn redeem_enrolment_code(
         &self,
         code_hash: &[u8],
-        device_id: &str,
+        device_id: &DeviceId,
         device_name: &str,
         token_hash: &[u8],
         now: DateTime<Utc>,
@@ -102,7 +103,7 @@ impl DeviceStore for SqliteStorage {
 
     async fn revoke_device(
         &self,
-        device_id: &str,
+        device_id: &DeviceId,
         by: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
@@ -128,7 +129,7 @@ impl DeviceStore for SqliteStorage {
         })
     }
 
-    async fn touch_device(&self, device_id: &str, now: DateTime<Utc>) -> Result<()> {
+    async fn touch_device(&self, device_id: &DeviceId, now: DateTime<Utc>) -> Result<()> {
         self.with(|c| {
             c.prepare_cached("UPDATE devices SET last_sync_at = ?2 WHERE id = ?1")?
                 .execute(params![device_id, now.to_rfc3339()])
@@ -140,7 +141,7 @@ impl DeviceStore for SqliteStorage {
         &self,
         cursor: &mut RevocationCursor,
         limit: usize,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<DeviceId>> {
         self.with(|conn| {
             let others: i64 = conn.pragma_query_value(None, "data_version", |r| r.get(0))?;
             let written = (others, conn.total_changes());
@@ -160,7 +161,7 @@ impl DeviceStore for SqliteStorage {
                 "SELECT seq, device_id FROM revocations WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let rows: Vec<(i64, String)> = stmt
+            let rows: Vec<(i64, DeviceId)> = stmt
                 .query_map(params![after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             if let Some((seq, _)) = rows.last() {
@@ -175,13 +176,13 @@ impl DeviceStore for SqliteStorage {
         })
     }
 
-    async fn team_directory_id(&self, team: &str, now: DateTime<Utc>) -> Result<String> {
+    async fn team_directory_id(&self, team: &Team, now: DateTime<Utc>) -> Result<String> {
         self.with(|c| directory_id(c, team, now))
     }
 
     async fn set_team_policy(
         &self,
-        team: &str,
+        team: &Team,
         policy: TeamPolicy,
         now: DateTime<Utc>,
     ) -> Result<()> {
@@ -196,7 +197,7 @@ impl DeviceStore for SqliteStorage {
         })
     }
 
-    async fn team_policy(&self, team: &str) -> Result<TeamPolicy> {
+    async fn team_policy(&self, team: &Team) -> Result<TeamPolicy> {
         self.with(|c| {
             c.prepare_cached("SELECT retention_days, lease_days FROM teams WHERE name = ?1")?
                 .query_row([team], |r| {
@@ -210,7 +211,7 @@ impl DeviceStore for SqliteStorage {
         })
     }
 
-    async fn retention_policies(&self) -> Result<Vec<(String, i64)>> {
+    async fn retention_policies(&self) -> Result<Vec<(Team, i64)>> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT name, retention_days FROM teams WHERE retention_days IS NOT NULL ORDER BY name",

@@ -7,6 +7,7 @@
 //! next writer starts: sequence order is commit order here, which is what
 //! makes `changed_since` commit-ordered.
 
+use crate::storage::{DeviceId, Team};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -20,7 +21,7 @@ use crate::storage::{
 
 #[async_trait]
 impl DocumentStore for SqliteStorage {
-    async fn document_exists(&self, team: &str, doc_id: &str) -> Result<bool> {
+    async fn document_exists(&self, team: &Team, doc_id: &str) -> Result<bool> {
         self.with(|c| {
             Ok::<_, rusqlite::Error>(
                 c.prepare_cached("SELECT 1 FROM documents WHERE team = ?1 AND id = ?2")?
@@ -31,7 +32,7 @@ impl DocumentStore for SqliteStorage {
         })
     }
 
-    async fn teams_holding(&self, doc_id: &str) -> Result<Vec<String>> {
+    async fn teams_holding(&self, doc_id: &str) -> Result<Vec<Team>> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT team FROM documents WHERE id = ?1 UNION SELECT team FROM purged WHERE doc_id = ?1 ORDER BY 1",
@@ -41,16 +42,18 @@ impl DocumentStore for SqliteStorage {
         })
     }
 
-    async fn load_document(&self, team: &str, doc_id: &str) -> Result<Option<StoredDocument>> {
+    async fn load_document(&self, team: &Team, doc_id: &str) -> Result<Option<StoredDocument>> {
         self.with(|conn| {
             // One read transaction: the snapshot, the changes and the cursor
             // value agree even while another process writes.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-            let row: Option<(String, Option<Vec<u8>>, i64)> = tx
+            let row: Option<(Team, Option<Vec<u8>>, i64)> = tx
                 .prepare_cached(
                     "SELECT team, snapshot, seq FROM documents WHERE team = ?1 AND id = ?2",
                 )?
-                .query_row([team, doc_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_row([team.as_str(), doc_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
                 .optional()?;
             let Some((team, snapshot, seq)) = row else {
                 return Ok(None);
@@ -59,7 +62,7 @@ impl DocumentStore for SqliteStorage {
                 .prepare_cached(
                     "SELECT data FROM changes WHERE team = ?1 AND doc_id = ?2 ORDER BY seq",
                 )?
-                .query_map([&team, doc_id], |r| r.get(0))?
+                .query_map([team.as_str(), doc_id], |r| r.get(0))?
                 .collect::<rusqlite::Result<Vec<Vec<u8>>>>()?;
             tx.commit()?;
             Ok::<_, rusqlite::Error>(Some(StoredDocument {
@@ -77,7 +80,7 @@ impl DocumentStore for SqliteStorage {
 
     async fn compact(
         &self,
-        team: &str,
+        team: &Team,
         doc_id: &str,
         snapshot: &[u8],
         through: i64,
@@ -109,9 +112,9 @@ impl DocumentStore for SqliteStorage {
 
     async fn changed_since(
         &self,
-        team: &str,
+        team: &Team,
         since: i64,
-        device: &str,
+        device: &DeviceId,
     ) -> Result<(i64, Vec<String>)> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
@@ -139,7 +142,7 @@ impl DocumentStore for SqliteStorage {
 
     async fn purge_document(
         &self,
-        team: &str,
+        team: &Team,
         doc_id: &str,
         reason: &str,
         now: DateTime<Utc>,
@@ -186,11 +189,11 @@ impl DocumentStore for SqliteStorage {
         })
     }
 
-    async fn is_purged(&self, team: &str, doc_id: &str) -> Result<bool> {
+    async fn is_purged(&self, team: &Team, doc_id: &str) -> Result<bool> {
         self.with(|c| is_purged(c, team, doc_id))
     }
 
-    async fn purged(&self, team: &str) -> Result<Vec<Purged>> {
+    async fn purged(&self, team: &Team) -> Result<Vec<Purged>> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT doc_id, purged_at FROM purged WHERE team = ?1 ORDER BY purged_at",
@@ -205,7 +208,7 @@ impl DocumentStore for SqliteStorage {
         })
     }
 
-    async fn document_ids(&self) -> Result<Vec<(String, String)>> {
+    async fn document_ids(&self) -> Result<Vec<(String, Team)>> {
         self.with(|c| {
             let mut stmt = c.prepare_cached("SELECT id, team FROM documents ORDER BY id")?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -217,7 +220,7 @@ impl DocumentStore for SqliteStorage {
         self.with(|conn| record_refusals(conn, refusals))
     }
 
-    async fn refused_documents(&self, team: Option<&str>) -> Result<Vec<RefusedDocument>> {
+    async fn refused_documents(&self, team: Option<&Team>) -> Result<Vec<RefusedDocument>> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT doc_id, team, device_id, reason, count, first_at, last_at FROM refused_documents
