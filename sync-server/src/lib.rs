@@ -262,11 +262,8 @@ async fn enrol(
     })?;
     let enrolled = auth::enrol(&*state.storage, &req.code, &req.device_name, Utc::now()).await;
     let enrolled = state.count_auth(client, enrolled).await?;
+    // Audited by the redemption itself, in its transaction (storage).
     tracing::info!(device = %enrolled.device_id, team = %enrolled.team, "device enrolled");
-    let record = AuditRecord::new(AuditAction::Enrolled, Utc::now())
-        .device(&enrolled.device_id)
-        .worker(&enrolled.worker);
-    state.storage.append_audit(&[record]).await?;
     Ok(Json(enrolled))
 }
 

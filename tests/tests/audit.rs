@@ -115,6 +115,11 @@ fn the_audit_shows_who_uploaded_received_and_read_a_family_and_logs_hold_no_pers
             "{action}: {of_ben:#?}"
         );
     }
+    // Once each: the enrolment is audited by its redemption only.
+    for action in ["enrolled", "revoked"] {
+        let n = ben_actions.iter().filter(|a| *a == action).count();
+        assert_eq!(n, 1, "{action} audited {n} times: {of_ben:#?}");
+    }
     assert!(
         audit(&relay, &["--family", &family])
             .iter()
