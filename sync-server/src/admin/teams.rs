@@ -67,9 +67,11 @@ pub async fn set_team_policy(
     if let Some(d) = change.lease_days {
         policy.lease_days = d;
     }
-    storage.set_team_policy(&team, policy, now).await?;
-    let record = AuditRecord::new(AuditAction::PolicyChanged, now).worker(ADMINISTRATOR);
-    storage.append_audit(&[record]).await?;
+    let mut record = AuditRecord::new(AuditAction::PolicyChanged, now).worker(ADMINISTRATOR);
+    record.team = Some(team.to_string());
+    storage
+        .set_team_policy(&team, policy, &[record], now)
+        .await?;
     Ok((team, policy))
 }
 

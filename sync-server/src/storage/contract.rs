@@ -253,9 +253,24 @@ async fn teams_keep_a_directory_id_and_a_policy<S: Storage>(s: &S) {
         retention_days: Some(30),
         lease_days: Some(7),
     };
-    s.set_team_policy(&Team::from("east"), policy, now())
+    let mut changed = AuditRecord::new(AuditAction::PolicyChanged, now()).worker("admin");
+    changed.team = Some("east".into());
+    s.set_team_policy(&Team::from("east"), policy, &[changed], now())
         .await
         .expect("set");
+    // Audited with the change, in its transaction.
+    let audited = s
+        .audit_log(None, None, Some(&Team::from("east")))
+        .await
+        .expect("audit");
+    assert_eq!(
+        audited
+            .iter()
+            .filter(|e| e.action == AuditAction::PolicyChanged)
+            .count(),
+        1,
+        "{audited:?}"
+    );
     assert_eq!(
         s.team_policy(&Team::from("east")).await.expect("policy"),
         policy
@@ -266,6 +281,7 @@ async fn teams_keep_a_directory_id_and_a_policy<S: Storage>(s: &S) {
             retention_days: Some(90),
             lease_days: None,
         },
+        &[],
         now(),
     )
     .await
@@ -274,7 +290,7 @@ async fn teams_keep_a_directory_id_and_a_policy<S: Storage>(s: &S) {
         s.retention_policies().await.expect("policies"),
         [(Team::from("east"), 30), (Team::from("south"), 90)]
     );
-    s.set_team_policy(&Team::from("east"), TeamPolicy::default(), now())
+    s.set_team_policy(&Team::from("east"), TeamPolicy::default(), &[], now())
         .await
         .expect("lift");
     assert_eq!(

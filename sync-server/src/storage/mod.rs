@@ -107,11 +107,13 @@ pub trait DeviceStore: Send + Sync + 'static {
     ) -> Result<Vec<DeviceId>>;
     /// The team's directory document id, chosen at random the first time.
     async fn team_directory_id(&self, team: &Team, now: DateTime<Utc>) -> Result<String>;
-    /// Sets a team's policy (creating the team if new); `None` lifts a limit.
+    /// Sets a team's policy (creating the team if new; `None` lifts a
+    /// limit) and appends `audit`, in one transaction.
     async fn set_team_policy(
         &self,
         team: &Team,
         policy: TeamPolicy,
+        audit: &[AuditRecord],
         now: DateTime<Utc>,
     ) -> Result<()>;
     /// A team's policy (no limits for a team the relay does not know).

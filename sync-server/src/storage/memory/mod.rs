@@ -273,10 +273,14 @@ impl DeviceStore for MemoryStorage {
         &self,
         team: &Team,
         policy: TeamPolicy,
+        audit: &[AuditRecord],
         _now: DateTime<Utc>,
     ) -> Result<()> {
         let mut s = self.state();
         s.team(team).policy = policy;
+        for record in audit {
+            s.append(record);
+        }
         s.write();
         Ok(())
     }

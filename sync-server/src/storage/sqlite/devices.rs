@@ -184,6 +184,7 @@ impl DeviceStore for SqliteStorage {
         &self,
         team: &Team,
         policy: TeamPolicy,
+        audit: &[AuditRecord],
         now: DateTime<Utc>,
     ) -> Result<()> {
         self.with(|conn| {
@@ -193,6 +194,9 @@ impl DeviceStore for SqliteStorage {
                 "UPDATE teams SET retention_days = ?2, lease_days = ?3 WHERE name = ?1",
                 params![team, policy.retention_days, policy.lease_days],
             )?;
+            for record in audit {
+                insert_audit(&tx, record)?;
+            }
             tx.commit()
         })
     }
