@@ -22,6 +22,27 @@ fn npm_dir() -> PathBuf {
 
 /// Kills the node process if a test fails half-way.
 struct Node(Child);
+
+impl Node {
+    /// Runs `script` (in `tests/npm`) with `args`, trusting the relay's CA
+    /// if given; its stdin and stdout are the test's, its stderr the log's.
+    fn start(script: &str, args: &[&str], ca: Option<&std::path::Path>) -> Node {
+        let mut command = Command::new("node");
+        command.arg(npm_dir().join(script)).args(args);
+        if let Some(ca) = ca {
+            command.env("NODE_EXTRA_CA_CERTS", ca);
+        }
+        Node(
+            command
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("node"),
+        )
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -59,31 +80,24 @@ fn the_npm_client_reads_and_writes_a_family_through_the_relay() -> Result<()> {
         relay.url.replace("https://", "wss://"),
         creds.token
     );
-    let mut node = Node(
-        Command::new("node")
-            .arg(npm_dir().join("client.mjs"))
-            .args([
-                "--url",
-                &url,
-                "--peer-id",
-                &creds.device_id,
-                "--doc",
-                &family.url(),
-            ])
-            .args([
-                "--add-note",
-                "Added by the npm client",
-                "--note-id",
-                note_id,
-                "--author",
-                "Jo",
-            ])
-            .env("NODE_EXTRA_CA_CERTS", relay.ca_path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node"),
+    let ca_path = relay.ca_path();
+    let mut node = Node::start(
+        "client.mjs",
+        &[
+            "--url",
+            &url,
+            "--peer-id",
+            &creds.device_id,
+            "--doc",
+            &family.url(),
+            "--add-note",
+            "Added by the npm client",
+            "--note-id",
+            note_id,
+            "--author",
+            "Jo",
+        ],
+        Some(ca_path.as_path()),
     );
     let mut lines = BufReader::new(node.0.stdout.take().expect("stdout")).lines();
     let notes = lines.next().and_then(|l| l.ok()).unwrap_or_default();
@@ -154,18 +168,15 @@ fn a_stock_js_app_enrols_and_syncs_with_its_own_peer_id() {
     cli.ok(&["sync"]);
 
     let code = relay.enrol_code("north", "Jo");
-    let mut node = Node(
-        Command::new("node")
-            .arg(npm_dir().join("client.mjs"))
-            .args(["--enrol", &relay.url, "--code", &code])
-            .args(["--doc", &format!("automerge:{family}")])
-            .args(["--day", &format!("automerge:{day}"), "--book", &other])
-            .env("NODE_EXTRA_CA_CERTS", relay.ca_path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node"),
+    let ca_path = relay.ca_path();
+    let (doc, day_url) = (format!("automerge:{family}"), format!("automerge:{day}"));
+    let mut node = Node::start(
+        "client.mjs",
+        &[
+            "--enrol", &relay.url, "--code", &code, "--doc", &doc, "--day", &day_url, "--book",
+            &other,
+        ],
+        Some(ca_path.as_path()),
     );
     let mut lines = BufReader::new(node.0.stdout.take().expect("stdout")).lines();
     let mut next = || lines.next().and_then(|l| l.ok()).unwrap_or_default();
@@ -224,17 +235,8 @@ fn a_stock_js_app_enrols_and_syncs_with_its_own_peer_id() {
 #[test]
 fn linkbook_devices_sync_through_a_plain_js_automerge_repo_server() -> Result<()> {
     let data = tempfile::tempdir().expect("dir");
-    let mut server = Node(
-        Command::new("node")
-            .arg(npm_dir().join("server.mjs"))
-            .arg("--data")
-            .arg(data.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node"),
-    );
+    let data_path = data.path().to_string_lossy().into_owned();
+    let mut server = Node::start("server.mjs", &["--data", &data_path], None);
     let mut lines = BufReader::new(server.0.stdout.take().expect("stdout")).lines();
     let port = lines
         .next()
