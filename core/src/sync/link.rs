@@ -69,7 +69,9 @@ pub trait Connector {
     /// Opens a pipelined connection to the relay asking `path` (`/v1/sync`
     /// with the device's cursor and session names) with the device's
     /// bearer `token`. A refused connection is the error the relay's
-    /// answer means: [`refusal`] turns the answer into it.
+    /// answer means: [`refusal`] turns the answer into it. `token` is the
+    /// device's credential with the relay: a connector that does not reach
+    /// the relay (another tablet) must not pass it on.
     fn connect(&mut self, path: &str, token: &str) -> Result<Box<dyn Link + '_>>;
 }
 
