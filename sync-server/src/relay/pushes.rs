@@ -15,7 +15,7 @@ use linkbook_core::protocol::Message;
 use super::slots::Slot;
 use super::{Close, Hub};
 use crate::outbox::Outbox;
-use crate::storage::{Device, DeviceId};
+use crate::storage::Device;
 
 impl Hub {
     /// Tells the device what changed since its cursor (`changed-since`):
@@ -29,7 +29,7 @@ impl Hub {
         let read = async {
             Ok::<_, crate::storage::StorageError>((
                 self.storage
-                    .changed_since(&device.team, since, &DeviceId::from(mine))
+                    .changed_since(&device.team, since, mine)
                     .await?,
                 self.storage.purged(&device.team).await?,
                 self.storage.team_policy(&device.team).await?,

@@ -356,7 +356,7 @@ async fn documents_are_namespaced_per_team<S: Storage>(s: &S) {
         ]
     );
     assert_eq!(
-        s.changed_since(&Team::from("north"), 0, &DeviceId::from("n1"))
+        s.changed_since(&Team::from("north"), 0, "n1")
             .await
             .expect("changed")
             .1,
@@ -364,13 +364,13 @@ async fn documents_are_namespaced_per_team<S: Storage>(s: &S) {
         "a device's own latest changes are left out"
     );
     let (cursor, mut ids) = s
-        .changed_since(&Team::from("north"), 0, &DeviceId::from("other"))
+        .changed_since(&Team::from("north"), 0, "other")
         .await
         .expect("changed");
     ids.sort();
     assert_eq!(ids, ["another", "doc"]);
     assert_eq!(
-        s.changed_since(&Team::from("north"), cursor, &DeviceId::from("other"))
+        s.changed_since(&Team::from("north"), cursor, "other")
             .await
             .expect("changed"),
         (cursor, vec![]),
@@ -425,7 +425,7 @@ async fn an_upload_commits_its_changes_audit_and_cursor_together<S: Storage>(s: 
     assert_eq!(doc.changes, [b"c2".to_vec(), b"another copy".to_vec()]);
     assert_eq!(doc.seq, third.seq);
     let (cursor, ids) = s
-        .changed_since(&Team::from("north"), 0, &DeviceId::from("d-1"))
+        .changed_since(&Team::from("north"), 0, "d-1")
         .await
         .expect("changed");
     assert_eq!((cursor, ids), (third.seq, vec!["doc".to_string()]));
@@ -537,7 +537,7 @@ async fn a_purge_removes_everything_and_refuses_later_uploads<S: Storage>(s: &S)
         before
     );
     assert_eq!(
-        s.changed_since(&Team::from("south"), 0, &DeviceId::from("x"))
+        s.changed_since(&Team::from("south"), 0, "x")
             .await
             .expect("changed")
             .1,
@@ -877,7 +877,7 @@ async fn a_cursor_reader_racing_writers_never_misses_a_change<S: Storage>(s: Arc
                 && std::time::Instant::now() < deadline
             {
                 let (cursor, ids) = s
-                    .changed_since(&Team::from("north"), since, &DeviceId::from("reader"))
+                    .changed_since(&Team::from("north"), since, "reader")
                     .await
                     .expect("read");
                 reads.push((since, cursor, ids));
@@ -898,7 +898,7 @@ async fn a_cursor_reader_racing_writers_never_misses_a_change<S: Storage>(s: Arc
     let mut reads = reader.await.expect("reader");
     let since = reads.last().map_or(0, |r| r.1);
     let (cursor, ids) = s
-        .changed_since(&Team::from("north"), since, &DeviceId::from("reader"))
+        .changed_since(&Team::from("north"), since, "reader")
         .await
         .expect("read");
     reads.push((since, cursor, ids));

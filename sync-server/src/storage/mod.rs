@@ -156,14 +156,15 @@ pub trait DocumentStore: Send + Sync + 'static {
         through: i64,
     ) -> Result<bool>;
     /// The team's documents changed after cursor `since`, except those whose
-    /// latest change is `device`'s own, and the cursor to ask from next
-    /// time. Commit-ordered: nothing committed later gets a value at or
-    /// below the returned cursor.
+    /// latest change was uploaded as `uploader` ([`Upload::uploader`]: a
+    /// device id, or a device's session tag), and the cursor to ask from
+    /// next time. Commit-ordered: nothing committed later gets a value at
+    /// or below the returned cursor.
     async fn changed_since(
         &self,
         team: &Team,
         since: i64,
-        device: &DeviceId,
+        uploader: &str,
     ) -> Result<(i64, Vec<String>)>;
     /// Deletes every stored change, snapshot, sync state and refusal of
     /// `team`'s document, remembers it as purged and audits `purged`, in

@@ -161,7 +161,7 @@ async fn schema_7_data_migrates_to_team_keys() {
     };
     s.commit_upload(&up).await.expect("append");
     let (cursor, ids) = s
-        .changed_since(&Team::from("south"), 3, &DeviceId::from("other"))
+        .changed_since(&Team::from("south"), 3, "other")
         .await
         .expect("changed");
     assert!(cursor > 3, "{cursor}");

@@ -408,7 +408,7 @@ impl DocumentStore for MemoryStorage {
         &self,
         team: &Team,
         since: i64,
-        device: &DeviceId,
+        uploader: &str,
     ) -> Result<(i64, Vec<String>)> {
         let s = self.state();
         let mut changed: Vec<(i64, &String, &Doc)> = s
@@ -421,7 +421,7 @@ impl DocumentStore for MemoryStorage {
         let cursor = changed.last().map_or(since, |(seq, _, _)| since.max(*seq));
         let ids = changed
             .into_iter()
-            .filter(|(_, _, d)| d.last_device.as_deref() != Some(device))
+            .filter(|(_, _, d)| d.last_device.as_deref() != Some(uploader))
             .map(|(_, id, _)| id.clone())
             .collect();
         Ok((cursor, ids))

@@ -7,7 +7,7 @@
 //! next writer starts: sequence order is commit order here, which is what
 //! makes `changed_since` commit-ordered.
 
-use crate::storage::{DeviceId, Team};
+use crate::storage::Team;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -114,7 +114,7 @@ impl DocumentStore for SqliteStorage {
         &self,
         team: &Team,
         since: i64,
-        device: &DeviceId,
+        uploader: &str,
     ) -> Result<(i64, Vec<String>)> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
@@ -132,7 +132,7 @@ impl DocumentStore for SqliteStorage {
             for row in rows {
                 let (id, seq, last_device) = row?;
                 cursor = cursor.max(seq);
-                if last_device.as_deref() != Some(device) {
+                if last_device.as_deref() != Some(uploader) {
                     ids.push(id);
                 }
             }
