@@ -63,12 +63,6 @@ macro_rules! id_type {
             }
         }
 
-        impl From<&$name> for $name {
-            fn from(value: &$name) -> Self {
-                value.clone()
-            }
-        }
-
         impl From<&str> for $name {
             fn from(value: &str) -> Self {
                 $name(value.to_string())

@@ -324,8 +324,7 @@ impl Controller<'_> {
                         self.reply(device, reply);
                     }
                     Request::Close => {
-                        if let Some(mut c) = self.conns.remove(&device) {
-                            c.to_relay = None;
+                        if let Some(c) = self.conns.remove(&device) {
                             self.retire(c);
                         }
                         self.settle();
@@ -504,8 +503,7 @@ impl Controller<'_> {
     }
 
     fn connect(&mut self, device: usize, path: &str, token: &str) -> Reply {
-        if let Some(mut old) = self.conns.remove(&device) {
-            old.to_relay = None;
+        if let Some(old) = self.conns.remove(&device) {
             self.retire(old);
         }
         let query = path.split_once('?').map(|(_, q)| q.to_string());
@@ -594,7 +592,8 @@ impl Controller<'_> {
         self.settle();
     }
 
-    /// A closed connection's hub task: let it end, and count a panic.
+    /// A closed connection: its frames to the hub end, the hub's task is
+    /// let end, and a panic is counted.
     fn retire(&mut self, c: Conn) {
         drop(c.to_relay);
         self.settle();
