@@ -43,6 +43,6 @@ pub use repo::{Clock, DeviceProfile, LOCAL_TEAM, Repo};
 pub use store::{DatabaseKey, open_keyed};
 pub use sync::link;
 pub use sync::{
-    DeviceCredentials, Enrolment, IO_TIMEOUT, SkippedDocument, SyncListener, SyncProgress,
-    SyncSummary, enrol_device,
+    DeviceCredentials, Enrolment, SkippedDocument, SyncListener, SyncProgress, SyncSummary,
+    enrol_device,
 };

@@ -1,6 +1,6 @@
 //! The connection a sync session runs over, as the session sees it: whole
 //! protocol messages each way and reads that wait as the session says
-//! ([`Wait`]). [`WsLink`] is the relay's WebSocket (TLS, tungstenite);
+//! ([`Wait`]). `WsLink` is the relay's WebSocket (TLS, tungstenite);
 //! anything else implementing [`Link`] (the in-process simulation of the
 //! test support crate, later a tablet-to-tablet connection) is driven by
 //! the same session, plan and engine through [`Repo::sync_over`].
@@ -13,6 +13,9 @@ use tungstenite::{Message as WsMessage, WebSocket};
 
 use super::net::{self, network};
 use crate::error::{Error, Result};
+
+/// A relay silent for this long while an answer is awaited is taken as gone.
+pub use super::net::IO_TIMEOUT;
 
 /// How long a peer may be silent before heads-only announcements count as
 /// answered.
@@ -27,8 +30,6 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
 pub enum Wait {
     /// For an answer: nothing (or nothing but pings) for [`IO_TIMEOUT`] is
     /// the relay's failure, an `Err(Error::Network)`.
-    ///
-    /// [`IO_TIMEOUT`]: crate::sync::IO_TIMEOUT
     Answer,
     /// In the exchange: like `Answer`, but a silence of [`QUIET`] returns
     /// `None` when `quiet_ends` (nothing awaits an answer).

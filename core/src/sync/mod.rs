@@ -34,9 +34,6 @@ use plan::{Opening, Plan};
 use session::Session;
 pub use skipped::SkippedDocument;
 
-/// A relay silent for this long while an answer is awaited is taken as gone.
-pub const IO_TIMEOUT: std::time::Duration = net::IO_TIMEOUT;
-
 /// What enrolment stored: the relay this device syncs with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Enrolment {
@@ -222,12 +219,7 @@ impl Repo {
             ));
         };
         let ca = values[1].clone().filter(|s| !s.is_empty());
-        let endpoint = Endpoint::parse(&server)?;
-        let connect = Connect::Relay {
-            endpoint,
-            token: Some(&token),
-            ca: ca.as_deref(),
-        };
+        let connect = Connect::relay(&server, Some(&token), ca.as_deref())?;
         let result = self.sync_session(connect, only, listener, true);
         self.after_sync(result, || self.upload_reads(&server, ca.as_deref(), &token))
     }
@@ -338,13 +330,12 @@ impl Repo {
         ca_pem: Option<&str>,
         listener: Option<&dyn SyncListener>,
     ) -> Result<SyncSummary> {
-        let endpoint = Endpoint::parse(server)?;
-        let connect = Connect::Relay {
-            endpoint,
-            token,
-            ca: ca_pem,
-        };
-        self.sync_session(connect, None, listener, false)
+        self.sync_session(
+            Connect::relay(server, token, ca_pem)?,
+            None,
+            listener,
+            false,
+        )
     }
 
     /// Syncs only the named documents with the automerge-repo server at
@@ -361,13 +352,12 @@ impl Repo {
         ids: &[DocumentId],
         listener: Option<&dyn SyncListener>,
     ) -> Result<SyncSummary> {
-        let endpoint = Endpoint::parse(server)?;
-        let connect = Connect::Relay {
-            endpoint,
-            token,
-            ca: ca_pem,
-        };
-        self.sync_session(connect, Some(ids), listener, false)
+        self.sync_session(
+            Connect::relay(server, token, ca_pem)?,
+            Some(ids),
+            listener,
+            false,
+        )
     }
 
     /// One session; again from scratch if the relay turned out to be
@@ -548,7 +538,16 @@ enum Connect<'c> {
     },
 }
 
-impl Connect<'_> {
+impl<'c> Connect<'c> {
+    /// The relay at address `server`.
+    fn relay(server: &str, token: Option<&'c str>, ca: Option<&'c str>) -> Result<Self> {
+        Ok(Connect::Relay {
+            endpoint: Endpoint::parse(server)?,
+            token,
+            ca,
+        })
+    }
+
     fn token(&self) -> Option<&str> {
         match self {
             Connect::Relay { token, .. } => *token,

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A relay silent for this long is taken as gone.
-pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(30);
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A relay address: `https://host[:port]` (or, on loopback only, `http://`).
 #[derive(Debug, Clone)]
