@@ -87,7 +87,7 @@ impl Repo {
     pub(crate) fn receive_sync_message(
         &self,
         id: DocumentId,
-        state: &mut automerge::sync::State,
+        state: &mut super::DocSync,
         message: automerge::sync::Message,
     ) -> Result<bool> {
         Store::new(self).write(id, |doc| super::peer::apply(doc, state, message))
@@ -186,7 +186,7 @@ mod tests {
         other.commit();
         let second = other.save_after(&h1);
 
-        let mut state = sync::State::new();
+        let mut state = super::super::DocSync::default();
         let changed = repo.receive_sync_message(
             family_id,
             &mut state,

@@ -9,6 +9,7 @@
 //! document costs one small message each way.
 
 mod changes;
+mod doc_sync;
 mod documents;
 mod enrolment;
 pub mod link;
@@ -28,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::ids::DocumentId;
 use crate::protocol::dto;
 use crate::repo::Repo;
+pub use doc_sync::{ApplyError, DocSync, MAX_RESETS};
 use link::{Connector, Link, WsLink};
 use net::{Endpoint, network};
 use plan::{Opening, Plan};

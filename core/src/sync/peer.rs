@@ -23,13 +23,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use automerge::sync::{self, SyncDoc};
-use automerge::{AutoCommit, ChangeHash};
+use automerge::AutoCommit;
+use automerge::sync;
 
+use super::doc_sync::{ApplyError, DocSync};
 use super::skipped;
 use crate::error::{Error, Result};
 use crate::ids::DocumentId;
-use crate::protocol::split::{self, SplitMessages};
+use crate::protocol::split::SplitMessages;
 use crate::protocol::{self, DecodeError, Message};
 
 /// Messages one sync takes from its peer about one document: a 64 MiB
@@ -119,7 +120,8 @@ pub(crate) struct PeerConfig {
 #[derive(Default)]
 pub(crate) struct PeerSync {
     config: PeerConfig,
-    states: HashMap<DocumentId, sync::State>,
+    /// Each document's sync with the peer (doc_sync.rs).
+    states: HashMap<DocumentId, DocSync>,
     /// Every document this sync opened or was told to expect.
     all: BTreeSet<DocumentId>,
     /// Documents not yet known to be in sync.
@@ -131,9 +133,6 @@ pub(crate) struct PeerSync {
     /// Documents that changed here since the last sync with this peer: a
     /// peer must hear back about them even with nothing to add.
     changed_here: BTreeSet<DocumentId>,
-    /// Documents whose last message asked for changes (`need`), with how
-    /// many answers since came without any.
-    needing: HashMap<DocumentId, u8>,
     sent_changes: BTreeSet<DocumentId>,
     received: BTreeSet<DocumentId>,
     unavailable: BTreeSet<DocumentId>,
@@ -194,9 +193,15 @@ impl PeerSync {
         self.pending.insert(id);
         let mut state = self.state(replica, id)?;
         if self.config.answers_everything && replica.read(id, |_| ())?.is_some() {
-            protocol::assume_shared_heads(&mut state);
+            state.assume_shared_heads();
         }
-        let (messages, held) = generate(replica, id, &mut state, self.config.max_message_bytes)?;
+        let (messages, held) = generate(
+            replica,
+            id,
+            &mut state,
+            self.config.max_message_bytes,
+            false,
+        )?;
         self.states.insert(id, state);
         let Some(messages) = self.sendable(id, messages) else {
             return Ok(());
@@ -237,7 +242,6 @@ impl PeerSync {
         self.pending.remove(&id);
         self.demanding.remove(&id);
         self.states.remove(&id);
-        self.needing.remove(&id);
         self.changed_here.remove(&id);
         self.sent_changes.remove(&id);
     }
@@ -377,14 +381,12 @@ impl PeerSync {
         }
     }
 
-    fn state(&mut self, replica: &mut impl Replica, id: DocumentId) -> Result<sync::State> {
+    fn state(&mut self, replica: &mut impl Replica, id: DocumentId) -> Result<DocSync> {
         if let Some(s) = self.states.remove(&id) {
             return Ok(s);
         }
-        Ok(replica
-            .sync_state(&self.config.their_id, id)?
-            .and_then(|b| sync::State::decode(&b).ok())
-            .unwrap_or_default())
+        let saved = replica.sync_state(&self.config.their_id, id)?;
+        Ok(DocSync::from_saved(saved.as_deref()))
     }
 
     fn receive(
@@ -394,7 +396,6 @@ impl PeerSync {
         message: sync::Message,
     ) -> Result<()> {
         let mut state = self.state(replica, id)?;
-        let brought_changes = !message.changes.is_empty();
         let applied = replica.write(id, |doc| apply(doc, &mut state, message));
         let changed = match applied {
             Ok(changed) => changed,
@@ -411,28 +412,11 @@ impl PeerSync {
             self.received.insert(id);
             self.events.push(Event::Changed(id));
         }
-        // We asked for changes and answers keep coming without them: the
-        // peer thinks it sent them already (automerge's `sent_hashes`; we
-        // lost them) and will not send them again, so the two sides would
-        // trade the same `need` forever. A sync reset makes it forget what it
-        // sent. (One change-less answer is normal: it crossed our request.)
-        let unanswered = match self.needing.remove(&id) {
-            Some(n) if !brought_changes => n + 1,
-            _ => 0,
-        };
-        let reset = unanswered >= 3;
-        if reset {
-            tracing::debug!(document = %id, "the changes we need do not come; asking for a sync reset");
-            state.needs_reset = true;
-        }
-        let (replies, _) = generate(replica, id, &mut state, self.config.max_message_bytes)?;
+        let (replies, _) = generate(replica, id, &mut state, self.config.max_message_bytes, true)?;
         let Some(replies) = self.sendable(id, replies) else {
             return Ok(());
         };
         for reply in replies {
-            if !reply.need.is_empty() {
-                self.needing.insert(id, if reset { 0 } else { unanswered });
-            }
             if !reply.changes.is_empty() {
                 self.sent_changes.insert(id);
             }
@@ -443,9 +427,9 @@ impl PeerSync {
         }
         // In sync once the peer's last stated heads are ours: whatever we
         // just sent is only an acknowledgement, which needs no answer.
-        let in_sync = match &state.their_heads {
-            Some(theirs) => has_exact_heads(replica, id, theirs)?,
-            None => false,
+        let in_sync = match replica.read(id, |doc| doc.get_heads())? {
+            Some(ours) => state.their_heads_are(&ours),
+            None => state.their_heads().is_some_and(|theirs| theirs.is_empty()),
         };
         self.states.insert(id, state);
         if in_sync {
@@ -482,7 +466,6 @@ impl PeerSync {
         self.pending.remove(&id);
         self.demanding.remove(&id);
         self.states.remove(&id);
-        self.needing.remove(&id);
         self.received.remove(&id);
         if self.skipped.insert(id) {
             self.events.push(Event::Skipped { id, reason });
@@ -496,7 +479,6 @@ impl PeerSync {
         self.pending.remove(&id);
         self.demanding.remove(&id);
         self.states.remove(&id);
-        self.needing.remove(&id);
         if self.refused.insert(id) {
             self.events.push(Event::Refused {
                 id,
@@ -537,56 +519,39 @@ pub(crate) struct Counts {
     pub unavailable: usize,
 }
 
-/// Applies a peer's sync message to a document with Automerge's panics
-/// caught: the one way a peer's changes reach a document. On an error the
-/// caller must drop the document: after a panic it may be half-changed.
+/// Applies a peer's sync message to a document ([`DocSync::receive`]). On
+/// an error the caller must drop the document: after a panic it may be
+/// half-changed.
 pub(crate) fn apply(
     doc: &mut AutoCommit,
-    state: &mut sync::State,
+    state: &mut DocSync,
     message: sync::Message,
 ) -> Result<()> {
-    protocol::catch_automerge_panic(|| doc.sync().receive_sync_message(state, message))??;
-    Ok(())
+    state
+        .receive(&mut doc.sync(), message)
+        .map_err(|e| match e {
+            ApplyError::Panicked => Error::from(protocol::AutomergePanicked),
+            ApplyError::Refused(e) => Error::from(e),
+        })
 }
 
 /// One document's sync messages under the limit (from an empty document if
-/// the replica does not hold it); the flag says whether it does.
+/// the replica does not hold it); the flag says whether it does. `reply`:
+/// the answer to a received message ([`DocSync::reply`]).
 fn generate(
     replica: &mut impl Replica,
     id: DocumentId,
-    state: &mut sync::State,
+    state: &mut DocSync,
     max_message_bytes: usize,
+    reply: bool,
 ) -> Result<(SplitMessages, bool)> {
-    let held = replica.read(id, |doc| {
-        split::generate_sync_messages(state, max_message_bytes, |s| {
-            doc.sync().generate_sync_message(s)
-        })
-    })?;
-    Ok(match held {
+    let mut run = |doc: &mut AutoCommit| match reply {
+        true => state.reply(&doc.sync(), max_message_bytes),
+        false => state.generate(&doc.sync(), max_message_bytes),
+    };
+    Ok(match replica.read(id, &mut run)? {
         Some(m) => (m, true),
-        None => (
-            split::generate_sync_messages(state, max_message_bytes, |s| {
-                AutoCommit::new().sync().generate_sync_message(s)
-            }),
-            false,
-        ),
-    })
-}
-
-/// Whether the replica's heads for `id` are exactly `heads`.
-fn has_exact_heads(
-    replica: &mut impl Replica,
-    id: DocumentId,
-    heads: &[ChangeHash],
-) -> Result<bool> {
-    let mut theirs = heads.to_vec();
-    theirs.sort();
-    Ok(match replica.read(id, |doc| doc.get_heads())? {
-        Some(mut ours) => {
-            ours.sort();
-            ours == theirs
-        }
-        None => theirs.is_empty(),
+        None => (run(&mut AutoCommit::new()), false),
     })
 }
 

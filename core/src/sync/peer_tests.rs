@@ -5,6 +5,9 @@
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use super::*;
+use crate::protocol::split;
+use automerge::ChangeHash;
+use automerge::sync::SyncDoc;
 use automerge::transaction::Transactable;
 use automerge::{ROOT, ReadDoc};
 

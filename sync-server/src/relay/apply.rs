@@ -5,9 +5,9 @@
 //! clash refuses only that document). The reply and fan-out: fanout.rs.
 
 use automerge::ChangeHash;
-use automerge::sync::{self, SyncDoc};
-use linkbook_core::DocumentId;
-use linkbook_core::protocol::{Message, catch_automerge_panic};
+use automerge::sync;
+use linkbook_core::protocol::Message;
+use linkbook_core::{ApplyError, DocumentId};
 
 use super::slots::Slot;
 use super::{Close, Hub, lock};
@@ -74,17 +74,17 @@ impl Hub {
             let (_, state) = states
                 .get_mut(&conn_id)
                 .ok_or_else(|| Close("internal state lost".into()))?;
-            catch_automerge_panic(|| doc.receive_sync_message(state, message))
+            state.receive(doc, message)
         };
-        if applied.is_err() {
+        if let Err(ApplyError::Panicked) = applied {
             // Automerge panicked half-way: forget the loaded copy.
             self.forget(&mut s, &device.team, id);
         }
         match applied {
-            Ok(Ok(())) => {}
+            Ok(()) => {}
             // A copy of this device (or a hostile peer) reused an actor's
             // sequence numbers: this document is refused, not the session.
-            Ok(Err(e)) if linkbook_core::protocol::is_actor_clash(&e) => {
+            Err(e) if e.is_actor_clash() => {
                 drop(turn);
                 self.refuse_document(&mut s, conn_id, device, outbox, &key, id);
                 return Ok(());
@@ -199,8 +199,6 @@ impl Hub {
         let kind = crate::refusals::RefusalKind::ActorClash;
         self.refusals.note(&self.storage, device, key, kind, reason);
         s.states.remove(&conn_id);
-        s.sent.remove(&conn_id);
-        s.last_reply.remove(&conn_id);
         self.forget(s, &device.team, id);
         outbox.offer(Message::DocRefused {
             sender_id: self.peer_id.clone(),

@@ -23,13 +23,7 @@ impl Hub {
         document_id: &str,
         changed: bool,
     ) {
-        let Slot {
-            doc,
-            states,
-            last_reply,
-            sent,
-            ..
-        } = s;
+        let Slot { doc, states, .. } = s;
         // The reply and the live fan-out are gathered first, so that every
         // device they carry changes to is audited in one transaction (one
         // fsync) before any is sent: one commit per recipient made fifty
@@ -45,31 +39,22 @@ impl Hub {
                 owed.owe(document_id);
                 None
             }
-            Some((_, state)) => Some(crate::split::outgoing(
-                doc,
-                state,
-                sent.entry(conn_id).or_default(),
-                max,
-                &device.id,
-                document_id,
-            )),
+            Some((_, state)) => {
+                let kind = crate::split::Kind::Reply;
+                let parts = crate::split::outgoing(doc, state, kind, max, &device.id, document_id);
+                // The same bytes already went to this connection, which reads
+                // in order, so it has them: an identical reply is not sent
+                // again (issue 11, finding 8).
+                Some(parts.map(|parts| {
+                    let encoded = parts.iter().map(|p| p.data.as_slice());
+                    match state.repeats_last_reply(encoded, changed) {
+                        true => Vec::new(),
+                        false => parts,
+                    }
+                }))
+            }
             None => None,
         };
-        // The same bytes already went to this connection, which reads in
-        // order, so it has them: an identical reply is not sent again.
-        let replies = replies.map(|parts| {
-            parts.map(|parts| {
-                use sha2::Digest;
-                let mut hasher = sha2::Sha256::new();
-                for part in &parts {
-                    hasher.update(&part.data);
-                }
-                let digest: [u8; 32] = hasher.finalize().into();
-                let repeat = !changed && last_reply.get(&conn_id) == Some(&digest);
-                last_reply.insert(conn_id, digest);
-                if repeat { Vec::new() } else { parts }
-            })
-        });
         match replies {
             Some(Some(parts)) => {
                 if parts.iter().any(|p| p.carries_changes) {
@@ -102,14 +87,9 @@ impl Hub {
                 if !conn.outbox.accepts() {
                     continue;
                 }
-                let parts = crate::split::outgoing(
-                    doc,
-                    state,
-                    sent.entry(*other).or_default(),
-                    max,
-                    other_device,
-                    document_id,
-                );
+                let kind = crate::split::Kind::Unasked;
+                let parts =
+                    crate::split::outgoing(doc, state, kind, max, other_device, document_id);
                 let parts = parts.unwrap_or_default();
                 if parts.is_empty() {
                     continue;

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use automerge::sync;
 use chrono::Utc;
+use linkbook_core::DocSync;
 
 use super::slots::Slot;
 use super::{Close, DocKey, Hub, lock};
@@ -22,10 +22,7 @@ impl Hub {
                 .await
                 .ok()
                 .flatten();
-            let state = saved
-                .and_then(|b| sync::State::decode(&b).ok())
-                .unwrap_or_default();
-            e.insert((device.id.clone(), state));
+            e.insert((device.id.clone(), DocSync::from_saved(saved.as_deref())));
         }
     }
 
@@ -131,8 +128,6 @@ impl Hub {
         let mut states = Vec::new();
         for ((team, id), slot) in slots {
             let mut slot = slot.lock().await;
-            slot.last_reply.remove(&conn_id);
-            slot.sent.remove(&conn_id);
             if let Some((device, state)) = slot.states.remove(&conn_id) {
                 states.push((team, id.to_string(), device, state.encode()));
             }

@@ -68,20 +68,18 @@ impl Hub {
             return Ok(());
         };
         self.load_state(&mut s, &document_id, conn_id, device).await;
-        let Slot {
-            doc, states, sent, ..
-        } = &mut *s;
+        let Slot { doc, states, .. } = &mut *s;
         let Some((_, state)) = states.get_mut(&conn_id) else {
             return Ok(());
         };
         // Not if the device spoke about this document first: then the usual
         // exchange is under way.
-        if state.their_heads.is_none() {
-            linkbook_core::protocol::assume_shared_heads(state);
+        if state.their_heads().is_none() {
+            state.assume_shared_heads();
         }
         let max = self.limits.max_message_bytes;
-        let sent = sent.entry(conn_id).or_default();
-        let Some(parts) = crate::split::outgoing(doc, state, sent, max, &device.id, &document_id)
+        let kind = crate::split::Kind::Unasked;
+        let Some(parts) = crate::split::outgoing(doc, state, kind, max, &device.id, &document_id)
         else {
             drop(s);
             self.unavailable(outbox, &document_id);

@@ -7,20 +7,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use automerge::sync;
 use automerge::{Automerge, ReadDoc};
-use linkbook_core::DocumentId;
+use linkbook_core::{DocSync, DocumentId};
 
 use super::{Close, DocKey, Hub, lock};
-use crate::split::Sent;
 use crate::storage::{DeviceId, Team};
 
 /// One loaded document.
 pub(super) struct Slot {
     pub(super) team: Team,
     pub(super) doc: Automerge,
-    /// Sync state per connection that has touched this document.
-    pub(super) states: HashMap<u64, (DeviceId, sync::State)>,
+    /// The engine's sync of this document with each connection that has
+    /// touched it (its state, what it was sent, its last reply: see
+    /// `linkbook_core::DocSync`).
+    pub(super) states: HashMap<u64, (DeviceId, DocSync)>,
     pub(super) last_used: u64,
     /// Its document holds changes that storage refused (a full disk), or
     /// was left half-changed by an Automerge panic. The slot is out of the
@@ -29,14 +29,6 @@ pub(super) struct Slot {
     /// storage, not build on (and answer with heads of) changes the relay
     /// does not have. See [`Hub::locked_slot`].
     pub(super) unstored: bool,
-    /// SHA-256 of the last reply sent to each connection: a peer repeating
-    /// "I have nothing" is not sent the same whole document again (issue
-    /// 11, finding 8; Automerge resets `sent_hashes` whenever the peer's
-    /// heads are empty, so its state alone resends everything each time).
-    pub(super) last_reply: HashMap<u64, [u8; 32]>,
-    /// What each connection was sent of this document (split.rs): replies
-    /// proportional to the request.
-    pub(super) sent: HashMap<u64, Sent>,
     /// Bytes storage holds for it (snapshot and changes), against
     /// `max_document_bytes`.
     pub(super) stored_bytes: u64,
@@ -99,8 +91,6 @@ impl Hub {
                     states: HashMap::new(),
                     last_used: tick,
                     unstored: false,
-                    last_reply: HashMap::new(),
-                    sent: HashMap::new(),
                     stored_bytes: u64::try_from(stored_bytes).unwrap_or(u64::MAX),
                     seq: Some(stored.seq),
                 }
@@ -111,8 +101,6 @@ impl Hub {
                 states: HashMap::new(),
                 last_used: tick,
                 unstored: false,
-                last_reply: HashMap::new(),
-                sent: HashMap::new(),
                 stored_bytes: 0,
                 seq: Some(0),
             },
