@@ -101,6 +101,22 @@ impl serde::Serialize for DocumentId {
     }
 }
 
+/// Stored as its string form (the relay's tables key documents by it), so
+/// a value read back that is not a document id is an error, not an id.
+impl rusqlite::types::ToSql for DocumentId {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.to_string().into())
+    }
+}
+
+impl rusqlite::types::FromSql for DocumentId {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let text = value.as_str()?;
+        DocumentId::parse(text, "document id")
+            .map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+    }
+}
+
 impl FromStr for DocumentId {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {

@@ -121,7 +121,11 @@ pub(crate) async fn record(
     let mut refused = 0;
     for (family, at) in reads {
         // Another team's family and a never-stored id alike: not recorded.
-        if !storage.document_exists(&device.team, &family).await? {
+        let stored = match linkbook_core::DocumentId::parse(&family, "family id") {
+            Ok(id) => storage.document_exists(&device.team, id).await?,
+            Err(_) => false,
+        };
+        if !stored {
             refused += 1;
             continue;
         }

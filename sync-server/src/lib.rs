@@ -38,6 +38,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
+use linkbook_core::DocumentId;
 use linkbook_core::protocol::dto;
 
 pub use error::{Error, Result};
@@ -324,7 +325,7 @@ async fn changes(
     let policy = state.storage.team_policy(&device.team).await?;
     Ok(Json(dto::Changes {
         cursor,
-        documents,
+        documents: documents.iter().map(DocumentId::to_string).collect(),
         purged,
         policy,
     }))

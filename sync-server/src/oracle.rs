@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
+use linkbook_core::DocumentId;
 
 use crate::storage::{AuditAction, AuditRecord, Device, Storage, Team};
 
@@ -29,7 +30,8 @@ const MAX_IN_FLIGHT: usize = 256;
 /// team holds: once per (device, id), off the request's path. Called for
 /// never-stored ids as well (the answer was already sent, and the caller
 /// cannot tell the two apart without the look-up this does later).
-pub(crate) fn note_cross_team(storage: &Arc<dyn Storage>, device: &Device, doc_id: &str) {
+pub(crate) fn note_cross_team(storage: &Arc<dyn Storage>, device: &Device, id: DocumentId) {
+    let doc_id = &id.to_string();
     {
         let audited = AUDITED.lock().unwrap_or_else(|p| p.into_inner());
         if audited.as_ref().is_some_and(|s| {
@@ -44,15 +46,15 @@ pub(crate) fn note_cross_team(storage: &Arc<dyn Storage>, device: &Device, doc_i
     }
     let storage = storage.clone();
     let device = device.clone();
-    let doc_id = doc_id.to_string();
     tokio::spawn(async move {
-        check_and_audit(&*storage, &device, &doc_id).await;
+        check_and_audit(&*storage, &device, id).await;
         IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
     });
 }
 
-async fn check_and_audit(storage: &dyn Storage, device: &Device, doc_id: &str) {
-    let holders = match storage.teams_holding(doc_id).await {
+async fn check_and_audit(storage: &dyn Storage, device: &Device, id: DocumentId) {
+    let doc_id = &id.to_string();
+    let holders = match storage.teams_holding(id).await {
         Ok(teams) => teams,
         Err(e) => {
             tracing::error!(error = %e, "looking up a document's teams for the audit failed");

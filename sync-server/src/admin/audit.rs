@@ -22,10 +22,11 @@ pub struct AuditQuery {
 pub async fn audit_log(storage: &dyn Storage, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
     let family = query.family.as_deref().map(parse_family_id).transpose()?;
     let team = match &family {
-        Some(id) => team_of(storage, id, query.team.as_deref()).await?,
+        Some(id) => team_of(storage, *id, query.team.as_deref()).await?,
         None => query.team.as_deref().map(Team::from),
     };
     let device = query.device.as_deref().map(DeviceId::from);
+    let family = family.map(|id| id.to_string());
     Ok(storage
         .audit_log(family.as_deref(), device.as_ref(), team.as_ref())
         .await?)
@@ -50,7 +51,7 @@ mod tests {
                 .worker("Asha")
                 .document("north", doc)
         };
-        s.append_audit(&[read(&id), read(&other)])
+        s.append_audit(&[read(&id.to_string()), read(&other.to_string())])
             .await
             .expect("audit");
         let query = AuditQuery {
@@ -62,7 +63,7 @@ mod tests {
         assert!(
             entries
                 .iter()
-                .all(|e| e.document_id.as_deref() == Some(id.as_str()))
+                .all(|e| e.document_id.as_deref() == Some(id.to_string().as_str()))
         );
         assert!(matches!(
             audit_log(
@@ -79,7 +80,7 @@ mod tests {
             })
         ));
         // The same id in a second team: the team must be said.
-        relay.store_as("south", &id, &family("Ada", None));
+        relay.store_as("south", id, &family("Ada", None));
         assert!(matches!(
             audit_log(s, &query).await,
             Err(AdminError::AmbiguousId { .. })

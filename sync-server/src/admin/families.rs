@@ -3,6 +3,7 @@
 //! audit; the export itself audited).
 
 use chrono::{DateTime, Utc};
+use linkbook_core::DocumentId;
 use serde::Serialize;
 
 use super::{ADMINISTRATOR, AdminError, Result, parse_family_id, team_of};
@@ -11,7 +12,7 @@ use crate::storage::{AuditAction, AuditEntry, AuditRecord, Storage, Team};
 /// A family erased from the relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurgedFamily {
-    pub id: String,
+    pub id: DocumentId,
     pub team: Team,
 }
 
@@ -36,19 +37,19 @@ pub async fn purge_family(
     }
     let not_found = |team: Option<&str>| AdminError::NotFound {
         what: "family",
-        id: id.clone(),
+        id: id.to_string(),
         team: team.map(str::to_string),
     };
-    let team = team_of(storage, &id, team)
+    let team = team_of(storage, id, team)
         .await?
         .ok_or_else(|| not_found(None))?;
-    if storage.is_purged(&team, &id).await? {
+    if storage.is_purged(&team, id).await? {
         return Err(AdminError::Refused(format!(
             "{id} of team {team} was purged already"
         )));
     }
     let stored = storage
-        .load_document(&team, &id)
+        .load_document(&team, id)
         .await?
         .ok_or_else(|| not_found(Some(&team)))?;
     let kind = crate::documents::load(&stored, &super::load_budget())
@@ -60,7 +61,7 @@ pub async fn purge_family(
             kind.as_deref().unwrap_or("damaged document")
         )));
     }
-    if !storage.purge_document(&team, &id, reason, now).await? {
+    if !storage.purge_document(&team, id, reason, now).await? {
         return Err(not_found(Some(&team)));
     }
     Ok(PurgedFamily { id, team })
@@ -105,7 +106,7 @@ impl SubjectQuery {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AnsweredQuery {
     pub name: Option<String>,
-    pub family: Option<String>,
+    pub family: Option<DocumentId>,
 }
 
 /// One family case file in an export.
@@ -150,7 +151,7 @@ pub async fn export_person(
 ) -> Result<SubjectAccess> {
     let AnsweredQuery { name, family } = query.answered()?;
     let only_team = match &family {
-        Some(id) => team_of(storage, id, query.team.as_deref()).await?,
+        Some(id) => team_of(storage, *id, query.team.as_deref()).await?,
         None => query.team.as_deref().map(Team::from),
     };
     let budget = super::load_budget();
@@ -162,14 +163,14 @@ pub async fn export_person(
         {
             continue;
         }
-        let Some(stored) = storage.load_document(&team, &id).await? else {
+        let Some(stored) = storage.load_document(&team, id).await? else {
             continue;
         };
         let doc = match crate::documents::load(&stored, &budget) {
             Ok(doc) => doc,
             Err(e) => {
                 skipped.push(Skipped {
-                    family_id: id,
+                    family_id: id.to_string(),
                     team,
                     reason: e.to_string(),
                 });
@@ -194,9 +195,11 @@ pub async fn export_person(
                 continue;
             }
         }
-        let audit = storage.audit_log(Some(&id), None, Some(&team)).await?;
+        let audit = storage
+            .audit_log(Some(&id.to_string()), None, Some(&team))
+            .await?;
         families.push(FamilyRecord {
-            family_id: id,
+            family_id: id.to_string(),
             team,
             matched_at,
             record: json,
@@ -206,7 +209,7 @@ pub async fn export_person(
     if let (Some(id), true) = (&family, families.is_empty()) {
         return Err(AdminError::NotFound {
             what: "family",
-            id: id.clone(),
+            id: id.to_string(),
             team: only_team.map(Team::into_string),
         });
     }
@@ -272,19 +275,19 @@ mod tests {
         let damaged = relay.store("north", b"\x85\x6f\x4a\x83 garbage");
         let now = Utc::now();
         assert!(matches!(
-            purge_family(s, &fam, "  ", None, now).await,
+            purge_family(s, &fam.to_string(), "  ", None, now).await,
             Err(AdminError::InvalidInput {
                 field: "reason",
                 ..
             })
         ));
-        match purge_family(s, &dir, "asked", None, now).await {
+        match purge_family(s, &dir.to_string(), "asked", None, now).await {
             Err(AdminError::Refused(r)) => {
                 assert!(r.contains("is a directory, not a family"), "{r}")
             }
             other => panic!("{other:?}"),
         }
-        match purge_family(s, &damaged, "asked", None, now).await {
+        match purge_family(s, &damaged.to_string(), "asked", None, now).await {
             Err(AdminError::Refused(r)) => assert!(r.contains("damaged document"), "{r}"),
             other => panic!("{other:?}"),
         }
@@ -294,16 +297,16 @@ mod tests {
         assert_eq!(
             purged,
             PurgedFamily {
-                id: fam.clone(),
+                id: fam,
                 team: "north".into()
             }
         );
         assert!(
-            !s.document_exists(&Team::from("north"), &fam)
+            !s.document_exists(&Team::from("north"), fam)
                 .await
                 .expect("exists")
         );
-        match purge_family(s, &fam, "asked", None, now).await {
+        match purge_family(s, &fam.to_string(), "asked", None, now).await {
             Err(AdminError::Refused(r)) => assert!(r.contains("purged already"), "{r}"),
             other => panic!("{other:?}"),
         }
@@ -339,21 +342,24 @@ mod tests {
         let f = &export.families[0];
         assert_eq!(
             (f.family_id.as_str(), f.team.as_str()),
-            (ada.as_str(), "north")
+            (ada.to_string().as_str(), "north")
         );
         assert_eq!(f.matched_at, ["/members/m1/name"]);
         assert_eq!(f.record["members"]["m1"]["name"], "Ada Lovelace");
         assert_eq!(
-            (exports(&relay, &ada).await, exports(&relay, &grace).await),
+            (
+                exports(&relay, &ada.to_string()).await,
+                exports(&relay, &grace.to_string()).await
+            ),
             (1, 0)
         );
         // The serialized export is what the office hands over.
         let json = serde_json::to_value(&export).expect("json");
-        assert_eq!(json["families"][0]["family_id"], ada.as_str());
+        assert_eq!(json["families"][0]["family_id"], ada.to_string());
         assert!(json.get("skipped").is_none());
 
         let by_id = SubjectQuery {
-            family: Some(grace.clone()),
+            family: Some(grace.to_string()),
             ..SubjectQuery::default()
         };
         let export = export_person(s, &by_id, Utc::now()).await.expect("export");
@@ -401,23 +407,24 @@ mod tests {
         };
         let export = export_person(s, &query, Utc::now()).await.expect("export");
         assert_eq!(export.families.len(), 1);
-        assert_eq!(export.families[0].family_id, ada);
+        assert_eq!(export.families[0].family_id, ada.to_string());
         let mut skipped: Vec<&str> = export
             .skipped
             .iter()
             .map(|k| k.family_id.as_str())
             .collect();
         skipped.sort_unstable();
-        let mut expected: Vec<&str> = crashers
+        let expected: Vec<String> = crashers
             .iter()
-            .map(String::as_str)
-            .chain([garbage.as_str()])
+            .chain([&garbage])
+            .map(DocumentId::to_string)
             .collect();
+        let mut expected: Vec<&str> = expected.iter().map(String::as_str).collect();
         expected.sort_unstable();
         assert_eq!(skipped, expected);
         // Asked for by id, the damaged one is not found (it is no readable family).
         let by_id = SubjectQuery {
-            family: Some(garbage),
+            family: Some(garbage.to_string()),
             ..SubjectQuery::default()
         };
         assert!(matches!(

@@ -69,13 +69,11 @@ pub fn load_budget() -> Budget {
 
 /// A family (document) id as devices show it, with or without `automerge:`,
 /// in canonical form.
-pub fn parse_family_id(id: &str) -> Result<String> {
-    linkbook_core::DocumentId::parse(id, "family id")
-        .map(|id| id.to_string())
-        .map_err(|e| AdminError::InvalidInput {
-            field: "family_id",
-            reason: e.to_string(),
-        })
+pub fn parse_family_id(id: &str) -> Result<linkbook_core::DocumentId> {
+    linkbook_core::DocumentId::parse(id, "family id").map_err(|e| AdminError::InvalidInput {
+        field: "family_id",
+        reason: e.to_string(),
+    })
 }
 
 /// A team name, trimmed; empty is refused.
@@ -94,7 +92,11 @@ pub fn parse_team(team: &str) -> Result<Team> {
 /// else the only team holding the id (stored, or if none stores it, purged:
 /// so that "purged already" can be said). Documents are namespaced per
 /// team, so an id two teams hold needs the team.
-pub async fn team_of(storage: &dyn Storage, id: &str, team: Option<&str>) -> Result<Option<Team>> {
+pub async fn team_of(
+    storage: &dyn Storage,
+    id: linkbook_core::DocumentId,
+    team: Option<&str>,
+) -> Result<Option<Team>> {
     if let Some(team) = team {
         return parse_team(team).map(Some);
     }
@@ -127,20 +129,20 @@ mod tests {
     async fn an_id_two_teams_hold_needs_the_team() {
         let relay = Relay::new();
         let id = relay.store("north", &family("Ada Lovelace", None));
-        relay.store_as("south", &id, &family("Grace Hopper", None));
-        match team_of(relay.storage(), &id, None).await {
+        relay.store_as("south", id, &family("Grace Hopper", None));
+        match team_of(relay.storage(), id, None).await {
             Err(AdminError::AmbiguousId { teams, .. }) => assert_eq!(teams, ["north", "south"]),
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            team_of(relay.storage(), &id, Some(" south "))
+            team_of(relay.storage(), id, Some(" south "))
                 .await
                 .expect("team")
                 .as_deref(),
             Some("south")
         );
         assert!(matches!(
-            team_of(relay.storage(), &id, Some("  ")).await,
+            team_of(relay.storage(), id, Some("  ")).await,
             Err(AdminError::InvalidInput { field: "team", .. })
         ));
     }

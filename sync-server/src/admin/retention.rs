@@ -5,6 +5,7 @@
 
 use automerge::{Automerge, ReadDoc, Value};
 use chrono::{Duration, NaiveDate, Utc};
+use linkbook_core::DocumentId;
 use linkbook_core::budget::Budget;
 
 use super::Result;
@@ -12,7 +13,7 @@ use crate::storage::Storage;
 
 /// Purges every closed family due on `today`; returns their ids. Documents
 /// are loaded within the admin [`super::load_budget`].
-pub async fn sweep(storage: &dyn Storage, today: NaiveDate) -> Result<Vec<String>> {
+pub async fn sweep(storage: &dyn Storage, today: NaiveDate) -> Result<Vec<DocumentId>> {
     sweep_within(storage, today, &super::load_budget()).await
 }
 
@@ -23,14 +24,14 @@ pub async fn sweep_within(
     storage: &dyn Storage,
     today: NaiveDate,
     budget: &Budget,
-) -> Result<Vec<String>> {
+) -> Result<Vec<DocumentId>> {
     let mut purged = Vec::new();
     for (team, days) in storage.retention_policies().await? {
         for (id, doc_team) in storage.document_ids().await? {
             if doc_team != team {
                 continue;
             }
-            let Some(stored) = storage.load_document(&team, &id).await? else {
+            let Some(stored) = storage.load_document(&team, id).await? else {
                 continue;
             };
             // A load is CPU work: let the relay's other tasks in between.
@@ -48,7 +49,7 @@ pub async fn sweep_within(
             if closed + Duration::days(days) <= today {
                 let reason = format!("retention: closed {closed}, team policy {days} days");
                 if storage
-                    .purge_document(&team, &id, &reason, Utc::now())
+                    .purge_document(&team, id, &reason, Utc::now())
                     .await?
                 {
                     tracing::info!(document = %id, %team, "closed case purged under the retention policy");
@@ -111,7 +112,7 @@ mod tests {
             std::slice::from_ref(&due)
         );
         assert!(
-            s.is_purged(&Team::from("north"), &due)
+            s.is_purged(&Team::from("north"), due)
                 .await
                 .expect("purged")
         );
@@ -122,7 +123,7 @@ mod tests {
             ("north", &damaged),
         ] {
             assert!(
-                s.document_exists(&Team::from(team), id)
+                s.document_exists(&Team::from(team), *id)
                     .await
                     .expect("exists"),
                 "{id}"

@@ -5,6 +5,7 @@
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ObjType, ROOT};
 use chrono::Utc;
+use linkbook_core::DocumentId;
 
 use crate::storage::{DocumentStore, SqliteStorage, Storage, Team, Upload};
 
@@ -25,13 +26,13 @@ impl Relay {
     }
 
     /// Stores `bytes` as a new document of `team`; returns its id.
-    pub fn store(&self, team: &str, bytes: &[u8]) -> String {
-        let id = linkbook_core::DocumentId::from_bytes(rand::random()).to_string();
-        self.store_as(team, &id, bytes);
+    pub fn store(&self, team: &str, bytes: &[u8]) -> DocumentId {
+        let id = DocumentId::from_bytes(rand::random());
+        self.store_as(team, id, bytes);
         id
     }
 
-    pub fn store_as(&self, team: &str, id: &str, bytes: &[u8]) {
+    pub fn store_as(&self, team: &str, id: DocumentId, bytes: &[u8]) {
         let team = Team::from(team);
         let upload = Upload {
             team: &team,

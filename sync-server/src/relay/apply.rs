@@ -38,7 +38,7 @@ impl Hub {
         let key = id.to_string();
         let purged = self
             .storage
-            .is_purged(&device.team, &key)
+            .is_purged(&device.team, id)
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "checking for a purge failed");
@@ -53,7 +53,7 @@ impl Hub {
             // The team has no such document (another team's id included:
             // namespaced). Audited, if another team holds it, afterwards.
             self.unavailable(outbox, document_id);
-            crate::oracle::note_cross_team(&self.storage, device, &key);
+            crate::oracle::note_cross_team(&self.storage, device, id);
             return Ok(());
         };
         // The slot's lock may have been a wait: revoked meanwhile, nothing
@@ -61,11 +61,11 @@ impl Hub {
         if let Some(reason) = outbox.shut_reason() {
             return Err(Close(reason));
         }
-        self.load_state(&mut s, &key, conn_id, device).await;
+        self.load_state(&mut s, id, conn_id, device).await;
         let before = s.doc.get_heads();
         if before.is_empty() {
             // New to this team: another team may hold the id (audited only).
-            crate::oracle::note_cross_team(&self.storage, device, &key);
+            crate::oracle::note_cross_team(&self.storage, device, id);
         }
         // At most heavy::PERMITS messages are applied at once (heavy.rs).
         let turn = crate::heavy::permit().await;
@@ -139,7 +139,7 @@ impl Hub {
         // The rules' diff and the cap are heavy work too (heavy.rs); storing is not.
         drop(turn);
         if let Some(upload) = upload
-            && let Err(close) = self.store(&key, &mut s, upload, (device, tag)).await
+            && let Err(close) = self.store(id, &mut s, upload, (device, tag)).await
         {
             // Not stored, so not kept: reload from storage next time.
             self.forget(&mut s, &device.team, id);
@@ -149,7 +149,7 @@ impl Hub {
             s.states.remove(&conn_id);
             drop(s);
             self.unavailable(outbox, document_id);
-            crate::oracle::note_cross_team(&self.storage, device, &key);
+            crate::oracle::note_cross_team(&self.storage, device, id);
             return Ok(());
         }
         self.reply_and_fan_out(

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use linkbook_core::DocSync;
+use linkbook_core::{DocSync, DocumentId};
 
 use super::slots::Slot;
 use super::{Close, DocKey, Hub, lock};
@@ -14,11 +14,17 @@ use crate::storage::{AuditAction, AuditRecord, COMPACT_AFTER, Device, Upload as 
 
 impl Hub {
     /// The connection's sync state for a document, from storage the first time.
-    pub(super) async fn load_state(&self, s: &mut Slot, key: &str, conn_id: u64, device: &Device) {
+    pub(super) async fn load_state(
+        &self,
+        s: &mut Slot,
+        id: DocumentId,
+        conn_id: u64,
+        device: &Device,
+    ) {
         if let std::collections::hash_map::Entry::Vacant(e) = s.states.entry(conn_id) {
             let saved = self
                 .storage
-                .sync_state(&device.team, key, &device.id)
+                .sync_state(&device.team, id, &device.id)
                 .await
                 .ok()
                 .flatten();
@@ -55,12 +61,13 @@ impl Hub {
     /// was loaded), and replaces only the changes it covers.
     pub(super) async fn store(
         &self,
-        key: &str,
+        id: DocumentId,
         s: &mut Slot,
         upload: crate::doc_cap::Upload,
         (device, tag): (&Device, &str),
     ) -> Result<(), Close> {
         let now = Utc::now();
+        let key = &id.to_string();
         let audit = [AuditRecord::by(
             Some(device),
             AuditAction::Uploaded,
@@ -71,7 +78,7 @@ impl Hub {
             .storage
             .commit_upload(&StorageUpload {
                 team: &s.team,
-                doc_id: key,
+                doc_id: id,
                 uploader: tag,
                 changes: &upload.changes,
                 snapshot: upload.snapshot.as_deref(),
@@ -90,7 +97,7 @@ impl Hub {
                     && let Some(through) = s.seq
                 {
                     let snapshot = s.doc.save();
-                    match self.storage.compact(&s.team, key, &snapshot, through).await {
+                    match self.storage.compact(&s.team, id, &snapshot, through).await {
                         Ok(true) => {
                             s.stored_bytes = u64::try_from(snapshot.len()).unwrap_or(u64::MAX);
                         }
@@ -129,7 +136,7 @@ impl Hub {
         for ((team, id), slot) in slots {
             let mut slot = slot.lock().await;
             if let Some((device, state)) = slot.states.remove(&conn_id) {
-                states.push((team, id.to_string(), device, state.encode()));
+                states.push((team, id, device, state.encode()));
             }
         }
         if let Err(e) = self.storage.save_sync_states(&states).await {

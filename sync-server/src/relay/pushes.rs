@@ -39,6 +39,7 @@ impl Hub {
             tracing::error!(error = %e, "reading the change cursor failed");
             Close("the relay could not read what changed".into())
         })?;
+        let changed: Vec<String> = changed.iter().map(DocumentId::to_string).collect();
         outbox.offer(Message::ChangedSince {
             cursor,
             document_ids: changed.clone(),
@@ -67,7 +68,7 @@ impl Hub {
             self.unavailable(outbox, &document_id);
             return Ok(());
         };
-        self.load_state(&mut s, &document_id, conn_id, device).await;
+        self.load_state(&mut s, id, conn_id, device).await;
         let Slot { doc, states, .. } = &mut *s;
         let Some((_, state)) = states.get_mut(&conn_id) else {
             return Ok(());

@@ -67,7 +67,7 @@ impl Hub {
         let key = id.to_string();
         // Only the team's own document is looked at: another team's large
         // document costs what a missing id costs (issue 11, finding 6).
-        let stored = self.storage.load_document(team, &key).await.map_err(|e| {
+        let stored = self.storage.load_document(team, id).await.map_err(|e| {
             tracing::error!(error = %e, "loading a document failed");
             Close("the relay could not load a document".into())
         })?;
@@ -166,7 +166,7 @@ impl Hub {
                     // A connection still syncing it reloads this state from
                     // storage, as after a reconnect.
                     for (_, (device, state)) in s.states.drain() {
-                        saved.push((team.clone(), id.to_string(), device, state.encode()));
+                        saved.push((team.clone(), id, device, state.encode()));
                     }
                 }
             }

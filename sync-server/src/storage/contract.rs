@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
+use linkbook_core::DocumentId;
 
 use super::{
     AuditAction, AuditRecord, CodeGrant, DeviceId, Storage, StorageError, Team, TeamPolicy, Upload,
@@ -52,10 +53,16 @@ fn team(name: &str) -> &'static Team {
         .expect("a team of the contract suite")
 }
 
-fn upload<'a>(team_name: &str, doc: &'a str, by: &'a str, changes: &'a [u8]) -> Upload<'a> {
+/// The suite's document called `name`: a real document id, the same on
+/// every call.
+pub fn id(name: &str) -> DocumentId {
+    DocumentId::team_directory(&format!("contract suite document {name}"))
+}
+
+fn upload<'a>(team_name: &str, doc: &str, by: &'a str, changes: &'a [u8]) -> Upload<'a> {
     Upload {
         team: team(team_name),
-        doc_id: doc,
+        doc_id: id(doc),
         uploader: by,
         changes,
         snapshot: None,
@@ -311,56 +318,56 @@ async fn documents_are_namespaced_per_team<S: Storage>(s: &S) {
         .await
         .expect("south: its own document");
     let north = s
-        .load_document(&Team::from("north"), "doc")
+        .load_document(&Team::from("north"), id("doc"))
         .await
         .expect("load")
         .expect("north");
     assert_eq!(north.snapshot.as_deref(), Some(&b"north-snap"[..]));
     assert!(north.changes.is_empty());
     let south = s
-        .load_document(&Team::from("south"), "doc")
+        .load_document(&Team::from("south"), id("doc"))
         .await
         .expect("load")
         .expect("south");
     assert_eq!(south.snapshot, None);
     assert_eq!(south.changes, [b"south-1".to_vec()]);
     assert!(
-        s.load_document(&Team::from("east"), "doc")
+        s.load_document(&Team::from("east"), id("doc"))
             .await
             .expect("load")
             .is_none()
     );
     assert!(
-        !s.document_exists(&Team::from("east"), "doc")
+        !s.document_exists(&Team::from("east"), id("doc"))
             .await
             .expect("exists")
     );
     assert!(
-        s.document_exists(&Team::from("south"), "doc")
+        s.document_exists(&Team::from("south"), id("doc"))
             .await
             .expect("exists")
     );
     assert_eq!(
-        s.teams_holding("doc").await.expect("teams"),
+        s.teams_holding(id("doc")).await.expect("teams"),
         ["north", "south"]
     );
     s.commit_upload(&upload("north", "another", "n1", b"x"))
         .await
         .expect("up");
-    assert_eq!(
-        s.document_ids().await.expect("ids"),
-        [
-            ("another".to_string(), Team::from("north")),
-            ("doc".to_string(), Team::from("north")),
-            ("doc".to_string(), Team::from("south"))
-        ]
-    );
+    // By the id's text, then the team.
+    let mut expected = [
+        (id("another"), Team::from("north")),
+        (id("doc"), Team::from("north")),
+        (id("doc"), Team::from("south")),
+    ];
+    expected.sort_by_key(|(id, team)| (id.to_string(), team.to_string()));
+    assert_eq!(s.document_ids().await.expect("ids"), expected);
     assert_eq!(
         s.changed_since(&Team::from("north"), 0, "n1")
             .await
             .expect("changed")
             .1,
-        Vec::<String>::new(),
+        Vec::<DocumentId>::new(),
         "a device's own latest changes are left out"
     );
     let (cursor, mut ids) = s
@@ -368,7 +375,9 @@ async fn documents_are_namespaced_per_team<S: Storage>(s: &S) {
         .await
         .expect("changed");
     ids.sort();
-    assert_eq!(ids, ["another", "doc"]);
+    let mut expected = [id("another"), id("doc")];
+    expected.sort();
+    assert_eq!(ids, expected);
     assert_eq!(
         s.changed_since(&Team::from("north"), cursor, "other")
             .await
@@ -383,7 +392,7 @@ async fn an_upload_commits_its_changes_audit_and_cursor_together<S: Storage>(s: 
     let audit = [AuditRecord::by(
         Some(&device),
         AuditAction::Uploaded,
-        Some("doc"),
+        Some(&id("doc").to_string()),
         now(),
     )];
     let first = s
@@ -417,7 +426,7 @@ async fn an_upload_commits_its_changes_audit_and_cursor_together<S: Storage>(s: 
         .expect("third");
     assert_eq!(third.change_count, 2);
     let doc = s
-        .load_document(&Team::from("north"), "doc")
+        .load_document(&Team::from("north"), id("doc"))
         .await
         .expect("load")
         .expect("doc");
@@ -428,7 +437,7 @@ async fn an_upload_commits_its_changes_audit_and_cursor_together<S: Storage>(s: 
         .changed_since(&Team::from("north"), 0, "d-1")
         .await
         .expect("changed");
-    assert_eq!((cursor, ids), (third.seq, vec!["doc".to_string()]));
+    assert_eq!((cursor, ids), (third.seq, vec![id("doc")]));
     // No changes: nothing stored, the cursor stays.
     let none = s
         .commit_upload(&upload("north", "doc", "d-1", b""))
@@ -436,7 +445,11 @@ async fn an_upload_commits_its_changes_audit_and_cursor_together<S: Storage>(s: 
         .expect("empty");
     assert_eq!((none.seq, none.previous_seq), (third.seq, third.seq));
     let uploaded = s
-        .audit_log(Some("doc"), Some(&DeviceId::from("d-1")), None)
+        .audit_log(
+            Some(&id("doc").to_string()),
+            Some(&DeviceId::from("d-1")),
+            None,
+        )
         .await
         .expect("audit")
         .into_iter()
@@ -454,56 +467,56 @@ async fn a_purge_removes_everything_and_refuses_later_uploads<S: Storage>(s: &S)
         .await
         .expect("up");
     s.save_sync_states(&[
-        ("south".into(), "doc".into(), "s1".into(), b"s".to_vec()),
-        ("north".into(), "doc".into(), "s1".into(), b"n".to_vec()),
+        ("south".into(), id("doc"), "s1".into(), b"s".to_vec()),
+        ("north".into(), id("doc"), "s1".into(), b"n".to_vec()),
     ])
     .await
     .expect("states");
     assert!(
-        !s.purge_document(&Team::from("south"), "nothing", "r", now())
+        !s.purge_document(&Team::from("south"), id("nothing"), "r", now())
             .await
             .expect("purge")
     );
     assert!(
-        s.purge_document(&Team::from("south"), "doc", "erasure", now())
+        s.purge_document(&Team::from("south"), id("doc"), "erasure", now())
             .await
             .expect("purge")
     );
     assert!(
-        s.is_purged(&Team::from("south"), "doc")
+        s.is_purged(&Team::from("south"), id("doc"))
             .await
             .expect("purged")
     );
     assert!(
-        !s.is_purged(&Team::from("north"), "doc")
+        !s.is_purged(&Team::from("north"), id("doc"))
             .await
             .expect("purged")
     );
     assert!(
-        s.load_document(&Team::from("south"), "doc")
+        s.load_document(&Team::from("south"), id("doc"))
             .await
             .expect("load")
             .is_none()
     );
     assert!(
-        s.sync_state(&Team::from("south"), "doc", &DeviceId::from("s1"))
+        s.sync_state(&Team::from("south"), id("doc"), &DeviceId::from("s1"))
             .await
             .expect("state")
             .is_none()
     );
     assert_eq!(
-        s.sync_state(&Team::from("north"), "doc", &DeviceId::from("s1"))
+        s.sync_state(&Team::from("north"), id("doc"), &DeviceId::from("s1"))
             .await
             .expect("state"),
         Some(b"n".to_vec())
     );
     assert_eq!(
-        s.teams_holding("doc").await.expect("teams"),
+        s.teams_holding(id("doc")).await.expect("teams"),
         ["north", "south"]
     );
     let purged = s.purged(&Team::from("south")).await.expect("purged");
     assert_eq!(purged.len(), 1);
-    assert_eq!(purged[0].id, "doc");
+    assert_eq!(purged[0].id, id("doc").to_string());
     assert!(
         s.purged(&Team::from("north"))
             .await
@@ -516,7 +529,7 @@ async fn a_purge_removes_everything_and_refuses_later_uploads<S: Storage>(s: &S)
     let audit = [AuditRecord::by(
         Some(&device),
         AuditAction::Uploaded,
-        Some("doc"),
+        Some(&id("doc").to_string()),
         now(),
     )];
     let refused = s
@@ -527,7 +540,7 @@ async fn a_purge_removes_everything_and_refuses_later_uploads<S: Storage>(s: &S)
         .await;
     assert_eq!(refused.unwrap_err(), StorageError::Purged);
     assert!(
-        s.load_document(&Team::from("south"), "doc")
+        s.load_document(&Team::from("south"), id("doc"))
             .await
             .expect("load")
             .is_none()
@@ -541,13 +554,17 @@ async fn a_purge_removes_everything_and_refuses_later_uploads<S: Storage>(s: &S)
             .await
             .expect("changed")
             .1,
-        Vec::<String>::new()
+        Vec::<DocumentId>::new()
     );
     s.commit_upload(&upload("north", "doc", "n1", b"n2"))
         .await
         .expect("north's document is not purged");
     let purge_record = s
-        .audit_log(Some("doc"), None, Some(&Team::from("south")))
+        .audit_log(
+            Some(&id("doc").to_string()),
+            None,
+            Some(&Team::from("south")),
+        )
         .await
         .expect("audit")
         .into_iter()
@@ -564,7 +581,7 @@ async fn compaction_replaces_only_what_it_covers<S: Storage>(s: &S) {
         .await
         .expect("c2");
     let copy = s
-        .load_document(&Team::from("north"), "doc")
+        .load_document(&Team::from("north"), id("doc"))
         .await
         .expect("load")
         .expect("doc");
@@ -573,12 +590,12 @@ async fn compaction_replaces_only_what_it_covers<S: Storage>(s: &S) {
         .await
         .expect("c3");
     assert!(
-        s.compact(&Team::from("north"), "doc", b"snap-1-2", copy.seq)
+        s.compact(&Team::from("north"), id("doc"), b"snap-1-2", copy.seq)
             .await
             .expect("compact")
     );
     let doc = s
-        .load_document(&Team::from("north"), "doc")
+        .load_document(&Team::from("north"), id("doc"))
         .await
         .expect("load")
         .expect("doc");
@@ -590,25 +607,25 @@ async fn compaction_replaces_only_what_it_covers<S: Storage>(s: &S) {
         .expect("c4");
     assert_eq!(c4.change_count, 2);
     assert!(
-        s.compact(&Team::from("north"), "doc", b"snap-all", c4.seq)
+        s.compact(&Team::from("north"), id("doc"), b"snap-all", c4.seq)
             .await
             .expect("compact")
     );
     assert!(
-        !s.compact(&Team::from("north"), "doc", b"stale", copy.seq)
+        !s.compact(&Team::from("north"), id("doc"), b"stale", copy.seq)
             .await
             .expect("stale"),
         "a copy older than the stored snapshot is refused"
     );
     let doc = s
-        .load_document(&Team::from("north"), "doc")
+        .load_document(&Team::from("north"), id("doc"))
         .await
         .expect("load")
         .expect("doc");
     assert_eq!(doc.snapshot.as_deref(), Some(&b"snap-all"[..]));
     assert!(doc.changes.is_empty());
     assert!(
-        !s.compact(&Team::from("north"), "missing", b"x", 1)
+        !s.compact(&Team::from("north"), id("missing"), b"x", 1)
             .await
             .expect("missing")
     );
@@ -616,34 +633,34 @@ async fn compaction_replaces_only_what_it_covers<S: Storage>(s: &S) {
 
 async fn sync_states_are_per_team_document_and_device<S: Storage>(s: &S) {
     assert!(
-        s.sync_state(&Team::from("north"), "doc", &DeviceId::from("d"))
+        s.sync_state(&Team::from("north"), id("doc"), &DeviceId::from("d"))
             .await
             .expect("state")
             .is_none()
     );
     s.save_sync_states(&[
-        ("north".into(), "doc".into(), "d".into(), b"1".to_vec()),
-        ("north".into(), "doc".into(), "e".into(), b"2".to_vec()),
+        ("north".into(), id("doc"), "d".into(), b"1".to_vec()),
+        ("north".into(), id("doc"), "e".into(), b"2".to_vec()),
     ])
     .await
     .expect("save");
-    s.save_sync_states(&[("north".into(), "doc".into(), "d".into(), b"3".to_vec())])
+    s.save_sync_states(&[("north".into(), id("doc"), "d".into(), b"3".to_vec())])
         .await
         .expect("overwrite");
     assert_eq!(
-        s.sync_state(&Team::from("north"), "doc", &DeviceId::from("d"))
+        s.sync_state(&Team::from("north"), id("doc"), &DeviceId::from("d"))
             .await
             .expect("s"),
         Some(b"3".to_vec())
     );
     assert_eq!(
-        s.sync_state(&Team::from("north"), "doc", &DeviceId::from("e"))
+        s.sync_state(&Team::from("north"), id("doc"), &DeviceId::from("e"))
             .await
             .expect("s"),
         Some(b"2".to_vec())
     );
     assert!(
-        s.sync_state(&Team::from("south"), "doc", &DeviceId::from("d"))
+        s.sync_state(&Team::from("south"), id("doc"), &DeviceId::from("d"))
             .await
             .expect("s")
             .is_none()
@@ -775,7 +792,7 @@ async fn the_audit_only_grows<S: Storage>(s: &S) {
         );
         before = after;
     }
-    s.purge_document(&Team::from("north"), "doc", "erasure", now())
+    s.purge_document(&Team::from("north"), id("doc"), "erasure", now())
         .await
         .expect("purge");
     s.revoke_device(&DeviceId::from("d-1"), None, now())
@@ -828,7 +845,7 @@ async fn two_writers_on_one_document_lose_nothing<S: Storage>(s: Arc<S>) {
         }
     }
     let doc = s
-        .load_document(&Team::from("north"), "shared")
+        .load_document(&Team::from("north"), id("shared"))
         .await
         .expect("load")
         .expect("doc");
@@ -870,7 +887,7 @@ async fn a_cursor_reader_racing_writers_never_misses_a_change<S: Storage>(s: Arc
     let reader = {
         let (s, stop) = (s.clone(), stop.clone());
         tokio::spawn(async move {
-            let mut reads: Vec<(i64, i64, Vec<String>)> = Vec::new();
+            let mut reads: Vec<(i64, i64, Vec<DocumentId>)> = Vec::new();
             let mut since = 0;
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
             while !stop.load(std::sync::atomic::Ordering::SeqCst)
@@ -908,7 +925,7 @@ async fn a_cursor_reader_racing_writers_never_misses_a_change<S: Storage>(s: Arc
             .find(|(from, to, _)| from < seq && seq <= to)
             .unwrap_or_else(|| panic!("no read covered {doc}'s change {seq}"));
         assert!(
-            covering.2.contains(doc),
+            covering.2.contains(&id(doc)),
             "the read over ({}, {}] skipped {doc}'s change {seq}",
             covering.0,
             covering.1

@@ -33,6 +33,7 @@ mod tests;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use linkbook_core::DocumentId;
 
 pub use error::StorageError;
 pub use ids::{DeviceId, Team};
@@ -130,13 +131,17 @@ pub trait DeviceStore: Send + Sync + 'static {
 /// id in two teams is two documents (issue 11, finding 6).
 #[async_trait]
 pub trait DocumentStore: Send + Sync + 'static {
-    async fn document_exists(&self, team: &Team, doc_id: &str) -> Result<bool>;
+    async fn document_exists(&self, team: &Team, doc_id: DocumentId) -> Result<bool>;
     /// The teams holding a document (or a purged one) with this id: the
     /// cross-team audit and the admin commands that take an id.
-    async fn teams_holding(&self, doc_id: &str) -> Result<Vec<Team>>;
+    async fn teams_holding(&self, doc_id: DocumentId) -> Result<Vec<Team>>;
     /// The document's snapshot and changes, read in one transaction, with
     /// the cursor value of its latest change.
-    async fn load_document(&self, team: &Team, doc_id: &str) -> Result<Option<StoredDocument>>;
+    async fn load_document(
+        &self,
+        team: &Team,
+        doc_id: DocumentId,
+    ) -> Result<Option<StoredDocument>>;
     /// Stores one incoming batch in one transaction (one fsync): the
     /// changes (creating the document if new; a snapshot is stored as the
     /// whole document only if it is new, else its changes are appended),
@@ -151,7 +156,7 @@ pub trait DocumentStore: Send + Sync + 'static {
     async fn compact(
         &self,
         team: &Team,
-        doc_id: &str,
+        doc_id: DocumentId,
         snapshot: &[u8],
         through: i64,
     ) -> Result<bool>;
@@ -165,22 +170,22 @@ pub trait DocumentStore: Send + Sync + 'static {
         team: &Team,
         since: i64,
         uploader: &str,
-    ) -> Result<(i64, Vec<String>)>;
+    ) -> Result<(i64, Vec<DocumentId>)>;
     /// Deletes every stored change, snapshot, sync state and refusal of
     /// `team`'s document, remembers it as purged and audits `purged`, in
     /// one transaction; false if it is not stored.
     async fn purge_document(
         &self,
         team: &Team,
-        doc_id: &str,
+        doc_id: DocumentId,
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<bool>;
-    async fn is_purged(&self, team: &Team, doc_id: &str) -> Result<bool>;
+    async fn is_purged(&self, team: &Team, doc_id: DocumentId) -> Result<bool>;
     /// Every document of `team` that was purged, oldest purge first.
     async fn purged(&self, team: &Team) -> Result<Vec<Purged>>;
     /// Every stored document: (id, team), by id.
-    async fn document_ids(&self) -> Result<Vec<(String, Team)>>;
+    async fn document_ids(&self) -> Result<Vec<(DocumentId, Team)>>;
     /// Records refusals (refusals.rs), auditing each new (document, device,
     /// reason), in one transaction; keeps at most
     /// [`crate::refusals::MAX_ROWS`] rows (the last refused longest ago go).
@@ -198,11 +203,14 @@ pub trait SyncStateStore: Send + Sync + 'static {
     async fn sync_state(
         &self,
         team: &Team,
-        doc_id: &str,
+        doc_id: DocumentId,
         device_id: &DeviceId,
     ) -> Result<Option<Vec<u8>>>;
     /// Saves `(team, document, device, state)`s in one transaction.
-    async fn save_sync_states(&self, states: &[(Team, String, DeviceId, Vec<u8>)]) -> Result<()>;
+    async fn save_sync_states(
+        &self,
+        states: &[(Team, DocumentId, DeviceId, Vec<u8>)],
+    ) -> Result<()>;
 }
 
 /// The append-only audit: who did what to which document, when (never

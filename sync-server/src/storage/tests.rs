@@ -4,6 +4,7 @@
 use chrono::Utc;
 use rusqlite::Connection;
 
+use super::contract::id;
 use super::sqlite::MIGRATIONS;
 use super::*;
 
@@ -84,75 +85,78 @@ async fn schema_7_data_migrates_to_team_keys() {
                 .expect("version");
             tx.commit().expect("commit");
         }
-        conn.execute_batch(
+        conn.execute_batch(&format!(
             "INSERT INTO devices (id, team, worker, device_name, token_hash, enrolled_at)
                  VALUES ('n1', 'north', 'Asha', 'tablet', x'01', 't'),
                         ('s1', 'south', 'Ben', 'phone', x'02', 't');
              INSERT INTO documents (id, team, snapshot, change_count, created_at, seq, last_device)
-                 VALUES ('a', 'north', x'aa', 1, 't', 0, 'n1'),
-                        ('b', 'south', NULL, 1, 't', 0, 's1');
-             INSERT INTO changes (doc_id, data) VALUES ('a', x'a1'), ('b', x'b1'), ('a', x'a2');
-             UPDATE documents SET seq = 3 WHERE id = 'a';
-             UPDATE documents SET seq = 2 WHERE id = 'b';
+                 VALUES ('{a}', 'north', x'aa', 1, 't', 0, 'n1'),
+                        ('{b}', 'south', NULL, 1, 't', 0, 's1');
+             INSERT INTO changes (doc_id, data) VALUES ('{a}', x'a1'), ('{b}', x'b1'), ('{a}', x'a2');
+             UPDATE documents SET seq = 3 WHERE id = '{a}';
+             UPDATE documents SET seq = 2 WHERE id = '{b}';
              DELETE FROM changes WHERE seq = 3;
-             INSERT INTO sync_states (doc_id, device_id, state) VALUES ('a', 'n1', x'5a'), ('b', 's1', x'5b');
-             INSERT INTO purged (doc_id, team, reason, purged_at) VALUES ('p', 'north', 'r', 't');",
-        )
+             INSERT INTO sync_states (doc_id, device_id, state) VALUES ('{a}', 'n1', x'5a'), ('{b}', 's1', x'5b');
+             INSERT INTO purged (doc_id, team, reason, purged_at) VALUES ('{p}', 'north', 'r', 't');",
+            a = id("a"),
+            b = id("b"),
+            p = id("p"),
+        ))
         .expect("schema-7 rows");
     }
     let s = SqliteStorage::open(&path).expect("migrates");
     let a = s
-        .load_document(&Team::from("north"), "a")
+        .load_document(&Team::from("north"), id("a"))
         .await
         .expect("load")
         .expect("a");
     assert_eq!(a.snapshot.as_deref(), Some(&[0xaa][..]));
     assert_eq!(a.changes, vec![vec![0xa1]]);
     assert!(
-        s.load_document(&Team::from("south"), "a")
+        s.load_document(&Team::from("south"), id("a"))
             .await
             .expect("load")
             .is_none()
     );
     let b = s
-        .load_document(&Team::from("south"), "b")
+        .load_document(&Team::from("south"), id("b"))
         .await
         .expect("load")
         .expect("b");
     assert_eq!(b.changes, vec![vec![0xb1]]);
     assert_eq!(
-        s.sync_state(&Team::from("north"), "a", &DeviceId::from("n1"))
+        s.sync_state(&Team::from("north"), id("a"), &DeviceId::from("n1"))
             .await
             .expect("state"),
         Some(vec![0x5a])
     );
     assert_eq!(
-        s.sync_state(&Team::from("south"), "b", &DeviceId::from("s1"))
+        s.sync_state(&Team::from("south"), id("b"), &DeviceId::from("s1"))
             .await
             .expect("state"),
         Some(vec![0x5b])
     );
     assert!(
-        s.is_purged(&Team::from("north"), "p")
+        s.is_purged(&Team::from("north"), id("p"))
             .await
             .expect("purged")
     );
     assert!(
-        !s.is_purged(&Team::from("south"), "p")
+        !s.is_purged(&Team::from("south"), id("p"))
             .await
             .expect("purged")
     );
     // 'a' keeps its change 1 beside the snapshot: a compaction through the
     // cursor before it would go back, and is refused.
     assert!(
-        !s.compact(&Team::from("north"), "a", b"old", -1)
+        !s.compact(&Team::from("north"), id("a"), b"old", -1)
             .await
             .expect("refused")
     );
     // The next change's seq is past every cursor handed out (3).
     let up = Upload {
         team: &Team::from("south"),
-        doc_id: "b",
+        doc_id: id("b"),
         uploader: "s1",
         changes: b"b2",
         snapshot: None,
@@ -165,7 +169,7 @@ async fn schema_7_data_migrates_to_team_keys() {
         .await
         .expect("changed");
     assert!(cursor > 3, "{cursor}");
-    assert_eq!(ids, ["b"]);
+    assert_eq!(ids, [id("b")]);
     let conn = s.conn();
     let check: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))

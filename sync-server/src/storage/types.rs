@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Serialize, Serializer};
 
 use super::ids::{DeviceId, Team};
+use linkbook_core::DocumentId;
 
 /// What an audit record says happened. Stored as its text
 /// ([`AuditAction::as_str`]), which the audit CSV and JSON show.
@@ -254,7 +255,7 @@ pub struct CodeGrant {
 #[derive(Debug, Clone)]
 pub struct Upload<'a> {
     pub team: &'a Team,
-    pub doc_id: &'a str,
+    pub doc_id: DocumentId,
     /// Who uploaded it: a device's session tag (`changed_since` leaves a
     /// device's own latest changes out).
     pub uploader: &'a str,

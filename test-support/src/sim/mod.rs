@@ -276,7 +276,7 @@ impl Sim {
     pub fn relay_holds(&self, team: &str, id: DocumentId) -> bool {
         let storage = self.relay.state.storage.clone();
         self.rt
-            .block_on(storage.load_document(&team.into(), &id.to_string()))
+            .block_on(storage.load_document(&team.into(), id))
             .ok()
             .flatten()
             .is_some()

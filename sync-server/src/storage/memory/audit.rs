@@ -2,6 +2,7 @@
 
 use crate::storage::{DeviceId, Team};
 use async_trait::async_trait;
+use linkbook_core::DocumentId;
 
 use super::MemoryStorage;
 use crate::storage::{
@@ -13,7 +14,7 @@ impl SyncStateStore for MemoryStorage {
     async fn sync_state(
         &self,
         team: &Team,
-        doc_id: &str,
+        doc_id: DocumentId,
         device_id: &DeviceId,
     ) -> Result<Option<Vec<u8>>> {
         let s = self.state();
@@ -22,11 +23,14 @@ impl SyncStateStore for MemoryStorage {
             .cloned())
     }
 
-    async fn save_sync_states(&self, states: &[(Team, String, DeviceId, Vec<u8>)]) -> Result<()> {
+    async fn save_sync_states(
+        &self,
+        states: &[(Team, DocumentId, DeviceId, Vec<u8>)],
+    ) -> Result<()> {
         let mut s = self.state();
         for (team, doc, device, state) in states {
             s.sync_states.insert(
-                (team.to_string(), doc.clone(), device.to_string()),
+                (team.to_string(), doc.to_string(), device.to_string()),
                 state.clone(),
             );
         }

@@ -4,6 +4,7 @@
 //! commit-ordered.
 
 use crate::storage::{DeviceId, Team};
+use linkbook_core::DocumentId;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
@@ -24,7 +25,7 @@ pub struct MemoryStorage {
     state: Mutex<State>,
 }
 
-type Key = (String, String);
+type Key = (String, DocumentId);
 
 #[derive(Debug, Default)]
 struct State {
@@ -110,8 +111,8 @@ impl State {
     }
 }
 
-fn key(team: &str, id: &str) -> Key {
-    (team.to_string(), id.to_string())
+fn key(team: &str, id: DocumentId) -> Key {
+    (team.to_string(), id)
 }
 
 #[async_trait]
@@ -315,17 +316,17 @@ impl DeviceStore for MemoryStorage {
 
 #[async_trait]
 impl DocumentStore for MemoryStorage {
-    async fn document_exists(&self, team: &Team, doc_id: &str) -> Result<bool> {
+    async fn document_exists(&self, team: &Team, doc_id: DocumentId) -> Result<bool> {
         Ok(self.state().documents.contains_key(&key(team, doc_id)))
     }
 
-    async fn teams_holding(&self, doc_id: &str) -> Result<Vec<Team>> {
+    async fn teams_holding(&self, doc_id: DocumentId) -> Result<Vec<Team>> {
         let s = self.state();
         let mut teams: Vec<String> = s
             .documents
             .keys()
             .chain(s.purged.keys())
-            .filter(|(_, id)| id == doc_id)
+            .filter(|(_, id)| *id == doc_id)
             .map(|(team, _)| team.clone())
             .collect();
         teams.sort();
@@ -333,7 +334,11 @@ impl DocumentStore for MemoryStorage {
         Ok(teams.into_iter().map(Team::from).collect())
     }
 
-    async fn load_document(&self, team: &Team, doc_id: &str) -> Result<Option<StoredDocument>> {
+    async fn load_document(
+        &self,
+        team: &Team,
+        doc_id: DocumentId,
+    ) -> Result<Option<StoredDocument>> {
         let s = self.state();
         Ok(s.documents.get(&key(team, doc_id)).map(|d| StoredDocument {
             team: team.clone(),
@@ -386,7 +391,7 @@ impl DocumentStore for MemoryStorage {
     async fn compact(
         &self,
         team: &Team,
-        doc_id: &str,
+        doc_id: DocumentId,
         snapshot: &[u8],
         through: i64,
     ) -> Result<bool> {
@@ -409,20 +414,20 @@ impl DocumentStore for MemoryStorage {
         team: &Team,
         since: i64,
         uploader: &str,
-    ) -> Result<(i64, Vec<String>)> {
+    ) -> Result<(i64, Vec<DocumentId>)> {
         let s = self.state();
-        let mut changed: Vec<(i64, &String, &Doc)> = s
+        let mut changed: Vec<(i64, DocumentId, &Doc)> = s
             .documents
             .iter()
             .filter(|((t, _), d)| t == team && d.seq > since)
-            .map(|((_, id), d)| (d.seq, id, d))
+            .map(|((_, id), d)| (d.seq, *id, d))
             .collect();
         changed.sort_by_key(|(seq, _, _)| *seq);
         let cursor = changed.last().map_or(since, |(seq, _, _)| since.max(*seq));
         let ids = changed
             .into_iter()
             .filter(|(_, _, d)| d.last_device.as_deref() != Some(uploader))
-            .map(|(_, id, _)| id.clone())
+            .map(|(_, id, _)| id)
             .collect();
         Ok((cursor, ids))
     }
@@ -430,7 +435,7 @@ impl DocumentStore for MemoryStorage {
     async fn purge_document(
         &self,
         team: &Team,
-        doc_id: &str,
+        doc_id: DocumentId,
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
@@ -439,20 +444,21 @@ impl DocumentStore for MemoryStorage {
         if s.documents.remove(&k).is_none() {
             return Ok(false);
         }
+        let text = doc_id.to_string();
         s.sync_states
-            .retain(|(t, d, _), _| !(t == team && d == doc_id));
+            .retain(|(t, d, _), _| !(t == team && *d == text));
         s.refused
-            .retain(|r| !(r.team == *team && r.document_id == doc_id));
+            .retain(|r| !(r.team == *team && r.document_id == text));
         s.purged.insert(k, (reason.to_string(), now.to_rfc3339()));
         s.append(
             &AuditRecord::new(AuditAction::Purged, now)
                 .worker("office administrator")
-                .document(team, doc_id),
+                .document(team, &text),
         );
         Ok(true)
     }
 
-    async fn is_purged(&self, team: &Team, doc_id: &str) -> Result<bool> {
+    async fn is_purged(&self, team: &Team, doc_id: DocumentId) -> Result<bool> {
         Ok(self.state().purged.contains_key(&key(team, doc_id)))
     }
 
@@ -463,7 +469,7 @@ impl DocumentStore for MemoryStorage {
             .iter()
             .filter(|((t, _), _)| t == team)
             .map(|((_, id), (_, at))| Purged {
-                id: id.clone(),
+                id: id.to_string(),
                 purged_at: at.clone(),
             })
             .collect();
@@ -471,17 +477,18 @@ impl DocumentStore for MemoryStorage {
         Ok(all)
     }
 
-    async fn document_ids(&self) -> Result<Vec<(String, Team)>> {
+    async fn document_ids(&self) -> Result<Vec<(DocumentId, Team)>> {
         let s = self.state();
-        let mut ids: Vec<(String, String)> = s
+        // By the id's text, as SQLite orders them.
+        let mut ids: Vec<(String, DocumentId, String)> = s
             .documents
             .keys()
-            .map(|(team, id)| (id.clone(), team.clone()))
+            .map(|(team, id)| (id.to_string(), *id, team.clone()))
             .collect();
         ids.sort();
         Ok(ids
             .into_iter()
-            .map(|(id, team)| (id, Team::from(team)))
+            .map(|(_, id, team)| (id, Team::from(team)))
             .collect())
     }
 

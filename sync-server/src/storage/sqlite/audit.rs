@@ -4,6 +4,7 @@
 
 use crate::storage::{DeviceId, Team};
 use async_trait::async_trait;
+use linkbook_core::DocumentId;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::{SqliteStorage, insert_audit};
@@ -127,19 +128,22 @@ impl SyncStateStore for SqliteStorage {
     async fn sync_state(
         &self,
         team: &Team,
-        doc_id: &str,
+        doc_id: DocumentId,
         device_id: &DeviceId,
     ) -> Result<Option<Vec<u8>>> {
         self.with(|c| {
             c.prepare_cached(
                 "SELECT state FROM sync_states WHERE team = ?1 AND doc_id = ?2 AND device_id = ?3",
             )?
-            .query_row([team, doc_id, device_id], |r| r.get(0))
+            .query_row(params![team, doc_id, device_id], |r| r.get(0))
             .optional()
         })
     }
 
-    async fn save_sync_states(&self, states: &[(Team, String, DeviceId, Vec<u8>)]) -> Result<()> {
+    async fn save_sync_states(
+        &self,
+        states: &[(Team, DocumentId, DeviceId, Vec<u8>)],
+    ) -> Result<()> {
         if states.is_empty() {
             return Ok(());
         }

@@ -10,6 +10,7 @@
 use crate::storage::Team;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use linkbook_core::DocumentId;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{SqliteStorage, insert_audit};
@@ -21,18 +22,18 @@ use crate::storage::{
 
 #[async_trait]
 impl DocumentStore for SqliteStorage {
-    async fn document_exists(&self, team: &Team, doc_id: &str) -> Result<bool> {
+    async fn document_exists(&self, team: &Team, doc_id: DocumentId) -> Result<bool> {
         self.with(|c| {
             Ok::<_, rusqlite::Error>(
                 c.prepare_cached("SELECT 1 FROM documents WHERE team = ?1 AND id = ?2")?
-                    .query_row([team, doc_id], |_| Ok(()))
+                    .query_row(params![team, doc_id], |_| Ok(()))
                     .optional()?
                     .is_some(),
             )
         })
     }
 
-    async fn teams_holding(&self, doc_id: &str) -> Result<Vec<Team>> {
+    async fn teams_holding(&self, doc_id: DocumentId) -> Result<Vec<Team>> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT team FROM documents WHERE id = ?1 UNION SELECT team FROM purged WHERE doc_id = ?1 ORDER BY 1",
@@ -42,7 +43,11 @@ impl DocumentStore for SqliteStorage {
         })
     }
 
-    async fn load_document(&self, team: &Team, doc_id: &str) -> Result<Option<StoredDocument>> {
+    async fn load_document(
+        &self,
+        team: &Team,
+        doc_id: DocumentId,
+    ) -> Result<Option<StoredDocument>> {
         self.with(|conn| {
             // One read transaction: the snapshot, the changes and the cursor
             // value agree even while another process writes.
@@ -51,7 +56,7 @@ impl DocumentStore for SqliteStorage {
                 .prepare_cached(
                     "SELECT team, snapshot, seq FROM documents WHERE team = ?1 AND id = ?2",
                 )?
-                .query_row([team.as_str(), doc_id], |r| {
+                .query_row(params![team, doc_id], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
                 .optional()?;
@@ -62,7 +67,7 @@ impl DocumentStore for SqliteStorage {
                 .prepare_cached(
                     "SELECT data FROM changes WHERE team = ?1 AND doc_id = ?2 ORDER BY seq",
                 )?
-                .query_map([team.as_str(), doc_id], |r| r.get(0))?
+                .query_map(params![team, doc_id], |r| r.get(0))?
                 .collect::<rusqlite::Result<Vec<Vec<u8>>>>()?;
             tx.commit()?;
             Ok::<_, rusqlite::Error>(Some(StoredDocument {
@@ -81,7 +86,7 @@ impl DocumentStore for SqliteStorage {
     async fn compact(
         &self,
         team: &Team,
-        doc_id: &str,
+        doc_id: DocumentId,
         snapshot: &[u8],
         through: i64,
     ) -> Result<bool> {
@@ -115,14 +120,14 @@ impl DocumentStore for SqliteStorage {
         team: &Team,
         since: i64,
         uploader: &str,
-    ) -> Result<(i64, Vec<String>)> {
+    ) -> Result<(i64, Vec<DocumentId>)> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, seq, last_device FROM documents WHERE team = ?1 AND seq > ?2 ORDER BY seq",
             )?;
             let rows = stmt.query_map(params![team, since], |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
+                    r.get::<_, DocumentId>(0)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, Option<String>>(2)?,
                 ))
@@ -143,7 +148,7 @@ impl DocumentStore for SqliteStorage {
     async fn purge_document(
         &self,
         team: &Team,
-        doc_id: &str,
+        doc_id: DocumentId,
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
@@ -152,7 +157,7 @@ impl DocumentStore for SqliteStorage {
             let stored = tx
                 .query_row(
                     "SELECT 1 FROM documents WHERE team = ?1 AND id = ?2",
-                    [team, doc_id],
+                    params![team, doc_id],
                     |_| Ok(()),
                 )
                 .optional()?
@@ -167,7 +172,7 @@ impl DocumentStore for SqliteStorage {
                 // Ids and reasons only, but of a family that no longer exists.
                 "DELETE FROM refused_documents WHERE team = ?1 AND doc_id = ?2",
             ] {
-                tx.execute(sql, [team, doc_id])?;
+                tx.execute(sql, params![team, doc_id])?;
             }
             tx.execute(
                 "INSERT INTO purged (doc_id, team, reason, purged_at) VALUES (?1, ?2, ?3, ?4)",
@@ -177,7 +182,7 @@ impl DocumentStore for SqliteStorage {
                 &tx,
                 &AuditRecord::new(AuditAction::Purged, now)
                     .worker("office administrator")
-                    .document(team, doc_id),
+                    .document(team, &doc_id.to_string()),
             )?;
             tx.commit()?;
             // Older page images of the document are still in the WAL: fold
@@ -189,7 +194,7 @@ impl DocumentStore for SqliteStorage {
         })
     }
 
-    async fn is_purged(&self, team: &Team, doc_id: &str) -> Result<bool> {
+    async fn is_purged(&self, team: &Team, doc_id: DocumentId) -> Result<bool> {
         self.with(|c| is_purged(c, team, doc_id))
     }
 
@@ -208,7 +213,7 @@ impl DocumentStore for SqliteStorage {
         })
     }
 
-    async fn document_ids(&self) -> Result<Vec<(String, Team)>> {
+    async fn document_ids(&self) -> Result<Vec<(DocumentId, Team)>> {
         self.with(|c| {
             let mut stmt = c.prepare_cached("SELECT id, team FROM documents ORDER BY id")?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -242,10 +247,10 @@ impl DocumentStore for SqliteStorage {
     }
 }
 
-fn is_purged(c: &Connection, team: &str, doc_id: &str) -> rusqlite::Result<bool> {
+fn is_purged(c: &Connection, team: &str, doc_id: DocumentId) -> rusqlite::Result<bool> {
     Ok(
         c.prepare_cached("SELECT 1 FROM purged WHERE team = ?1 AND doc_id = ?2")?
-            .query_row([team, doc_id], |_| Ok(()))
+            .query_row(params![team, doc_id], |_| Ok(()))
             .optional()?
             .is_some(),
     )
@@ -266,7 +271,7 @@ fn commit_upload(conn: &mut Connection, u: &Upload<'_>) -> Result<Committed> {
         > 0;
     let (previous_seq, mut change_count): (i64, i64) = tx
         .prepare_cached("SELECT seq, change_count FROM documents WHERE team = ?1 AND id = ?2")?
-        .query_row([u.team, u.doc_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        .query_row(params![u.team, u.doc_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let mut seq = previous_seq;
     let stored = u.stored(created);
     // A snapshot takes its cursor value from a row deleted at once.
@@ -282,7 +287,7 @@ fn commit_upload(conn: &mut Connection, u: &Upload<'_>) -> Result<Committed> {
     }
     if let Stored::Snapshot(snap) = stored {
         tx.prepare_cached("DELETE FROM changes WHERE team = ?1 AND doc_id = ?2")?
-            .execute([u.team, u.doc_id])?;
+            .execute(params![u.team, u.doc_id])?;
         tx.prepare_cached(
             "UPDATE documents SET snapshot = ?3, compacted_through = ?4, change_count = 0,
                  seq = ?4, last_device = ?5
