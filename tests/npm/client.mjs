@@ -114,6 +114,7 @@ if (args.day) {
       capacityPlusOne: d.capacity + 1,
       children,
       childrenType: typeof children,
+      schemaVersionType: typeof d.schema_version,
     })}`,
   )
   if (args.book) {

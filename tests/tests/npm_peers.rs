@@ -199,6 +199,7 @@ fn a_stock_js_app_enrols_and_syncs_with_its_own_peer_id() {
         serde_json::json!({
             "capacity": 10, "capacityType": "number", "capacityPlusOne": 11,
             "children": 1, "childrenType": "number",
+            "schemaVersionType": "number",
         })
     );
     assert_eq!(next(), format!("BOOKED {other}"));

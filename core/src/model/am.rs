@@ -164,7 +164,9 @@ pub(crate) fn keys(doc: &AutoCommit, obj: &ObjId) -> Vec<String> {
 /// Writes the header every Linkbook document starts with.
 pub(crate) fn write_header(doc: &mut AutoCommit, kind: DocumentType) -> Result<()> {
     doc.put(automerge::ROOT, "type", kind.as_str())?;
-    doc.put(automerge::ROOT, "schema_version", SCHEMA_VERSION)?;
+    // An Automerge `int`, which JavaScript reads as a number (a `uint` is a
+    // BigInt there); a `uint` written before is read too (`get_u64`).
+    doc.put(automerge::ROOT, "schema_version", SCHEMA_VERSION as i64)?;
     Ok(())
 }
 

@@ -234,6 +234,7 @@ mod tests {
         book(&mut doc, fid, 2, 1, &by).expect("book");
         check_in(&mut doc, fid, 3, 2, &by).expect("check in");
         assert_eq!(scalar(&doc, &ROOT, "capacity"), ScalarValue::Int(10));
+        assert_eq!(scalar(&doc, &ROOT, "schema_version"), ScalarValue::Int(1));
         let b = get_map(&doc, &ROOT, "bookings").expect("bookings");
         let a = get_map(&doc, &ROOT, "attendance").expect("attendance");
         for (obj, key, n) in [
@@ -267,11 +268,14 @@ mod tests {
         book(&mut doc, fid, 1, 1, &by).expect("book");
         doc.put(ROOT, "capacity", ScalarValue::Uint(12))
             .expect("put");
+        doc.put(ROOT, "schema_version", ScalarValue::Uint(1))
+            .expect("put");
         let b = get_map(&doc, &ROOT, "bookings").expect("bookings");
         doc.put(&b, format!("{fid}.adults"), ScalarValue::Uint(4))
             .expect("put");
         doc.put(&b, format!("{fid}.children"), ScalarValue::Uint(5))
             .expect("put");
+        crate::model::am::read_header(&doc, "day").expect("an old uint version reads");
         let day = read(&doc, DocumentId::random());
         assert_eq!(day.capacity, Some(12));
         assert_eq!((day.bookings[0].adults, day.bookings[0].children), (4, 5));
