@@ -166,6 +166,15 @@ impl Repo {
             }
             Ok(())
         })?;
+        if old_team != team {
+            // A relay's change cursor counts one team's changes (per team
+            // on PostgreSQL): kept, it could pass over the new team's older
+            // documents.
+            self.with_writer_tx(|tx| {
+                tx.execute("DELETE FROM profile WHERE key LIKE 'relay_cursor:%'", [])?;
+                Ok(())
+            })?;
+        }
         self.set_profile_values(&[
             ("team", team.as_str()),
             ("directory_id", &new_dir.to_string()),
