@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod commands;
 mod serve;
 
 pub use serve::LOCK_FILE;
@@ -46,6 +47,17 @@ struct Cli {
     /// lost data.
     #[arg(long, env = "LINKBOOK_SERVER_KEY_FILE", global = true)]
     key_file: Option<PathBuf>,
+    /// Keep the relay's data in PostgreSQL (`postgres://user@host/db`;
+    /// `?sslmode=require` for TLS, required off loopback) instead of the
+    /// SQLite file in the data directory (the default). The data directory
+    /// still holds the development certificate.
+    #[arg(
+        long,
+        env = "LINKBOOK_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -308,6 +320,7 @@ where
         let data = Data {
             path: &cli.data,
             key: &key,
+            database_url: cli.database_url.as_deref(),
         };
         let command = match cli.command {
             None => return serve::serve(data, cli.serve),
@@ -323,23 +336,23 @@ where
             })?;
         runtime.block_on(async move {
             match command {
-                Command::Device(cmd) => device(data, cmd).await,
-                Command::Family(cmd) => family(data, cmd).await,
-                Command::Team(cmd) => team(data, cmd).await,
+                Command::Device(cmd) => commands::device(data, cmd).await,
+                Command::Family(cmd) => commands::family(data, cmd).await,
+                Command::Team(cmd) => commands::team(data, cmd).await,
                 Command::Retention(RetentionCommand::Apply { today }) => {
-                    retention_apply(data, today).await
+                    commands::retention_apply(data, today).await
                 }
                 Command::Audit {
                     family,
                     device,
                     team,
                     json,
-                } => audit(data, family, device, team, json).await,
+                } => commands::audit(data, family, device, team, json).await,
                 Command::ExportPerson { name, family, team } => {
-                    export_person(data, name, family, team).await
+                    commands::export_person(data, name, family, team).await
                 }
                 Command::Document(DocumentCommand::Refused { team, json }) => {
-                    let state = data.open(Limits::default())?;
+                    let state = data.open(Limits::default()).await?;
                     crate::refusals::print(&*state.storage, team.as_deref(), json).await
                 }
             }
@@ -360,236 +373,22 @@ where
 struct Data<'a> {
     path: &'a std::path::Path,
     key: &'a KeySource,
+    /// PostgreSQL instead of the SQLite file in `path` (`--database-url`).
+    database_url: Option<&'a str>,
 }
 
 impl Data<'_> {
-    fn open(&self, limits: Limits) -> crate::Result<AppState> {
-        AppState::open_with_key(self.path, limits, self.key)
+    /// The relay's storage, for an admin command.
+    async fn open(&self, limits: Limits) -> crate::Result<AppState> {
+        self.open_for(limits, false).await
     }
-}
 
-/// An admin error as the command line has always said it (`--flag` names).
-fn cli_error(e: AdminError) -> crate::Error {
-    use crate::Error::BadRequest;
-    match e {
-        AdminError::InvalidInput {
-            field: "family_id",
-            reason,
-        } => BadRequest(reason),
-        AdminError::InvalidInput { field, reason } => {
-            BadRequest(format!("--{} {reason}", field.replace('_', "-")))
-        }
-        AdminError::AmbiguousId { id, teams } => BadRequest(format!(
-            "{id} is held by {} teams ({}): ids are per team, so say which with --team",
-            teams.len(),
-            teams.join(", ")
-        )),
-        AdminError::NotFound {
-            what: "device", id, ..
-        } => BadRequest(format!("no device {id}")),
-        AdminError::NotFound { what, id, team } => BadRequest(match team {
-            Some(team) => format!("no {what} {id} of team {team} on this relay"),
-            None => format!("no {what} {id} on this relay"),
-        }),
-        AdminError::Refused(reason) => BadRequest(reason),
-        AdminError::Storage(e) => e,
-    }
-}
-
-/// Pretty JSON on stdout (`fallback` if it cannot be made).
-fn print_json<T: serde::Serialize>(value: &T, fallback: &str) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_else(|_| fallback.into())
-    );
-}
-
-async fn device(data: Data<'_>, cmd: DeviceCommand) -> crate::Result<()> {
-    let state = data.open(Limits::default())?;
-    let storage = &*state.storage;
-    match cmd {
-        DeviceCommand::Enrol {
-            team,
-            worker,
-            expires_hours,
-            server,
-        } => {
-            let code = admin::devices::enrol(storage, &team, &worker, expires_hours, Utc::now())
-                .await
-                .map_err(|e| match e {
-                    AdminError::InvalidInput {
-                        field: "team" | "worker",
-                        ..
-                    } => crate::Error::BadRequest("team and worker must not be empty".into()),
-                    AdminError::InvalidInput {
-                        field: "expires_hours",
-                        ..
-                    } => crate::Error::BadRequest("--expires-hours must be 1 to 720".into()),
-                    e => cli_error(e),
-                })?
-                .code;
-            // The code alone on stdout, for scripts; the QR code (for the
-            // app's camera) and the explanation on the terminal.
-            println!("{code}");
-            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                let link = admin::devices::enrolment_link(&code, server.as_deref());
-                if let Ok(qr) = qrcode::QrCode::new(link.as_bytes()) {
-                    let art = qr
-                        .render::<qrcode::render::unicode::Dense1x2>()
-                        .quiet_zone(true)
-                        .build();
-                    eprintln!("{art}\n{link}");
-                }
-            }
-            eprintln!(
-                "one-time enrolment code for {worker} ({team}); expires in {expires_hours} h"
-            );
-        }
-        DeviceCommand::List { json } => {
-            let devices = admin::devices::list_devices(storage)
-                .await
-                .map_err(cli_error)?;
-            if json {
-                print_json(&devices, "[]");
-            } else {
-                for d in devices {
-                    let status = if d.revoked_at.is_some() {
-                        "revoked"
-                    } else {
-                        "active"
-                    };
-                    println!(
-                        "{}  {:<12} {:<20} {:<20} {}",
-                        d.id, d.team, d.worker, d.device_name, status
-                    );
-                }
-            }
-        }
-        DeviceCommand::Revoke { id } => {
-            admin::devices::revoke_device(storage, &id, Utc::now())
-                .await
-                .map_err(cli_error)?;
-            println!("revoked {id}");
+    /// The relay's storage; `serving`: for the relay itself (on PostgreSQL,
+    /// with its serving lock; SQLite's is the data directory's, serve.rs).
+    async fn open_for(&self, limits: Limits, serving: bool) -> crate::Result<AppState> {
+        match self.database_url {
+            Some(url) => AppState::connect_postgres(url, limits, serving).await,
+            None => AppState::open_with_key(self.path, limits, self.key),
         }
     }
-    Ok(())
-}
-
-async fn team(data: Data<'_>, cmd: TeamCommand) -> crate::Result<()> {
-    let TeamCommand::Policy {
-        team,
-        retention_days,
-        lease_days,
-    } = cmd;
-    let state = data.open(Limits::default())?;
-    let change = admin::teams::PolicyChange {
-        retention_days: retention_days.map(|Limit(d)| d),
-        lease_days: lease_days.map(|Limit(d)| d),
-    };
-    let (team, policy) = admin::teams::set_team_policy(&*state.storage, &team, change, Utc::now())
-        .await
-        .map_err(cli_error)?;
-    let show = |d: Option<i64>| d.map_or("off".to_string(), |d| format!("{d} days"));
-    println!(
-        "team {team}: retention {}, offline lease {}",
-        show(policy.retention_days),
-        show(policy.lease_days)
-    );
-    Ok(())
-}
-
-async fn retention_apply(data: Data<'_>, today: Option<chrono::NaiveDate>) -> crate::Result<()> {
-    let state = data.open(Limits::default())?;
-    let today = today.unwrap_or_else(|| Utc::now().date_naive());
-    let purged = admin::retention::sweep(&*state.storage, today)
-        .await
-        .map_err(cli_error)?;
-    for id in &purged {
-        println!("purged {id}");
-    }
-    eprintln!("{} closed case(s) past retention purged", purged.len());
-    Ok(())
-}
-
-async fn audit(
-    data: Data<'_>,
-    family: Option<String>,
-    device: Option<String>,
-    team: Option<String>,
-    json: bool,
-) -> crate::Result<()> {
-    // A malformed id is refused before the database is opened.
-    if let Some(f) = &family {
-        admin::parse_family_id(f).map_err(cli_error)?;
-    }
-    let state = data.open(Limits::default())?;
-    let query = admin::audit::AuditQuery {
-        family,
-        device,
-        team,
-    };
-    let entries = admin::audit::audit_log(&*state.storage, &query)
-        .await
-        .map_err(cli_error)?;
-    if json {
-        print_json(&entries, "[]");
-        return Ok(());
-    }
-    for e in entries {
-        println!(
-            "{}  {:<9} {:<36} {:<20} {}",
-            e.at,
-            e.action,
-            e.device_id
-                .as_deref()
-                .or(e.client.as_deref())
-                .unwrap_or("-"),
-            e.worker.as_deref().unwrap_or("-"),
-            e.document_id.as_deref().unwrap_or("-"),
-        );
-    }
-    Ok(())
-}
-
-async fn family(data: Data<'_>, cmd: FamilyCommand) -> crate::Result<()> {
-    let state = data.open(Limits::default())?;
-    let FamilyCommand::Purge { id, reason, team } = cmd;
-    let purged =
-        admin::families::purge_family(&*state.storage, &id, &reason, team.as_deref(), Utc::now())
-            .await
-            .map_err(cli_error)?;
-    println!(
-        "purged family {} of team {}; devices delete it at their next sync",
-        purged.id, purged.team
-    );
-    Ok(())
-}
-
-async fn export_person(
-    data: Data<'_>,
-    name: Option<String>,
-    family: Option<String>,
-    team: Option<String>,
-) -> crate::Result<()> {
-    let query = admin::families::SubjectQuery { name, family, team };
-    // Malformed arguments are refused before the database is opened.
-    let invalid = |e| match e {
-        AdminError::NotFound { .. } => {
-            crate::Error::BadRequest("no family with that id on this relay".into())
-        }
-        e => cli_error(e),
-    };
-    query.answered().map_err(invalid)?;
-    let state = data.open(Limits::default())?;
-    let export = admin::families::export_person(&*state.storage, &query, Utc::now())
-        .await
-        .map_err(invalid)?;
-    for s in &export.skipped {
-        eprintln!(
-            "skipped {} of team {}: the stored document is damaged ({})",
-            s.family_id, s.team, s.reason
-        );
-    }
-    print_json(&export, "{}");
-    Ok(())
 }

@@ -84,6 +84,19 @@ impl AppState {
         Ok(Self::with_storage(Arc::new(sqlite), storage_id, limits))
     }
 
+    /// A relay on PostgreSQL at `url` (`--database-url`): connects,
+    /// migrates, and takes the database's own store id; `serving`, also
+    /// its serving lock (`PostgresStorage::hold_serving_lock`).
+    pub async fn connect_postgres(url: &str, limits: Limits, serving: bool) -> Result<Self> {
+        let pg = storage::PostgresStorage::connect(url).await?;
+        if serving {
+            pg.hold_serving_lock().await?;
+        }
+        let proposed = uuid::Uuid::new_v4().hyphenated().to_string();
+        let storage_id = pg.store_id(&proposed).await?;
+        Ok(Self::with_storage(Arc::new(pg), storage_id, limits))
+    }
+
     /// A relay on `storage` (any backend: the in-memory one for the
     /// simulation, a database's), named `storage_id`.
     pub fn with_storage(storage: Arc<dyn Storage>, storage_id: String, limits: Limits) -> Self {

@@ -10,10 +10,13 @@
 //! - [`relay`]: a `linkbook-server` process on 127.0.0.1 with a random port
 //!   ([`Relay`], [`spawn_relay`]), enrolment codes and enrolled devices
 //!   ([`Device::enrolled`]), the relay's database opened from the test;
+//! - [`postgres`]: a throwaway PostgreSQL cluster on loopback, a database
+//!   per test;
 //! - [`sim`]: devices and the relay's hub in one process, joined by a
 //!   seeded faulty network (no sockets), for property tests.
 
 pub mod caseload;
+pub mod postgres;
 pub mod relay;
 pub mod sim;
 pub mod store;

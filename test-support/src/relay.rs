@@ -122,6 +122,8 @@ pub struct Relay {
     pub url: String,
     child: Option<std::process::Child>,
     stderr_log: PathBuf,
+    /// `--database-url` (PostgreSQL) the relay and its admin commands use.
+    database_url: Option<String>,
 }
 
 impl Relay {
@@ -144,6 +146,26 @@ impl Relay {
     /// Starts on an existing data directory (a restart).
     pub fn start_in(data: TempDir) -> Relay {
         Self::launch(data, &[], &[])
+    }
+
+    /// Starts on PostgreSQL at `database_url` (its data directory then
+    /// holds only the development certificate), with extra options; the
+    /// admin commands ([`Relay::admin`], [`Relay::enrol_code`]) use that
+    /// database too.
+    pub fn start_on_postgres(data: TempDir, database_url: &str, args: &[&str]) -> Relay {
+        let mut relay = Self::launch(data, args, &[("LINKBOOK_DATABASE_URL", database_url)]);
+        relay.database_url = Some(database_url.to_string());
+        relay
+    }
+
+    /// The relay's command line for an admin command: its data directory,
+    /// and its database if that is PostgreSQL.
+    fn admin_command(&self) -> Command {
+        let mut cmd = Command::new(workspace_bin("linkbook-server"));
+        if let Some(url) = &self.database_url {
+            cmd.env("LINKBOOK_DATABASE_URL", url);
+        }
+        cmd
     }
 
     /// Starts on `data` so that a file size limit set later with
@@ -201,6 +223,7 @@ impl Relay {
             url,
             child: Some(child),
             stderr_log,
+            database_url: None,
         }
     }
 
@@ -223,7 +246,7 @@ impl Relay {
 
     /// Runs an admin command against this relay's data directory.
     pub fn admin(&self, args: &[&str]) -> Run {
-        Command::new(workspace_bin("linkbook-server"))
+        self.admin_command()
             .arg("--data")
             .arg(self.data.path())
             .args(args)
@@ -234,8 +257,7 @@ impl Relay {
 
     /// A fresh one-time enrolment code.
     pub fn enrol_code(&self, team: &str, worker: &str) -> String {
-        let admin = Command::new(workspace_bin("linkbook-server"));
-        enrol_code(admin, self.data.path(), team, worker)
+        enrol_code(self.admin_command(), self.data.path(), team, worker)
             .unwrap_or_else(|e| panic!("enrol failed: {e}"))
     }
 

@@ -62,7 +62,14 @@ fn lock_data_dir(data: &std::path::Path) -> crate::Result<std::fs::File> {
 pub(super) fn serve(store: Data<'_>, args: ServeArgs) -> crate::Result<()> {
     let data = store.path;
     // Held until this function returns, i.e. for the relay's whole life.
-    let _lock = lock_data_dir(data)?;
+    // SQLite only: on PostgreSQL the database coordinates (storage/postgres).
+    let _lock = match store.database_url {
+        None => Some(lock_data_dir(data)?),
+        Some(_) => {
+            crate::at_rest::prepare_data_dir(data)?;
+            None
+        }
+    };
     let max_message_bytes = args
         .max_message_bytes
         .max(linkbook_core::protocol::split::MIN_MAX_MESSAGE_BYTES);
@@ -92,8 +99,15 @@ pub(super) fn serve(store: Data<'_>, args: ServeArgs) -> crate::Result<()> {
         read_idle: std::time::Duration::from_secs(args.idle_timeout_secs),
         header_read_timeout: std::time::Duration::from_secs(args.header_timeout_secs),
     };
-    let state = store
-        .open(limits)?
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| crate::Error::Io {
+            context: "starting the runtime".into(),
+            source: e,
+        })?;
+    let state = runtime
+        .block_on(store.open_for(limits, true))?
         .with_auth_limits(crate::ratelimit::AuthLimits {
             max_failures: args.auth_max_failures,
             window: std::time::Duration::from_secs(args.auth_window_secs),
@@ -117,13 +131,6 @@ pub(super) fn serve(store: Data<'_>, args: ServeArgs) -> crate::Result<()> {
         }
     };
     let bound = Bound::bind(args.listen, transport)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| crate::Error::Io {
-            context: "starting the runtime".into(),
-            source: e,
-        })?;
     // Whoever started the relay may stop reading its output: never fail on it.
     let mut out = std::io::stdout();
     if let Some(ca) = trust {

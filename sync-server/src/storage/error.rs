@@ -61,3 +61,77 @@ impl From<rusqlite::Error> for StorageError {
         }
     }
 }
+
+impl From<tokio_postgres::Error> for StorageError {
+    /// By SQLSTATE; the text is the server's message and code only, never
+    /// its detail (which can quote the values of a row).
+    fn from(e: tokio_postgres::Error) -> Self {
+        use tokio_postgres::error::SqlState as S;
+        if let Some(db) = e.as_db_error() {
+            let text = format!("{} ({})", db.message(), db.code().code());
+            let code = db.code();
+            return if *code == S::DISK_FULL || *code == S::IO_ERROR {
+                StorageError::Disk(text)
+            } else if *code == S::T_R_SERIALIZATION_FAILURE
+                || *code == S::T_R_DEADLOCK_DETECTED
+                || *code == S::UNIQUE_VIOLATION
+                || *code == S::LOCK_NOT_AVAILABLE
+            {
+                StorageError::Conflict(text)
+            } else if *code == S::DATA_CORRUPTED || *code == S::INDEX_CORRUPTED {
+                StorageError::Corrupt(text)
+            } else if code.code().starts_with("08")
+                || code.code().starts_with("28")
+                || *code == S::INVALID_CATALOG_NAME
+                || *code == S::ADMIN_SHUTDOWN
+                || *code == S::CRASH_SHUTDOWN
+                || *code == S::CANNOT_CONNECT_NOW
+                || *code == S::TOO_MANY_CONNECTIONS
+                || *code == S::READ_ONLY_SQL_TRANSACTION
+            {
+                StorageError::Unavailable(text)
+            } else {
+                StorageError::Other(text)
+            };
+        }
+        let text = match std::error::Error::source(&e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        };
+        let cause = std::error::Error::source(&e);
+        let io = cause.is_some_and(|c| c.is::<std::io::Error>());
+        let wrong_type = cause.is_some_and(|c| {
+            c.is::<tokio_postgres::types::WrongType>() || c.is::<tokio_postgres::types::WasNull>()
+        });
+        let shown = e.to_string();
+        if wrong_type || shown.starts_with("error deserializing column") {
+            StorageError::Corrupt(text)
+        } else if e.is_closed()
+            || io
+            || [
+                "error connecting",
+                "error communicating",
+                "error performing TLS",
+                "authentication error",
+                "timeout",
+            ]
+            .iter()
+            .any(|p| shown.starts_with(p))
+        {
+            StorageError::Unavailable(text)
+        } else {
+            StorageError::Other(text)
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StorageError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        use deadpool_postgres::PoolError as P;
+        match e {
+            P::Backend(e) => e.into(),
+            P::Timeout(_) | P::Closed => StorageError::Unavailable(e.to_string()),
+            other => StorageError::Other(other.to_string()),
+        }
+    }
+}

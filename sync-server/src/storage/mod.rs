@@ -5,7 +5,8 @@
 //! and [`AuditStore`] (the append-only audit). [`Storage`] is all four: what
 //! the relay and the admin service layer hold.
 //!
-//! Implementations: [`SqliteStorage`] (the embedded default, one file) and
+//! Implementations: [`SqliteStorage`] (the embedded default, one file),
+//! [`PostgresStorage`] (`--database-url`, docs/adr/0012) and
 //! [`MemoryStorage`] (tests). Every backend runs the contract suite
 //! (`contract.rs`), which states what a second backend must guarantee:
 //! - an operation that returned `Ok` has committed (durably, for a backend
@@ -23,6 +24,7 @@
 mod error;
 mod ids;
 mod memory;
+mod postgres;
 mod sqlite;
 mod types;
 
@@ -38,6 +40,7 @@ use linkbook_core::DocumentId;
 pub use error::StorageError;
 pub use ids::{DeviceId, Team};
 pub use memory::MemoryStorage;
+pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
 pub use types::{
     AuditAction, AuditEntry, AuditRecord, CodeGrant, Committed, Device, ReadMarks,

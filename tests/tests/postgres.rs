@@ -1,0 +1,144 @@
+//! The relay on PostgreSQL (`--database-url`, issue 14): a real cluster in
+//! a temp dir (test-support/src/postgres.rs), real relay processes, real
+//! devices over TLS.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use linkbook_core::*;
+use linkbook_test_support::postgres::Cluster;
+use linkbook_tests::{Device, Relay, workspace_bin};
+
+fn texts(device: &Device, family: DocumentId) -> Vec<String> {
+    let mut texts: Vec<String> = device
+        .notes(family)
+        .expect("notes")
+        .into_iter()
+        .map(|n| n.text)
+        .collect();
+    texts.sort();
+    texts
+}
+
+fn database_name(url: &str) -> &str {
+    url.rsplit('/').next().expect("a database name")
+}
+
+#[test]
+fn devices_sync_through_a_relay_on_postgresql_which_keeps_nothing_in_its_data_directory()
+-> Result<()> {
+    let pg = Cluster::start();
+    let url = pg.fresh_database();
+    let relay = Relay::start_on_postgres(tempfile::tempdir().expect("dir"), &url, &[]);
+    let asha = Device::enrolled(&relay, "north", "Asha");
+    let ben = Device::enrolled(&relay, "north", "Ben");
+    let south = Device::enrolled(&relay, "south", "Sam");
+
+    let family = asha.add_family(&NewFamily {
+        name: "Okafor".into(),
+        ..Default::default()
+    })?;
+    asha.add_note(family, "Met at the visitor centre", NoteCategory::Visit)?;
+    asha.sync(None)?;
+    ben.sync(None)?;
+    south.sync(None)?;
+    assert_eq!(texts(&ben, family), ["Met at the visitor centre"]);
+    assert!(
+        matches!(south.notes(family), Err(Error::NotFound { .. })),
+        "another team's device holds nothing of it"
+    );
+
+    // The data is in PostgreSQL, not beside the certificate.
+    let db = database_name(&url);
+    assert_eq!(pg.sql(db, "SELECT count(*) FROM devices"), "3");
+    assert!(
+        !relay.data.path().join("relay.db").exists(),
+        "no SQLite file in the data directory"
+    );
+
+    // A restarted relay has everything: an acknowledged change was committed.
+    let relay = Relay::start_on_postgres(relay.stop(), &url, &[]);
+    let carl = Device::enrolled(&relay, "north", "Carl");
+    carl.sync(None)?;
+    assert_eq!(texts(&carl, family), ["Met at the visitor centre"]);
+    carl.add_note(family, "Phoned about the school", NoteCategory::PhoneCall)?;
+    carl.sync(None)?;
+
+    // The office purges through the admin command, against the database.
+    let purged = relay.admin(&["family", "purge", &family.to_string(), "--reason", "asked"]);
+    assert_eq!(purged.code, 0, "{purged:?}");
+    carl.sync(None)?;
+    assert!(matches!(carl.notes(family), Err(Error::NotFound { .. })));
+    assert_eq!(
+        pg.sql(db, "SELECT count(*) FROM changes"),
+        pg.sql(
+            db,
+            &format!("SELECT count(*) FROM changes WHERE doc_id <> '{family}'")
+        ),
+        "nothing of the purged family is left in the database"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_database_off_loopback_without_tls_is_refused_before_anything_is_sent() {
+    let data = tempfile::tempdir().expect("dir");
+    let out = Command::new(workspace_bin("linkbook-server"))
+        .arg("--data")
+        .arg(data.path())
+        .args([
+            "--database-url",
+            "postgres://linkbook@192.0.2.1/linkbook",
+            "device",
+            "list",
+        ])
+        .output()
+        .expect("run linkbook-server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("sslmode"), "says how to fix it: {stderr}");
+}
+
+#[test]
+fn a_second_relay_on_the_same_database_is_refused_and_the_first_keeps_serving() -> Result<()> {
+    let pg = Cluster::start();
+    let url = pg.fresh_database();
+    let relay = Relay::start_on_postgres(tempfile::tempdir().expect("dir"), &url, &[]);
+    let asha = Device::enrolled(&relay, "north", "Asha");
+
+    let other = tempfile::tempdir().expect("dir");
+    let mut second = Command::new(workspace_bin("linkbook-server"))
+        .arg("--data")
+        .arg(other.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .env("LINKBOOK_DATABASE_URL", &url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a second relay");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("the second relay kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = second.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("another relay"), "{stderr}");
+
+    let family = asha.add_family(&NewFamily {
+        name: "Nowak".into(),
+        ..Default::default()
+    })?;
+    asha.add_note(family, "Still served", NoteCategory::Visit)?;
+    let s = asha.sync(None)?;
+    assert!(s.documents_sent >= 2, "{s:?}");
+    Ok(())
+}
