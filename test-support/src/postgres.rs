@@ -126,14 +126,8 @@ impl Cluster {
     /// Runs SQL in database `db` with `psql` (stops at the first error);
     /// returns what it printed, unaligned, tuples only.
     pub fn sql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(self.bin.join("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER])
-            .args(["-d", db, "-c", sql])
-            .output()
-            .expect("psql");
-        assert!(out.status.success(), "psql {sql:?}: {}", text(&out));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        self.try_sql(db, sql)
+            .unwrap_or_else(|e| panic!("psql {sql:?}: {e}"))
     }
 
     /// Like [`Cluster::sql`], but returns the error text of a statement the
