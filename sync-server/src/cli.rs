@@ -78,6 +78,11 @@ struct ServeArgs {
     /// Serve plain HTTP (loopback addresses only; for development).
     #[arg(long, env = "LINKBOOK_INSECURE_HTTP", conflicts_with = "tls_cert")]
     insecure_http: bool,
+    /// Where to serve Prometheus metrics, /healthz and /readyz (plain HTTP,
+    /// no personal data: keep it on loopback or the monitoring network), or
+    /// `off`. A port already taken leaves the relay serving without them.
+    #[arg(long, env = "LINKBOOK_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = addr_or_off)]
+    metrics_listen: MetricsListen,
     /// Largest sync message accepted (and sent: bigger syncs are split), in
     /// bytes; at least 65536 (smaller values are raised to it).
     #[arg(long, env = "LINKBOOK_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
@@ -238,6 +243,19 @@ enum RetentionCommand {
 /// A number of days, or no limit.
 #[derive(Debug, Clone, Copy)]
 struct Limit(Option<i64>);
+
+/// `--metrics-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct MetricsListen(Option<SocketAddr>);
+
+fn addr_or_off(s: &str) -> Result<MetricsListen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(MetricsListen(None));
+    }
+    s.parse()
+        .map(|a| MetricsListen(Some(a)))
+        .map_err(|_| format!("'{s}' is not an address (host:port) or 'off'"))
+}
 
 fn days_or_off(s: &str) -> Result<Limit, String> {
     if s.eq_ignore_ascii_case("off") {

@@ -15,6 +15,7 @@ pub mod documents;
 pub mod door;
 pub mod error;
 mod heavy;
+pub mod metrics;
 mod oracle;
 mod outbox;
 pub mod ratelimit;
@@ -187,6 +188,7 @@ impl AppState {
             let lockout = self.auth.failure(ip, std::time::Instant::now());
             let action = match lockout {
                 Some(lockout) => {
+                    metrics::metrics().lockout();
                     tracing::warn!(
                         client = %ip,
                         lockout_secs = lockout.as_secs(),

@@ -32,8 +32,10 @@ pub const MAX_ROWS: i64 = 10_000;
 /// refusals are counted only in a warning (the writer is behind).
 const MAX_PENDING: usize = 10_000;
 
-/// What was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What was refused (also the `kind` label of the refusal metric).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelValue,
+)]
 pub enum RefusalKind {
     /// `door::check` refused the document or the change.
     Door,
@@ -128,6 +130,7 @@ impl Recorder {
         kind: RefusalKind,
         reason: &str,
     ) {
+        crate::metrics::metrics().refused(kind);
         tracing::warn!(device = %device.id, team = %device.team, doc = %doc_id, reason = %reason, "{}", kind.log_line());
         let now = Utc::now().to_rfc3339();
         let start_writer = {

@@ -142,7 +142,20 @@ pub(super) fn serve(store: Data<'_>, args: ServeArgs) -> crate::Result<()> {
     }
     let _ = writeln!(out, "linkbook-server listening on {}", bound.url());
     let _ = out.flush();
+    let metrics_listen = args.metrics_listen.0;
     runtime.block_on(async move {
+        if let Some(addr) = metrics_listen {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    let at = listener.local_addr().unwrap_or(addr);
+                    tracing::info!("metrics listening on http://{at}/metrics");
+                    tokio::spawn(crate::metrics::serve(listener, state.storage.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %addr, "the metrics listener could not bind: serving without metrics (--metrics-listen)");
+                }
+            }
+        }
         // Retention: at start, then daily (closed cases past their team's
         // retention period are purged).
         let storage = state.storage.clone();

@@ -73,6 +73,7 @@ impl Hub {
                 kick: kick.clone(),
             },
         );
+        crate::metrics::metrics().connected();
         let ping_every = std::time::Duration::from_secs(self.limits.ping_interval_secs);
         let mut writer = tokio::spawn(async move {
             let mut ping = crate::conn_limits::ping_timer(ping_every);
@@ -108,6 +109,7 @@ impl Hub {
                 if sent.is_err() {
                     break;
                 }
+                crate::metrics::metrics().message(crate::metrics::Direction::Sent, len);
                 if last {
                     let _ = sink.send(WsMessage::Close(None)).await;
                     break;
@@ -133,6 +135,14 @@ impl Hub {
         let shut = outbox.is_shut();
         drop(outbox);
         self.disconnect(conn_id).await;
+        use crate::metrics::SyncOutcome;
+        crate::metrics::metrics().disconnected(match &outcome {
+            _ if shut => SyncOutcome::Revoked,
+            _ if overflowed => SyncOutcome::Overflowed,
+            Err(Close(why)) if why == REPLACED => SyncOutcome::Replaced,
+            Err(_) => SyncOutcome::Closed,
+            Ok(_) => SyncOutcome::Completed,
+        });
         // A peer that does not read would keep the writer waiting on its
         // socket for ever: an overflowed queue is dropped at once, a shut
         // one (revoked) gets a moment for its reason, anything else a few
@@ -201,6 +211,7 @@ async fn next_message(stream: &mut Frames) -> Result<Option<Message>, Close> {
             None => return Ok(None),
             Some(Err(e)) => return Err(Close(format!("bad WebSocket frame: {e}"))),
             Some(Ok(WsMessage::Binary(bytes))) => {
+                crate::metrics::metrics().message(crate::metrics::Direction::Received, bytes.len());
                 return Message::decode(&bytes)
                     .map(Some)
                     .map_err(|e| Close(format!("malformed message: {e}")));

@@ -74,6 +74,7 @@ impl Hub {
             Some(key),
             now,
         )];
+        let started = std::time::Instant::now();
         let committed = self
             .storage
             .commit_upload(&StorageUpload {
@@ -86,6 +87,7 @@ impl Hub {
                 at: now,
             })
             .await;
+        crate::metrics::metrics().committed(started.elapsed());
         let result = match committed {
             Ok(c) => {
                 s.stored_bytes = upload.stored_after(s.stored_bytes);

@@ -109,9 +109,12 @@ impl Hub {
         let slot = {
             let mut docs = lock(&self.docs);
             // Another connection may have loaded it meanwhile: keep theirs.
-            docs.entry(map_key)
+            let slot = docs
+                .entry(map_key)
                 .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(slot)))
-                .clone()
+                .clone();
+            crate::metrics::metrics().loaded_documents(docs.len());
+            slot
         };
         self.evict_idle().await;
         Ok(Some(slot))
@@ -170,6 +173,7 @@ impl Hub {
                     }
                 }
             }
+            crate::metrics::metrics().loaded_documents(docs.len());
         }
         if let Err(e) = self.storage.save_sync_states(&saved).await {
             tracing::warn!(error = %e, "saving sync states of evicted documents failed");

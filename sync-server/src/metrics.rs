@@ -1,0 +1,227 @@
+//! Prometheus metrics for whoever runs the relay (issue 14), on a listener
+//! of their own (`--metrics-listen`, loopback by default), never on the
+//! devices' port: `/metrics` (the OpenMetrics text), `/healthz` (the
+//! process answers) and `/readyz` (its storage answers).
+//!
+//! What is counted: devices connected now, sync connections ended by
+//! outcome, protocol messages and bytes each way, documents loaded,
+//! storage commit latency, refused inputs by kind and authentication
+//! lockouts. Labels are outcomes, directions and kinds only: never an id of
+//! a device, worker, team or family. One relay per process, so one set of
+//! metrics per process ([`metrics`]).
+
+use std::sync::{Arc, LazyLock};
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::storage::Storage;
+
+/// How a sync connection ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum SyncOutcome {
+    /// The device closed it (its sync done).
+    Completed,
+    /// The relay closed it over something the device sent or a storage
+    /// failure (the reason went to the device and the log).
+    Closed,
+    /// Its device was revoked.
+    Revoked,
+    /// A newer connection of the same device took its place.
+    Replaced,
+    /// Its send queue overflowed (a peer that does not read).
+    Overflowed,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    Received,
+    Sent,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: SyncOutcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: Direction,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: crate::refusals::RefusalKind,
+}
+
+/// The relay's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    connected: Gauge,
+    syncs: Family<OutcomeLabel, Counter>,
+    messages: Family<DirectionLabel, Counter>,
+    bytes: Family<DirectionLabel, Counter>,
+    loaded_documents: Gauge,
+    commit_seconds: Histogram,
+    refused: Family<KindLabel, Counter>,
+    lockouts: Counter,
+}
+
+/// This process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("linkbook");
+        let m = Metrics {
+            connected: Gauge::default(),
+            syncs: Family::default(),
+            messages: Family::default(),
+            bytes: Family::default(),
+            loaded_documents: Gauge::default(),
+            // 0.5 ms to about 4 s.
+            commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            refused: Family::default(),
+            lockouts: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connected_devices",
+            "Device sync connections open now",
+            m.connected.clone(),
+        );
+        registry.register(
+            "syncs",
+            "Sync connections ended, by outcome",
+            m.syncs.clone(),
+        );
+        registry.register(
+            "messages",
+            "Protocol messages, by direction",
+            m.messages.clone(),
+        );
+        registry.register(
+            "message_bytes",
+            "Bytes of protocol messages, by direction",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "loaded_documents",
+            "Documents held in memory",
+            m.loaded_documents.clone(),
+        );
+        registry.register(
+            "storage_commit_seconds",
+            "Time to commit what one incoming message brought",
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            "refused_inputs",
+            "Documents and messages refused, by kind",
+            m.refused.clone(),
+        );
+        registry.register(
+            "auth_lockouts",
+            "Addresses locked out after failed enrolment codes or tokens",
+            m.lockouts.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub(crate) fn connected(&self) {
+        self.connected.inc();
+    }
+
+    pub(crate) fn disconnected(&self, outcome: SyncOutcome) {
+        self.connected.dec();
+        self.syncs.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    pub(crate) fn message(&self, direction: Direction, bytes: usize) {
+        let label = DirectionLabel { direction };
+        self.messages.get_or_create(&label).inc();
+        self.bytes
+            .get_or_create(&label)
+            .inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
+    }
+
+    pub(crate) fn loaded_documents(&self, count: usize) {
+        self.loaded_documents
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn committed(&self, took: std::time::Duration) {
+        self.commit_seconds.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn refused(&self, kind: crate::refusals::RefusalKind) {
+        self.refused.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub(crate) fn lockout(&self) {
+        self.lockouts.inc();
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+/// The metrics listener's routes; `/readyz` asks `storage` for something
+/// small.
+pub fn app(storage: Arc<dyn Storage>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics().encode(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let storage = storage.clone();
+                async move {
+                    match storage.retention_policies().await {
+                        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "readiness: the storage does not answer");
+                            (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n")
+                                .into_response()
+                        }
+                    }
+                }
+            }),
+        )
+}
+
+/// Serves [`app`] on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, storage: Arc<dyn Storage>) {
+    if let Err(e) = axum::serve(listener, app(storage)).await {
+        tracing::error!(error = %e, "the metrics listener failed");
+    }
+}

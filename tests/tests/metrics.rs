@@ -1,0 +1,138 @@
+//! The relay's Prometheus metrics, /healthz and /readyz on their own
+//! listener (`--metrics-listen`, issue 14), scraped from a real relay
+//! process while a real device syncs.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use linkbook_core::*;
+use linkbook_tests::{Device, Relay};
+
+/// The metrics listener's address, from the relay's log.
+fn metrics_addr(relay: &Relay) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = relay.log();
+        if let Some(rest) = log.split("metrics listening on http://").nth(1) {
+            return rest.split('/').next().expect("an address").to_string();
+        }
+        assert!(Instant::now() < deadline, "no metrics listener: {log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `GET path` over plain HTTP/1.1: (status code, body).
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("response");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `name` (with its labels, exactly as written), 0
+/// if absent.
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_sync_moves_the_counters_and_the_labels_name_no_one() -> Result<()> {
+    let relay = Relay::start_with(&["--metrics-listen", "127.0.0.1:0"]);
+    let addr = metrics_addr(&relay);
+    assert_eq!(get(&addr, "/healthz").0, 200);
+    assert_eq!(get(&addr, "/readyz").0, 200);
+    let (status, before) = get(&addr, "/metrics");
+    assert_eq!(status, 200);
+
+    let asha = Device::enrolled(&relay, "north", "Asha");
+    let family = asha.add_family(&NewFamily {
+        name: "Okafor".into(),
+        ..Default::default()
+    })?;
+    asha.add_note(family, "Met at the visitor centre", NoteCategory::Visit)?;
+    asha.sync(None)?;
+
+    // The relay counts a connection's end after the device has gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let (_, after) = get(&addr, "/metrics");
+        if sample(&after, "linkbook_syncs_total{outcome=\"Completed\"}") >= 1.0 {
+            break after;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no completed sync counted: {after}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for name in [
+        "linkbook_messages_total{direction=\"Received\"}",
+        "linkbook_messages_total{direction=\"Sent\"}",
+        "linkbook_message_bytes_total{direction=\"Received\"}",
+        "linkbook_message_bytes_total{direction=\"Sent\"}",
+        "linkbook_storage_commit_seconds_count",
+    ] {
+        assert!(
+            sample(&after, name) > sample(&before, name),
+            "{name} did not move: {after}"
+        );
+    }
+    assert!(
+        sample(&after, "linkbook_loaded_documents") >= 2.0,
+        "{after}"
+    );
+    assert_eq!(sample(&after, "linkbook_connected_devices"), 0.0, "{after}");
+
+    // Nothing names a person, a device, a team or a family.
+    let enrolment = asha.enrolment()?.expect("enrolled");
+    for secret in [
+        enrolment.device_id.as_str(),
+        "north",
+        "Asha",
+        "Okafor",
+        &family.to_string(),
+    ] {
+        assert!(!after.contains(secret), "{secret} in the metrics");
+    }
+    Ok(())
+}
+
+#[test]
+fn metrics_can_be_switched_off_and_a_taken_port_leaves_the_relay_serving() -> Result<()> {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let relay = Relay::start_with(&["--metrics-listen", &format!("127.0.0.1:{port}")]);
+    let asha = Device::enrolled(&relay, "north", "Asha");
+    asha.sync(None)?;
+    assert!(
+        relay.log().contains("serving without metrics"),
+        "{}",
+        relay.log()
+    );
+
+    let off = Relay::start_with(&["--metrics-listen", "off"]);
+    let ben = Device::enrolled(&off, "north", "Ben");
+    ben.sync(None)?;
+    assert!(!off.log().contains("metrics listening"), "{}", off.log());
+    Ok(())
+}
