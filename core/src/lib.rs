@@ -42,7 +42,7 @@ pub use model::{
 pub use repo::{Clock, DeviceProfile, LOCAL_TEAM, Repo};
 pub use store::{DatabaseKey, open_keyed};
 pub use sync::link;
-pub use sync::{ApplyError, DocSync, MAX_RESETS};
+pub use sync::{ApplyError, DocSync, MAX_RESETS, Outgoing};
 pub use sync::{
     DeviceCredentials, Enrolment, SkippedDocument, SyncListener, SyncProgress, SyncSummary,
     enrol_device,

@@ -6,21 +6,13 @@
 //! asked (issue 11, finding 8); this encodes them once for the wire.
 
 use automerge::Automerge;
-use linkbook_core::DocSync;
+use linkbook_core::{DocSync, Outgoing};
 
 /// One encoded sync message (the `data` of a `sync` envelope).
 pub(crate) struct Part {
     pub(crate) data: Vec<u8>,
     /// It carries changes (audited as "received").
     pub(crate) carries_changes: bool,
-}
-
-/// Whether a message is the answer to one just received from this
-/// connection (`DocSync::reply`) or sent unasked (fan-out, push).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Reply,
-    Unasked,
 }
 
 /// The sync messages for one connection's sync of `doc`, encoded once, or
@@ -30,15 +22,12 @@ pub(crate) enum Kind {
 pub(crate) fn outgoing(
     doc: &Automerge,
     sync: &mut DocSync,
-    kind: Kind,
+    kind: Outgoing,
     max_message_bytes: usize,
     device: &str,
     document_id: &str,
 ) -> Option<Vec<Part>> {
-    let generated = match kind {
-        Kind::Reply => sync.reply(doc, max_message_bytes),
-        Kind::Unasked => sync.generate(doc, max_message_bytes),
-    };
+    let generated = sync.outgoing(kind, doc, max_message_bytes);
     match generated {
         Ok(messages) => Some(
             messages

@@ -71,6 +71,15 @@ impl ApplyError {
     }
 }
 
+/// What a message to the peer is: the answer to the one just received
+/// ([`DocSync::reply`]), or sent unasked (an opening, a fan-out, a push:
+/// [`DocSync::generate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outgoing {
+    Reply,
+    Unasked,
+}
+
 /// One document's sync with one peer. See the module doc.
 #[derive(Debug, Default)]
 pub struct DocSync {
@@ -184,6 +193,19 @@ impl DocSync {
             self.needing = Some(if reset { 0 } else { self.unanswered });
         }
         Ok(replies)
+    }
+
+    /// [`DocSync::reply`] or [`DocSync::generate`], as `kind` says.
+    pub fn outgoing(
+        &mut self,
+        kind: Outgoing,
+        doc: &impl SyncDoc,
+        max_message_bytes: usize,
+    ) -> SplitMessages {
+        match kind {
+            Outgoing::Reply => self.reply(doc, max_message_bytes),
+            Outgoing::Unasked => self.generate(doc, max_message_bytes),
+        }
     }
 
     /// Whether `encoded` (an answer's messages, encoded) is the answer last

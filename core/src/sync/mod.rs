@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::ids::DocumentId;
 use crate::protocol::dto;
 use crate::repo::Repo;
-pub use doc_sync::{ApplyError, DocSync, MAX_RESETS};
+pub use doc_sync::{ApplyError, DocSync, MAX_RESETS, Outgoing};
 use link::{Connector, Link, WsLink};
 use net::{Endpoint, network};
 use plan::{Opening, Plan};

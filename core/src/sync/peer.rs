@@ -26,7 +26,7 @@ use std::collections::{BTreeSet, HashMap};
 use automerge::AutoCommit;
 use automerge::sync;
 
-use super::doc_sync::{ApplyError, DocSync};
+use super::doc_sync::{ApplyError, DocSync, Outgoing};
 use super::skipped;
 use crate::error::{Error, Result};
 use crate::ids::DocumentId;
@@ -200,7 +200,7 @@ impl PeerSync {
             id,
             &mut state,
             self.config.max_message_bytes,
-            false,
+            Outgoing::Unasked,
         )?;
         self.states.insert(id, state);
         let Some(messages) = self.sendable(id, messages) else {
@@ -412,7 +412,13 @@ impl PeerSync {
             self.received.insert(id);
             self.events.push(Event::Changed(id));
         }
-        let (replies, _) = generate(replica, id, &mut state, self.config.max_message_bytes, true)?;
+        let (replies, _) = generate(
+            replica,
+            id,
+            &mut state,
+            self.config.max_message_bytes,
+            Outgoing::Reply,
+        )?;
         let Some(replies) = self.sendable(id, replies) else {
             return Ok(());
         };
@@ -536,19 +542,15 @@ pub(crate) fn apply(
 }
 
 /// One document's sync messages under the limit (from an empty document if
-/// the replica does not hold it); the flag says whether it does. `reply`:
-/// the answer to a received message ([`DocSync::reply`]).
+/// the replica does not hold it); the flag says whether it does.
 fn generate(
     replica: &mut impl Replica,
     id: DocumentId,
     state: &mut DocSync,
     max_message_bytes: usize,
-    reply: bool,
+    kind: Outgoing,
 ) -> Result<(SplitMessages, bool)> {
-    let mut run = |doc: &mut AutoCommit| match reply {
-        true => state.reply(&doc.sync(), max_message_bytes),
-        false => state.generate(&doc.sync(), max_message_bytes),
-    };
+    let mut run = |doc: &mut AutoCommit| state.outgoing(kind, &doc.sync(), max_message_bytes);
     Ok(match replica.read(id, &mut run)? {
         Some(m) => (m, true),
         None => (run(&mut AutoCommit::new()), false),

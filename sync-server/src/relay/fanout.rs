@@ -40,7 +40,7 @@ impl Hub {
                 None
             }
             Some((_, state)) => {
-                let kind = crate::split::Kind::Reply;
+                let kind = linkbook_core::Outgoing::Reply;
                 let parts = crate::split::outgoing(doc, state, kind, max, &device.id, document_id);
                 // The same bytes already went to this connection, which reads
                 // in order, so it has them: an identical reply is not sent
@@ -87,7 +87,7 @@ impl Hub {
                 if !conn.outbox.accepts() {
                     continue;
                 }
-                let kind = crate::split::Kind::Unasked;
+                let kind = linkbook_core::Outgoing::Unasked;
                 let parts =
                     crate::split::outgoing(doc, state, kind, max, other_device, document_id);
                 let parts = parts.unwrap_or_default();

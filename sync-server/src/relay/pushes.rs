@@ -79,7 +79,7 @@ impl Hub {
             state.assume_shared_heads();
         }
         let max = self.limits.max_message_bytes;
-        let kind = crate::split::Kind::Unasked;
+        let kind = linkbook_core::Outgoing::Unasked;
         let Some(parts) = crate::split::outgoing(doc, state, kind, max, &device.id, &document_id)
         else {
             drop(s);
