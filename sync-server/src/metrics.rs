@@ -84,8 +84,8 @@ pub fn metrics() -> &'static Metrics {
 
 impl Metrics {
     fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("linkbook");
         let m = Metrics {
+            registry: Registry::with_prefix("linkbook"),
             connected: Gauge::default(),
             syncs: Family::default(),
             messages: Family::default(),
@@ -95,49 +95,54 @@ impl Metrics {
             commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             refused: Family::default(),
             lockouts: Counter::default(),
-            registry: Registry::default(),
         };
-        registry.register(
+        m.registered()
+    }
+
+    /// Registers every metric (a handle each: they share their values).
+    fn registered(mut self) -> Metrics {
+        let r = &mut self.registry;
+        r.register(
             "connected_devices",
             "Device sync connections open now",
-            m.connected.clone(),
+            self.connected.clone(),
         );
-        registry.register(
+        r.register(
             "syncs",
             "Sync connections ended, by outcome",
-            m.syncs.clone(),
+            self.syncs.clone(),
         );
-        registry.register(
+        r.register(
             "messages",
             "Protocol messages, by direction",
-            m.messages.clone(),
+            self.messages.clone(),
         );
-        registry.register(
+        r.register(
             "message_bytes",
             "Bytes of protocol messages, by direction",
-            m.bytes.clone(),
+            self.bytes.clone(),
         );
-        registry.register(
+        r.register(
             "loaded_documents",
             "Documents held in memory",
-            m.loaded_documents.clone(),
+            self.loaded_documents.clone(),
         );
-        registry.register(
+        r.register(
             "storage_commit_seconds",
             "Time to commit what one incoming message brought",
-            m.commit_seconds.clone(),
+            self.commit_seconds.clone(),
         );
-        registry.register(
+        r.register(
             "refused_inputs",
             "Documents and messages refused, by kind",
-            m.refused.clone(),
+            self.refused.clone(),
         );
-        registry.register(
+        r.register(
             "auth_lockouts",
             "Addresses locked out after failed enrolment codes or tokens",
-            m.lockouts.clone(),
+            self.lockouts.clone(),
         );
-        Metrics { registry, ..m }
+        self
     }
 
     pub(crate) fn connected(&self) {
