@@ -396,16 +396,12 @@ struct Data<'a> {
 }
 
 impl Data<'_> {
-    /// The relay's storage, for an admin command.
+    /// The relay's storage, for the relay itself (SQLite's serving lock is
+    /// the data directory's, serve.rs; PostgreSQL takes any number of
+    /// nodes) and for an admin command.
     async fn open(&self, limits: Limits) -> crate::Result<AppState> {
-        self.open_for(limits, false).await
-    }
-
-    /// The relay's storage; `serving`: for the relay itself (on PostgreSQL,
-    /// with its serving lock; SQLite's is the data directory's, serve.rs).
-    async fn open_for(&self, limits: Limits, serving: bool) -> crate::Result<AppState> {
         match self.database_url {
-            Some(url) => AppState::connect_postgres(url, limits, serving).await,
+            Some(url) => AppState::connect_postgres(url, limits).await,
             None => AppState::open_with_key(self.path, limits, self.key),
         }
     }

@@ -39,7 +39,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use linkbook_core::DocumentId;
 use linkbook_core::protocol::dto;
 
 pub use error::{Error, Result};
@@ -86,13 +85,10 @@ impl AppState {
     }
 
     /// A relay on PostgreSQL at `url` (`--database-url`): connects,
-    /// migrates, and takes the database's own store id; `serving`, also
-    /// its serving lock (`PostgresStorage::hold_serving_lock`).
-    pub async fn connect_postgres(url: &str, limits: Limits, serving: bool) -> Result<Self> {
+    /// migrates, and takes the database's own store id (every node of the
+    /// database shares it).
+    pub async fn connect_postgres(url: &str, limits: Limits) -> Result<Self> {
         let pg = storage::PostgresStorage::connect(url).await?;
-        if serving {
-            pg.hold_serving_lock().await?;
-        }
         let proposed = uuid::Uuid::new_v4().hyphenated().to_string();
         let storage_id = pg.store_id(&proposed).await?;
         Ok(Self::with_storage(Arc::new(pg), storage_id, limits))
@@ -336,11 +332,14 @@ async fn changes(
         .storage
         .changed_since(&device.team, q.since, &device.id)
         .await?;
+    // The device syncs these next: a loaded copy behind what another relay
+    // node stored is brought up to it first (relay/nodes.rs).
+    state.hub.catch_up(&device.team, &documents).await;
     let purged = state.storage.purged(&device.team).await?;
     let policy = state.storage.team_policy(&device.team).await?;
     Ok(Json(dto::Changes {
         cursor,
-        documents: documents.iter().map(DocumentId::to_string).collect(),
+        documents: documents.iter().map(|(id, _)| id.to_string()).collect(),
         purged,
         policy,
     }))
@@ -437,6 +436,9 @@ impl Bound {
         // connections; stops with this function (revocation.rs).
         let _revocations =
             revocation::Watcher::start(state.storage.clone(), state.hub.clone()).await?;
+        // Other relay nodes' changes reach this node's loaded copies and
+        // live devices (relay/nodes.rs); nothing on SQLite.
+        let _documents = relay::Follower::start(&state.storage, state.hub.clone()).await?;
         let handle = axum_server::Handle::new();
         let h = handle.clone();
         tokio::spawn(async move {

@@ -158,6 +158,24 @@ impl Relay {
         relay
     }
 
+    /// Another relay node on this one's PostgreSQL database, with extra
+    /// options: its own data directory holding this node's development
+    /// certificate (as nodes behind one name share theirs), so a device
+    /// enrolled through either syncs through both.
+    pub fn another_node(&self, args: &[&str]) -> Relay {
+        let url = self
+            .database_url
+            .as_deref()
+            .expect("another node of a relay on PostgreSQL");
+        let data = tempfile::tempdir().expect("node dir");
+        for file in ["dev-ca.pem", "dev-cert.pem", "dev-key.pem"] {
+            // fs::copy keeps the source's mode (0600).
+            std::fs::copy(self.data.path().join(file), data.path().join(file))
+                .expect("the certificate");
+        }
+        Self::start_on_postgres(data, url, args)
+    }
+
     /// The relay's command line for an admin command: its data directory,
     /// and its database if that is PostgreSQL.
     fn admin_command(&self) -> Command {

@@ -10,7 +10,10 @@ use std::process::Command;
 
 use tempfile::TempDir;
 
+mod live;
 pub mod pages;
+
+pub use live::LivePeer;
 
 // The relay process, device stores and the relay database's helpers are
 // shared with core's tests and the bench (test-support/).

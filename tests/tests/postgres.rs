@@ -2,8 +2,7 @@
 //! a temp dir (test-support/src/postgres.rs), real relay processes, real
 //! devices over TLS.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use linkbook_core::*;
 use linkbook_test_support::postgres::Cluster;
@@ -97,48 +96,4 @@ fn a_database_off_loopback_without_tls_is_refused_before_anything_is_sent() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("sslmode"), "says how to fix it: {stderr}");
-}
-
-#[test]
-fn a_second_relay_on_the_same_database_is_refused_and_the_first_keeps_serving() -> Result<()> {
-    let pg = Cluster::start();
-    let url = pg.fresh_database();
-    let relay = Relay::start_on_postgres(tempfile::tempdir().expect("dir"), &url, &[]);
-    let asha = Device::enrolled(&relay, "north", "Asha");
-
-    let other = tempfile::tempdir().expect("dir");
-    let mut second = Command::new(workspace_bin("linkbook-server"))
-        .arg("--data")
-        .arg(other.path())
-        .args(["--listen", "127.0.0.1:0"])
-        .env("LINKBOOK_DATABASE_URL", &url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start a second relay");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = second.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = second.kill();
-            let _ = second.wait();
-            panic!("the second relay kept running");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = second.wait_with_output().expect("output");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!status.success(), "{stderr}");
-    assert!(stderr.contains("another relay"), "{stderr}");
-
-    let family = asha.add_family(&NewFamily {
-        name: "Nowak".into(),
-        ..Default::default()
-    })?;
-    asha.add_note(family, "Still served", NoteCategory::Visit)?;
-    let s = asha.sync(None)?;
-    assert!(s.documents_sent >= 2, "{s:?}");
-    Ok(())
 }

@@ -8,13 +8,11 @@
 
 use std::time::{Duration, Instant};
 
-use automerge::sync::{self, SyncDoc};
-use automerge::{AutoCommit, ReadDoc};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use linkbook_core::DeviceCredentials;
 use linkbook_core::protocol::Message;
 use linkbook_tests::{
-    CliDevice, GoodDevice, Relay, RelaySocket, closing_error_within, cpu_ticks, joined,
+    CliDevice, GoodDevice, LivePeer, Relay, RelaySocket, closing_error_within, cpu_ticks, joined,
 };
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -23,106 +21,6 @@ const REVOKED: &str = "this device has been revoked";
 
 /// Bound on waiting for the relay to close a revoked device's connection.
 const CLOSE_WITHIN: Duration = Duration::from_secs(10);
-
-/// A raw automerge-repo peer holding one document, kept in sync by hand.
-struct Peer {
-    ws: RelaySocket,
-    me: String,
-    doc_id: String,
-    doc: AutoCommit,
-    state: sync::State,
-}
-
-impl Peer {
-    /// Joins as `creds` and asks for `doc_id`, syncing until the relay is
-    /// quiet: from then on the relay fans the document's new changes out
-    /// to this connection live.
-    async fn subscribed(relay: &Relay, creds: &DeviceCredentials, doc_id: &str) -> Peer {
-        let ws = joined(relay, &relay.ca_pem(), creds).await;
-        let mut peer = Peer {
-            ws,
-            me: creds.device_id.clone(),
-            doc_id: doc_id.to_string(),
-            doc: AutoCommit::new(),
-            state: sync::State::new(),
-        };
-        let first = peer
-            .doc
-            .sync()
-            .generate_sync_message(&mut peer.state)
-            .expect("a first message");
-        peer.send(Message::Request {
-            sender_id: peer.me.clone(),
-            target_id: String::new(),
-            document_id: peer.doc_id.clone(),
-            data: first.encode(),
-        })
-        .await;
-        let got = peer.until_quiet().await;
-        assert!(got >= 1, "the relay sent {doc_id}");
-        peer
-    }
-
-    async fn send(&mut self, m: Message) {
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            self.ws.send(WsMessage::Binary(m.encode().into())),
-        )
-        .await
-        .expect("sent in time")
-        .expect("send");
-    }
-
-    /// Answers the relay until it has been quiet for a second; returns how
-    /// many of its messages carried changes. At most 1,000 messages.
-    async fn until_quiet(&mut self) -> usize {
-        let mut with_changes = 0;
-        for _ in 0..1_000 {
-            let frame = match tokio::time::timeout(Duration::from_secs(1), self.ws.next()).await {
-                Err(_) => return with_changes,
-                Ok(Some(Ok(frame))) => frame,
-                Ok(other) => panic!("the relay dropped {}: {other:?}", self.me),
-            };
-            let WsMessage::Binary(bytes) = frame else {
-                continue;
-            };
-            let m = Message::decode(&bytes).expect("a protocol message");
-            let Message::Sync { data, .. } = m else {
-                panic!("{} got {m:?}", self.me);
-            };
-            let m = sync::Message::decode(&data).expect("a sync message");
-            if !m.changes.is_empty() {
-                with_changes += 1;
-            }
-            self.doc
-                .sync()
-                .receive_sync_message(&mut self.state, m)
-                .expect("apply");
-            let reply = self.doc.sync().generate_sync_message(&mut self.state);
-            if let Some(reply) = reply {
-                let m = Message::Sync {
-                    sender_id: self.me.clone(),
-                    target_id: String::new(),
-                    document_id: self.doc_id.clone(),
-                    data: reply.encode(),
-                };
-                self.send(m).await;
-            }
-        }
-        panic!("the exchange did not end");
-    }
-
-    /// Whether a note with this text reached the peer's copy.
-    fn holds(&self, text: &str) -> bool {
-        let Ok(Some((_, notes))) = self.doc.get(automerge::ROOT, "notes") else {
-            return false;
-        };
-        self.doc.map_range(&notes, ..).any(|note| {
-            matches!(self.doc.get(note.id(), "text"),
-                Ok(Some((v, _))) if v.as_str() == Some(text))
-        })
-    }
-}
 
 /// Everything the relay sends on `ws` until it closes it (within
 /// [`CLOSE_WITHIN`]): its `error` messages. Panics at a `sync` message.
@@ -219,7 +117,7 @@ async fn a_revoked_device_is_cut_live_and_gets_nothing_more() {
     let ben_creds = credentials_of(&ben);
 
     // Three connections with Ben's token: one holding the family live.
-    let mut ben_live = Peer::subscribed(&relay, &ben_creds, &family).await;
+    let mut ben_live = LivePeer::subscribed(&relay, &ben_creds, &family).await;
     let mut ben_idle = [
         joined(&relay, &relay.ca_pem(), &ben_creds).await,
         joined(&relay, &relay.ca_pem(), &ben_creds).await,
@@ -227,12 +125,12 @@ async fn a_revoked_device_is_cut_live_and_gets_nothing_more() {
     // A colleague's live connection, and another team's device.
     let cara_creds =
         tokio::task::block_in_place(|| relay.enrol_credentials("north", "Cara", "Cara's phone"));
-    let mut cara = Peer::subscribed(&relay, &cara_creds, &family).await;
+    let mut cara = LivePeer::subscribed(&relay, &cara_creds, &family).await;
     let mut dee = GoodDevice::enrolled(&relay, "south", "Dee");
     dee.note_and_sync("first");
     let dee_creds =
         tokio::task::block_in_place(|| relay.enrol_credentials("south", "Dee", "Dee's phone"));
-    let mut dee_live = Peer::subscribed(&relay, &dee_creds, &dee.family.to_string()).await;
+    let mut dee_live = LivePeer::subscribed(&relay, &dee_creds, &dee.family.to_string()).await;
 
     // Live pushes reach every connection holding the family: what the
     // revoked one would get after the revocation without the fix.

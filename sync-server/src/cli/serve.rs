@@ -107,7 +107,7 @@ pub(super) fn serve(store: Data<'_>, args: ServeArgs) -> crate::Result<()> {
             source: e,
         })?;
     let state = runtime
-        .block_on(store.open_for(limits, true))?
+        .block_on(store.open(limits))?
         .with_auth_limits(crate::ratelimit::AuthLimits {
             max_failures: args.auth_max_failures,
             window: std::time::Duration::from_secs(args.auth_window_secs),
@@ -156,17 +156,26 @@ pub(super) fn serve(store: Data<'_>, args: ServeArgs) -> crate::Result<()> {
                 }
             }
         }
-        // Retention: at start, then daily (closed cases past their team's
-        // retention period are purged).
+        // Retention: once a day, by one relay node (the first to look after
+        // midnight claims the day in the database: `claim_job`); each node
+        // looks at start and then hourly. A node that dies mid-sweep leaves
+        // the rest to the next day's (the sweep purges everything due).
         let storage = state.storage.clone();
         let budget = crate::doc_cap::load_budget(max_document_ops);
         tokio::spawn(async move {
-            let mut daily = tokio::time::interval(std::time::Duration::from_secs(24 * 60 * 60));
+            let mut hourly = tokio::time::interval(std::time::Duration::from_secs(60 * 60));
             loop {
-                daily.tick().await;
-                let swept =
-                    admin::retention::sweep_within(&*storage, Utc::now().date_naive(), &budget)
-                        .await;
+                hourly.tick().await;
+                let today = Utc::now().date_naive();
+                match storage.claim_job("retention", &today.to_string()).await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the retention sweep could not be claimed");
+                        continue;
+                    }
+                }
+                let swept = admin::retention::sweep_within(&*storage, today, &budget).await;
                 if let Err(e) = swept {
                     tracing::error!(error = %e, "the retention sweep failed");
                 }

@@ -75,42 +75,59 @@ impl Hub {
             None => {}
         }
         if changed {
-            // Live fan-out to the other devices syncing this document now.
-            // A queue already over its limit refuses it and that connection
-            // is closed (outbox.rs): not this one, which is reading.
-            let connections = lock(&self.connections);
-            for (other, (other_device, state)) in states.iter_mut().filter(|(c, _)| **c != conn_id)
-            {
-                let Some(conn) = connections.get(other) else {
-                    continue;
-                };
-                if !conn.outbox.accepts() {
-                    continue;
-                }
-                let kind = linkbook_core::Outgoing::Unasked;
-                let parts =
-                    crate::split::outgoing(doc, state, kind, max, other_device, document_id);
-                let parts = parts.unwrap_or_default();
-                if parts.is_empty() {
-                    continue;
-                }
-                if parts.iter().any(|p| p.carries_changes)
-                    && !received.iter().any(|r| r == other_device.as_str())
-                {
-                    received.push(other_device.to_string());
-                }
-                outgoing.push((
-                    conn.outbox.clone(),
-                    parts
-                        .into_iter()
-                        .map(|p| envelope(conn.outbox.peer(), p.data))
-                        .collect(),
-                ));
-            }
+            self.gather_fan_out(
+                (doc, states),
+                Some(conn_id),
+                document_id,
+                (&mut outgoing, &mut received),
+            );
         }
         self.audit_received(&received, document_id).await;
         for (to, messages) in outgoing {
             to.offer_all(messages);
+        }
+    }
+
+    /// Gathers the live fan-out of a document's new changes to every
+    /// connection syncing it (but `except`, the one that sent them): the
+    /// messages into `outgoing`, and each device they carry changes to into
+    /// `received` (audited before they are sent). A queue already over its
+    /// limit refuses them and that connection is closed (outbox.rs).
+    pub(super) fn gather_fan_out(
+        &self,
+        (doc, states): (&automerge::Automerge, &mut super::slots::States),
+        except: Option<u64>,
+        document_id: &str,
+        (outgoing, received): (&mut Vec<(Outbox, Vec<Message>)>, &mut Vec<String>),
+    ) {
+        let max = self.limits.max_message_bytes;
+        let connections = lock(&self.connections);
+        for (other, (other_device, state)) in states.iter_mut().filter(|(c, _)| Some(**c) != except)
+        {
+            let Some(conn) = connections.get(other) else {
+                continue;
+            };
+            if !conn.outbox.accepts() {
+                continue;
+            }
+            let kind = linkbook_core::Outgoing::Unasked;
+            let parts = crate::split::outgoing(doc, state, kind, max, other_device, document_id);
+            let parts = parts.unwrap_or_default();
+            if parts.is_empty() {
+                continue;
+            }
+            if parts.iter().any(|p| p.carries_changes)
+                && !received.iter().any(|r| r == other_device.as_str())
+            {
+                received.push(other_device.to_string());
+            }
+            outgoing.push((
+                conn.outbox.clone(),
+                parts
+                    .into_iter()
+                    .map(|p| self.sync_message(conn.outbox.peer(), document_id, p.data))
+                    .collect(),
+            ));
         }
     }
 }

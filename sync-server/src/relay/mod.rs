@@ -18,11 +18,13 @@
 //! purge, door, size cap, refusals); `fanout.rs` the reply to it and the live
 //! fan-out to other connections; `pushes.rs` the pipelined session's
 //! `changed-since` and unasked pushes; `persist.rs` storing changes, sync
-//! states and the audit of what devices were sent.
+//! states and the audit of what devices were sent; `nodes.rs` keeping
+//! loaded copies fresh when several relay nodes share one database.
 
 mod apply;
 mod connection;
 mod fanout;
+mod nodes;
 mod persist;
 mod pushes;
 mod registry;
@@ -40,6 +42,7 @@ use crate::storage::Storage;
 
 pub(crate) use apply::brief;
 pub use connection::{FrameSink, Frames};
+pub use nodes::Follower;
 pub use registry::REPLACED;
 pub use session::{MAX_PEER_ID_CHARS, PEER_ID_OF_ANOTHER_DEVICE, Sessions};
 

@@ -25,7 +25,7 @@ impl Hub {
         device: &Device,
         outbox: &Outbox,
         (since, mine): (i64, &str),
-    ) -> Result<Vec<String>, Close> {
+    ) -> Result<Vec<(String, i64)>, Close> {
         let read = async {
             Ok::<_, crate::storage::StorageError>((
                 self.storage
@@ -39,10 +39,13 @@ impl Hub {
             tracing::error!(error = %e, "reading the change cursor failed");
             Close("the relay could not read what changed".into())
         })?;
-        let changed: Vec<String> = changed.iter().map(DocumentId::to_string).collect();
+        let changed: Vec<(String, i64)> = changed
+            .iter()
+            .map(|(id, seq)| (id.to_string(), *seq))
+            .collect();
         outbox.offer(Message::ChangedSince {
             cursor,
-            document_ids: changed.clone(),
+            document_ids: changed.iter().map(|(id, _)| id.clone()).collect(),
             purged,
             retention_days: policy.retention_days,
             lease_days: policy.lease_days,
@@ -53,20 +56,37 @@ impl Hub {
     /// Sends one changed document unasked: the changes made since the heads
     /// this device and the relay last shared (see the module's doc). A reply
     /// deferred while the send queue was over half full goes out this way
-    /// too (the device spoke first, so nothing is assumed).
+    /// too (the device spoke first, so nothing is assumed). `seq`: the
+    /// document's cursor value `changed-since` was read at; a loaded copy
+    /// below it (another relay node stored more, and its notification has
+    /// not arrived) is refreshed first (nodes.rs).
     pub(super) async fn push(
         &self,
         conn_id: u64,
         device: &Device,
         outbox: &Outbox,
-        document_id: String,
+        (document_id, seq): (String, Option<i64>),
     ) -> Result<(), Close> {
         let Ok(id) = DocumentId::parse(&document_id, "document id") else {
             return Ok(());
         };
-        let Some(mut s) = self.locked_slot(id, &device.team, false).await? else {
-            self.unavailable(outbox, &document_id);
-            return Ok(());
+        let mut s = loop {
+            let Some(mut s) = self.locked_slot(id, &device.team, false).await? else {
+                self.unavailable(outbox, &document_id);
+                return Ok(());
+            };
+            if seq.is_none_or(|seq| s.known >= seq) {
+                break s;
+            }
+            // Refreshed, or dropped (purged meanwhile, or damaged): then
+            // the next look says so.
+            if self
+                .refresh_and_fan_out(&mut s, &device.team, id, Some(conn_id))
+                .await
+                .is_ok()
+            {
+                break s;
+            }
         };
         self.load_state(&mut s, id, conn_id, device).await;
         let Slot { doc, states, .. } = &mut *s;

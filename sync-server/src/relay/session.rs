@@ -133,12 +133,15 @@ impl Hub {
             },
             selected_protocol_version: PROTOCOL_VERSION.into(),
         });
+        // The cursor value of each document `changed-since` named (pushes.rs).
+        let mut seqs = std::collections::HashMap::new();
         let mut owed: Owed = match since {
             Some(since) => {
                 let mine = sessions.excluded_tag(&device.id);
-                self.changed_since(device, outbox, (since, &mine))
-                    .await?
-                    .into()
+                let changed = self.changed_since(device, outbox, (since, &mine)).await?;
+                let ids = changed.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+                seqs.extend(changed);
+                ids.into()
             }
             None => Owed::default(),
         };
@@ -161,7 +164,8 @@ impl Hub {
                     m = next_or_closed(stream, kick, outbox) => m?,
                     () = outbox.drained() => {
                         if let Some(document_id) = owed.next() {
-                            self.push(conn_id, device, outbox, document_id).await?;
+                            let seq = seqs.remove(&document_id);
+                            self.push(conn_id, device, outbox, (document_id, seq)).await?;
                         }
                         continue;
                     }

@@ -13,6 +13,9 @@ use linkbook_core::{DocSync, DocumentId};
 use super::{Close, DocKey, Hub, lock};
 use crate::storage::{DeviceId, Team};
 
+/// A loaded document's sync with each connection that touched it.
+pub(super) type States = HashMap<u64, (DeviceId, DocSync)>;
+
 /// One loaded document.
 pub(super) struct Slot {
     pub(super) team: Team,
@@ -20,7 +23,7 @@ pub(super) struct Slot {
     /// The engine's sync of this document with each connection that has
     /// touched it (its state, what it was sent, its last reply: see
     /// `linkbook_core::DocSync`).
-    pub(super) states: HashMap<u64, (DeviceId, DocSync)>,
+    pub(super) states: States,
     pub(super) last_used: u64,
     /// Its document holds changes that storage refused (a full disk), or
     /// was left half-changed by an Automerge panic. The slot is out of the
@@ -36,6 +39,10 @@ pub(super) struct Slot {
     /// it holds every stored change up to it (`None`: another writer
     /// appended meanwhile, so this copy must not compact).
     pub(super) seq: Option<i64>,
+    /// The highest cursor value of a stored change this copy holds (whether
+    /// or not it holds every one before): another relay node's change with
+    /// a higher one is not in it yet (nodes.rs).
+    pub(super) known: i64,
 }
 
 impl Hub {
@@ -93,6 +100,7 @@ impl Hub {
                     unstored: false,
                     stored_bytes: u64::try_from(stored_bytes).unwrap_or(u64::MAX),
                     seq: Some(stored.seq),
+                    known: stored.seq,
                 }
             }
             None if create => Slot {
@@ -103,6 +111,7 @@ impl Hub {
                 unstored: false,
                 stored_bytes: 0,
                 seq: Some(0),
+                known: 0,
             },
             None => return Ok(None),
         };

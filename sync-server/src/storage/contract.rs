@@ -36,6 +36,7 @@ where
     the_audit_only_grows(&make().await).await;
     two_writers_on_one_document_lose_nothing(Arc::new(make().await)).await;
     a_cursor_reader_racing_writers_never_misses_a_change(Arc::new(make().await)).await;
+    a_job_is_claimed_once_per_period(Arc::new(make().await)).await;
 }
 
 fn now() -> DateTime<Utc> {
@@ -367,13 +368,19 @@ async fn documents_are_namespaced_per_team<S: Storage>(s: &S) {
             .await
             .expect("changed")
             .1,
-        Vec::<DocumentId>::new(),
+        Vec::new(),
         "a device's own latest changes are left out"
     );
-    let (cursor, mut ids) = s
+    let (cursor, changed) = s
         .changed_since(&Team::from("north"), 0, "other")
         .await
         .expect("changed");
+    assert!(
+        changed.windows(2).all(|w| w[0].1 < w[1].1)
+            && changed.iter().all(|(_, seq)| *seq <= cursor),
+        "in cursor order, none past the cursor: {changed:?}"
+    );
+    let mut ids: Vec<DocumentId> = changed.into_iter().map(|(id, _)| id).collect();
     ids.sort();
     let mut expected = [id("another"), id("doc")];
     expected.sort();
@@ -437,7 +444,7 @@ async fn an_upload_commits_its_changes_audit_and_cursor_together<S: Storage>(s: 
         .changed_since(&Team::from("north"), 0, "d-1")
         .await
         .expect("changed");
-    assert_eq!((cursor, ids), (third.seq, vec![id("doc")]));
+    assert_eq!((cursor, ids), (third.seq, vec![(id("doc"), third.seq)]));
     // No changes: nothing stored, the cursor stays.
     let none = s
         .commit_upload(&upload("north", "doc", "d-1", b""))
@@ -554,7 +561,7 @@ async fn a_purge_removes_everything_and_refuses_later_uploads<S: Storage>(s: &S)
             .await
             .expect("changed")
             .1,
-        Vec::<DocumentId>::new()
+        Vec::new()
     );
     s.commit_upload(&upload("north", "doc", "n1", b"n2"))
         .await
@@ -887,7 +894,7 @@ async fn a_cursor_reader_racing_writers_never_misses_a_change<S: Storage>(s: Arc
     let reader = {
         let (s, stop) = (s.clone(), stop.clone());
         tokio::spawn(async move {
-            let mut reads: Vec<(i64, i64, Vec<DocumentId>)> = Vec::new();
+            let mut reads: Vec<Read> = Vec::new();
             let mut since = 0;
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
             while !stop.load(std::sync::atomic::Ordering::SeqCst)
@@ -925,10 +932,48 @@ async fn a_cursor_reader_racing_writers_never_misses_a_change<S: Storage>(s: Arc
             .find(|(from, to, _)| from < seq && seq <= to)
             .unwrap_or_else(|| panic!("no read covered {doc}'s change {seq}"));
         assert!(
-            covering.2.contains(&id(doc)),
+            covering.2.iter().any(|(d, _)| *d == id(doc)),
             "the read over ({}, {}] skipped {doc}'s change {seq}",
             covering.0,
             covering.1
         );
     }
+}
+
+/// One read of the racing reader: (since, cursor, what changed).
+type Read = (i64, i64, Vec<(DocumentId, i64)>);
+
+/// Once-a-day work (the retention sweep) goes to one caller per period,
+/// even when several relay nodes ask at once; a later period is claimed
+/// again, an earlier one never.
+async fn a_job_is_claimed_once_per_period<S: Storage>(s: Arc<S>) {
+    let mut askers = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        askers.push(tokio::spawn(async move {
+            s.claim_job("retention", "2026-12-03").await.expect("claim")
+        }));
+    }
+    let mut claimed = 0;
+    for a in askers {
+        claimed += usize::from(a.await.expect("asker"));
+    }
+    assert_eq!(claimed, 1, "exactly one of eight claims the day");
+    assert!(!s.claim_job("retention", "2026-12-03").await.expect("again"));
+    assert!(
+        !s.claim_job("retention", "2026-12-02")
+            .await
+            .expect("earlier")
+    );
+    assert!(
+        s.claim_job("another job", "2026-12-03")
+            .await
+            .expect("other job"),
+        "jobs are claimed apart"
+    );
+    assert!(
+        s.claim_job("retention", "2026-12-04")
+            .await
+            .expect("next day")
+    );
 }

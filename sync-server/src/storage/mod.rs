@@ -128,6 +128,12 @@ pub trait DeviceStore: Send + Sync + 'static {
     /// restored from a backup must be given a new one (devices then send it
     /// everything they hold again).
     async fn store_id(&self, proposed: &str) -> Result<String>;
+    /// Claims once-per-period work (`job` for `period`, e.g. the retention
+    /// sweep for a day) for the caller: true for exactly one caller per
+    /// (job, period) across every relay node on the store, false for the
+    /// rest. A conditional write, so no lock is held while the work runs;
+    /// periods compare as text (ISO dates order right).
+    async fn claim_job(&self, job: &str, period: &str) -> Result<bool>;
 }
 
 /// Documents, namespaced per team: `(team, id)` is a document, and the same
@@ -165,15 +171,16 @@ pub trait DocumentStore: Send + Sync + 'static {
     ) -> Result<bool>;
     /// The team's documents changed after cursor `since`, except those whose
     /// latest change was uploaded as `uploader` ([`Upload::uploader`]: a
-    /// device id, or a device's session tag), and the cursor to ask from
-    /// next time. Commit-ordered: nothing committed later gets a value at
-    /// or below the returned cursor.
+    /// device id, or a device's session tag), each with the cursor value of
+    /// its latest change, in cursor order, and the cursor to ask from next
+    /// time. Commit-ordered: nothing committed later gets a value at or
+    /// below the returned cursor.
     async fn changed_since(
         &self,
         team: &Team,
         since: i64,
         uploader: &str,
-    ) -> Result<(i64, Vec<DocumentId>)>;
+    ) -> Result<(i64, Vec<(DocumentId, i64)>)>;
     /// Deletes every stored change, snapshot, sync state and refusal of
     /// `team`'s document, remembers it as purged and audits `purged`, in
     /// one transaction; false if it is not stored.
@@ -198,7 +205,35 @@ pub trait DocumentStore: Send + Sync + 'static {
         &self,
         team: Option<&Team>,
     ) -> Result<Vec<crate::refusals::RefusedDocument>>;
+    /// What other writers of this store (other relay nodes on the same
+    /// database) commit to documents, as they commit, in commit order:
+    /// how a node keeps its loaded copies fresh (relay/nodes.rs). `None`:
+    /// the backend has one writer of documents (SQLite's serving relay,
+    /// whose admin commands only purge, which every upload checks).
+    async fn watch_documents(&self) -> Result<Option<DocumentEvents>> {
+        Ok(None)
+    }
 }
+
+/// A document event another writer committed ([`DocumentStore::watch_documents`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocumentEvent {
+    /// Changes were stored; `seq` is the document's cursor value after them.
+    Changed {
+        team: Team,
+        id: DocumentId,
+        seq: i64,
+    },
+    /// The document was purged.
+    Purged { team: Team, id: DocumentId },
+    /// Events may have been lost (the watch reconnected, or the receiver
+    /// fell behind): every loaded copy must be checked against storage.
+    Missed,
+}
+
+/// The receiving end of [`DocumentStore::watch_documents`]; the watch
+/// stops when it is dropped.
+pub type DocumentEvents = tokio::sync::mpsc::Receiver<DocumentEvent>;
 
 /// Automerge sync states per (team, document, device).
 #[async_trait]

@@ -169,7 +169,7 @@ async fn schema_7_data_migrates_to_team_keys() {
         .await
         .expect("changed");
     assert!(cursor > 3, "{cursor}");
-    assert_eq!(ids, [id("b")]);
+    assert_eq!(ids, [(id("b"), cursor)]);
     let conn = s.conn();
     let check: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))

@@ -43,6 +43,7 @@ struct State {
     audit: Vec<AuditEntry>,
     refused: Vec<RefusedDocument>,
     store_id: Option<String>,
+    jobs: HashMap<String, String>,
 }
 
 #[derive(Debug)]
@@ -312,6 +313,15 @@ impl DeviceStore for MemoryStorage {
             .get_or_insert_with(|| proposed.to_string())
             .clone())
     }
+
+    async fn claim_job(&self, job: &str, period: &str) -> Result<bool> {
+        let mut s = self.state();
+        let claimed = s.jobs.get(job).is_none_or(|last| last.as_str() < period);
+        if claimed {
+            s.jobs.insert(job.to_string(), period.to_string());
+        }
+        Ok(claimed)
+    }
 }
 
 #[async_trait]
@@ -414,7 +424,7 @@ impl DocumentStore for MemoryStorage {
         team: &Team,
         since: i64,
         uploader: &str,
-    ) -> Result<(i64, Vec<DocumentId>)> {
+    ) -> Result<(i64, Vec<(DocumentId, i64)>)> {
         let s = self.state();
         let mut changed: Vec<(i64, DocumentId, &Doc)> = s
             .documents
@@ -427,7 +437,7 @@ impl DocumentStore for MemoryStorage {
         let ids = changed
             .into_iter()
             .filter(|(_, _, d)| d.last_device.as_deref() != Some(uploader))
-            .map(|(_, id, _)| id)
+            .map(|(seq, id, _)| (id, seq))
             .collect();
         Ok((cursor, ids))
     }

@@ -316,6 +316,20 @@ impl DeviceStore for PostgresStorage {
         tx.commit().await?;
         Ok(id)
     }
+
+    async fn claim_job(&self, job: &str, period: &str) -> Result<bool> {
+        let client = self.client().await?;
+        // Two nodes at once: the second's insert waits for the first's
+        // commit, then finds the period claimed and updates nothing.
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO relay_meta (key, value) VALUES ('job:' || $1, $2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value
+                 WHERE relay_meta.value < excluded.value",
+            )
+            .await?;
+        Ok(client.execute(&stmt, &[&job, &period]).await? == 1)
+    }
 }
 
 /// The team's directory id, made at random if the team is new. Two nodes

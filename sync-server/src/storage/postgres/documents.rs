@@ -16,7 +16,7 @@ use deadpool_postgres::Transaction;
 use linkbook_core::DocumentId;
 use tokio_postgres::IsolationLevel;
 
-use super::{PostgresStorage, document_id, insert_audit};
+use super::{PostgresStorage, document_id, insert_audit, watch};
 use crate::refusals::{MAX_ROWS, Refusal, RefusedDocument};
 use crate::storage::{
     AuditAction, AuditRecord, Committed, DocumentStore, Purged, Result, StorageError, Stored,
@@ -106,6 +106,11 @@ impl DocumentStore for PostgresStorage {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let committed = commit_upload(&tx, upload).await?;
+        notify(
+            &tx,
+            &watch::changed(upload.team, upload.doc_id, committed.seq),
+        )
+        .await?;
         tx.commit().await?;
         Ok(committed)
     }
@@ -161,7 +166,7 @@ impl DocumentStore for PostgresStorage {
         team: &Team,
         since: i64,
         uploader: &str,
-    ) -> Result<(i64, Vec<DocumentId>)> {
+    ) -> Result<(i64, Vec<(DocumentId, i64)>)> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
@@ -175,7 +180,7 @@ impl DocumentStore for PostgresStorage {
             let last_device: Option<String> = row.try_get(2)?;
             cursor = cursor.max(seq);
             if last_device.as_deref() != Some(uploader) {
-                ids.push(document_id(row.try_get(0)?)?);
+                ids.push((document_id(row.try_get(0)?)?, seq));
             }
         }
         Ok((cursor, ids))
@@ -235,6 +240,7 @@ impl DocumentStore for PostgresStorage {
                 .document(team, &id),
         )
         .await?;
+        notify(&tx, &watch::purged(team, doc_id)).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -323,6 +329,20 @@ impl DocumentStore for PostgresStorage {
             })
             .collect()
     }
+
+    async fn watch_documents(&self) -> Result<Option<crate::storage::DocumentEvents>> {
+        Ok(Some(self.watch()))
+    }
+}
+
+/// Tells the other relay nodes (their document watch, watch.rs) at commit.
+async fn notify(tx: &Transaction<'_>, payload: &str) -> Result<()> {
+    tx.execute(
+        &tx.prepare_cached("SELECT pg_notify($1, $2)").await?,
+        &[&watch::CHANNEL, &payload],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Locks `team`'s cursor row (making it if the team has none) until the

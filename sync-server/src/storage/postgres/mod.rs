@@ -29,6 +29,7 @@
 mod audit;
 mod devices;
 mod documents;
+mod watch;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -49,9 +50,6 @@ pub(super) const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/postg
 /// The advisory lock key migrations run under ("linkbook" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6c69_6e6b_626f_6f6b;
 
-/// The advisory lock a serving relay holds ("lbserve!" in ASCII).
-const SERVING_LOCK: i64 = 0x6c62_7365_7276_6521;
-
 /// Connections per relay process. Every upload of one team waits on that
 /// team's cursor row anyway; more connections than this mostly queue in
 /// the database.
@@ -69,8 +67,10 @@ pub const DATABASE_CA_ENV: &str = "LINKBOOK_DATABASE_CA";
 /// The relay's storage on a PostgreSQL database.
 pub struct PostgresStorage {
     pool: Pool,
-    /// The connection holding the serving lock ([`PostgresStorage::hold_serving_lock`]).
-    serving: tokio::sync::Mutex<Option<deadpool_postgres::Client>>,
+    /// How to open a connection of its own (the document watch's LISTEN,
+    /// watch.rs), as the pool does.
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
 impl std::fmt::Debug for PostgresStorage {
@@ -104,18 +104,19 @@ impl PostgresStorage {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = match config.get_ssl_mode() {
-            SslMode::Require => {
-                let tls = tls_connector()?;
-                Manager::from_config(config, tls, manager_config)
-            }
-            _ if is_local(&config) => Manager::from_config(config, NoTls, manager_config),
+        let tls = match config.get_ssl_mode() {
+            SslMode::Require => Some(tls_connector()?),
+            _ if is_local(&config) => None,
             _ => {
                 return Err(Error::Config(
                     "the database is not on this machine (loopback or a Unix socket) and the URL does not ask for TLS: add sslmode=require to it (set LINKBOOK_DATABASE_CA to a PEM file if the server's certificate is from your own CA)"
                         .into(),
                 ));
             }
+        };
+        let manager = match &tls {
+            Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config),
+            None => Manager::from_config(config.clone(), NoTls, manager_config),
         };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
@@ -124,10 +125,7 @@ impl PostgresStorage {
             .create_timeout(Some(CONNECT_TIMEOUT + Duration::from_secs(5)))
             .build()
             .map_err(|e| Error::Config(format!("the database connection pool: {e}")))?;
-        let storage = PostgresStorage {
-            pool,
-            serving: tokio::sync::Mutex::new(None),
-        };
+        let storage = PostgresStorage { pool, config, tls };
         storage.migrate().await?;
         Ok(storage)
     }
@@ -174,32 +172,6 @@ impl PostgresStorage {
             .map_err(StorageError::from)?;
         }
         tx.commit().await.map_err(StorageError::from)?;
-        Ok(())
-    }
-
-    /// Takes the database's serving lock (a session advisory lock) on a
-    /// connection kept for as long as this storage lives: one relay serves
-    /// a database at a time until several nodes keep their loaded
-    /// documents fresh (issue 14), as one serves a SQLite data directory.
-    /// PostgreSQL releases it when the connection ends, a crashed relay's
-    /// included. Admin commands do not take it.
-    pub async fn hold_serving_lock(&self) -> crate::error::Result<()> {
-        let mut serving = self.serving.lock().await;
-        if serving.is_some() {
-            return Ok(());
-        }
-        let client = self.client().await?;
-        let held: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&SERVING_LOCK])
-            .await
-            .and_then(|row| row.try_get(0))
-            .map_err(StorageError::from)?;
-        if !held {
-            return Err(Error::Config(
-                "another relay serves this database: stop it first (several relay nodes on one database are not supported yet)".into(),
-            ));
-        }
-        *serving = Some(client);
         Ok(())
     }
 

@@ -238,6 +238,19 @@ impl DeviceStore for SqliteStorage {
             )
         })
     }
+
+    async fn claim_job(&self, job: &str, period: &str) -> Result<bool> {
+        self.with(|c| {
+            let claimed = c
+                .prepare_cached(
+                    "INSERT INTO relay_meta (key, value) VALUES ('job:' || ?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value
+                     WHERE relay_meta.value < excluded.value",
+                )?
+                .execute([job, period])?;
+            Ok::<_, rusqlite::Error>(claimed == 1)
+        })
+    }
 }
 
 /// The team's directory id, made at random if the team is new.

@@ -120,7 +120,7 @@ impl DocumentStore for SqliteStorage {
         team: &Team,
         since: i64,
         uploader: &str,
-    ) -> Result<(i64, Vec<DocumentId>)> {
+    ) -> Result<(i64, Vec<(DocumentId, i64)>)> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, seq, last_device FROM documents WHERE team = ?1 AND seq > ?2 ORDER BY seq",
@@ -138,7 +138,7 @@ impl DocumentStore for SqliteStorage {
                 let (id, seq, last_device) = row?;
                 cursor = cursor.max(seq);
                 if last_device.as_deref() != Some(uploader) {
-                    ids.push(id);
+                    ids.push((id, seq));
                 }
             }
             Ok::<_, rusqlite::Error>((cursor, ids))
