@@ -224,9 +224,31 @@ pub fn app(storage: Arc<dyn Storage>) -> Router {
         )
 }
 
-/// Serves [`app`] on `listener` until the process ends.
+/// The metrics listener's own connection limits: a scraper needs one or
+/// two connections, and a client that connects and sends nothing (or its
+/// headers a byte at a time) is closed after [`METRICS_LIMITS`]'s header
+/// timeout, so it cannot hold the listener's file descriptors, or the
+/// relay's, for long.
+pub const METRICS_LIMITS: crate::conn_limits::ConnLimits = crate::conn_limits::ConnLimits {
+    max_unauthenticated: 32,
+    max_unauthenticated_per_address: 16,
+    read_idle: std::time::Duration::from_secs(30),
+    header_read_timeout: std::time::Duration::from_secs(5),
+};
+
+/// Serves [`app`] on `listener` until the process ends, within
+/// [`METRICS_LIMITS`] (conn_limits.rs: no connection here ever
+/// authenticates, so each counts against the caps until it closes).
 pub async fn serve(listener: tokio::net::TcpListener, storage: Arc<dyn Storage>) {
-    if let Err(e) = axum::serve(listener, app(storage)).await {
+    let counter = crate::conn_limits::Counter::new(METRICS_LIMITS);
+    let served = async {
+        let server = axum_server::from_tcp(listener.into_std()?)?
+            .acceptor(crate::conn_limits::LimitAcceptor::new(counter));
+        crate::conn_limits::configure(server, &METRICS_LIMITS)
+            .serve(app(storage).into_make_service())
+            .await
+    };
+    if let Err(e) = served.await {
         tracing::error!(error = %e, "the metrics listener failed");
     }
 }

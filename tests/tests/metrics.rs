@@ -136,3 +136,93 @@ fn metrics_can_be_switched_off_and_a_taken_port_leaves_the_relay_serving() -> Re
     assert!(!off.log().contains("metrics listening"), "{}", off.log());
     Ok(())
 }
+
+/// The metrics listener may be opened to a monitoring host, so it keeps
+/// limits of its own (metrics.rs `METRICS_LIMITS`): connections that send
+/// nothing are closed after the 5 s header timeout, at most 16 from one
+/// address are held at once, and a scrape works again as soon as they
+/// are gone; devices' syncs are not touched meanwhile.
+#[test]
+fn silent_connections_to_the_metrics_listener_are_capped_and_closed() -> Result<()> {
+    let relay = Relay::start_with(&["--metrics-listen", "127.0.0.1:0"]);
+    let addr = metrics_addr(&relay);
+    // Forty silent connections.
+    let mut silent: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    let opened = Instant::now();
+    // Beyond the cap, connections are closed at once (a read ends in EOF
+    // or a reset); those held wait for their headers.
+    let mut held = Vec::new();
+    for mut s in silent.drain(..) {
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let mut byte = [0u8; 1];
+        match s.read(&mut byte) {
+            Ok(0) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                held.push(s)
+            }
+            Err(_) => {}
+            Ok(_) => panic!("the listener sent data unasked"),
+        }
+    }
+    assert!(
+        (1..=16).contains(&held.len()),
+        "{} of 40 silent connections held",
+        held.len()
+    );
+
+    let asha = Device::enrolled(&relay, "north", "Asha");
+    let family = asha.add_family(&NewFamily {
+        name: "Okafor".into(),
+        ..Default::default()
+    })?;
+    asha.add_note(
+        family,
+        "Synced while the metrics port is held",
+        NoteCategory::Visit,
+    )?;
+    asha.sync(None)?;
+
+    // The held ones are closed when the header timeout passes.
+    for s in &mut held {
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut byte = [0u8; 1];
+        match s.read(&mut byte) {
+            Ok(0) => {}
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            other => panic!("a silent connection was still open after 20 s: {other:?}"),
+        }
+    }
+    assert!(opened.elapsed() < Duration::from_secs(20));
+    // A client sending its headers a byte every half second is closed by
+    // the header timeout too.
+    let mut dribbling = std::net::TcpStream::connect(&addr).expect("connect");
+    let mut write_closed = false;
+    for _ in 0..20 {
+        if dribbling.write_all(b"G").is_err() {
+            write_closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        write_closed,
+        "a dribbling client is closed by the header timeout"
+    );
+    let (status, body) = get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("linkbook_syncs_total"));
+    Ok(())
+}
