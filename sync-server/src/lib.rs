@@ -441,10 +441,20 @@ impl Bound {
         let _documents = relay::Follower::start(&state.storage, state.hub.clone()).await?;
         let handle = axum_server::Handle::new();
         let h = handle.clone();
-        tokio::spawn(async move {
+        let hub = state.hub.clone();
+        let drained = tokio::spawn(async move {
             shutdown.await;
+            // No new connections from here; syncs under way get a few
+            // seconds to finish, then what is still open (idle live
+            // connections) is told the relay restarts, and the server
+            // waits at most the rest of its 10 s for them to close.
             tracing::info!("shutting down: finishing in-flight work");
             h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+            let cut = hub.drain(std::time::Duration::from_secs(5)).await;
+            tracing::info!(
+                connections = cut,
+                "shutting down: closed the connections still open"
+            );
         });
         // Connect info: the limit on failed authentication is per address.
         let acceptor = conn_limits::LimitAcceptor::new(state.conns.clone());
@@ -454,7 +464,7 @@ impl Bound {
             context: "serving".into(),
             source: e,
         };
-        match self.transport {
+        let served = match self.transport {
             Transport::Tls { cert, key } => {
                 let config = tls::server_config(&cert, &key)?;
                 let server = axum_server::from_tcp_rustls(
@@ -485,7 +495,17 @@ impl Bound {
                     .await
                     .map_err(io)
             }
+        };
+        // WebSockets run on after the server's own connections have
+        // drained (an upgraded connection leaves hyper): the process ends
+        // once they are closed too, and their sync states saved.
+        match served {
+            Ok(()) => {
+                let _ = drained.await;
+            }
+            Err(_) => drained.abort(),
         }
+        served
     }
 }
 

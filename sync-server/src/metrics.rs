@@ -39,6 +39,8 @@ pub enum SyncOutcome {
     Replaced,
     /// Its send queue overflowed (a peer that does not read).
     Overflowed,
+    /// The relay was shutting down (`Hub::drain`).
+    Restarting,
 }
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]

@@ -379,6 +379,41 @@ impl Relay {
         std::mem::replace(&mut self.data, data)
     }
 
+    /// Asks the process to stop (SIGTERM) and waits at most `within` for it
+    /// (then kills it): how it exited and how long it took, and its data
+    /// directory for a restart.
+    pub fn terminate(
+        mut self,
+        within: std::time::Duration,
+    ) -> (
+        Option<std::process::ExitStatus>,
+        std::time::Duration,
+        TempDir,
+    ) {
+        let mut result = (None, std::time::Duration::ZERO);
+        if let Some(mut child) = self.child.take() {
+            let asked = std::time::Instant::now();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            while asked.elapsed() < within {
+                if let Ok(Some(status)) = child.try_wait() {
+                    result = (Some(status), asked.elapsed());
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if result.0.is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+                result.1 = asked.elapsed();
+            }
+        }
+        let data = tempfile::tempdir().expect("placeholder");
+        (result.0, result.1, std::mem::replace(&mut self.data, data))
+    }
+
     /// Stops the process (SIGTERM, then waits) and hands back its data
     /// directory for a restart.
     pub fn stop(mut self) -> TempDir {

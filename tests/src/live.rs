@@ -115,13 +115,21 @@ impl LivePeer {
 }
 
 impl LivePeer {
-    /// Reads until the relay closes the connection (anything it sends
-    /// before is dropped). Bound it with a timeout.
-    pub async fn closed(&mut self) {
+    /// Reads until the relay closes the connection: the `error` messages it
+    /// sent before (anything else is dropped). Bound it with a timeout.
+    pub async fn closed(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
         while let Some(frame) = self.ws.next().await {
-            if matches!(frame, Ok(WsMessage::Close(_)) | Err(_)) {
-                return;
+            match frame {
+                Ok(WsMessage::Binary(bytes)) => {
+                    if let Ok(Message::Error { message }) = Message::decode(&bytes) {
+                        errors.push(message);
+                    }
+                }
+                Ok(WsMessage::Close(_)) | Err(_) => break,
+                Ok(_) => {}
             }
         }
+        errors
     }
 }

@@ -12,6 +12,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use linkbook_core::protocol::Message;
 
 use super::registry::Connection;
+use super::registry::RESTARTING;
 use super::{Close, Hub, REPLACED, Sessions};
 use crate::outbox::Outbox;
 use crate::storage::Device;
@@ -132,12 +133,13 @@ impl Hub {
             });
         }
         let overflowed = outbox.is_full();
-        let shut = outbox.is_shut();
+        let shut = outbox.shut_reason();
         drop(outbox);
         self.disconnect(conn_id).await;
         use crate::metrics::SyncOutcome;
         crate::metrics::metrics().disconnected(match &outcome {
-            _ if shut => SyncOutcome::Revoked,
+            _ if shut.as_deref() == Some(RESTARTING) => SyncOutcome::Restarting,
+            _ if shut.is_some() => SyncOutcome::Revoked,
             _ if overflowed => SyncOutcome::Overflowed,
             Err(Close(why)) if why == REPLACED => SyncOutcome::Replaced,
             Err(_) => SyncOutcome::Closed,
@@ -149,7 +151,7 @@ impl Hub {
         // seconds to deliver its last messages.
         let linger = if overflowed {
             std::time::Duration::ZERO
-        } else if shut {
+        } else if shut.is_some() {
             std::time::Duration::from_secs(SHUT_LINGER_SECS)
         } else {
             std::time::Duration::from_secs(WRITER_LINGER_SECS)

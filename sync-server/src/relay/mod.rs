@@ -43,7 +43,7 @@ use crate::storage::Storage;
 pub(crate) use apply::brief;
 pub use connection::{FrameSink, Frames};
 pub use nodes::Follower;
-pub use registry::REPLACED;
+pub use registry::{REPLACED, RESTARTING};
 pub use session::{MAX_PEER_ID_CHARS, PEER_ID_OF_ANOTHER_DEVICE, Sessions};
 
 use registry::Connection;

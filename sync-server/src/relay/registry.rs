@@ -16,6 +16,12 @@ pub(super) struct Connection {
     pub(super) kick: Arc<tokio::sync::Notify>,
 }
 
+/// Sent to the connections still open when the relay shuts down
+/// ([`Hub::drain`]): the device syncs again (through another node, or this
+/// one once it is back) and loses nothing, since every change it was
+/// answered for is stored.
+pub const RESTARTING: &str = "closed: the relay is restarting; sync again in a moment";
+
 /// Sent to a connection closed because a newer one of the device took its slot.
 pub const REPLACED: &str =
     "closed: a newer connection of this device took its place (too many connections)";
@@ -85,6 +91,30 @@ impl Hub {
         };
         self.admit(conn_id, connection);
         outbox
+    }
+
+    /// At shutdown: waits up to `wait` for the open connections to end by
+    /// themselves (a sync under way finishes), then closes the rest with
+    /// [`RESTARTING`] (idle live connections would otherwise hold the
+    /// process until the server's drain deadline) and waits up to as long
+    /// again for them to go (each saves its sync states as it does).
+    /// Returns how many were closed so.
+    pub async fn drain(&self, wait: std::time::Duration) -> usize {
+        let until_empty = |deadline: tokio::time::Instant| async move {
+            while !lock(&self.connections).is_empty() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        until_empty(tokio::time::Instant::now() + wait).await;
+        let cut = {
+            let conns = lock(&self.connections);
+            for c in conns.values() {
+                c.outbox.shut(RESTARTING);
+            }
+            conns.len()
+        };
+        until_empty(tokio::time::Instant::now() + wait).await;
+        cut
     }
 
     /// Live connections of a device.
