@@ -148,6 +148,11 @@ impl Relay {
         Self::launch(data, &[], &[])
     }
 
+    /// Starts on an existing data directory with extra options.
+    pub fn start_in_with(data: TempDir, args: &[&str]) -> Relay {
+        Self::launch(data, args, &[])
+    }
+
     /// Starts on PostgreSQL at `database_url` (its data directory then
     /// holds only the development certificate), with extra options; the
     /// admin commands ([`Relay::admin`], [`Relay::enrol_code`]) use that

@@ -10,9 +10,11 @@ use std::process::Command;
 
 use tempfile::TempDir;
 
+mod backend;
 mod live;
 pub mod pages;
 
+pub use backend::Backend;
 pub use live::LivePeer;
 
 // The relay process, device stores and the relay database's helpers are

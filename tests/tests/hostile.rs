@@ -4,7 +4,7 @@
 use futures_util::{SinkExt, StreamExt};
 use linkbook_core::protocol::{Message, PeerMetadata};
 use linkbook_core::*;
-use linkbook_tests::{Device, GoodDevice, Relay, closing_error, joined, relay_socket};
+use linkbook_tests::{Backend, Device, GoodDevice, closing_error, joined, relay_socket};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const LIMIT: usize = 64 * 1024;
@@ -18,9 +18,32 @@ fn join(peer: &str, versions: &[&str]) -> Vec<u8> {
     .encode()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_connections_are_closed_and_good_devices_keep_syncing() {
-    let relay = Relay::start_with(&[
+/// Every test here runs on both backends: a hostile peer must not reach
+/// past its connection on either.
+macro_rules! on_both_backends {
+    ($test:ident: $sqlite:ident, $postgres:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            $test(Backend::sqlite()).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $postgres() {
+            $test(tokio::task::block_in_place(Backend::postgres)).await
+        }
+    };
+}
+
+on_both_backends!(bad_connections_are_closed_and_good_devices_keep_syncing:
+    bad_connections_are_closed_on_sqlite, bad_connections_are_closed_on_postgresql);
+on_both_backends!(guessing_codes_and_tokens_locks_the_address_out_until_the_lockout_ends:
+    guessing_locks_the_address_out_on_sqlite, guessing_locks_the_address_out_on_postgresql);
+on_both_backends!(a_token_of_one_team_cannot_read_or_write_another_teams_document:
+    another_teams_document_is_out_of_reach_on_sqlite,
+    another_teams_document_is_out_of_reach_on_postgresql);
+
+async fn bad_connections_are_closed_and_good_devices_keep_syncing(backend: Backend) {
+    let relay = backend.start(&[
         "--max-message-bytes",
         &LIMIT.to_string(),
         "--max-connections-per-device",
@@ -209,9 +232,8 @@ fn empty_sync_message() -> Vec<u8> {
 /// syncing. All test traffic comes from 127.0.0.1, so "another address" is
 /// the relay's unit test (sync-server/src/lib.rs); here the lockout covers
 /// the good device too, and its end lets everyone in again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guessing_codes_and_tokens_locks_the_address_out_until_the_lockout_ends() {
-    let relay = Relay::start_with(&[
+async fn guessing_codes_and_tokens_locks_the_address_out_until_the_lockout_ends(backend: Backend) {
+    let relay = backend.start(&[
         "--auth-max-failures",
         "5",
         "--auth-window-secs",
@@ -328,9 +350,8 @@ async fn guessing_codes_and_tokens_locks_the_address_out_until_the_lockout_ends(
 /// asks for it): documents are namespaced per team, so it gets what any
 /// new document gets (its own team's document, namespace.rs), the other
 /// team's document is untouched, and its devices keep syncing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_of_one_team_cannot_read_or_write_another_teams_document() {
-    let relay = Relay::start();
+async fn a_token_of_one_team_cannot_read_or_write_another_teams_document(backend: Backend) {
+    let relay = backend.start(&[]);
     let ca = relay.ca_pem();
     let north = tokio::task::block_in_place(|| Device::enrolled(&relay, "north", "Asha"));
     let family = north
