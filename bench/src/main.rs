@@ -17,6 +17,7 @@
 
 mod capacity;
 mod data;
+mod nodes;
 mod office;
 mod procstat;
 mod proxy;
@@ -41,6 +42,7 @@ pub struct Workloads {
     pub latency: bool,
     pub store: bool,
     pub capacity: bool,
+    pub nodes: bool,
 }
 
 const FULL: Sizes = Sizes {
@@ -68,7 +70,8 @@ const FAST: Sizes = Sizes {
 };
 
 const USAGE: &str = "usage: linkbook-bench [--fast] [--no-peer] [WORKLOAD...]
-workloads: office-sync (1), fresh-device (2), latency (3), device-store (4), relay-capacity (5); default all
+workloads: office-sync (1), fresh-device (2), latency (3), device-store (4), relay-capacity (5),
+  office-nodes (6: office sync on SQLite, PostgreSQL with 1 and 2 nodes); default all
   --fast     small sizes, seconds (the CI smoke tier)
   --no-peer  skip the JavaScript automerge-repo server
   --keep     keep the work directories (servers' data and logs) for a look afterwards
@@ -129,19 +132,27 @@ fn main() -> ExitCode {
             "3" | "latency" => which.latency = true,
             "4" | "device-store" => which.store = true,
             "5" | "relay-capacity" => which.capacity = true,
+            "6" | "office-nodes" => which.nodes = true,
             other => {
                 eprintln!("unknown argument '{other}'\n{USAGE}");
                 return ExitCode::from(2);
             }
         }
     }
-    if !(which.office || which.fresh || which.latency || which.store || which.capacity) {
+    if !(which.office
+        || which.fresh
+        || which.latency
+        || which.store
+        || which.capacity
+        || which.nodes)
+    {
         which = Workloads {
             office: true,
             fresh: true,
             latency: true,
             store: true,
             capacity: true,
+            nodes: true,
         };
     }
     match run(fast, with_peer, keep, &overrides, &which) {
@@ -251,6 +262,9 @@ fn run(
             }
         };
         capacity::run(&c, with_peer, work.path(), scratch.path(), &mut report)?;
+    }
+    if which.nodes {
+        nodes::run(&sizes, work.path(), scratch.path(), &mut report)?;
     }
     println!(
         "Linkbook benchmarks ({} tier) on {}; {:.0} s",

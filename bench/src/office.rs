@@ -599,7 +599,7 @@ fn office_sync(
 
 /// Copies the seed device's relay-side sync states to each fleet device
 /// (the relay is stopped).
-fn copy_relay_sync_states(relay_data: &Path, from: &str, to: &[String]) -> Result<()> {
+pub(crate) fn copy_relay_sync_states(relay_data: &Path, from: &str, to: &[String]) -> Result<()> {
     // Keyed (encrypted at rest) the one way the relay opens it.
     let mut conn = linkbook_server::at_rest::open_database(
         &relay_data.join(linkbook_server::DB_FILE),

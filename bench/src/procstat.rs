@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::Result;
 
 /// `/proc` reports CPU times in USER_HZ ticks, 100 per second on Linux.
-const TICKS_PER_SECOND: f64 = 100.0;
+pub const TICKS_PER_SECOND: f64 = 100.0;
 
 /// One reading of a process.
 #[derive(Debug, Clone, Copy, Default)]

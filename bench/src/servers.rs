@@ -162,6 +162,15 @@ impl Server {
     pub fn enrol_code(&self, team: &str, worker: &str) -> Result<String> {
         let mut admin = Command::new(self_exe()?);
         admin.arg("relay");
+        // Against the relay's database when that is PostgreSQL.
+        if let Some(url) = self
+            .extra_args
+            .iter()
+            .position(|a| a == "--database-url")
+            .and_then(|i| self.extra_args.get(i + 1))
+        {
+            admin.env("LINKBOOK_DATABASE_URL", url);
+        }
         linkbook_test_support::enrol_code(admin, &self.data, team, worker)
     }
 

@@ -31,6 +31,35 @@ impl Cluster {
     /// Starts a cluster; panics with what to install if PostgreSQL is
     /// missing (the tests need it: `.ci/run` installs it).
     pub fn start() -> Cluster {
+        Self::start_with(false)
+    }
+
+    /// Starts a cluster that fsyncs its commits as a production database
+    /// does (`fsync`, `synchronous_commit` and `full_page_writes` on): for
+    /// the benchmark, whose SQLite relay fsyncs too. The tests' clusters
+    /// skip them (nothing there survives a power cut anyway).
+    pub fn start_durable() -> Cluster {
+        Self::start_with(true)
+    }
+
+    /// Whether PostgreSQL's programs are installed (for callers that can
+    /// go on without it: the benchmark).
+    pub fn available() -> bool {
+        bin_dir().is_some()
+    }
+
+    /// The postmaster's process id (its children serve the connections).
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.path().join("data").join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn start_with(durable: bool) -> Cluster {
         let bin = bin_dir().unwrap_or_else(|| {
             panic!(
                 "PostgreSQL is not installed: apt-get install postgresql (or set LINKBOOK_PG_BIN to the folder holding initdb and pg_ctl)"
@@ -77,8 +106,13 @@ impl Cluster {
         // A port free a moment ago can be taken meanwhile: try a few.
         for _ in 0..5 {
             cluster.port = free_port();
+            let durability = if durable {
+                ""
+            } else {
+                " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            };
             let options = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+                "-p {} -k {} -c listen_addresses=127.0.0.1{durability} -c max_connections=200",
                 cluster.port,
                 cluster.dir.path().display()
             );
