@@ -23,6 +23,18 @@ pub use linkbook_test_support::{
     Device, Relay, Run, open_keyed, relay_db, relay_integrity_check, relay_key, workspace_bin,
 };
 
+/// The texts of the notes `device` holds in `family`, sorted.
+pub fn note_texts(device: &Device, family: linkbook_core::DocumentId) -> Vec<String> {
+    let mut texts: Vec<String> = device
+        .notes(family)
+        .expect("notes")
+        .into_iter()
+        .map(|n| n.text)
+        .collect();
+    texts.sort();
+    texts
+}
+
 /// The `linkbook` binary of this build.
 pub fn linkbook_bin() -> PathBuf {
     workspace_bin("linkbook")

@@ -10,18 +10,7 @@ use std::time::{Duration, Instant};
 
 use linkbook_core::*;
 use linkbook_test_support::postgres::Cluster;
-use linkbook_tests::{Device, LivePeer, Relay};
-
-fn texts(device: &Device, family: DocumentId) -> Vec<String> {
-    let mut texts: Vec<String> = device
-        .notes(family)
-        .expect("notes")
-        .into_iter()
-        .map(|n| n.text)
-        .collect();
-    texts.sort();
-    texts
-}
+use linkbook_tests::{Device, LivePeer, Relay, note_texts};
 
 /// A device enrolled through `relay` that syncs through `node` from now on.
 fn enrolled_on(relay: &Relay, node: &Relay, team: &str, worker: &str) -> Device {
@@ -59,7 +48,10 @@ async fn devices_on_two_nodes_converge_and_a_live_push_crosses_nodes() -> Result
     // Node 2 loads the family now, for Ben and Cara.
     ben.sync(None)?;
     cara.sync(None)?;
-    assert_eq!(texts(&cara, family), ["Asha: met at the visitor centre"]);
+    assert_eq!(
+        note_texts(&cara, family),
+        ["Asha: met at the visitor centre"]
+    );
 
     // Both sides edit offline, then sync through their own node, twice
     // over: node 2's loaded copy must take node 1's change, and the other
@@ -72,10 +64,10 @@ async fn devices_on_two_nodes_converge_and_a_live_push_crosses_nodes() -> Result
             d.sync(None)?;
         }
     }
-    let all = texts(&asha, family);
+    let all = note_texts(&asha, family);
     assert_eq!(all.len(), 4, "{all:?}");
-    assert_eq!(texts(&ben, family), all);
-    assert_eq!(texts(&cara, family), all);
+    assert_eq!(note_texts(&ben, family), all);
+    assert_eq!(note_texts(&cara, family), all);
 
     // A worker's tablet connected live to node 2, holding the family.
     let dee = node2.enrol_credentials("north", "Dee", "Dee's tablet");
@@ -241,10 +233,10 @@ fn a_node_killed_during_fifty_concurrent_syncs_loses_nothing() -> Result<()> {
 
     let reader = Device::enrolled(&node2, "north", "Reader");
     reader.sync(None)?;
-    let mut shared_texts = texts(&reader, shared);
+    let mut shared_texts = note_texts(&reader, shared);
     for (i, (_, own, _)) in finished.iter().enumerate() {
         let expected: Vec<String> = (0..3).map(|r| format!("device {i} note {r}")).collect();
-        assert_eq!(texts(&reader, *own), expected, "device {i}'s family");
+        assert_eq!(note_texts(&reader, *own), expected, "device {i}'s family");
     }
     let mut expected: Vec<String> = (0..DEVICES)
         .flat_map(|i| (0..3).map(move |r| format!("device {i} shared {r}")))

@@ -6,18 +6,7 @@ use std::process::Command;
 
 use linkbook_core::*;
 use linkbook_test_support::postgres::Cluster;
-use linkbook_tests::{Device, Relay, workspace_bin};
-
-fn texts(device: &Device, family: DocumentId) -> Vec<String> {
-    let mut texts: Vec<String> = device
-        .notes(family)
-        .expect("notes")
-        .into_iter()
-        .map(|n| n.text)
-        .collect();
-    texts.sort();
-    texts
-}
+use linkbook_tests::{Device, Relay, note_texts, workspace_bin};
 
 fn database_name(url: &str) -> &str {
     url.rsplit('/').next().expect("a database name")
@@ -41,7 +30,7 @@ fn devices_sync_through_a_relay_on_postgresql_which_keeps_nothing_in_its_data_di
     asha.sync(None)?;
     ben.sync(None)?;
     south.sync(None)?;
-    assert_eq!(texts(&ben, family), ["Met at the visitor centre"]);
+    assert_eq!(note_texts(&ben, family), ["Met at the visitor centre"]);
     assert!(
         matches!(south.notes(family), Err(Error::NotFound { .. })),
         "another team's device holds nothing of it"
@@ -59,7 +48,7 @@ fn devices_sync_through_a_relay_on_postgresql_which_keeps_nothing_in_its_data_di
     let relay = Relay::start_on_postgres(relay.stop(), &url, &[]);
     let carl = Device::enrolled(&relay, "north", "Carl");
     carl.sync(None)?;
-    assert_eq!(texts(&carl, family), ["Met at the visitor centre"]);
+    assert_eq!(note_texts(&carl, family), ["Met at the visitor centre"]);
     carl.add_note(family, "Phoned about the school", NoteCategory::PhoneCall)?;
     carl.sync(None)?;
 

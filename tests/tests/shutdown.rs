@@ -10,21 +10,10 @@ use std::time::Duration;
 
 use linkbook_core::*;
 use linkbook_test_support::postgres::Cluster;
-use linkbook_tests::{Device, LivePeer, Relay};
+use linkbook_tests::{Device, LivePeer, Relay, note_texts};
 
 /// What the relay tells connections still open when it stops (registry.rs).
 const RESTARTING: &str = "the relay is restarting";
-
-fn texts(device: &Device, family: DocumentId) -> Vec<String> {
-    let mut texts: Vec<String> = device
-        .notes(family)
-        .expect("notes")
-        .into_iter()
-        .map(|n| n.text)
-        .collect();
-    texts.sort();
-    texts
-}
 
 /// SIGTERM while a worker syncs in a loop and a colleague's tablet is
 /// connected live; then a restart (`restart` starts the relay again on what
@@ -87,7 +76,7 @@ async fn sigterm_loses_nothing_and_closes_live_connections(
     let relay = restart(data);
     let reader = Device::enrolled(&relay, "north", "Reader");
     reader.sync(None)?;
-    let held = texts(&reader, family);
+    let held = note_texts(&reader, family);
     for text in &acknowledged {
         assert!(held.contains(text), "{text}, acknowledged, was lost");
     }
@@ -95,7 +84,7 @@ async fn sigterm_loses_nothing_and_closes_live_connections(
     // restarted relay listens on another port).
     asha.sync_through(&relay.url, None)?;
     reader.sync(None)?;
-    assert_eq!(texts(&reader, family), texts(&asha, family));
+    assert_eq!(note_texts(&reader, family), note_texts(&asha, family));
     Ok(())
 }
 
