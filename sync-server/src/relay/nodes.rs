@@ -10,7 +10,7 @@
 //! - [`Follower`] takes the store's document watch
 //!   (`DocumentStore::watch_documents`: PostgreSQL's LISTEN/NOTIFY, sent
 //!   inside each upload's and purge's transaction). A change with a cursor
-//!   value above what a loaded copy holds (`Slot::known`) makes the node
+//!   value above what a loaded copy holds complete (`Slot::seq`) makes the node
 //!   merge the stored document into its copy ([`Hub::refresh`]) and fan the
 //!   new changes out to every connection syncing it; a purge drops the copy;
 //!   [`DocumentEvent::Missed`] (the watch reconnected) checks every loaded
@@ -104,7 +104,7 @@ impl Hub {
         let mut s = slot.lock().await;
         // This node's own commit (its copy is there already), or a copy
         // dropped meanwhile (whoever uses it next reloads it).
-        if s.unstored || s.known >= seq {
+        if s.unstored || s.holds_through(seq) {
             return;
         }
         if let Err(Close(why)) = self.refresh_and_fan_out(&mut s, team, id, None).await {
@@ -187,7 +187,6 @@ impl Hub {
         // Every change this copy holds is stored (an answered change is
         // committed first; a failed commit drops the copy), so it now
         // holds exactly what storage held at `stored.seq`.
-        s.known = s.known.max(stored.seq);
         s.seq = Some(stored.seq);
         s.stored_bytes = u64::try_from(crate::documents::stored_bytes(&stored)).unwrap_or(u64::MAX);
         Ok(s.doc.get_heads() != before)

@@ -91,7 +91,6 @@ impl Hub {
         let result = match committed {
             Ok(c) => {
                 s.stored_bytes = upload.stored_after(s.stored_bytes);
-                s.known = s.known.max(c.seq);
                 s.seq = s
                     .seq
                     .filter(|known| *known == c.previous_seq)

@@ -75,7 +75,7 @@ impl Hub {
                 self.unavailable(outbox, &document_id);
                 return Ok(());
             };
-            if seq.is_none_or(|seq| s.known >= seq) {
+            if seq.is_none_or(|seq| s.holds_through(seq)) {
                 break s;
             }
             // Refreshed, or dropped (purged meanwhile, or damaged): then

@@ -36,13 +36,19 @@ pub(super) struct Slot {
     /// `max_document_bytes`.
     pub(super) stored_bytes: u64,
     /// The cursor value of the latest stored change this copy holds, while
-    /// it holds every stored change up to it (`None`: another writer
-    /// appended meanwhile, so this copy must not compact).
+    /// it holds every stored change up to it (`None`: another writer, a
+    /// relay node, appended meanwhile, so this copy must not compact and is
+    /// refreshed at the next notification or push: nodes.rs).
     pub(super) seq: Option<i64>,
-    /// The highest cursor value of a stored change this copy holds (whether
-    /// or not it holds every one before): another relay node's change with
-    /// a higher one is not in it yet (nodes.rs).
-    pub(super) known: i64,
+}
+
+impl Slot {
+    /// Whether this copy holds every stored change up to cursor value `seq`
+    /// (an uploaded change of a higher one, or one another node stored
+    /// while this copy was behind, is not known to be in it).
+    pub(super) fn holds_through(&self, seq: i64) -> bool {
+        self.seq.is_some_and(|held| held >= seq)
+    }
 }
 
 impl Hub {
@@ -100,7 +106,6 @@ impl Hub {
                     unstored: false,
                     stored_bytes: u64::try_from(stored_bytes).unwrap_or(u64::MAX),
                     seq: Some(stored.seq),
-                    known: stored.seq,
                 }
             }
             None if create => Slot {
@@ -111,7 +116,6 @@ impl Hub {
                 unstored: false,
                 stored_bytes: 0,
                 seq: Some(0),
-                known: 0,
             },
             None => return Ok(None),
         };
