@@ -128,6 +128,12 @@ pub trait DeviceStore: Send + Sync + 'static {
     /// restored from a backup must be given a new one (devices then send it
     /// everything they hold again).
     async fn store_id(&self, proposed: &str) -> Result<String>;
+    /// Records that a backup of the store was completed at `at` (the
+    /// `linkbook_backup_age_seconds` gauge reads it back).
+    async fn record_backup(&self, at: DateTime<Utc>) -> Result<()>;
+    /// When the latest backup recorded with [`DeviceStore::record_backup`]
+    /// was completed; `None` if none was.
+    async fn last_backup(&self) -> Result<Option<DateTime<Utc>>>;
 }
 
 /// Documents, namespaced per team: `(team, id)` is a document, and the same
@@ -182,6 +188,21 @@ pub trait DocumentStore: Send + Sync + 'static {
         team: &Team,
         doc_id: DocumentId,
         reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Makes sure `team`'s document is purged: deletes whatever of it is
+    /// stored (as [`DocumentStore::purge_document`] does) and remembers it as
+    /// purged at `purged_at` even if nothing of it is stored (a device that
+    /// still holds it must not bring it back), auditing `purged` at `now`,
+    /// in one transaction; false, with nothing written, if it is remembered
+    /// as purged already. The erasure ledger's replay
+    /// (`erasure_ledger.rs`) after a restore.
+    async fn ensure_purged(
+        &self,
+        team: &Team,
+        doc_id: DocumentId,
+        reason: &str,
+        purged_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<bool>;
     async fn is_purged(&self, team: &Team, doc_id: DocumentId) -> Result<bool>;

@@ -316,6 +316,36 @@ impl DeviceStore for PostgresStorage {
         tx.commit().await?;
         Ok(id)
     }
+
+    async fn record_backup(&self, at: DateTime<Utc>) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                &client
+                    .prepare_cached(
+                        "INSERT INTO relay_meta (key, value) VALUES ('last_backup_at', $1)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    )
+                    .await?,
+                &[&at.to_rfc3339()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn last_backup(&self) -> Result<Option<DateTime<Utc>>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached("SELECT value FROM relay_meta WHERE key = 'last_backup_at'")
+                    .await?,
+                &[],
+            )
+            .await?;
+        let text: Option<String> = row.map(|r| r.try_get(0)).transpose()?;
+        Ok(text.and_then(|t| DateTime::parse_from_rfc3339(&t).ok().map(|t| t.to_utc())))
+    }
 }
 
 /// The team's directory id, made at random if the team is new. Two nodes
