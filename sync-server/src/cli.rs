@@ -58,6 +58,14 @@ struct Cli {
         hide_env_values = true
     )]
     database_url: Option<String>,
+    /// The erasure ledger: every purge, appended (fsynced) before the
+    /// database purge, replayed at start and by `restore` so no backup
+    /// brings an erased family back. Default: `<data directory>.erasures`,
+    /// beside the data directory. Keep it out of the database's backups and
+    /// copy it apart; on PostgreSQL give every node and admin command the
+    /// same file.
+    #[arg(long, env = "LINKBOOK_ERASURE_LEDGER", global = true)]
+    erasure_ledger: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -199,6 +207,37 @@ enum Command {
     /// Documents the relay refused (works while the relay runs).
     #[command(subcommand)]
     Document(DocumentCommand),
+    /// Back the relay database up to FILE while the relay serves: one
+    /// consistent copy, encrypted with the relay's key (keep the key apart),
+    /// 0600. SQLite only: on PostgreSQL use pg_dump.
+    Backup {
+        /// Where to write the backup (refused if it exists, unless --force).
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Restore a backup into a stopped relay's data directory (made if
+    /// missing). The key must be the backup's (relay.key put back, or
+    /// LINKBOOK_SERVER_KEY / --key-file). The restored store gets a new id,
+    /// so every device sends everything it holds again, and the erasure
+    /// ledger is replayed onto it. SQLite only: on PostgreSQL use
+    /// pg_restore, then `erasures replay`.
+    Restore {
+        /// The backup file (`linkbook-server backup FILE`).
+        file: PathBuf,
+    },
+    /// The erasure ledger (--erasure-ledger).
+    #[command(subcommand)]
+    Erasures(ErasuresCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ErasuresCommand {
+    /// Purge again every family the ledger holds that the database does not
+    /// remember as purged (the relay also does this at start): after
+    /// restoring a PostgreSQL database, before devices connect.
+    Replay,
 }
 
 #[derive(Subcommand, Debug)]
@@ -339,6 +378,7 @@ where
             path: &cli.data,
             key: &key,
             database_url: cli.database_url.as_deref(),
+            erasure_ledger: cli.erasure_ledger.as_deref(),
         };
         let command = match cli.command {
             None => return serve::serve(data, cli.serve),
@@ -373,6 +413,9 @@ where
                     let state = data.open(Limits::default()).await?;
                     crate::refusals::print(&*state.storage, team.as_deref(), json).await
                 }
+                Command::Backup { file, force } => commands::backup(data, &file, force),
+                Command::Restore { file } => commands::restore(data, &file).await,
+                Command::Erasures(ErasuresCommand::Replay) => commands::erasures_replay(data).await,
             }
         })
     });
@@ -393,6 +436,8 @@ struct Data<'a> {
     key: &'a KeySource,
     /// PostgreSQL instead of the SQLite file in `path` (`--database-url`).
     database_url: Option<&'a str>,
+    /// `--erasure-ledger`; by default beside `path`.
+    erasure_ledger: Option<&'a std::path::Path>,
 }
 
 impl Data<'_> {
@@ -402,11 +447,27 @@ impl Data<'_> {
     }
 
     /// The relay's storage; `serving`: for the relay itself (on PostgreSQL,
-    /// with its serving lock; SQLite's is the data directory's, serve.rs).
+    /// with its serving lock; SQLite's is the data directory's, serve.rs),
+    /// which first replays the erasure ledger. Every purge through it is
+    /// ledgered first (erasure_ledger::Ledgered).
     async fn open_for(&self, limits: Limits, serving: bool) -> crate::Result<AppState> {
-        match self.database_url {
-            Some(url) => AppState::connect_postgres(url, limits, serving).await,
-            None => AppState::open_with_key(self.path, limits, self.key),
+        let ledger = self.ledger()?;
+        let (storage, storage_id) = match self.database_url {
+            Some(url) => AppState::connect_postgres_storage(url, serving).await?,
+            None => AppState::open_sqlite(self.path, self.key)?,
+        };
+        if serving {
+            crate::erasure_ledger::replay(&*storage, &ledger, Utc::now()).await?;
+        }
+        let storage = std::sync::Arc::new(crate::erasure_ledger::Ledgered::new(storage, ledger));
+        Ok(AppState::with_storage(storage, storage_id, limits))
+    }
+
+    /// The erasure ledger: `--erasure-ledger`, or beside the data directory.
+    fn ledger(&self) -> crate::Result<crate::erasure_ledger::ErasureLedger> {
+        match self.erasure_ledger {
+            Some(path) => Ok(crate::erasure_ledger::ErasureLedger::at(path)),
+            None => crate::erasure_ledger::ErasureLedger::beside(self.path),
         }
     }
 }

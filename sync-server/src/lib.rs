@@ -8,6 +8,7 @@ pub mod admin;
 pub mod at_rest;
 pub mod audit_upload;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod conn_limits;
 pub mod doc_cap;
