@@ -15,11 +15,13 @@
 //! [`restore`] puts a backup in place of a stopped relay's database (the
 //! caller holds the data directory's lock): the file is copied beside
 //! `relay.db`, opened with the key and checked to be a relay database
-//! before anything is replaced; the copy is migrated, given a new store id
-//! (devices key their sync states and change cursor by it, so each device
-//! sends everything again: notes the backup lacks come back), stripped of
-//! the relay's own sync states and its backup time, and the erasure ledger
-//! is replayed onto it; only then is it renamed over `relay.db`.
+//! before anything is replaced; the copy is migrated, then [`after_restore`]:
+//! given a new store id (devices key their sync states and change cursor by
+//! it, so each device sends everything again: notes the backup lacks come
+//! back), stripped of the relay's own sync states and its backup time, and
+//! the erasure ledger replayed onto it; only then is it renamed over
+//! `relay.db`. On PostgreSQL the database's own tools restore, and
+//! `linkbook-server after-restore` does the rest.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -30,7 +32,7 @@ use linkbook_core::DatabaseKey;
 use crate::at_rest::{self, KeySource};
 use crate::erasure_ledger::{self, ErasureLedger, Replayed};
 use crate::error::{Error, Result};
-use crate::storage::{DeviceStore, SqliteStorage};
+use crate::storage::{DeviceStore, SqliteStorage, Storage};
 
 /// What a backup wrote.
 #[derive(Debug, Clone)]
@@ -231,6 +233,20 @@ pub async fn restore(
     Ok(restored)
 }
 
+/// What a store restored from a backup needs before devices connect, on
+/// any backend (`restore` here; `after-restore` after pg_restore): a new
+/// store id, without the old one's sync states ([`DeviceStore::renew_store_id`]),
+/// and the erasure ledger replayed. Returns the new id.
+pub async fn after_restore(
+    storage: &dyn Storage,
+    ledger: &ErasureLedger,
+) -> Result<(String, Replayed)> {
+    let store_id = uuid::Uuid::new_v4().hyphenated().to_string();
+    storage.renew_store_id(&store_id).await?;
+    let replayed = erasure_ledger::replay(storage, ledger, Utc::now()).await?;
+    Ok((store_id, replayed))
+}
+
 async fn restore_into(
     tmp: &Path,
     key: &DatabaseKey,
@@ -269,25 +285,11 @@ async fn restore_into(
         check_relay_database(&conn).map_err(not_backup)?;
     }
     let storage = SqliteStorage::open_with_key(tmp, &KeySource::Given(key.clone()))?;
-    let store_id = uuid::Uuid::new_v4().hyphenated().to_string();
+    let (store_id, replayed) = after_restore(&storage, ledger).await?;
     let documents = {
-        let mut conn = storage.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        // The relay's states of what each device has: the devices start
-        // over with the new store id, and so does the relay.
-        tx.execute_batch(
-            "DELETE FROM sync_states;
-             DELETE FROM relay_meta WHERE key = 'last_backup_at';",
-        )?;
-        tx.execute(
-            "INSERT INTO relay_meta (key, value) VALUES ('store_id', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [&store_id],
-        )?;
-        tx.commit()?;
+        let conn = storage.conn();
         conn.query_row("SELECT count(*) FROM documents", [], |r| r.get::<_, i64>(0))?
     };
-    let replayed = erasure_ledger::replay(&storage, ledger, Utc::now()).await?;
     {
         let conn = storage.conn();
         // Everything in the file itself before it is renamed into place.

@@ -222,11 +222,18 @@ enum Command {
     /// LINKBOOK_SERVER_KEY / --key-file). The restored store gets a new id,
     /// so every device sends everything it holds again, and the erasure
     /// ledger is replayed onto it. SQLite only: on PostgreSQL use
-    /// pg_restore, then `erasures replay`.
+    /// pg_restore, then `after-restore`.
     Restore {
         /// The backup file (`linkbook-server backup FILE`).
         file: PathBuf,
     },
+    /// After restoring the database with its own tools (pg_restore,
+    /// point-in-time recovery; or a relay.db copied back by hand), before
+    /// devices connect: give the store a new id (every device then sends
+    /// everything it holds), drop the relay's sync states, and replay the
+    /// erasure ledger. Refused while a relay serves. `restore FILE` does
+    /// this itself.
+    AfterRestore,
     /// The erasure ledger (--erasure-ledger).
     #[command(subcommand)]
     Erasures(ErasuresCommand),
@@ -416,6 +423,7 @@ where
                 Command::Backup { file, force } => commands::backup(data, &file, force),
                 Command::Restore { file } => commands::restore(data, &file).await,
                 Command::Erasures(ErasuresCommand::Replay) => commands::erasures_replay(data).await,
+                Command::AfterRestore => commands::after_restore(data).await,
             }
         })
     });

@@ -52,7 +52,7 @@ pub enum Error {
     /// `backup` or `restore` asked of a relay on PostgreSQL: the database's
     /// own tools do that (README, "Backups and restore").
     #[error(
-        "the relay's data is in PostgreSQL (--database-url): back it up with pg_dump (or continuous WAL archiving for point-in-time recovery) and restore it with pg_restore; after a restore run `linkbook-server erasures replay` (or start the relay) before devices connect"
+        "the relay's data is in PostgreSQL (--database-url): back it up with pg_dump (or continuous WAL archiving for point-in-time recovery) and restore it with pg_restore; after a restore run `linkbook-server after-restore` before devices connect"
     )]
     BackupOnPostgres,
     /// `backup FILE` where FILE exists, without `--force`.

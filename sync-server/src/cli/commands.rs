@@ -278,3 +278,23 @@ pub(super) async fn erasures_replay(data: Data<'_>) -> crate::Result<()> {
     );
     Ok(())
 }
+
+pub(super) async fn after_restore(data: Data<'_>) -> crate::Result<()> {
+    let ledger = data.ledger()?;
+    // No relay may serve meanwhile: on SQLite the data directory's lock, on
+    // PostgreSQL its serving lock (held by this command's storage).
+    let _lock = match data.database_url {
+        None => Some(super::serve::lock_data_dir(data.path)?),
+        Some(_) => None,
+    };
+    let (storage, _) = match data.database_url {
+        Some(url) => crate::AppState::connect_postgres_storage(url, true).await?,
+        None => crate::AppState::open_sqlite(data.path, data.key)?,
+    };
+    let (store_id, replayed) = crate::backup::after_restore(&*storage, &ledger).await?;
+    println!(
+        "new store id {store_id} (every device sends all it holds at its next sync); erasure ledger: {} records, {} purged again",
+        replayed.records, replayed.purged_again
+    );
+    Ok(())
+}

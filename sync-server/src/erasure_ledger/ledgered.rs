@@ -109,6 +109,10 @@ impl DeviceStore for Ledgered {
         self.inner.store_id(proposed).await
     }
 
+    async fn renew_store_id(&self, new_id: &str) -> Result<()> {
+        self.inner.renew_store_id(new_id).await
+    }
+
     async fn record_backup(&self, at: DateTime<Utc>) -> Result<()> {
         self.inner.record_backup(at).await
     }

@@ -23,8 +23,8 @@
 //! the database does not hold it at all (a device that has not synced since
 //! still holds it and must not upload it again). The relay replays at start
 //! (both backends), `restore` on the restored copy before it is put in place,
-//! and `linkbook-server erasures replay` on demand (after a PostgreSQL
-//! restore).
+//! `linkbook-server after-restore` after a PostgreSQL restore, and
+//! `linkbook-server erasures replay` on demand.
 
 mod ledgered;
 

@@ -31,6 +31,7 @@ where
     a_purge_removes_everything_and_refuses_later_uploads(&make().await).await;
     a_purge_is_ensured_for_stored_and_unstored_documents_once(&make().await).await;
     the_last_backup_time_is_kept(&make().await).await;
+    a_renewed_store_id_drops_the_old_stores_sync_states(&make().await).await;
     compaction_replaces_only_what_it_covers(&make().await).await;
     sync_states_are_per_team_document_and_device(&make().await).await;
     reads_are_audited_with_their_receipt(&make().await).await;
@@ -999,6 +1000,34 @@ async fn a_purge_is_ensured_for_stored_and_unstored_documents_once<S: Storage>(s
         .filter(|e| e.action == AuditAction::Purged)
         .count();
     assert_eq!(audited, 2);
+}
+
+/// A restored store's new id: the old one's sync states and backup time go
+/// with it; documents stay.
+async fn a_renewed_store_id_drops_the_old_stores_sync_states<S: Storage>(s: &S) {
+    assert_eq!(s.store_id("old").await.expect("id"), "old");
+    s.commit_upload(&upload("north", "doc", "n1", b"c1"))
+        .await
+        .expect("up");
+    s.save_sync_states(&[("north".into(), id("doc"), "n1".into(), b"s".to_vec())])
+        .await
+        .expect("states");
+    s.record_backup(now()).await.expect("backup");
+    s.renew_store_id("new").await.expect("renew");
+    assert_eq!(s.store_id("other").await.expect("id"), "new");
+    assert!(
+        s.sync_state(&Team::from("north"), id("doc"), &DeviceId::from("n1"))
+            .await
+            .expect("state")
+            .is_none()
+    );
+    assert_eq!(s.last_backup().await.expect("backup"), None);
+    assert!(
+        s.load_document(&Team::from("north"), id("doc"))
+            .await
+            .expect("load")
+            .is_some()
+    );
 }
 
 async fn the_last_backup_time_is_kept<S: Storage>(s: &S) {

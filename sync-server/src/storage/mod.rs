@@ -128,6 +128,11 @@ pub trait DeviceStore: Send + Sync + 'static {
     /// restored from a backup must be given a new one (devices then send it
     /// everything they hold again).
     async fn store_id(&self, proposed: &str) -> Result<String>;
+    /// Gives the store the new id `new_id` (a store restored from a backup:
+    /// devices then send it everything they hold) and drops what belonged to
+    /// the old one: the relay's sync states and the last backup's time, in
+    /// one transaction.
+    async fn renew_store_id(&self, new_id: &str) -> Result<()>;
     /// Records that a backup of the store was completed at `at` (the
     /// `linkbook_backup_age_seconds` gauge reads it back).
     async fn record_backup(&self, at: DateTime<Utc>) -> Result<()>;

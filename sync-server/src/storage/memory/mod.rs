@@ -340,6 +340,14 @@ impl DeviceStore for MemoryStorage {
             .clone())
     }
 
+    async fn renew_store_id(&self, new_id: &str) -> Result<()> {
+        let mut s = self.state();
+        s.store_id = Some(new_id.to_string());
+        s.sync_states.clear();
+        s.last_backup = None;
+        Ok(())
+    }
+
     async fn record_backup(&self, at: DateTime<Utc>) -> Result<()> {
         self.state().last_backup = Some(at);
         Ok(())

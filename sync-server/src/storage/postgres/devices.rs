@@ -317,6 +317,28 @@ impl DeviceStore for PostgresStorage {
         Ok(id)
     }
 
+    async fn renew_store_id(&self, new_id: &str) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        for sql in [
+            "DELETE FROM sync_states",
+            "DELETE FROM relay_meta WHERE key = 'last_backup_at'",
+        ] {
+            tx.execute(&tx.prepare_cached(sql).await?, &[]).await?;
+        }
+        tx.execute(
+            &tx.prepare_cached(
+                "INSERT INTO relay_meta (key, value) VALUES ('store_id', $1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .await?,
+            &[&new_id],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn record_backup(&self, at: DateTime<Utc>) -> Result<()> {
         let client = self.client().await?;
         client

@@ -239,6 +239,21 @@ impl DeviceStore for SqliteStorage {
         })
     }
 
+    async fn renew_store_id(&self, new_id: &str) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute_batch(
+                "DELETE FROM sync_states; DELETE FROM relay_meta WHERE key = 'last_backup_at';",
+            )?;
+            tx.execute(
+                "INSERT INTO relay_meta (key, value) VALUES ('store_id', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [new_id],
+            )?;
+            tx.commit()
+        })
+    }
+
     async fn record_backup(&self, at: DateTime<Utc>) -> Result<()> {
         self.with(|c| {
             c.execute(
