@@ -280,3 +280,55 @@ impl AuditStore for Ledgered {
         self.inner.audit_log(family, device, team).await
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStorage;
+
+    async fn stored(s: &dyn Storage, team: &Team, id: DocumentId) {
+        s.commit_upload(&Upload {
+            team,
+            doc_id: id,
+            uploader: "d1",
+            changes: b"c",
+            snapshot: None,
+            audit: &[],
+            at: Utc::now(),
+        })
+        .await
+        .expect("upload");
+    }
+
+    /// The ledger first: a purge is in the ledger once it is made, and a
+    /// ledger that cannot be written stops the purge.
+    #[tokio::test]
+    async fn a_purge_is_ledgered_first_and_none_is_made_without_the_ledger() {
+        let dir = tempfile::tempdir().expect("dir");
+        let team = Team::from("north");
+        let id = DocumentId::from_bytes([3; 16]);
+        let ledger = ErasureLedger::at(dir.path().join("erasures"));
+        let s = Ledgered::new(Arc::new(MemoryStorage::new()), ledger.clone());
+        stored(&s, &team, id).await;
+        assert!(
+            s.purge_document(&team, id, "asked", Utc::now())
+                .await
+                .expect("purge")
+        );
+        let records = ledger.records().expect("ledger");
+        assert_eq!(records.len(), 1);
+        assert_eq!((records[0].team.as_str(), records[0].id), ("north", id));
+
+        let nowhere = ErasureLedger::at(dir.path().join("missing dir").join("erasures"));
+        let s = Ledgered::new(Arc::new(MemoryStorage::new()), nowhere);
+        stored(&s, &team, id).await;
+        let e = s
+            .purge_document(&team, id, "asked", Utc::now())
+            .await
+            .expect_err("no ledger, no purge");
+        assert!(e.is_disk_problem(), "{e}");
+        assert!(!s.is_purged(&team, id).await.expect("purged"));
+        assert!(s.load_document(&team, id).await.expect("load").is_some());
+    }
+}
