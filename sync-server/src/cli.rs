@@ -242,8 +242,8 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum ErasuresCommand {
     /// Purge again every family the ledger holds that the database does not
-    /// remember as purged (the relay also does this at start): after
-    /// restoring a PostgreSQL database, before devices connect.
+    /// remember as purged (the relay also does this at start; after a
+    /// restore use `after-restore`, which also gives the store a new id).
     Replay,
 }
 
