@@ -178,7 +178,7 @@ fn new_private_file(path: &Path) -> std::io::Result<File> {
 }
 
 /// `path` with `suffix` appended to its file name.
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(suffix);
     path.with_file_name(name)
@@ -186,7 +186,7 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 
 /// Makes a rename or new file in `path`'s directory durable (best effort:
 /// not every file system syncs directories).
-fn sync_parent(path: &Path) {
+pub(crate) fn sync_parent(path: &Path) {
     if let Some(dir) = path.parent()
         && let Ok(dir) = File::open(if dir.as_os_str().is_empty() {
             Path::new(".")
@@ -372,7 +372,7 @@ pub fn open_database(db: &Path, source: &KeySource) -> Result<Connection> {
 /// A connection to `path` unlocked with `key` (no other pragma set): a
 /// wrong key is [`Error::WrongKey`], and nothing is written. The devices'
 /// opener (`linkbook_core::open_keyed`), so both key SQLCipher one way.
-fn open_keyed(path: &Path, key: &DatabaseKey) -> Result<Connection> {
+pub(crate) fn open_keyed(path: &Path, key: &DatabaseKey) -> Result<Connection> {
     linkbook_core::open_keyed(path, key).map_err(|e| match e {
         linkbook_core::Error::WrongKey => Error::WrongKey,
         linkbook_core::Error::Storage(e) => Error::Storage(e.into()),

@@ -58,6 +58,14 @@ struct Cli {
         hide_env_values = true
     )]
     database_url: Option<String>,
+    /// The erasure ledger: every purge, appended (fsynced) before the
+    /// database purge, replayed at start and by `restore` so no backup
+    /// brings an erased family back. Default: `<data directory>.erasures`,
+    /// beside the data directory. Keep it out of the database's backups and
+    /// copy it apart; on PostgreSQL give every node and admin command the
+    /// same file.
+    #[arg(long, env = "LINKBOOK_ERASURE_LEDGER", global = true)]
+    erasure_ledger: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -199,6 +207,44 @@ enum Command {
     /// Documents the relay refused (works while the relay runs).
     #[command(subcommand)]
     Document(DocumentCommand),
+    /// Back the relay database up to FILE while the relay serves: one
+    /// consistent copy, encrypted with the relay's key (keep the key apart),
+    /// 0600. SQLite only: on PostgreSQL use pg_dump.
+    Backup {
+        /// Where to write the backup (refused if it exists, unless --force).
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Restore a backup into a stopped relay's data directory (made if
+    /// missing). The key must be the backup's (relay.key put back, or
+    /// LINKBOOK_SERVER_KEY / --key-file). The restored store gets a new id,
+    /// so every device sends everything it holds again, and the erasure
+    /// ledger is replayed onto it. SQLite only: on PostgreSQL use
+    /// pg_restore, then `after-restore`.
+    Restore {
+        /// The backup file (`linkbook-server backup FILE`).
+        file: PathBuf,
+    },
+    /// After restoring the database with its own tools (pg_restore,
+    /// point-in-time recovery; or a relay.db copied back by hand), before
+    /// devices connect: give the store a new id (every device then sends
+    /// everything it holds), drop the relay's sync states, and replay the
+    /// erasure ledger. Refused while a relay serves. `restore FILE` does
+    /// this itself.
+    AfterRestore,
+    /// The erasure ledger (--erasure-ledger).
+    #[command(subcommand)]
+    Erasures(ErasuresCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ErasuresCommand {
+    /// Purge again every family the ledger holds that the database does not
+    /// remember as purged (the relay also does this at start; after a
+    /// restore use `after-restore`, which also gives the store a new id).
+    Replay,
 }
 
 #[derive(Subcommand, Debug)]
@@ -339,6 +385,7 @@ where
             path: &cli.data,
             key: &key,
             database_url: cli.database_url.as_deref(),
+            erasure_ledger: cli.erasure_ledger.as_deref(),
         };
         let command = match cli.command {
             None => return serve::serve(data, cli.serve),
@@ -373,6 +420,10 @@ where
                     let state = data.open(Limits::default()).await?;
                     crate::refusals::print(&*state.storage, team.as_deref(), json).await
                 }
+                Command::Backup { file, force } => commands::backup(data, &file, force),
+                Command::Restore { file } => commands::restore(data, &file).await,
+                Command::Erasures(ErasuresCommand::Replay) => commands::erasures_replay(data).await,
+                Command::AfterRestore => commands::after_restore(data).await,
             }
         })
     });
@@ -393,16 +444,41 @@ struct Data<'a> {
     key: &'a KeySource,
     /// PostgreSQL instead of the SQLite file in `path` (`--database-url`).
     database_url: Option<&'a str>,
+    /// `--erasure-ledger`; by default beside `path`.
+    erasure_ledger: Option<&'a std::path::Path>,
 }
 
 impl Data<'_> {
-    /// The relay's storage, for the relay itself (SQLite's serving lock is
-    /// the data directory's, serve.rs; PostgreSQL takes any number of
-    /// nodes) and for an admin command.
+    /// The relay's storage, for an admin command.
     async fn open(&self, limits: Limits) -> crate::Result<AppState> {
-        match self.database_url {
-            Some(url) => AppState::connect_postgres(url, limits).await,
-            None => AppState::open_with_key(self.path, limits, self.key),
+        self.open_for(limits, false).await
+    }
+
+    /// The relay's storage; `serving`: for the relay itself (SQLite's
+    /// serving lock is the data directory's, serve.rs; PostgreSQL takes any
+    /// number of nodes), which first replays the erasure ledger. Every purge through it is
+    /// ledgered first (erasure_ledger::Ledgered).
+    async fn open_for(&self, limits: Limits, serving: bool) -> crate::Result<AppState> {
+        let ledger = self.ledger()?;
+        let (storage, storage_id) = match self.database_url {
+            Some(url) => {
+                let hold = serving.then_some(crate::storage::postgres::Hold::Serving);
+                AppState::connect_postgres_storage(url, hold).await?
+            }
+            None => AppState::open_sqlite(self.path, self.key)?,
+        };
+        if serving {
+            crate::erasure_ledger::replay(&*storage, &ledger, Utc::now()).await?;
+        }
+        let storage = std::sync::Arc::new(crate::erasure_ledger::Ledgered::new(storage, ledger));
+        Ok(AppState::with_storage(storage, storage_id, limits))
+    }
+
+    /// The erasure ledger: `--erasure-ledger`, or beside the data directory.
+    fn ledger(&self) -> crate::Result<crate::erasure_ledger::ErasureLedger> {
+        match self.erasure_ledger {
+            Some(path) => Ok(crate::erasure_ledger::ErasureLedger::at(path)),
+            None => crate::erasure_ledger::ErasureLedger::beside(self.path),
         }
     }
 }

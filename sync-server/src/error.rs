@@ -49,6 +49,25 @@ pub enum Error {
     /// The relay database's key is missing, malformed or given twice.
     #[error("the relay database key: {0}")]
     Key(String),
+    /// `backup` or `restore` asked of a relay on PostgreSQL: the database's
+    /// own tools do that (README, "Backups and restore").
+    #[error(
+        "the relay's data is in PostgreSQL (--database-url): back it up with pg_dump (or continuous WAL archiving for point-in-time recovery) and restore it with pg_restore; after a restore run `linkbook-server after-restore` before devices connect"
+    )]
+    BackupOnPostgres,
+    /// `backup FILE` where FILE exists, without `--force`.
+    #[error("{} exists: give --force to replace it, or another file name", path.display())]
+    BackupExists { path: std::path::PathBuf },
+    /// A file given to `restore` that is not a relay database this key
+    /// opens; nothing was replaced.
+    #[error(
+        "{} is not a Linkbook relay backup this key opens ({reason}); nothing was changed",
+        path.display()
+    )]
+    NotARelayBackup {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl From<crate::storage::StorageError> for Error {

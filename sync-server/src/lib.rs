@@ -8,11 +8,13 @@ pub mod admin;
 pub mod at_rest;
 pub mod audit_upload;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod conn_limits;
 pub mod doc_cap;
 pub mod documents;
 pub mod door;
+pub mod erasure_ledger;
 pub mod error;
 mod heavy;
 pub mod metrics;
@@ -78,20 +80,44 @@ impl AppState {
     /// Opens (creating) the embedded storage in `data` (a private
     /// directory), its database encrypted with the key from `key`.
     pub fn open_with_key(data: &Path, limits: Limits, key: &at_rest::KeySource) -> Result<Self> {
+        let (storage, storage_id) = Self::open_sqlite(data, key)?;
+        Ok(Self::with_storage(storage, storage_id, limits))
+    }
+
+    /// The embedded storage in `data` and its store id, for a relay built
+    /// on it (the command line wraps it first: erasure_ledger::Ledgered).
+    pub fn open_sqlite(
+        data: &Path,
+        key: &at_rest::KeySource,
+    ) -> Result<(Arc<dyn Storage>, String)> {
         at_rest::prepare_data_dir(data)?;
         let sqlite = SqliteStorage::open_with_key(&data.join(DB_FILE), key)?;
         let storage_id = relay_storage_id(data, &sqlite)?;
-        Ok(Self::with_storage(Arc::new(sqlite), storage_id, limits))
+        Ok((Arc::new(sqlite), storage_id))
     }
 
     /// A relay on PostgreSQL at `url` (`--database-url`): connects,
     /// migrates, and takes the database's own store id (every node of the
     /// database shares it).
     pub async fn connect_postgres(url: &str, limits: Limits) -> Result<Self> {
+        let (storage, storage_id) = Self::connect_postgres_storage(url, None).await?;
+        Ok(Self::with_storage(storage, storage_id, limits))
+    }
+
+    /// [`AppState::connect_postgres`]'s storage and store id.
+    /// `hold`: the database's serving lock, shared by serving nodes,
+    /// exclusive for a restore's clean-up (`PostgresStorage::hold`).
+    pub async fn connect_postgres_storage(
+        url: &str,
+        hold: Option<storage::postgres::Hold>,
+    ) -> Result<(Arc<dyn Storage>, String)> {
         let pg = storage::PostgresStorage::connect(url).await?;
+        if let Some(how) = hold {
+            pg.hold(how).await?;
+        }
         let proposed = uuid::Uuid::new_v4().hyphenated().to_string();
         let storage_id = pg.store_id(&proposed).await?;
-        Ok(Self::with_storage(Arc::new(pg), storage_id, limits))
+        Ok((Arc::new(pg), storage_id))
     }
 
     /// A relay on `storage` (any backend: the in-memory one for the

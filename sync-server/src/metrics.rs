@@ -76,6 +76,7 @@ pub struct Metrics {
     commit_seconds: Histogram,
     refused: Family<KindLabel, Counter>,
     lockouts: Counter,
+    backup_age: Gauge,
 }
 
 /// This process's metrics.
@@ -97,6 +98,7 @@ impl Metrics {
             commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             refused: Family::default(),
             lockouts: Counter::default(),
+            backup_age: Gauge::default(),
         };
         m.registered()
     }
@@ -144,7 +146,22 @@ impl Metrics {
             "Addresses locked out after failed enrolment codes or tokens",
             self.lockouts.clone(),
         );
+        r.register(
+            "backup_age_seconds",
+            "Seconds since the latest `linkbook-server backup` of this store completed (-1: none yet), read from the database at each scrape",
+            self.backup_age.clone(),
+        );
         self
+    }
+
+    /// Sets the backup age gauge from the latest backup's time.
+    pub(crate) fn backup_at(
+        &self,
+        at: Option<chrono::DateTime<chrono::Utc>>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
+        self.backup_age
+            .set(at.map_or(-1, |at| (now - at).num_seconds().max(0)));
     }
 
     pub(crate) fn connected(&self) {
@@ -197,14 +214,28 @@ pub fn app(storage: Arc<dyn Storage>) -> Router {
     Router::new()
         .route(
             "/metrics",
-            get(|| async {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    metrics().encode(),
-                )
+            get({
+                let storage = storage.clone();
+                move || {
+                    let storage = storage.clone();
+                    async move {
+                        // Another process (`linkbook-server backup`) records
+                        // backups: read at each scrape.
+                        match storage.last_backup().await {
+                            Ok(at) => metrics().backup_at(at, chrono::Utc::now()),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "metrics: the last backup's time could not be read");
+                            }
+                        }
+                        (
+                            [(
+                                header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            metrics().encode(),
+                        )
+                    }
+                }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))

@@ -179,6 +179,41 @@ impl Cluster {
         }
     }
 
+    /// `pg_dump` of database `db` as plain SQL: what an operator's backup
+    /// of a relay on PostgreSQL holds.
+    pub fn dump(&self, db: &str) -> String {
+        let out = Command::new(self.bin.join("pg_dump"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER])
+            .args(["--no-owner", "-d", db])
+            .output()
+            .expect("pg_dump");
+        assert!(out.status.success(), "pg_dump: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Loads a plain SQL dump ([`Cluster::dump`]) into database `db`, as
+    /// `psql -f` does in a restore (stops at the first error).
+    pub fn load(&self, db: &str, dump: &str) {
+        use std::io::Write;
+        let mut child = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER])
+            .args(["-d", db, "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("psql");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(dump.as_bytes())
+            .expect("write the dump");
+        let out = child.wait_with_output().expect("psql");
+        assert!(out.status.success(), "loading the dump: {}", text(&out));
+    }
+
     fn run(&self, tool: &str, args: &[&std::ffi::OsStr]) -> Output {
         let path = self.bin.join(tool);
         let mut cmd = match self.run_as {

@@ -440,7 +440,18 @@ impl Drop for Relay {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // The erasure ledger lives beside the data directory (outside it),
+        // so the temp directory's removal would leave it behind.
+        let _ = std::fs::remove_file(erasure_ledger_of(self.data.path()));
     }
+}
+
+/// The default erasure ledger of data directory `data`: `<data>.erasures`
+/// beside it (`linkbook_server::erasure_ledger::ErasureLedger::beside`).
+pub fn erasure_ledger_of(data: &Path) -> PathBuf {
+    let mut name = data.file_name().unwrap_or_default().to_os_string();
+    name.push(".erasures");
+    data.with_file_name(name)
 }
 
 /// `PRAGMA integrity_check` of a relay database file ("ok" when sound),

@@ -20,7 +20,8 @@ pub use live::LivePeer;
 // The relay process, device stores and the relay database's helpers are
 // shared with core's tests and the bench (test-support/).
 pub use linkbook_test_support::{
-    Device, Relay, Run, open_keyed, relay_db, relay_integrity_check, relay_key, workspace_bin,
+    Device, Relay, Run, erasure_ledger_of, open_keyed, relay_db, relay_integrity_check, relay_key,
+    workspace_bin,
 };
 
 /// The texts of the notes `device` holds in `family`, sorted.

@@ -86,3 +86,89 @@ fn a_database_off_loopback_without_tls_is_refused_before_anything_is_sent() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("sslmode"), "says how to fix it: {stderr}");
 }
+
+/// Issue 14 on PostgreSQL: `backup` refuses naming pg_dump; a database
+/// restored from a dump taken before a purge gets the purge back from the
+/// erasure ledger, by `erasures replay` and at the relay's start, before
+/// any device connects; a device that never heard of the purge deletes the
+/// family.
+#[test]
+fn a_restored_dump_gets_its_purges_back_from_the_erasure_ledger() -> Result<()> {
+    let pg = Cluster::start();
+    let url = pg.fresh_database();
+    let relay = Relay::start_on_postgres(tempfile::tempdir().expect("dir"), &url, &[]);
+    let asha = Device::enrolled(&relay, "north", "Asha");
+    let family = asha.add_family(&NewFamily {
+        name: "Okafor".into(),
+        ..Default::default()
+    })?;
+    asha.add_note(family, "Met at the visitor centre", NoteCategory::Visit)?;
+    asha.sync(None)?;
+
+    let file = relay.data.path().join("nothing.backup");
+    let refused = relay.admin(&["backup", file.to_str().expect("utf-8")]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("pg_dump"), "{}", refused.stderr);
+    assert!(!file.exists());
+
+    let dump = pg.dump(database_name(&url));
+    let purged = relay.admin(&["family", "purge", &family.to_string(), "--reason", "asked"]);
+    assert_eq!(purged.code, 0, "{purged:?}");
+    let data = relay.stop();
+    let ledger = linkbook_tests::erasure_ledger_of(data.path());
+    assert_eq!(
+        std::fs::read_to_string(&ledger)
+            .expect("ledger")
+            .lines()
+            .count(),
+        1
+    );
+
+    // Restored by hand, then replayed before any relay serves it.
+    let restored = pg.fresh_database();
+    let restored_db = database_name(&restored);
+    pg.load(restored_db, &dump);
+    let in_dump = format!("SELECT count(*) FROM documents WHERE id = '{family}'");
+    assert_eq!(
+        pg.sql(restored_db, &in_dump),
+        "1",
+        "the dump holds the family"
+    );
+    let out = Command::new(workspace_bin("linkbook-server"))
+        .arg("--data")
+        .arg(data.path())
+        .env("LINKBOOK_DATABASE_URL", &restored)
+        .args(["erasures", "replay"])
+        .output()
+        .expect("replay");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 records, 1 purged again"), "{stdout}");
+    assert_eq!(pg.sql(restored_db, &in_dump), "0");
+    assert_eq!(pg.sql(restored_db, "SELECT count(*) FROM purged"), "1");
+
+    // Restored again, and replayed by the relay's own start.
+    let again = pg.fresh_database();
+    let again_db = database_name(&again);
+    pg.load(again_db, &dump);
+    let relay = Relay::start_on_postgres(data, &again, &[]);
+    assert_eq!(pg.sql(again_db, &in_dump), "0");
+    assert_eq!(
+        pg.sql(
+            again_db,
+            "SELECT count(*) FROM audit WHERE action = 'purged' AND worker = 'erasure ledger replay'"
+        ),
+        "1"
+    );
+    // Asha never heard of the purge: she is told, deletes it, and it is
+    // not stored again.
+    let s = asha.sync_through(&relay.url, None)?;
+    assert_eq!(s.purged, vec![family.to_string()], "{s:?}");
+    assert!(matches!(asha.notes(family), Err(Error::NotFound { .. })));
+    assert_eq!(pg.sql(again_db, &in_dump), "0");
+    Ok(())
+}

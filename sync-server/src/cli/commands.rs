@@ -232,3 +232,72 @@ pub(super) async fn export_person(
     print_json(&export, "{}");
     Ok(())
 }
+
+pub(super) fn backup(data: Data<'_>, file: &std::path::Path, force: bool) -> crate::Result<()> {
+    if data.database_url.is_some() {
+        return Err(crate::Error::BackupOnPostgres);
+    }
+    let done = crate::backup::backup(data.path, data.key, file, force)?;
+    println!(
+        "backed up the relay database to {} ({} bytes, encrypted with the relay's key: keep the key apart)",
+        done.file.display(),
+        done.bytes
+    );
+    Ok(())
+}
+
+pub(super) async fn restore(data: Data<'_>, file: &std::path::Path) -> crate::Result<()> {
+    if data.database_url.is_some() {
+        return Err(crate::Error::BackupOnPostgres);
+    }
+    let ledger = data.ledger()?;
+    // No relay may serve the directory meanwhile (and none can start).
+    let _lock = super::serve::lock_data_dir(data.path)?;
+    let restored = crate::backup::restore(data.path, data.key, file, &ledger).await?;
+    println!(
+        "restored {} into {}: {} documents, new store id {} (every device sends all it holds at its next sync); erasure ledger: {} records, {} purged again",
+        file.display(),
+        data.path.display(),
+        restored.documents,
+        restored.store_id,
+        restored.replayed.records,
+        restored.replayed.purged_again
+    );
+    Ok(())
+}
+
+pub(super) async fn erasures_replay(data: Data<'_>) -> crate::Result<()> {
+    let ledger = data.ledger()?;
+    let state = data.open(Limits::default()).await?;
+    let replayed = crate::erasure_ledger::replay(&*state.storage, &ledger, Utc::now()).await?;
+    println!(
+        "erasure ledger {}: {} records, {} purged again",
+        ledger.path().display(),
+        replayed.records,
+        replayed.purged_again
+    );
+    Ok(())
+}
+
+pub(super) async fn after_restore(data: Data<'_>) -> crate::Result<()> {
+    let ledger = data.ledger()?;
+    // No relay may serve meanwhile: on SQLite the data directory's lock, on
+    // PostgreSQL the serving lock, exclusively (every node holds it shared).
+    let _lock = match data.database_url {
+        None => Some(super::serve::lock_data_dir(data.path)?),
+        Some(_) => None,
+    };
+    let (storage, _) = match data.database_url {
+        Some(url) => {
+            let hold = Some(crate::storage::postgres::Hold::Exclusive);
+            crate::AppState::connect_postgres_storage(url, hold).await?
+        }
+        None => crate::AppState::open_sqlite(data.path, data.key)?,
+    };
+    let (store_id, replayed) = crate::backup::after_restore(&*storage, &ledger).await?;
+    println!(
+        "new store id {store_id} (every device sends all it holds at its next sync); erasure ledger: {} records, {} purged again",
+        replayed.records, replayed.purged_again
+    );
+    Ok(())
+}

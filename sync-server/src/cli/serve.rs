@@ -21,7 +21,7 @@ pub const LOCK_FILE: &str = "relay.lock";
 /// directly (SQLite's own locking) while a relay serves. An advisory lock
 /// (`flock`), released by the kernel when the process dies, even by
 /// SIGKILL: a crashed relay never leaves a stale lock behind.
-fn lock_data_dir(data: &std::path::Path) -> crate::Result<std::fs::File> {
+pub(super) fn lock_data_dir(data: &std::path::Path) -> crate::Result<std::fs::File> {
     use std::io::{Read, Seek};
     let path = data.join(LOCK_FILE);
     let io = |e| crate::Error::Io {
@@ -107,7 +107,7 @@ pub(super) fn serve(store: Data<'_>, args: ServeArgs) -> crate::Result<()> {
             source: e,
         })?;
     let state = runtime
-        .block_on(store.open(limits))?
+        .block_on(store.open_for(limits, true))?
         .with_auth_limits(crate::ratelimit::AuthLimits {
             max_failures: args.auth_max_failures,
             window: std::time::Duration::from_secs(args.auth_window_secs),

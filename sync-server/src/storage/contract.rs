@@ -29,6 +29,9 @@ where
     documents_are_namespaced_per_team(&make().await).await;
     an_upload_commits_its_changes_audit_and_cursor_together(&make().await).await;
     a_purge_removes_everything_and_refuses_later_uploads(&make().await).await;
+    a_purge_is_ensured_for_stored_and_unstored_documents_once(&make().await).await;
+    the_last_backup_time_is_kept(&make().await).await;
+    a_renewed_store_id_drops_the_old_stores_sync_states(&make().await).await;
     compaction_replaces_only_what_it_covers(&make().await).await;
     sync_states_are_per_team_document_and_device(&make().await).await;
     reads_are_audited_with_their_receipt(&make().await).await;
@@ -976,4 +979,107 @@ async fn a_job_is_claimed_once_per_period<S: Storage>(s: Arc<S>) {
             .await
             .expect("next day")
     );
+}
+/// The erasure ledger's replay: a purge of a document the store does not
+/// hold is remembered (and refuses its upload), a stored one is deleted,
+/// each audited once; a second ensure changes nothing.
+async fn a_purge_is_ensured_for_stored_and_unstored_documents_once<S: Storage>(s: &S) {
+    let south = Team::from("south");
+    s.commit_upload(&upload("south", "doc", "s1", b"c1"))
+        .await
+        .expect("up");
+    s.save_sync_states(&[("south".into(), id("doc"), "s1".into(), b"s".to_vec())])
+        .await
+        .expect("states");
+    let earlier = now() - Duration::days(3);
+    for doc in ["doc", "never stored"] {
+        assert!(
+            s.ensure_purged(&south, id(doc), "replayed", earlier, now())
+                .await
+                .expect("ensure"),
+            "{doc}"
+        );
+        assert!(s.is_purged(&south, id(doc)).await.expect("purged"), "{doc}");
+        assert!(
+            !s.ensure_purged(&south, id(doc), "replayed", earlier, now())
+                .await
+                .expect("again"),
+            "{doc} purged once"
+        );
+    }
+    assert!(
+        s.load_document(&south, id("doc"))
+            .await
+            .expect("load")
+            .is_none()
+    );
+    assert!(
+        s.sync_state(&south, id("doc"), &DeviceId::from("s1"))
+            .await
+            .expect("state")
+            .is_none()
+    );
+    let purged = s.purged(&south).await.expect("purged");
+    assert_eq!(purged.len(), 2);
+    assert!(
+        purged.iter().all(|p| p.purged_at == earlier.to_rfc3339()),
+        "the ledger's time: {purged:?}"
+    );
+    assert_eq!(
+        s.commit_upload(&upload("south", "never stored", "s1", b"c2"))
+            .await
+            .expect_err("refused"),
+        StorageError::Purged
+    );
+    assert!(
+        !s.is_purged(&Team::from("north"), id("never stored"))
+            .await
+            .expect("other team")
+    );
+    let audited = s
+        .audit_log(None, None, Some(&south))
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|e| e.action == AuditAction::Purged)
+        .count();
+    assert_eq!(audited, 2);
+}
+
+/// A restored store's new id: the old one's sync states and backup time go
+/// with it; documents stay.
+async fn a_renewed_store_id_drops_the_old_stores_sync_states<S: Storage>(s: &S) {
+    assert_eq!(s.store_id("old").await.expect("id"), "old");
+    s.commit_upload(&upload("north", "doc", "n1", b"c1"))
+        .await
+        .expect("up");
+    s.save_sync_states(&[("north".into(), id("doc"), "n1".into(), b"s".to_vec())])
+        .await
+        .expect("states");
+    s.record_backup(now()).await.expect("backup");
+    s.renew_store_id("new").await.expect("renew");
+    assert_eq!(s.store_id("other").await.expect("id"), "new");
+    assert!(
+        s.sync_state(&Team::from("north"), id("doc"), &DeviceId::from("n1"))
+            .await
+            .expect("state")
+            .is_none()
+    );
+    assert_eq!(s.last_backup().await.expect("backup"), None);
+    assert!(
+        s.load_document(&Team::from("north"), id("doc"))
+            .await
+            .expect("load")
+            .is_some()
+    );
+}
+
+async fn the_last_backup_time_is_kept<S: Storage>(s: &S) {
+    assert_eq!(s.last_backup().await.expect("none"), None);
+    let first = now() - Duration::hours(2);
+    s.record_backup(first).await.expect("record");
+    let second = now();
+    s.record_backup(second).await.expect("record");
+    let kept = s.last_backup().await.expect("kept").expect("a time");
+    assert_eq!(kept.timestamp(), second.timestamp());
 }

@@ -24,7 +24,7 @@
 mod error;
 mod ids;
 mod memory;
-mod postgres;
+pub mod postgres;
 mod sqlite;
 mod types;
 
@@ -134,6 +134,17 @@ pub trait DeviceStore: Send + Sync + 'static {
     /// rest. A conditional write, so no lock is held while the work runs;
     /// periods compare as text (ISO dates order right).
     async fn claim_job(&self, job: &str, period: &str) -> Result<bool>;
+    /// Gives the store the new id `new_id` (a store restored from a backup:
+    /// devices then send it everything they hold) and drops what belonged to
+    /// the old one: the relay's sync states and the last backup's time, in
+    /// one transaction.
+    async fn renew_store_id(&self, new_id: &str) -> Result<()>;
+    /// Records that a backup of the store was completed at `at` (the
+    /// `linkbook_backup_age_seconds` gauge reads it back).
+    async fn record_backup(&self, at: DateTime<Utc>) -> Result<()>;
+    /// When the latest backup recorded with [`DeviceStore::record_backup`]
+    /// was completed; `None` if none was.
+    async fn last_backup(&self) -> Result<Option<DateTime<Utc>>>;
 }
 
 /// Documents, namespaced per team: `(team, id)` is a document, and the same
@@ -191,6 +202,21 @@ pub trait DocumentStore: Send + Sync + 'static {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<bool>;
+    /// Makes sure `team`'s document is purged: deletes whatever of it is
+    /// stored (as [`DocumentStore::purge_document`] does) and remembers it as
+    /// purged at `purged_at` even if nothing of it is stored (a device that
+    /// still holds it must not bring it back), auditing `purged` at `now`,
+    /// in one transaction; false, with nothing written, if it is remembered
+    /// as purged already. The erasure ledger's replay
+    /// (`erasure_ledger.rs`) after a restore.
+    async fn ensure_purged(
+        &self,
+        team: &Team,
+        doc_id: DocumentId,
+        reason: &str,
+        purged_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
     async fn is_purged(&self, team: &Team, doc_id: DocumentId) -> Result<bool>;
     /// Every document of `team` that was purged, oldest purge first.
     async fn purged(&self, team: &Team) -> Result<Vec<Purged>>;
@@ -209,10 +235,10 @@ pub trait DocumentStore: Send + Sync + 'static {
     /// database) commit to documents, as they commit, in commit order:
     /// how a node keeps its loaded copies fresh (relay/nodes.rs). `None`:
     /// the backend has one writer of documents (SQLite's serving relay,
-    /// whose admin commands only purge, which every upload checks).
-    async fn watch_documents(&self) -> Result<Option<DocumentEvents>> {
-        Ok(None)
-    }
+    /// whose admin commands only purge, which every upload checks). No
+    /// default: a wrapper that forgot to pass it on would leave its nodes
+    /// answering from stale copies without a sign.
+    async fn watch_documents(&self) -> Result<Option<DocumentEvents>>;
 }
 
 /// A document event another writer committed ([`DocumentStore::watch_documents`]).

@@ -44,6 +44,7 @@ struct State {
     refused: Vec<RefusedDocument>,
     store_id: Option<String>,
     jobs: HashMap<String, String>,
+    last_backup: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug)]
@@ -79,6 +80,32 @@ impl MemoryStorage {
 }
 
 impl State {
+    /// Deletes what is stored of the document, remembers it as purged at
+    /// `at.0` and audits it (by `worker`) at `at.1`.
+    fn purge(
+        &mut self,
+        team: &Team,
+        doc_id: DocumentId,
+        reason: &str,
+        at: (DateTime<Utc>, DateTime<Utc>),
+        worker: &str,
+    ) {
+        let k = key(team, doc_id);
+        self.documents.remove(&k);
+        let text = doc_id.to_string();
+        self.sync_states
+            .retain(|(t, d, _), _| !(t == team && *d == text));
+        self.refused
+            .retain(|r| !(r.team == *team && r.document_id == text));
+        self.purged
+            .insert(k, (reason.to_string(), at.0.to_rfc3339()));
+        self.append(
+            &AuditRecord::new(AuditAction::Purged, at.1)
+                .worker(worker)
+                .document(team, &text),
+        );
+    }
+
     fn write(&mut self) {
         self.writes += 1;
     }
@@ -322,6 +349,23 @@ impl DeviceStore for MemoryStorage {
         }
         Ok(claimed)
     }
+
+    async fn renew_store_id(&self, new_id: &str) -> Result<()> {
+        let mut s = self.state();
+        s.store_id = Some(new_id.to_string());
+        s.sync_states.clear();
+        s.last_backup = None;
+        Ok(())
+    }
+
+    async fn record_backup(&self, at: DateTime<Utc>) -> Result<()> {
+        self.state().last_backup = Some(at);
+        Ok(())
+    }
+
+    async fn last_backup(&self) -> Result<Option<DateTime<Utc>>> {
+        Ok(self.state().last_backup)
+    }
 }
 
 #[async_trait]
@@ -450,21 +494,27 @@ impl DocumentStore for MemoryStorage {
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let mut s = self.state();
-        let k = key(team, doc_id);
-        if s.documents.remove(&k).is_none() {
+        if !s.documents.contains_key(&key(team, doc_id)) {
             return Ok(false);
         }
-        let text = doc_id.to_string();
-        s.sync_states
-            .retain(|(t, d, _), _| !(t == team && *d == text));
-        s.refused
-            .retain(|r| !(r.team == *team && r.document_id == text));
-        s.purged.insert(k, (reason.to_string(), now.to_rfc3339()));
-        s.append(
-            &AuditRecord::new(AuditAction::Purged, now)
-                .worker("office administrator")
-                .document(team, &text),
-        );
+        s.purge(team, doc_id, reason, (now, now), "office administrator");
+        Ok(true)
+    }
+
+    async fn ensure_purged(
+        &self,
+        team: &Team,
+        doc_id: DocumentId,
+        reason: &str,
+        purged_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut s = self.state();
+        if s.purged.contains_key(&key(team, doc_id)) {
+            return Ok(false);
+        }
+        let worker = crate::erasure_ledger::REPLAY_WORKER;
+        s.purge(team, doc_id, reason, (purged_at, now), worker);
         Ok(true)
     }
 
@@ -544,6 +594,11 @@ impl DocumentStore for MemoryStorage {
         }
         s.write();
         Ok(())
+    }
+
+    /// One process holds it: there is no other writer to watch.
+    async fn watch_documents(&self) -> Result<Option<crate::storage::DocumentEvents>> {
+        Ok(None)
     }
 
     async fn refused_documents(&self, team: Option<&Team>) -> Result<Vec<RefusedDocument>> {

@@ -330,6 +330,58 @@ impl DeviceStore for PostgresStorage {
             .await?;
         Ok(client.execute(&stmt, &[&job, &period]).await? == 1)
     }
+
+    async fn renew_store_id(&self, new_id: &str) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        for sql in [
+            "DELETE FROM sync_states",
+            "DELETE FROM relay_meta WHERE key = 'last_backup_at'",
+        ] {
+            tx.execute(&tx.prepare_cached(sql).await?, &[]).await?;
+        }
+        tx.execute(
+            &tx.prepare_cached(
+                "INSERT INTO relay_meta (key, value) VALUES ('store_id', $1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .await?,
+            &[&new_id],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_backup(&self, at: DateTime<Utc>) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                &client
+                    .prepare_cached(
+                        "INSERT INTO relay_meta (key, value) VALUES ('last_backup_at', $1)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    )
+                    .await?,
+                &[&at.to_rfc3339()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn last_backup(&self) -> Result<Option<DateTime<Utc>>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached("SELECT value FROM relay_meta WHERE key = 'last_backup_at'")
+                    .await?,
+                &[],
+            )
+            .await?;
+        let text: Option<String> = row.map(|r| r.try_get(0)).transpose()?;
+        Ok(text.and_then(|t| DateTime::parse_from_rfc3339(&t).ok().map(|t| t.to_utc())))
+    }
 }
 
 /// The team's directory id, made at random if the team is new. Two nodes

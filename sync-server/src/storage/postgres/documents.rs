@@ -193,56 +193,20 @@ impl DocumentStore for PostgresStorage {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        // After any upload of the team in flight has committed; uploads
-        // after this one see the purge.
-        lock_team(&tx, team).await?;
-        let id = doc_id.to_string();
-        // The document's row first, as a compaction takes it: a purge and a
-        // compaction of the document then queue instead of deadlocking
-        // over its change rows.
-        let stored = tx
-            .query_opt(
-                &tx.prepare_cached(
-                    "SELECT 1 FROM documents WHERE team = $1 AND id = $2 FOR UPDATE",
-                )
-                .await?,
-                &[&team.as_str(), &id],
-            )
-            .await?
-            .is_some();
-        if !stored {
-            return Ok(false);
-        }
-        for sql in [
-            "DELETE FROM changes WHERE team = $1 AND doc_id = $2",
-            "DELETE FROM sync_states WHERE team = $1 AND doc_id = $2",
-            "DELETE FROM documents WHERE team = $1 AND id = $2",
-            // Ids and reasons only, but of a family that no longer exists.
-            "DELETE FROM refused_documents WHERE team = $1 AND doc_id = $2",
-        ] {
-            tx.execute(&tx.prepare_cached(sql).await?, &[&team.as_str(), &id])
-                .await?;
-        }
-        tx.execute(
-            &tx.prepare_cached(
-                "INSERT INTO purged (doc_id, team, reason, purged_at) VALUES ($1, $2, $3, $4)",
-            )
-            .await?,
-            &[&id, &team.as_str(), &reason, &now.to_rfc3339()],
-        )
-        .await?;
-        insert_audit(
-            &tx,
-            &AuditRecord::new(AuditAction::Purged, now)
-                .worker("office administrator")
-                .document(team, &id),
-        )
-        .await?;
-        notify(&tx, &watch::purged(team, doc_id)).await?;
-        tx.commit().await?;
-        Ok(true)
+        self.purge(team, doc_id, reason, (now, now), Purge::IfStored)
+            .await
+    }
+
+    async fn ensure_purged(
+        &self,
+        team: &Team,
+        doc_id: DocumentId,
+        reason: &str,
+        purged_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        self.purge(team, doc_id, reason, (purged_at, now), Purge::Always)
+            .await
     }
 
     async fn is_purged(&self, team: &Team, doc_id: DocumentId) -> Result<bool> {
@@ -536,4 +500,95 @@ async fn record_refusals(tx: &Transaction<'_>, refusals: &[Refusal]) -> Result<(
         .await?;
     }
     Ok(())
+}
+
+/// Which documents a purge applies to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purge {
+    /// Only a stored document ([`DocumentStore::purge_document`]).
+    IfStored,
+    /// Any document not purged yet, stored or not
+    /// ([`DocumentStore::ensure_purged`]).
+    Always,
+}
+
+impl PostgresStorage {
+    /// The one purge: deletes what is stored of the document, remembers it
+    /// as purged at `at.0` and audits it at `at.1`, in one transaction.
+    async fn purge(
+        &self,
+        team: &Team,
+        doc_id: DocumentId,
+        reason: &str,
+        at: (DateTime<Utc>, DateTime<Utc>),
+        which: Purge,
+    ) -> Result<bool> {
+        let (purged_at, now) = at;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // After any upload of the team in flight has committed; uploads
+        // after this one see the purge.
+        lock_team(&tx, team).await?;
+        let id = doc_id.to_string();
+        // The document's row first, as a compaction takes it: a purge and a
+        // compaction of the document then queue instead of deadlocking
+        // over its change rows.
+        let stored = tx
+            .query_opt(
+                &tx.prepare_cached(
+                    "SELECT 1 FROM documents WHERE team = $1 AND id = $2 FOR UPDATE",
+                )
+                .await?,
+                &[&team.as_str(), &id],
+            )
+            .await?
+            .is_some();
+        let applies = match which {
+            Purge::IfStored => stored,
+            // Under the team's lock: two replays cannot both insert it.
+            Purge::Always => tx
+                .query_opt(
+                    &tx.prepare_cached("SELECT 1 FROM purged WHERE team = $1 AND doc_id = $2")
+                        .await?,
+                    &[&team.as_str(), &id],
+                )
+                .await?
+                .is_none(),
+        };
+        if !applies {
+            return Ok(false);
+        }
+        for sql in [
+            "DELETE FROM changes WHERE team = $1 AND doc_id = $2",
+            "DELETE FROM sync_states WHERE team = $1 AND doc_id = $2",
+            "DELETE FROM documents WHERE team = $1 AND id = $2",
+            // Ids and reasons only, but of a family that no longer exists.
+            "DELETE FROM refused_documents WHERE team = $1 AND doc_id = $2",
+        ] {
+            tx.execute(&tx.prepare_cached(sql).await?, &[&team.as_str(), &id])
+                .await?;
+        }
+        tx.execute(
+            &tx.prepare_cached(
+                "INSERT INTO purged (doc_id, team, reason, purged_at) VALUES ($1, $2, $3, $4)",
+            )
+            .await?,
+            &[&id, &team.as_str(), &reason, &purged_at.to_rfc3339()],
+        )
+        .await?;
+        let worker = match which {
+            Purge::IfStored => "office administrator",
+            Purge::Always => crate::erasure_ledger::REPLAY_WORKER,
+        };
+        insert_audit(
+            &tx,
+            &AuditRecord::new(AuditAction::Purged, now)
+                .worker(worker)
+                .document(team, &id),
+        )
+        .await?;
+        notify(&tx, &watch::purged(team, doc_id)).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
 }

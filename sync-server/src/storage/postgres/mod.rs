@@ -50,6 +50,19 @@ pub(super) const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/postg
 /// The advisory lock key migrations run under ("linkbook" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6c69_6e6b_626f_6f6b;
 
+/// The advisory lock serving nodes hold shared and a restore's clean-up
+/// (`after-restore`) exclusively ("lbserve!" in ASCII).
+const SERVING_LOCK: i64 = 0x6c62_7365_7276_6521;
+
+/// Who holds the database's serving lock ([`PostgresStorage::hold`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// A relay node: shared with every other node.
+    Serving,
+    /// Work no node may serve during (`after-restore`).
+    Exclusive,
+}
+
 /// Connections per relay process. Every upload of one team waits on that
 /// team's cursor row anyway; more connections than this mostly queue in
 /// the database.
@@ -71,6 +84,8 @@ pub struct PostgresStorage {
     /// watch.rs), as the pool does.
     config: tokio_postgres::Config,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    /// The connection holding the serving lock, while it is held.
+    held: tokio::sync::Mutex<Option<deadpool_postgres::Client>>,
 }
 
 impl std::fmt::Debug for PostgresStorage {
@@ -125,7 +140,12 @@ impl PostgresStorage {
             .create_timeout(Some(CONNECT_TIMEOUT + Duration::from_secs(5)))
             .build()
             .map_err(|e| Error::Config(format!("the database connection pool: {e}")))?;
-        let storage = PostgresStorage { pool, config, tls };
+        let storage = PostgresStorage {
+            pool,
+            config,
+            tls,
+            held: tokio::sync::Mutex::new(None),
+        };
         storage.migrate().await?;
         Ok(storage)
     }
@@ -172,6 +192,36 @@ impl PostgresStorage {
             .map_err(StorageError::from)?;
         }
         tx.commit().await.map_err(StorageError::from)?;
+        Ok(())
+    }
+
+    /// Takes the database's serving lock for as long as this storage lives
+    /// (a session advisory lock on a connection kept for it; PostgreSQL
+    /// releases it when that connection ends, a crashed node's included):
+    /// shared by every serving node, exclusive for work that no node may
+    /// serve during. Refused, with who holds it, when the other kind is held.
+    pub async fn hold(&self, how: Hold) -> crate::error::Result<()> {
+        let mut held = self.held.lock().await;
+        if held.is_some() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        let sql = match how {
+            Hold::Serving => "SELECT pg_try_advisory_lock_shared($1)",
+            Hold::Exclusive => "SELECT pg_try_advisory_lock($1)",
+        };
+        let taken: bool = client
+            .query_one(sql, &[&SERVING_LOCK])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(StorageError::from)?;
+        if !taken {
+            return Err(Error::Config(match how {
+                Hold::Serving => "a restore's clean-up (after-restore) is running on this database: start the relay when it is done".into(),
+                Hold::Exclusive => "relay nodes are serving this database: stop every node first".into(),
+            }));
+        }
+        *held = Some(client);
         Ok(())
     }
 

@@ -251,6 +251,43 @@ impl DeviceStore for SqliteStorage {
             Ok::<_, rusqlite::Error>(claimed == 1)
         })
     }
+    async fn renew_store_id(&self, new_id: &str) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute_batch(
+                "DELETE FROM sync_states; DELETE FROM relay_meta WHERE key = 'last_backup_at';",
+            )?;
+            tx.execute(
+                "INSERT INTO relay_meta (key, value) VALUES ('store_id', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [new_id],
+            )?;
+            tx.commit()
+        })
+    }
+
+    async fn record_backup(&self, at: DateTime<Utc>) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO relay_meta (key, value) VALUES ('last_backup_at', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [at.to_rfc3339()],
+            )
+            .map(drop)
+        })
+    }
+
+    async fn last_backup(&self) -> Result<Option<DateTime<Utc>>> {
+        let text: Option<String> = self.with(|c| {
+            c.query_row(
+                "SELECT value FROM relay_meta WHERE key = 'last_backup_at'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        Ok(text.and_then(|t| DateTime::parse_from_rfc3339(&t).ok().map(|t| t.to_utc())))
+    }
 }
 
 /// The team's directory id, made at random if the team is new.

@@ -152,46 +152,18 @@ impl DocumentStore for SqliteStorage {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        self.with(|conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let stored = tx
-                .query_row(
-                    "SELECT 1 FROM documents WHERE team = ?1 AND id = ?2",
-                    params![team, doc_id],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
-            if !stored {
-                return Ok(false);
-            }
-            for sql in [
-                "DELETE FROM changes WHERE team = ?1 AND doc_id = ?2",
-                "DELETE FROM sync_states WHERE team = ?1 AND doc_id = ?2",
-                "DELETE FROM documents WHERE team = ?1 AND id = ?2",
-                // Ids and reasons only, but of a family that no longer exists.
-                "DELETE FROM refused_documents WHERE team = ?1 AND doc_id = ?2",
-            ] {
-                tx.execute(sql, params![team, doc_id])?;
-            }
-            tx.execute(
-                "INSERT INTO purged (doc_id, team, reason, purged_at) VALUES (?1, ?2, ?3, ?4)",
-                params![doc_id, team, reason, now.to_rfc3339()],
-            )?;
-            insert_audit(
-                &tx,
-                &AuditRecord::new(AuditAction::Purged, now)
-                    .worker("office administrator")
-                    .document(team, &doc_id.to_string()),
-            )?;
-            tx.commit()?;
-            // Older page images of the document are still in the WAL: fold
-            // it into the (secure-deleted) database file and truncate it.
-            // Busy if a reader holds an old snapshot; the next checkpoint
-            // then does it.
-            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-            Ok::<_, rusqlite::Error>(true)
-        })
+        self.purge(team, doc_id, reason, now, now, Purge::IfStored)
+    }
+
+    async fn ensure_purged(
+        &self,
+        team: &Team,
+        doc_id: DocumentId,
+        reason: &str,
+        purged_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        self.purge(team, doc_id, reason, purged_at, now, Purge::Always)
     }
 
     async fn is_purged(&self, team: &Team, doc_id: DocumentId) -> Result<bool> {
@@ -223,6 +195,12 @@ impl DocumentStore for SqliteStorage {
 
     async fn record_refusals(&self, refusals: &[Refusal]) -> Result<()> {
         self.with(|conn| record_refusals(conn, refusals))
+    }
+
+    /// One serving relay per data directory (its lock): nobody else writes
+    /// documents but the admin commands' purges, which uploads check.
+    async fn watch_documents(&self) -> Result<Option<crate::storage::DocumentEvents>> {
+        Ok(None)
     }
 
     async fn refused_documents(&self, team: Option<&Team>) -> Result<Vec<RefusedDocument>> {
@@ -363,4 +341,75 @@ fn record_refusals(conn: &mut Connection, refusals: &[Refusal]) -> rusqlite::Res
         )?;
     }
     tx.commit()
+}
+
+/// Which documents a purge applies to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purge {
+    /// Only a stored document ([`DocumentStore::purge_document`]).
+    IfStored,
+    /// Any document not purged yet, stored or not
+    /// ([`DocumentStore::ensure_purged`]).
+    Always,
+}
+
+impl SqliteStorage {
+    /// The one purge: deletes what is stored of the document, remembers it
+    /// as purged and audits it, in one transaction, then truncates the WAL.
+    fn purge(
+        &self,
+        team: &Team,
+        doc_id: DocumentId,
+        reason: &str,
+        purged_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+        which: Purge,
+    ) -> Result<bool> {
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let applies = match which {
+                Purge::IfStored => tx
+                    .query_row(
+                        "SELECT 1 FROM documents WHERE team = ?1 AND id = ?2",
+                        params![team, doc_id],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some(),
+                Purge::Always => !is_purged(&tx, team, doc_id)?,
+            };
+            if !applies {
+                return Ok(false);
+            }
+            for sql in [
+                "DELETE FROM changes WHERE team = ?1 AND doc_id = ?2",
+                "DELETE FROM sync_states WHERE team = ?1 AND doc_id = ?2",
+                "DELETE FROM documents WHERE team = ?1 AND id = ?2",
+                // Ids and reasons only, but of a family that no longer exists.
+                "DELETE FROM refused_documents WHERE team = ?1 AND doc_id = ?2",
+            ] {
+                tx.execute(sql, params![team, doc_id])?;
+            }
+            tx.execute(
+                "INSERT INTO purged (doc_id, team, reason, purged_at) VALUES (?1, ?2, ?3, ?4)",
+                params![doc_id, team, reason, purged_at.to_rfc3339()],
+            )?;
+            insert_audit(
+                &tx,
+                &AuditRecord::new(AuditAction::Purged, now)
+                    .worker(match which {
+                        Purge::IfStored => "office administrator",
+                        Purge::Always => crate::erasure_ledger::REPLAY_WORKER,
+                    })
+                    .document(team, &doc_id.to_string()),
+            )?;
+            tx.commit()?;
+            // Older page images of the document are still in the WAL: fold
+            // it into the (secure-deleted) database file and truncate it.
+            // Busy if a reader holds an old snapshot; the next checkpoint
+            // then does it.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            Ok::<_, rusqlite::Error>(true)
+        })
+    }
 }

@@ -47,6 +47,9 @@ impl std::fmt::Debug for SqliteStorage {
 }
 
 impl SqliteStorage {
+    /// The schema this relay migrates a database to.
+    pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
     /// Opens (creating) the database at `path`, keyed with the data
     /// directory's `relay.key` (made if new): what unit tests use.
     pub fn open(path: &Path) -> crate::error::Result<Self> {
