@@ -183,7 +183,8 @@ fn the_unit_keeps_its_hardening() {
     let service = service();
     let exact = [
         ("User", "linkbook"),
-        ("StateDirectory", "linkbook"),
+        // The data directory and the erasure ledger's, apart (ADR 0013).
+        ("StateDirectory", "linkbook linkbook-erasures"),
         ("StateDirectoryMode", "0700"),
         ("UMask", "0077"),
         ("Restart", "on-failure"),
@@ -271,6 +272,10 @@ fn the_unit_keeps_its_hardening() {
     let exec = single(&service, "ExecStart");
     for arg in [
         "--data %S/linkbook",
+        // In a state directory of its own: under ProtectSystem=strict the
+        // default beside the data directory (/var/lib/linkbook.erasures) is
+        // read-only, and every purge would fail.
+        "--erasure-ledger %S/linkbook-erasures/erasures.ledger",
         "--tls-cert %d/tls.crt",
         "--tls-key %d/tls.key",
         "--key-file /etc/linkbook/server.key",
@@ -303,6 +308,7 @@ fn the_user_and_the_admin_wrapper_match_the_unit() {
         "runuser -u linkbook",
         INSTALLED_BIN,
         "--data /var/lib/linkbook",
+        "--erasure-ledger /var/lib/linkbook-erasures/erasures.ledger",
         "--key-file /etc/linkbook/server.key",
         "/etc/linkbook/linkbook.env",
     ] {
