@@ -13,9 +13,11 @@ use tempfile::TempDir;
 mod backend;
 mod live;
 pub mod pages;
+mod scrape;
 
 pub use backend::Backend;
 pub use live::LivePeer;
+pub use scrape::{http_get, metric_sample, metrics_addr};
 
 // The relay process, device stores and the relay database's helpers are
 // shared with core's tests and the bench (test-support/).

@@ -3,14 +3,16 @@
 //! directory, and the erasure ledger beside it that keeps a restored backup
 //! from bringing a purged family back. Real relay processes, real files.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use linkbook_core::*;
 use linkbook_tests::pages::{occurrences, plaintext_pages};
-use linkbook_tests::{Device, Relay, erasure_ledger_of as ledger_of, relay_db, workspace_bin};
+use linkbook_tests::{
+    Device, Relay, erasure_ledger_of as ledger_of, http_get, metric_sample, metrics_addr, relay_db,
+    workspace_bin,
+};
 
 /// The relay's dev certificate files: kept across a lost data directory as
 /// an operator keeps their certificate (devices pin the CA).
@@ -69,36 +71,11 @@ fn mode(path: &Path) -> u32 {
         & 0o777
 }
 
-/// The metrics listener's address, from the relay's log.
-fn metrics_addr(relay: &Relay) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let log = relay.log();
-        if let Some(rest) = log.split("metrics listening on http://").nth(1) {
-            return rest.split('/').next().expect("an address").to_string();
-        }
-        assert!(Instant::now() < deadline, "no metrics listener: {log}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// `linkbook_backup_age_seconds` as `/metrics` says it now.
 fn backup_age(addr: &str) -> i64 {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut response = String::new();
-    s.read_to_string(&mut response).expect("response");
-    response
-        .lines()
-        .find_map(|l| l.strip_prefix("linkbook_backup_age_seconds "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no backup age gauge: {response}"))
+    let (_, metrics) = http_get(addr, "/metrics");
+    metric_sample(&metrics, "linkbook_backup_age_seconds")
+        .unwrap_or_else(|| panic!("no backup age gauge: {metrics}")) as i64
 }
 
 /// (a) A backup taken while two devices write and sync is one consistent,
