@@ -169,10 +169,8 @@ fn run_setup(
             // Nodes behind one name share a certificate.
             let dir = work.join(format!("node-{i}"));
             std::fs::create_dir_all(&dir).map_err(|e| format!("node dir: {e}"))?;
-            for file in ["dev-ca.pem", "dev-cert.pem", "dev-key.pem"] {
-                std::fs::copy(nodes[0].data.join(file), dir.join(file))
-                    .map_err(|e| format!("copying the certificate: {e}"))?;
-            }
+            linkbook_test_support::copy_dev_certificate(&nodes[0].data, &dir)
+                .map_err(|e| format!("copying the certificate: {e}"))?;
             nodes.push(Server::linkbook(&dir, &args)?);
         }
     }
@@ -250,7 +248,7 @@ fn run_setup(
             .sum::<Result<f64>>()
     };
     let database_cpu = || match url {
-        Some(_) => cluster.postmaster_pid().map_or(0.0, tree_cpu_s),
+        Some(_) => cluster.postmaster_pid().map_or(0.0, procstat::tree_cpu_s),
         None => 0.0,
     };
     let barrier = Barrier::new(fleet.len() + 1);
@@ -297,39 +295,4 @@ fn run_setup(
     }
     let _ = std::fs::remove_dir_all(scratch);
     Ok(measured)
-}
-
-/// CPU seconds of process `pid`, its reaped children (PostgreSQL's
-/// postmaster reaps the backends of closed connections) and its live ones.
-fn tree_cpu_s(pid: u32) -> f64 {
-    let fields = |pid: &str| -> Option<Vec<String>> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let rest = stat.rsplit_once(')')?.1;
-        Some(rest.split_whitespace().map(str::to_string).collect())
-    };
-    let ticks =
-        |f: &[String], i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let Some(own) = fields(&pid.to_string()) else {
-        return 0.0;
-    };
-    // After ')': [0] state, [1] ppid, ..., [11] utime, [12] stime,
-    // [13] cutime, [14] cstime.
-    let mut total = ticks(&own, 11) + ticks(&own, 12) + ticks(&own, 13) + ticks(&own, 14);
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name
-                .to_str()
-                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-            else {
-                continue;
-            };
-            if let Some(f) = fields(name)
-                && f.get(1).map(String::as_str) == Some(pid.to_string().as_str())
-            {
-                total += ticks(&f, 11) + ticks(&f, 12);
-            }
-        }
-    }
-    total / procstat::TICKS_PER_SECOND
 }

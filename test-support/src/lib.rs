@@ -22,8 +22,8 @@ pub mod sim;
 pub mod store;
 
 pub use relay::{
-    LISTENING, Relay, Run, enrol_code, erasure_ledger_of, open_keyed, relay_db,
-    relay_integrity_check, relay_key, spawn_relay, wait_for_line, workspace_bin,
+    LISTENING, Relay, Run, copy_dev_certificate, enrol_code, erasure_ledger_of, open_keyed,
+    relay_db, relay_integrity_check, relay_key, spawn_relay, wait_for_line, workspace_bin,
 };
 pub use store::{Device, Store, device, send_doc, sync_into};
 

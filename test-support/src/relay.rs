@@ -93,6 +93,17 @@ pub fn spawn_relay(
     }
 }
 
+/// Copies a relay's development certificate (CA, certificate and key) from
+/// data directory `from` to `to`, so that a second relay node serves the
+/// same certificate as nodes behind one name do; `fs::copy` keeps their
+/// mode (0600).
+pub fn copy_dev_certificate(from: &Path, to: &Path) -> std::io::Result<()> {
+    for file in ["dev-ca.pem", "dev-cert.pem", "dev-key.pem"] {
+        std::fs::copy(from.join(file), to.join(file))?;
+    }
+    Ok(())
+}
+
 /// A fresh one-time enrolment code for `worker` of `team` from the relay's
 /// admin command (`admin`: the relay's command line, as for [`spawn_relay`])
 /// on data directory `data`.
@@ -173,11 +184,7 @@ impl Relay {
             .as_deref()
             .expect("another node of a relay on PostgreSQL");
         let data = tempfile::tempdir().expect("node dir");
-        for file in ["dev-ca.pem", "dev-cert.pem", "dev-key.pem"] {
-            // fs::copy keeps the source's mode (0600).
-            std::fs::copy(self.data.path().join(file), data.path().join(file))
-                .expect("the certificate");
-        }
+        copy_dev_certificate(self.data.path(), data.path()).expect("the certificate");
         Self::start_on_postgres(data, url, args)
     }
 
