@@ -82,7 +82,19 @@ impl Hub {
                 (&mut outgoing, &mut received),
             );
         }
-        self.audit_received(&received, document_id).await;
+        self.audit_then_send(&received, document_id, outgoing).await;
+    }
+
+    /// Audits every device the gathered messages carry changes to (one
+    /// transaction), then queues them: nobody is sent changes the audit
+    /// does not name.
+    pub(super) async fn audit_then_send(
+        &self,
+        received: &[String],
+        document_id: &str,
+        outgoing: Vec<(Outbox, Vec<Message>)>,
+    ) {
+        self.audit_received(received, document_id).await;
         for (to, messages) in outgoing {
             to.offer_all(messages);
         }

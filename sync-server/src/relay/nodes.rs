@@ -153,10 +153,8 @@ impl Hub {
             &document_id,
             (&mut outgoing, &mut received),
         );
-        self.audit_received(&received, &document_id).await;
-        for (to, messages) in outgoing {
-            to.offer_all(messages);
-        }
+        self.audit_then_send(&received, &document_id, outgoing)
+            .await;
         Ok(())
     }
 
