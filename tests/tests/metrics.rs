@@ -185,3 +185,41 @@ fn silent_connections_to_the_metrics_listener_are_capped_and_closed() -> Result<
     assert!(body.contains("linkbook_syncs_total"));
     Ok(())
 }
+
+/// The largest request a scraper's address could send: 8 MiB of headers
+/// to the metrics listener (the relay's memory capped) is refused or cut,
+/// never buffered whole, and the listener and the relay go on serving.
+#[test]
+fn an_oversized_request_to_the_metrics_listener_is_refused_and_it_keeps_serving() -> Result<()> {
+    let relay = Relay::start_with(&["--metrics-listen", "127.0.0.1:0"]);
+    relay.cap_memory();
+    let addr = metrics_addr(&relay);
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    s.set_write_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nX-Big: ");
+    let chunk = vec![b'a'; 64 * 1024];
+    let mut sent = 0usize;
+    while sent < 8 * 1024 * 1024 {
+        if s.write_all(&chunk).is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty()
+            || answer.starts_with("HTTP/1.1 431")
+            || answer.starts_with("HTTP/1.1 400"),
+        "an oversized request was answered: {}",
+        answer.lines().next().unwrap_or_default()
+    );
+    assert_eq!(get(&addr, "/healthz").0, 200, "the listener still serves");
+    let asha = Device::enrolled(&relay, "north", "Asha");
+    asha.sync(None)?;
+    Ok(())
+}
