@@ -21,6 +21,7 @@
 //!   its read with a cursor value below the one it was handed;
 //! - the audit only grows.
 
+mod console;
 mod error;
 mod ids;
 mod memory;
@@ -37,6 +38,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use linkbook_core::DocumentId;
 
+pub use console::{
+    ConsoleStore, DirtyProjection, ProjectionKind, StaffAccount, StaffRole, StaffSession,
+};
 pub use error::StorageError;
 pub use ids::{DeviceId, Team};
 pub use memory::MemoryStorage;
@@ -56,7 +60,9 @@ pub use linkbook_core::protocol::dto::Purged;
 
 /// The four traits, for calling them on a concrete store.
 pub mod prelude {
-    pub use super::{AuditStore, DeviceStore, DocumentStore, Storage, SyncStateStore};
+    pub use super::{
+        AuditStore, ConsoleStore, DeviceStore, DocumentStore, Storage, SyncStateStore,
+    };
 }
 
 /// What a storage operation returns.
@@ -324,6 +330,9 @@ pub trait AuditStore: Send + Sync + 'static {
 }
 
 /// The whole store: what the relay and the admin service layer hold.
-pub trait Storage: DeviceStore + DocumentStore + SyncStateStore + AuditStore {}
+pub trait Storage:
+    DeviceStore + DocumentStore + SyncStateStore + AuditStore + ConsoleStore
+{
+}
 
-impl<T: DeviceStore + DocumentStore + SyncStateStore + AuditStore> Storage for T {}
+impl<T: DeviceStore + DocumentStore + SyncStateStore + AuditStore + ConsoleStore> Storage for T {}
