@@ -37,7 +37,7 @@ pub use model::{
     DocumentType, Family, FamilyDay, FamilyDaySummary, FamilyStatus, FamilySummary, FamilyUpdate,
     ImportSummary, Member, MemberRole, MemberUpdate, NewFamily, NewFamilyDay, NewMember,
     NewPrisoner, NewReferral, NoteCategory, NoteHit, NoteRevision, Prisoner, Referral,
-    SCHEMA_VERSION, SafeguardingFlag,
+    SCHEMA_VERSION, SafeguardingFlag, read_family, read_family_day,
 };
 pub use repo::{Clock, DeviceProfile, LOCAL_TEAM, Repo};
 pub use store::{DatabaseKey, open_keyed};

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 pub(crate) struct Fields(Vec<(String, Value<'static>, ObjId)>);
 
 impl Fields {
-    pub(crate) fn of(doc: &AutoCommit, obj: &ObjId) -> Fields {
+    pub(crate) fn of(doc: &impl ReadDoc, obj: &ObjId) -> Fields {
         Fields(
             doc.map_range(obj, ..)
                 .map(|item| {
@@ -33,7 +33,7 @@ impl Fields {
     }
 
     /// As [`get_str`].
-    pub(crate) fn str(&self, doc: &AutoCommit, key: &str) -> Option<String> {
+    pub(crate) fn str(&self, doc: &impl ReadDoc, key: &str) -> Option<String> {
         match self.get(key)? {
             (Value::Scalar(s), _) => match s.as_ref() {
                 ScalarValue::Str(s) => Some(s.to_string()),
@@ -87,7 +87,7 @@ impl Fields {
 
 /// A string at `key`, from a scalar string or (as JavaScript clients write
 /// them) a Text object.
-pub(crate) fn get_str(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<String> {
+pub(crate) fn get_str(doc: &impl ReadDoc, obj: &ObjId, key: &str) -> Option<String> {
     match doc.get(obj, key).ok().flatten()? {
         (Value::Scalar(s), _) => match s.as_ref() {
             ScalarValue::Str(s) => Some(s.to_string()),
@@ -99,7 +99,7 @@ pub(crate) fn get_str(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<String
 }
 
 /// A non-negative integer at `key` (JavaScript numbers may arrive as int or f64).
-pub(crate) fn get_u64(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<u64> {
+pub(crate) fn get_u64(doc: &impl ReadDoc, obj: &ObjId, key: &str) -> Option<u64> {
     match doc.get(obj, key).ok().flatten()? {
         (Value::Scalar(s), _) => scalar_u64(&s),
         _ => None,
@@ -116,14 +116,14 @@ pub(crate) fn scalar_u64(s: &ScalarValue) -> Option<u64> {
 }
 
 /// The map object at `key`, if there is one.
-pub(crate) fn get_map(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<ObjId> {
+pub(crate) fn get_map(doc: &impl ReadDoc, obj: &ObjId, key: &str) -> Option<ObjId> {
     match doc.get(obj, key).ok().flatten()? {
         (Value::Object(ObjType::Map), id) => Some(id),
         _ => None,
     }
 }
 
-pub(crate) fn get_list(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<ObjId> {
+pub(crate) fn get_list(doc: &impl ReadDoc, obj: &ObjId, key: &str) -> Option<ObjId> {
     match doc.get(obj, key).ok().flatten()? {
         (Value::Object(ObjType::List), id) => Some(id),
         _ => None,
@@ -157,7 +157,7 @@ pub(crate) fn put_opt_str(
 }
 
 /// Keys of a map, in order.
-pub(crate) fn keys(doc: &AutoCommit, obj: &ObjId) -> Vec<String> {
+pub(crate) fn keys(doc: &impl ReadDoc, obj: &ObjId) -> Vec<String> {
     doc.keys(obj).collect()
 }
 
@@ -171,7 +171,7 @@ pub(crate) fn write_header(doc: &mut AutoCommit, kind: DocumentType) -> Result<(
 }
 
 /// Reads a document's type and checks its schema version is one this code reads.
-pub(crate) fn read_header(doc: &AutoCommit, id: &str) -> Result<DocumentType> {
+pub(crate) fn read_header(doc: &impl ReadDoc, id: &str) -> Result<DocumentType> {
     let kind = get_str(doc, &automerge::ROOT, "type")
         .ok_or_else(|| Error::InvalidDocument(format!("document {id} has no Linkbook type")))?;
     let kind = DocumentType::parse(&kind).ok_or_else(|| {

@@ -340,7 +340,7 @@ fn parse_date(s: Option<String>) -> Option<NaiveDate> {
 }
 
 /// Entries of a collection map, as (id, fields).
-fn entries(doc: &AutoCommit, root: &Fields, key: &str) -> Vec<(String, Fields)> {
+fn entries(doc: &impl ReadDoc, root: &Fields, key: &str) -> Vec<(String, Fields)> {
     let Some(map) = root.map(key) else {
         return Vec::new();
     };
@@ -353,7 +353,7 @@ fn entries(doc: &AutoCommit, root: &Fields, key: &str) -> Vec<(String, Fields)> 
 
 /// What the team directory shows of a family: its status (no names).
 /// Reads one field, not the case file.
-pub(crate) fn summary(doc: &AutoCommit, id: DocumentId) -> directory::Entry {
+pub(crate) fn summary(doc: &impl ReadDoc, id: DocumentId) -> directory::Entry {
     let root = Fields::of(doc, &ROOT);
     directory::Entry {
         id,
@@ -366,7 +366,7 @@ pub(crate) fn summary(doc: &AutoCommit, id: DocumentId) -> directory::Entry {
 
 /// Reads the whole case file. Fields missing from a document written by
 /// another client read as empty rather than failing the read.
-pub(crate) fn read(doc: &AutoCommit, id: DocumentId) -> Family {
+pub(crate) fn read(doc: &impl ReadDoc, id: DocumentId) -> Family {
     let root = Fields::of(doc, &ROOT);
     let household = root.map("household").map(|h| Fields::of(doc, &h));
     let hh = |key| household.as_ref().and_then(|h| h.str(doc, key));
@@ -464,7 +464,7 @@ pub(crate) fn read(doc: &AutoCommit, id: DocumentId) -> Family {
     }
 }
 
-fn read_note(doc: &AutoCommit, family_id: DocumentId, id: String, n: &Fields) -> CaseNote {
+fn read_note(doc: &impl ReadDoc, family_id: DocumentId, id: String, n: &Fields) -> CaseNote {
     let history = n
         .list("history")
         .map(|h| {

@@ -107,7 +107,7 @@ pub(crate) fn check_in(
 }
 
 /// Every concurrent value at `key` (a merged record reads all of them).
-fn all_values(doc: &AutoCommit, obj: &ObjId, key: &str) -> Vec<automerge::ScalarValue> {
+fn all_values(doc: &impl ReadDoc, obj: &ObjId, key: &str) -> Vec<automerge::ScalarValue> {
     doc.get_all(obj, key)
         .unwrap_or_default()
         .into_iter()
@@ -118,7 +118,7 @@ fn all_values(doc: &AutoCommit, obj: &ObjId, key: &str) -> Vec<automerge::Scalar
         .collect()
 }
 
-fn earliest(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<DateTime<Utc>> {
+fn earliest(doc: &impl ReadDoc, obj: &ObjId, key: &str) -> Option<DateTime<Utc>> {
     all_values(doc, obj, key)
         .iter()
         .filter_map(|v| v.as_str())
@@ -128,21 +128,21 @@ fn earliest(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<DateTime<Utc>> {
 }
 
 /// Family ids that have a field in a flat map.
-fn families_in(doc: &AutoCommit, obj: &ObjId) -> BTreeMap<String, ()> {
+fn families_in(doc: &impl ReadDoc, obj: &ObjId) -> BTreeMap<String, ()> {
     keys(doc, obj)
         .into_iter()
         .filter_map(|k| k.split_once('.').map(|(f, _)| (f.to_string(), ())))
         .collect()
 }
 
-fn count(doc: &AutoCommit, obj: &ObjId, key: &str) -> u32 {
+fn count(doc: &impl ReadDoc, obj: &ObjId, key: &str) -> u32 {
     get_u64(doc, obj, key)
         .or_else(|| all_values(doc, obj, key).iter().find_map(scalar_u64))
         .map(|n| n.min(u64::from(u32::MAX)) as u32)
         .unwrap_or(0)
 }
 
-pub(crate) fn read(doc: &AutoCommit, id: DocumentId) -> FamilyDay {
+pub(crate) fn read(doc: &impl ReadDoc, id: DocumentId) -> FamilyDay {
     let mut bookings = Vec::new();
     if let Some(b) = get_map(doc, &ROOT, "bookings") {
         for f in families_in(doc, &b).into_keys() {

@@ -57,3 +57,16 @@ pub(crate) struct Author {
     pub team: String,
     pub now: chrono::DateTime<chrono::Utc>,
 }
+
+/// Reads a family case file from any Automerge document (the relay's
+/// report projections read stored documents with it). Fields missing from
+/// a document written by another client read as empty.
+pub fn read_family(doc: &impl automerge::ReadDoc, id: crate::ids::DocumentId) -> Family {
+    family::read(doc, id)
+}
+
+/// Reads a family day from any Automerge document, merging tablets'
+/// check-ins by the same rules the devices use.
+pub fn read_family_day(doc: &impl automerge::ReadDoc, id: crate::ids::DocumentId) -> FamilyDay {
+    family_day::read(doc, id)
+}
