@@ -69,8 +69,18 @@ pub async fn list_devices(storage: &dyn Storage) -> Result<Vec<Device>> {
 /// audited once as the office administrator's; revoking it again changes
 /// nothing.
 pub async fn revoke_device(storage: &dyn Storage, id: &str, now: DateTime<Utc>) -> Result<()> {
+    revoke_device_by(storage, id, ADMINISTRATOR, now).await
+}
+
+/// [`revoke_device`], audited as `by`'s (a console account).
+pub async fn revoke_device_by(
+    storage: &dyn Storage,
+    id: &str,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
     if !storage
-        .revoke_device(&DeviceId::from(id), Some(ADMINISTRATOR), now)
+        .revoke_device(&DeviceId::from(id), Some(by), now)
         .await?
     {
         return Err(AdminError::NotFound {

@@ -149,6 +149,16 @@ pub async fn export_person(
     query: &SubjectQuery,
     now: DateTime<Utc>,
 ) -> Result<SubjectAccess> {
+    export_person_by(storage, query, ADMINISTRATOR, now).await
+}
+
+/// [`export_person`], audited as `by`'s (a console account).
+pub async fn export_person_by(
+    storage: &dyn Storage,
+    query: &SubjectQuery,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<SubjectAccess> {
     let AnsweredQuery { name, family } = query.answered()?;
     let only_team = match &family {
         Some(id) => team_of(storage, *id, query.team.as_deref()).await?,
@@ -218,7 +228,7 @@ pub async fn export_person(
         .iter()
         .map(|f| {
             AuditRecord::new(AuditAction::SubjectAccessExport, now)
-                .worker(ADMINISTRATOR)
+                .worker(by)
                 .document(&f.team, &f.family_id)
         })
         .collect();

@@ -9,6 +9,7 @@
 //! Automerge panic guard), within [`load_budget`]: a damaged stored
 //! document is reported or skipped, never a panic.
 
+pub mod accounts;
 pub mod audit;
 pub mod devices;
 pub mod families;
@@ -16,7 +17,7 @@ pub mod retention;
 pub mod teams;
 
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 use linkbook_core::budget::Budget;
 

@@ -44,6 +44,17 @@ pub async fn set_team_policy(
     change: PolicyChange,
     now: DateTime<Utc>,
 ) -> Result<(Team, TeamPolicy)> {
+    set_team_policy_by(storage, team, change, ADMINISTRATOR, now).await
+}
+
+/// [`set_team_policy`], audited as `by`'s (a console account).
+pub async fn set_team_policy_by(
+    storage: &dyn Storage,
+    team: &str,
+    change: PolicyChange,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<(Team, TeamPolicy)> {
     for (field, days) in [
         ("retention_days", change.retention_days),
         ("lease_days", change.lease_days),
@@ -67,7 +78,7 @@ pub async fn set_team_policy(
     if let Some(d) = change.lease_days {
         policy.lease_days = d;
     }
-    let mut record = AuditRecord::new(AuditAction::PolicyChanged, now).worker(ADMINISTRATOR);
+    let mut record = AuditRecord::new(AuditAction::PolicyChanged, now).worker(by);
     record.team = Some(team.to_string());
     storage
         .set_team_policy(&team, policy, &[record], now)

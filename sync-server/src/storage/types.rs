@@ -32,12 +32,26 @@ pub enum AuditAction {
     RefusedActorClash,
     PolicyChanged,
     SubjectAccessExport,
+    /// Console (issue 15): a member of staff signed in, was refused, signed
+    /// out, set up their account; an account was added, reset or disabled.
+    StaffSignedIn,
+    StaffSignInRefused,
+    StaffSignedOut,
+    StaffSetUp,
+    StaffAccountChanged,
+    /// An enrolment code was issued (from the console: `worker` names the
+    /// member of staff, the record's team the code's).
+    EnrolmentCodeIssued,
+    /// A report or the audit was downloaded as CSV.
+    ReportExported,
+    /// Retention was run by hand.
+    RetentionRun,
     /// A stored action this relay does not know (written by a newer one).
     Unknown(String),
 }
 
 impl AuditAction {
-    const NAMED: [AuditAction; 17] = [
+    const NAMED: [AuditAction; 25] = [
         AuditAction::Enrolled,
         AuditAction::Connected,
         AuditAction::Uploaded,
@@ -55,7 +69,20 @@ impl AuditAction {
         AuditAction::RefusedActorClash,
         AuditAction::PolicyChanged,
         AuditAction::SubjectAccessExport,
+        AuditAction::StaffSignedIn,
+        AuditAction::StaffSignInRefused,
+        AuditAction::StaffSignedOut,
+        AuditAction::StaffSetUp,
+        AuditAction::StaffAccountChanged,
+        AuditAction::EnrolmentCodeIssued,
+        AuditAction::ReportExported,
+        AuditAction::RetentionRun,
     ];
+
+    /// Every action this relay names (the audit page's filter).
+    pub fn named() -> &'static [AuditAction] {
+        &Self::NAMED
+    }
 
     pub fn as_str(&self) -> &str {
         match self {
@@ -76,6 +103,14 @@ impl AuditAction {
             AuditAction::RefusedActorClash => "refused-actor-clash",
             AuditAction::PolicyChanged => "policy changed",
             AuditAction::SubjectAccessExport => "subject access export",
+            AuditAction::StaffSignedIn => "staff signed in",
+            AuditAction::StaffSignInRefused => "staff sign-in refused",
+            AuditAction::StaffSignedOut => "staff signed out",
+            AuditAction::StaffSetUp => "staff account set up",
+            AuditAction::StaffAccountChanged => "staff account changed",
+            AuditAction::EnrolmentCodeIssued => "enrolment code issued",
+            AuditAction::ReportExported => "report exported",
+            AuditAction::RetentionRun => "retention run",
             AuditAction::Unknown(s) => s,
         }
     }
