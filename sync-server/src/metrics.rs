@@ -64,10 +64,23 @@ struct KindLabel {
     kind: crate::refusals::RefusalKind,
 }
 
+/// How many ended syncs [`Metrics::recent_syncs`] keeps.
+pub const RECENT_SYNCS: usize = 50;
+
+/// A sync connection that ended (ids only).
+#[derive(Debug, Clone)]
+pub struct RecentSync {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub device: String,
+    pub team: String,
+    pub outcome: SyncOutcome,
+}
+
 /// The relay's metrics.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    recent: std::sync::Mutex<std::collections::VecDeque<RecentSync>>,
     connected: Gauge,
     syncs: Family<OutcomeLabel, Counter>,
     messages: Family<DirectionLabel, Counter>,
@@ -89,6 +102,9 @@ impl Metrics {
     fn new() -> Metrics {
         let m = Metrics {
             registry: Registry::with_prefix("linkbook"),
+            recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(
+                RECENT_SYNCS,
+            )),
             connected: Gauge::default(),
             syncs: Family::default(),
             messages: Family::default(),
@@ -168,9 +184,33 @@ impl Metrics {
         self.connected.inc();
     }
 
-    pub(crate) fn disconnected(&self, outcome: SyncOutcome) {
+    pub(crate) fn disconnected(&self, outcome: SyncOutcome, device: &str, team: &str) {
         self.connected.dec();
-        self.syncs.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.syncs
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_SYNCS {
+            recent.pop_front();
+        }
+        recent.push_back(RecentSync {
+            at: chrono::Utc::now(),
+            device: device.to_string(),
+            team: team.to_string(),
+            outcome,
+        });
+    }
+
+    /// Devices connected to this node now.
+    pub fn connected_now(&self) -> i64 {
+        self.connected.get()
+    }
+
+    /// The latest ended syncs on this node, newest first (the office
+    /// console's status page).
+    pub fn recent_syncs(&self) -> Vec<RecentSync> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().rev().cloned().collect()
     }
 
     pub(crate) fn message(&self, direction: Direction, bytes: usize) {

@@ -137,14 +137,15 @@ impl Hub {
         drop(outbox);
         self.disconnect(conn_id).await;
         use crate::metrics::SyncOutcome;
-        crate::metrics::metrics().disconnected(match &outcome {
+        let ended = match &outcome {
             _ if shut.as_deref() == Some(RESTARTING) => SyncOutcome::Restarting,
             _ if shut.is_some() => SyncOutcome::Revoked,
             _ if overflowed => SyncOutcome::Overflowed,
             Err(Close(why)) if why == REPLACED => SyncOutcome::Replaced,
             Err(_) => SyncOutcome::Closed,
             Ok(_) => SyncOutcome::Completed,
-        });
+        };
+        crate::metrics::metrics().disconnected(ended, &device.id, &device.team);
         // A peer that does not read would keep the writer waiting on its
         // socket for ever: an overflowed queue is dropped at once, a shut
         // one (revoked) gets a moment for its reason, anything else a few
