@@ -156,10 +156,41 @@ struct ServeArgs {
     #[arg(long, env = "LINKBOOK_AUDIT_ROWS_PER_DAY", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     audit_rows_per_day: u64,
+    /// The relay's address as staff and devices reach it
+    /// (`https://relay.example.org`): put into enrolment QR codes made in
+    /// the office console.
+    #[arg(long, env = "LINKBOOK_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Office console: a session unused this long (seconds) is signed out.
+    #[arg(long, env = "LINKBOOK_CONSOLE_IDLE_SECS", default_value_t = 30 * 60,
+          value_parser = clap::value_parser!(u64).range(1..=7 * 24 * 3600))]
+    console_idle_secs: u64,
+    /// Office console: a session ends this many hours after sign-in.
+    #[arg(long, env = "LINKBOOK_CONSOLE_SESSION_HOURS", default_value_t = 12,
+          value_parser = clap::value_parser!(u64).range(1..=24 * 30))]
+    console_session_hours: u64,
+    /// Office console: failed sign-ins from one address before it is locked
+    /// out (within --console-lockout-secs), as device codes are.
+    #[arg(long, env = "LINKBOOK_CONSOLE_MAX_FAILURES", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    console_max_failures: u32,
+    /// Office console: how long (seconds) failures are counted and an
+    /// address stays locked out.
+    #[arg(long, env = "LINKBOOK_CONSOLE_LOCKOUT_SECS", default_value_t = 15 * 60)]
+    console_lockout_secs: u64,
+    /// Reports: counts from 1 to this minus one are suppressed (statistical
+    /// disclosure control); the outcomes page may raise it, never lower it.
+    #[arg(long, env = "LINKBOOK_REPORT_THRESHOLD", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(2..=1000))]
+    report_threshold: u64,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Office console accounts: add one (prints its one-time set-up link),
+    /// reset, disable, list (works while the relay runs).
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Enrol, list and revoke devices (works while the relay runs).
     #[command(subcommand)]
     Device(DeviceCommand),
@@ -333,6 +364,46 @@ enum FamilyCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Add a console account and print its one-time set-up link.
+    Add {
+        /// What they sign in with.
+        #[arg(long)]
+        name: String,
+        /// administrator (enrols and revokes devices), manager (reads
+        /// reports) or data-protection (purges, subject access, retention).
+        #[arg(long, value_parser = ["administrator", "manager", "data-protection"])]
+        role: String,
+        /// Hours until the link expires.
+        #[arg(long, default_value_t = crate::admin::accounts::SETUP_HOURS)]
+        expires_hours: i64,
+        /// The relay's address as staff reach it, put into the link.
+        #[arg(long, env = "LINKBOOK_PUBLIC_URL")]
+        server: Option<String>,
+    },
+    /// A forgotten password or lost phone: a new set-up link; the old
+    /// password, second factor and sessions stop working.
+    Reset {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = crate::admin::accounts::SETUP_HOURS)]
+        expires_hours: i64,
+        #[arg(long, env = "LINKBOOK_PUBLIC_URL")]
+        server: Option<String>,
+    },
+    /// Disable an account: it cannot sign in, its sessions end.
+    Disable {
+        #[arg(long)]
+        name: String,
+    },
+    /// List console accounts.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum DeviceCommand {
     /// Print a one-time enrolment code for a worker's device.
     Enrol {
@@ -401,6 +472,7 @@ where
             })?;
         runtime.block_on(async move {
             match command {
+                Command::Admin(cmd) => commands::admin(data, cmd).await,
                 Command::Device(cmd) => commands::device(data, cmd).await,
                 Command::Family(cmd) => commands::family(data, cmd).await,
                 Command::Team(cmd) => commands::team(data, cmd).await,

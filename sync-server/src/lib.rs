@@ -11,6 +11,7 @@ pub mod auth;
 pub mod backup;
 pub mod cli;
 pub mod conn_limits;
+pub mod console;
 pub mod doc_cap;
 pub mod documents;
 pub mod door;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub conns: Arc<conn_limits::Counter>,
     /// Read rows a device may upload (audit_upload.rs).
     pub audit_quotas: audit_upload::AuditQuotas,
+    /// The office console's settings and sign-in brake (console/).
+    pub console: Arc<console::Console>,
 }
 
 impl std::fmt::Debug for dyn Storage {
@@ -129,6 +132,7 @@ impl AppState {
             auth: Arc::new(AuthLimiter::new(AuthLimits::default())),
             conns: conn_limits::Counter::new(conn_limits::ConnLimits::default()),
             audit_quotas: audit_upload::AuditQuotas::default(),
+            console: Arc::new(console::Console::default()),
         }
     }
 
@@ -172,6 +176,12 @@ impl AppState {
     }
 
     /// The same state with these limits on failed authentication.
+    /// The office console's settings and sign-in brake.
+    pub fn with_console(mut self, config: console::ConsoleConfig, logins: AuthLimits) -> Self {
+        self.console = Arc::new(console::Console::new(config, logins));
+        self
+    }
+
     pub fn with_auth_limits(mut self, limits: AuthLimits) -> Self {
         self.auth = Arc::new(AuthLimiter::new(limits));
         self
@@ -235,7 +245,7 @@ impl AppState {
 /// The client's IP address, when the server runs with connect info (the
 /// router called directly, as in unit tests, has none and counts nothing).
 #[derive(Debug, Clone, Copy)]
-struct ClientAddr(Option<IpAddr>);
+pub(crate) struct ClientAddr(pub(crate) Option<IpAddr>);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
@@ -285,6 +295,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/sync", get(sync_socket))
         .route("/v1/changes", get(changes))
         .route("/v1/audit", post(audit_reads))
+        .merge(console::routes())
         .layer(DefaultBodyLimit::max(16 * 1024))
         .with_state(state)
 }

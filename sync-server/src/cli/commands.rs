@@ -40,6 +40,100 @@ fn print_json<T: serde::Serialize>(value: &T, fallback: &str) {
     );
 }
 
+/// `admin add|reset|disable|list`: console accounts. The set-up link alone
+/// goes to stdout (for scripts); what it is for, to stderr.
+pub(super) async fn admin(data: Data<'_>, cmd: AdminCommand) -> crate::Result<()> {
+    use crate::storage::{AuditAction, AuditRecord, StaffRole};
+    let state = data.open(Limits::default()).await?;
+    let storage = &*state.storage;
+    let now = Utc::now();
+    let changed = |name: &str| {
+        AuditRecord::new(AuditAction::StaffAccountChanged, now).worker(&format!("staff:{name}"))
+    };
+    match cmd {
+        AdminCommand::Add {
+            name,
+            role,
+            expires_hours,
+            server,
+        } => {
+            let role = StaffRole::parse(&role)
+                .ok_or_else(|| crate::Error::BadRequest(format!("--role {role} is not a role")))?;
+            let new = admin::accounts::add_account(storage, &name, role, expires_hours, now)
+                .await
+                .map_err(cli_error)?;
+            storage
+                .append_audit(&[changed(&new.account.name)])
+                .await?;
+            println!("{}", new.link(server.as_deref()));
+            eprintln!(
+                "set-up link for {} ({}); it works once and expires in {expires_hours} h{}",
+                new.account.name,
+                role.as_str(),
+                if server.is_none() {
+                    ": open it on the relay's address (give --server or LINKBOOK_PUBLIC_URL to print the whole link)"
+                } else {
+                    ""
+                }
+            );
+        }
+        AdminCommand::Reset {
+            name,
+            expires_hours,
+            server,
+        } => {
+            let new = admin::accounts::reset_account(storage, &name, expires_hours, now)
+                .await
+                .map_err(cli_error)?;
+            storage
+                .append_audit(&[changed(&new.account.name)])
+                .await?;
+            println!("{}", new.link(server.as_deref()));
+            eprintln!(
+                "new set-up link for {}; the old password, second factor and sessions no longer work",
+                new.account.name
+            );
+        }
+        AdminCommand::Disable { name } => {
+            admin::accounts::disable_account(storage, &name, now)
+                .await
+                .map_err(cli_error)?;
+            storage.append_audit(&[changed(name.trim())]).await?;
+            println!("disabled {}", name.trim());
+        }
+        AdminCommand::List { json } => {
+            let accounts = admin::accounts::list_accounts(storage)
+                .await
+                .map_err(cli_error)?;
+            let rows: Vec<_> = accounts
+                .iter()
+                .map(|a| {
+                    serde_json::json!({
+                        "name": a.name,
+                        "role": a.role.as_str(),
+                        "created_at": a.created_at.to_rfc3339(),
+                        "set_up": a.password_hash.is_some(),
+                        "disabled_at": a.disabled_at.map(|t| t.to_rfc3339()),
+                    })
+                })
+                .collect();
+            if json {
+                print_json(&rows, "[]");
+            } else {
+                for a in &accounts {
+                    let state = match (a.disabled_at, &a.password_hash) {
+                        (Some(_), _) => "disabled",
+                        (None, Some(_)) => "active",
+                        (None, None) => "awaiting set-up",
+                    };
+                    println!("{:<24} {:<16} {state}", a.name, a.role.as_str());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn device(data: Data<'_>, cmd: DeviceCommand) -> crate::Result<()> {
     let state = data.open(Limits::default()).await?;
     let storage = &*state.storage;

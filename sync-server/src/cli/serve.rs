@@ -118,7 +118,23 @@ pub(super) fn serve(store: Data<'_>, args: ServeArgs) -> crate::Result<()> {
         .with_audit_quotas(crate::audit_upload::AuditQuotas {
             rows_per_upload: usize::try_from(args.audit_rows_per_upload).unwrap_or(usize::MAX),
             rows_per_day: args.audit_rows_per_day,
-        });
+        })
+        .with_console(
+            crate::console::ConsoleConfig {
+                idle_timeout: std::time::Duration::from_secs(args.console_idle_secs),
+                session_lifetime: std::time::Duration::from_secs(
+                    args.console_session_hours * 3600,
+                ),
+                report_threshold: args.report_threshold,
+                public_url: args.public_url.clone(),
+            },
+            crate::ratelimit::AuthLimits {
+                max_failures: args.console_max_failures,
+                window: std::time::Duration::from_secs(args.console_lockout_secs),
+                lockout: std::time::Duration::from_secs(args.console_lockout_secs),
+                ..crate::ratelimit::AuthLimits::default()
+            },
+        );
     let (transport, trust) = match (args.tls_cert, args.tls_key, args.insecure_http) {
         (Some(cert), Some(key), _) => (Transport::Tls { cert, key }, None),
         (_, _, true) => (Transport::InsecureHttp, None),
@@ -156,6 +172,9 @@ pub(super) fn serve(store: Data<'_>, args: ServeArgs) -> crate::Result<()> {
                 }
             }
         }
+        // Report projections (console/projector.rs): every node refreshes
+        // the documents marked dirty, its own uploads' and other nodes'.
+        crate::console::projector::spawn(state.storage.clone());
         // Retention: once a day, by one relay node (the first to look after
         // midnight claims the day in the database: `claim_job`); each node
         // looks at start and then hourly. A node that dies mid-sweep leaves
