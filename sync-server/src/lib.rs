@@ -135,14 +135,19 @@ impl AppState {
     /// Admits a sync connection (`GET /v1/sync`): the device of bearer
     /// `token` from `client` (not locked out), its change cursor (`since=N`
     /// asks for the pipelined session, relay::Hub::push; other
-    /// automerge-repo clients never send it) and its session names from the
-    /// `query`. A refusal is the error the HTTP answer says.
+    /// automerge-repo clients never send it), its session names from the
+    /// `query`, and the kind of `client` address its last sync records
+    /// (`storage::address_kind`). A refusal is the error the HTTP answer
+    /// says.
     pub async fn admit_sync(
         &self,
         client: Option<IpAddr>,
         token: Option<&str>,
         query: Option<&str>,
-    ) -> Result<(storage::Device, (Option<i64>, relay::Sessions))> {
+    ) -> Result<(
+        storage::Device,
+        (Option<i64>, relay::Sessions, &'static str),
+    )> {
         let device = match self.authenticate(ClientAddr(client), token).await {
             Ok(d) => d,
             Err(e) => {
@@ -156,7 +161,10 @@ impl AppState {
                 .and_then(|v| v.parse::<i64>().ok())
         });
         let sessions = relay::Sessions::from_query(query).map_err(Error::BadRequest)?;
-        Ok((device, (since, sessions)))
+        // What the device's last sync records of where it came from: the
+        // kind of address, never the address.
+        let address_kind = client.map_or(storage::UNKNOWN_ADDRESS_KIND, storage::address_kind);
+        Ok((device, (since, sessions, address_kind)))
     }
 
     /// The same state with these quotas on uploaded read rows.

@@ -71,8 +71,13 @@ impl DeviceStore for Ledgered {
         self.inner.revoke_device(device_id, by, now).await
     }
 
-    async fn touch_device(&self, device_id: &DeviceId, now: DateTime<Utc>) -> Result<()> {
-        self.inner.touch_device(device_id, now).await
+    async fn touch_device(
+        &self,
+        device_id: &DeviceId,
+        now: DateTime<Utc>,
+        address_kind: &str,
+    ) -> Result<()> {
+        self.inner.touch_device(device_id, now, address_kind).await
     }
 
     async fn revocations_since(

@@ -153,7 +153,8 @@ async fn devices_enrol_once_and_are_found_by_token<S: Storage>(s: &S) {
         "by team, then worker"
     );
     let at = now();
-    s.touch_device(&DeviceId::from("d-ben"), at)
+    assert_eq!(found.last_address_kind, None, "not synced yet");
+    s.touch_device(&DeviceId::from("d-ben"), at, "private")
         .await
         .expect("touch");
     let ben = s
@@ -162,6 +163,17 @@ async fn devices_enrol_once_and_are_found_by_token<S: Storage>(s: &S) {
         .expect("ok")
         .expect("ben");
     assert_eq!(ben.last_sync_at, Some(at.to_rfc3339()));
+    assert_eq!(ben.last_address_kind.as_deref(), Some("private"));
+    let later = at + Duration::seconds(1);
+    s.touch_device(&DeviceId::from("d-ben"), later, "public")
+        .await
+        .expect("touch");
+    let listed = s.devices().await.expect("devices");
+    let ben = listed.iter().find(|d| d.id == "d-ben").expect("ben");
+    assert_eq!(ben.last_sync_at, Some(later.to_rfc3339()));
+    assert_eq!(ben.last_address_kind.as_deref(), Some("public"));
+    let asha = listed.iter().find(|d| d.id == "d-asha").expect("asha");
+    assert_eq!(asha.last_address_kind, None, "another device untouched");
     let enrolled = s
         .audit_log(None, Some(&DeviceId::from("d-asha")), None)
         .await

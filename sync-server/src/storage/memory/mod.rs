@@ -200,6 +200,7 @@ impl DeviceStore for MemoryStorage {
             enrolled_at: now.to_rfc3339(),
             revoked_at: None,
             last_sync_at: None,
+            last_address_kind: None,
         };
         if let Some(code) = s.codes.get_mut(code_hash) {
             code.used = true;
@@ -255,10 +256,16 @@ impl DeviceStore for MemoryStorage {
         Ok(true)
     }
 
-    async fn touch_device(&self, device_id: &DeviceId, now: DateTime<Utc>) -> Result<()> {
+    async fn touch_device(
+        &self,
+        device_id: &DeviceId,
+        now: DateTime<Utc>,
+        address_kind: &str,
+    ) -> Result<()> {
         let mut s = self.state();
         if let Some((d, _)) = s.devices.iter_mut().find(|(d, _)| d.id == *device_id) {
             d.last_sync_at = Some(now.to_rfc3339());
+            d.last_address_kind = Some(address_kind.to_string());
         }
         s.write();
         Ok(())

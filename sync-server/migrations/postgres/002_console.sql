@@ -1,0 +1,3 @@
+-- Schema 2: the kind of address a device last synced from (loopback,
+-- private, public; never the address itself).
+ALTER TABLE devices ADD COLUMN last_address_kind text COLLATE "C";
