@@ -9,6 +9,7 @@
 //! (docs/adr/0009).
 
 mod audit;
+mod console;
 mod devices;
 mod documents;
 
