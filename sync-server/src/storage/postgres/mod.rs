@@ -27,6 +27,7 @@
 //! is accepted (TLS by default outside loopback).
 
 mod audit;
+mod console;
 mod devices;
 mod documents;
 mod watch;
