@@ -18,6 +18,7 @@ use super::{
 use crate::refusals::{MAX_ROWS, Refusal, RefusedDocument};
 
 mod audit;
+mod console;
 
 /// The relay's data, in memory.
 #[derive(Debug, Default)]
@@ -45,6 +46,14 @@ struct State {
     store_id: Option<String>,
     jobs: HashMap<String, String>,
     last_backup: Option<DateTime<Utc>>,
+    /// Staff accounts by id.
+    accounts: BTreeMap<String, super::StaffAccount>,
+    /// Sessions by the hash of their id.
+    sessions: HashMap<Vec<u8>, super::StaffSession>,
+    /// (kind, JSON body, updated at) per document.
+    projections: BTreeMap<Key, (super::ProjectionKind, String, DateTime<Utc>)>,
+    /// Documents whose projection is out of date, and their generation.
+    projection_dirty: BTreeMap<Key, i64>,
 }
 
 #[derive(Debug)]
@@ -97,6 +106,8 @@ impl State {
             .retain(|(t, d, _), _| !(t == team && *d == text));
         self.refused
             .retain(|r| !(r.team == *team && r.document_id == text));
+        self.projections.remove(&k);
+        self.projection_dirty.remove(&k);
         self.purged
             .insert(k, (reason.to_string(), at.0.to_rfc3339()));
         self.append(
@@ -418,6 +429,14 @@ impl DocumentStore for MemoryStorage {
         let created = !s.documents.contains_key(&k);
         let stored = u.stored(created);
         let next = s.seq + 1;
+        if stored != Stored::Nothing {
+            // The projection is out of date from this commit on: a new mark
+            // starts at the commit's cursor value (as SQLite's).
+            s.projection_dirty
+                .entry(k.clone())
+                .and_modify(|g| *g += 1)
+                .or_insert(next);
+        }
         let doc = s.documents.entry(k).or_default();
         let previous_seq = doc.seq;
         match stored {
