@@ -558,6 +558,39 @@ mod tests {
         assert!(Bound::bind(loopback, Transport::InsecureHttp).is_ok());
     }
 
+    /// A sync connection is admitted with the kind of its client's
+    /// address, which its last sync records (never the address).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sync_is_admitted_with_its_address_kind() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Io {
+            context: "tempdir".into(),
+            source: e,
+        })?;
+        let state = AppState::open(dir.path(), Limits::default())?;
+        let code = auth::new_enrolment_code(
+            &*state.storage,
+            "north",
+            "Asha",
+            chrono::Duration::hours(1),
+            Utc::now(),
+        )
+        .await?;
+        let token = auth::enrol(&*state.storage, &code, "tablet", Utc::now())
+            .await?
+            .token;
+        for (client, kind) in [
+            (Some("192.168.4.7"), "private"),
+            (Some("::ffff:203.0.113.9"), "public"),
+            (Some("::1"), "loopback"),
+            (None, storage::UNKNOWN_ADDRESS_KIND),
+        ] {
+            let ip = client.map(|c| c.parse::<IpAddr>().expect("ip"));
+            let (_, (_, _, admitted)) = state.admit_sync(ip, Some(&token), None).await?;
+            assert_eq!(admitted, kind, "{client:?}");
+        }
+        Ok(())
+    }
+
     /// One address guessing is locked out with 429 and `Retry-After`, for
     /// every authentication (also a good token); another address is not.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
