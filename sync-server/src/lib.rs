@@ -139,14 +139,19 @@ impl AppState {
     /// Admits a sync connection (`GET /v1/sync`): the device of bearer
     /// `token` from `client` (not locked out), its change cursor (`since=N`
     /// asks for the pipelined session, relay::Hub::push; other
-    /// automerge-repo clients never send it) and its session names from the
-    /// `query`. A refusal is the error the HTTP answer says.
+    /// automerge-repo clients never send it), its session names from the
+    /// `query`, and the kind of `client` address its last sync records
+    /// (`storage::address_kind`). A refusal is the error the HTTP answer
+    /// says.
     pub async fn admit_sync(
         &self,
         client: Option<IpAddr>,
         token: Option<&str>,
         query: Option<&str>,
-    ) -> Result<(storage::Device, (Option<i64>, relay::Sessions))> {
+    ) -> Result<(
+        storage::Device,
+        (Option<i64>, relay::Sessions, &'static str),
+    )> {
         let device = match self.authenticate(ClientAddr(client), token).await {
             Ok(d) => d,
             Err(e) => {
@@ -160,7 +165,10 @@ impl AppState {
                 .and_then(|v| v.parse::<i64>().ok())
         });
         let sessions = relay::Sessions::from_query(query).map_err(Error::BadRequest)?;
-        Ok((device, (since, sessions)))
+        // What the device's last sync records of where it came from: the
+        // kind of address, never the address.
+        let address_kind = client.map_or(storage::UNKNOWN_ADDRESS_KIND, storage::address_kind);
+        Ok((device, (since, sessions, address_kind)))
     }
 
     /// The same state with these quotas on uploaded read rows.
@@ -559,6 +567,39 @@ mod tests {
         ));
         let loopback: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         assert!(Bound::bind(loopback, Transport::InsecureHttp).is_ok());
+    }
+
+    /// A sync connection is admitted with the kind of its client's
+    /// address, which its last sync records (never the address).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sync_is_admitted_with_its_address_kind() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Io {
+            context: "tempdir".into(),
+            source: e,
+        })?;
+        let state = AppState::open(dir.path(), Limits::default())?;
+        let code = auth::new_enrolment_code(
+            &*state.storage,
+            "north",
+            "Asha",
+            chrono::Duration::hours(1),
+            Utc::now(),
+        )
+        .await?;
+        let token = auth::enrol(&*state.storage, &code, "tablet", Utc::now())
+            .await?
+            .token;
+        for (client, kind) in [
+            (Some("192.168.4.7"), "private"),
+            (Some("::ffff:203.0.113.9"), "public"),
+            (Some("::1"), "loopback"),
+            (None, storage::UNKNOWN_ADDRESS_KIND),
+        ] {
+            let ip = client.map(|c| c.parse::<IpAddr>().expect("ip"));
+            let (_, (_, _, admitted)) = state.admit_sync(ip, Some(&token), None).await?;
+            assert_eq!(admitted, kind, "{client:?}");
+        }
+        Ok(())
     }
 
     /// One address guessing is locked out with 429 and `Retry-After`, for

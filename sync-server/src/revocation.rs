@@ -218,7 +218,7 @@ mod tests {
         );
         // The relay's own writes are no revocations either.
         relay
-            .touch_device(&DeviceId::from(&a), Utc::now())
+            .touch_device(&DeviceId::from(&a), Utc::now(), "loopback")
             .await
             .expect("touch");
         assert!(

@@ -12,9 +12,10 @@ use linkbook_core::DocumentId;
 
 use super::ErasureLedger;
 use crate::storage::{
-    AuditEntry, AuditRecord, AuditStore, CodeGrant, Committed, Device, DeviceId, DeviceStore,
-    DocumentStore, Purged, ReadMarks, Result, RevocationCursor, Storage, StorageError,
-    StoredDocument, SyncStateStore, Team, TeamPolicy, Upload,
+    AuditEntry, AuditRecord, AuditStore, CodeGrant, Committed, ConsoleStore, Device, DeviceId,
+    DeviceStore, DirtyProjection, DocumentStore, ProjectionKind, Purged, ReadMarks, Result,
+    RevocationCursor, StaffAccount, StaffSession, Storage, StorageError, StoredDocument,
+    SyncStateStore, Team, TeamPolicy, Upload,
 };
 
 /// A storage whose purges are ledgered before they are made.
@@ -71,8 +72,13 @@ impl DeviceStore for Ledgered {
         self.inner.revoke_device(device_id, by, now).await
     }
 
-    async fn touch_device(&self, device_id: &DeviceId, now: DateTime<Utc>) -> Result<()> {
-        self.inner.touch_device(device_id, now).await
+    async fn touch_device(
+        &self,
+        device_id: &DeviceId,
+        now: DateTime<Utc>,
+        address_kind: &str,
+    ) -> Result<()> {
+        self.inner.touch_device(device_id, now, address_kind).await
     }
 
     async fn revocations_since(
@@ -286,6 +292,121 @@ impl AuditStore for Ledgered {
         team: Option<&Team>,
     ) -> Result<Vec<AuditEntry>> {
         self.inner.audit_log(family, device, team).await
+    }
+}
+
+/// Passed through: a purge removes a document's projections inside the
+/// backend's own purge, which the ledger already precedes.
+#[async_trait]
+impl ConsoleStore for Ledgered {
+    async fn add_account(&self, account: &StaffAccount) -> Result<()> {
+        self.inner.add_account(account).await
+    }
+
+    async fn account_by_name(&self, name: &str) -> Result<Option<StaffAccount>> {
+        self.inner.account_by_name(name).await
+    }
+
+    async fn account(&self, id: &str) -> Result<Option<StaffAccount>> {
+        self.inner.account(id).await
+    }
+
+    async fn account_by_setup(
+        &self,
+        setup_hash: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Option<StaffAccount>> {
+        self.inner.account_by_setup(setup_hash, now).await
+    }
+
+    async fn complete_setup(
+        &self,
+        id: &str,
+        setup_hash: &[u8],
+        password_hash: &str,
+        totp_secret: Option<&[u8]>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        self.inner
+            .complete_setup(id, setup_hash, password_hash, totp_secret, now)
+            .await
+    }
+
+    async fn reset_account(
+        &self,
+        id: &str,
+        setup_hash: &[u8],
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool> {
+        self.inner.reset_account(id, setup_hash, expires_at).await
+    }
+
+    async fn disable_account(&self, id: &str, now: DateTime<Utc>) -> Result<bool> {
+        self.inner.disable_account(id, now).await
+    }
+
+    async fn accounts(&self) -> Result<Vec<StaffAccount>> {
+        self.inner.accounts().await
+    }
+
+    async fn accept_totp_step(&self, id: &str, step: i64) -> Result<bool> {
+        self.inner.accept_totp_step(id, step).await
+    }
+
+    async fn create_session(&self, session_hash: &[u8], session: &StaffSession) -> Result<()> {
+        self.inner.create_session(session_hash, session).await
+    }
+
+    async fn session(&self, session_hash: &[u8]) -> Result<Option<(StaffSession, StaffAccount)>> {
+        self.inner.session(session_hash).await
+    }
+
+    async fn touch_session(&self, session_hash: &[u8], now: DateTime<Utc>) -> Result<()> {
+        self.inner.touch_session(session_hash, now).await
+    }
+
+    async fn end_session(&self, session_hash: &[u8]) -> Result<()> {
+        self.inner.end_session(session_hash).await
+    }
+
+    async fn end_stale_sessions(
+        &self,
+        idle_before: DateTime<Utc>,
+        created_before: DateTime<Utc>,
+    ) -> Result<u64> {
+        self.inner
+            .end_stale_sessions(idle_before, created_before)
+            .await
+    }
+
+    async fn dirty_projections(&self, limit: usize) -> Result<Vec<DirtyProjection>> {
+        self.inner.dirty_projections(limit).await
+    }
+
+    async fn put_projection(
+        &self,
+        team: &Team,
+        id: DocumentId,
+        generation: i64,
+        kind: Option<ProjectionKind>,
+        body: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.inner
+            .put_projection(team, id, generation, kind, body, now)
+            .await
+    }
+
+    async fn projections(
+        &self,
+        team: &Team,
+        kind: ProjectionKind,
+    ) -> Result<Vec<(DocumentId, String)>> {
+        self.inner.projections(team, kind).await
+    }
+
+    async fn projected_teams(&self) -> Result<Vec<Team>> {
+        self.inner.projected_teams().await
     }
 }
 

@@ -41,7 +41,7 @@ impl Hub {
         self: Arc<Self>,
         device: Device,
         socket: WebSocket,
-        opening: (Option<i64>, Sessions),
+        opening: (Option<i64>, Sessions, &'static str),
     ) {
         let (sink, stream) = socket.split();
         self.serve_frames(device, Box::pin(sink), Box::pin(stream), opening)
@@ -57,7 +57,7 @@ impl Hub {
         device: Device,
         mut sink: FrameSink,
         mut stream: Frames,
-        (since, sessions): (Option<i64>, Sessions),
+        (since, sessions, address_kind): (Option<i64>, Sessions, &'static str),
     ) {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let queue_limit = self
@@ -160,7 +160,10 @@ impl Hub {
         if tokio::time::timeout(linger, &mut writer).await.is_err() {
             writer.abort();
         }
-        let _ = self.storage.touch_device(&device.id, Utc::now()).await;
+        let _ = self
+            .storage
+            .touch_device(&device.id, Utc::now(), address_kind)
+            .await;
         tracing::info!(device = %device.id, "sync connection ended");
     }
 }

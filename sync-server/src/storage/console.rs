@@ -103,6 +103,9 @@ impl ProjectionKind {
 /// A document whose projection is out of date: its changes were stored
 /// after the projection was last written. `generation` counts those
 /// commits; writing a projection for an older generation leaves it dirty.
+/// A document's generations only grow, across cleared marks too (a new
+/// mark starts at the commit's cursor value): a projector that read a mark
+/// since cleared and made again cannot clear the new one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirtyProjection {
     pub team: Team,
@@ -149,6 +152,11 @@ pub trait ConsoleStore: Send + Sync + 'static {
     /// later than the last accepted one, else `false` (a replayed code).
     async fn accept_totp_step(&self, id: &str, step: i64) -> Result<bool>;
 
+    /// Records a signed-in session. `StorageError::Conflict` (nothing
+    /// written) if its account is disabled or has no password (reset, or
+    /// not set up yet), checked atomically with the write: a sign-in racing
+    /// [`ConsoleStore::disable_account`] or [`ConsoleStore::reset_account`]
+    /// leaves no session behind.
     async fn create_session(&self, session_hash: &[u8], session: &StaffSession) -> Result<()>;
     /// The session and its (not disabled) account.
     async fn session(&self, session_hash: &[u8]) -> Result<Option<(StaffSession, StaffAccount)>>;

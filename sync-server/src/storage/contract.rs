@@ -12,7 +12,8 @@ use chrono::{DateTime, Duration, Utc};
 use linkbook_core::DocumentId;
 
 use super::{
-    AuditAction, AuditRecord, CodeGrant, DeviceId, Storage, StorageError, Team, TeamPolicy, Upload,
+    AuditAction, AuditRecord, CodeGrant, DeviceId, DirtyProjection, ProjectionKind, StaffAccount,
+    StaffRole, StaffSession, Storage, StorageError, Team, TeamPolicy, Upload,
 };
 
 /// Runs every case of the contract, each on a fresh store from `make`.
@@ -40,6 +41,17 @@ where
     two_writers_on_one_document_lose_nothing(Arc::new(make().await)).await;
     a_cursor_reader_racing_writers_never_misses_a_change(Arc::new(make().await)).await;
     a_job_is_claimed_once_per_period(Arc::new(make().await)).await;
+    staff_accounts_have_unique_names_and_are_found_three_ways(&make().await).await;
+    a_setup_token_is_consumed_once_and_never_after_it_expires(&make().await).await;
+    a_setup_token_raced_is_consumed_once(Arc::new(make().await)).await;
+    a_sign_in_racing_a_reset_or_disable_leaves_no_session(Arc::new(make().await)).await;
+    a_reset_account_loses_its_password_seed_and_sessions(&make().await).await;
+    a_disabled_account_has_no_sessions_and_gets_none(&make().await).await;
+    a_totp_step_is_accepted_once_and_never_an_older_one(&make().await).await;
+    sessions_are_created_touched_and_ended(&make().await).await;
+    uploads_mark_projections_dirty_by_generation(&make().await).await;
+    projections_are_kept_per_team_and_kind(&make().await).await;
+    a_purge_removes_projections_and_refuses_new_ones(&make().await).await;
 }
 
 fn now() -> DateTime<Utc> {
@@ -153,7 +165,8 @@ async fn devices_enrol_once_and_are_found_by_token<S: Storage>(s: &S) {
         "by team, then worker"
     );
     let at = now();
-    s.touch_device(&DeviceId::from("d-ben"), at)
+    assert_eq!(found.last_address_kind, None, "not synced yet");
+    s.touch_device(&DeviceId::from("d-ben"), at, "private")
         .await
         .expect("touch");
     let ben = s
@@ -162,6 +175,17 @@ async fn devices_enrol_once_and_are_found_by_token<S: Storage>(s: &S) {
         .expect("ok")
         .expect("ben");
     assert_eq!(ben.last_sync_at, Some(at.to_rfc3339()));
+    assert_eq!(ben.last_address_kind.as_deref(), Some("private"));
+    let later = at + Duration::seconds(1);
+    s.touch_device(&DeviceId::from("d-ben"), later, "public")
+        .await
+        .expect("touch");
+    let listed = s.devices().await.expect("devices");
+    let ben = listed.iter().find(|d| d.id == "d-ben").expect("ben");
+    assert_eq!(ben.last_sync_at, Some(later.to_rfc3339()));
+    assert_eq!(ben.last_address_kind.as_deref(), Some("public"));
+    let asha = listed.iter().find(|d| d.id == "d-asha").expect("asha");
+    assert_eq!(asha.last_address_kind, None, "another device untouched");
     let enrolled = s
         .audit_log(None, Some(&DeviceId::from("d-asha")), None)
         .await
@@ -1082,4 +1106,867 @@ async fn the_last_backup_time_is_kept<S: Storage>(s: &S) {
     s.record_backup(second).await.expect("record");
     let kept = s.last_backup().await.expect("kept").expect("a time");
     assert_eq!(kept.timestamp(), second.timestamp());
+}
+
+/// A fresh account, not set up: a set-up token `setup-{id}` valid for an
+/// hour.
+fn staff(id: &str, name: &str, role: StaffRole) -> StaffAccount {
+    StaffAccount {
+        id: id.into(),
+        name: name.into(),
+        role,
+        password_hash: None,
+        totp_secret: None,
+        totp_last_step: None,
+        setup_hash: Some(format!("setup-{id}").into_bytes()),
+        setup_expires_at: Some(now() + Duration::hours(1)),
+        created_at: now(),
+        disabled_at: None,
+    }
+}
+
+/// An account set up with a password (and, for roles that need one, a
+/// TOTP seed), ready to sign in.
+async fn set_up<S: Storage>(s: &S, id: &str, name: &str, role: StaffRole) -> StaffAccount {
+    let account = staff(id, name, role);
+    s.add_account(&account).await.expect("add");
+    let seed = role.needs_totp().then_some(&b"seed"[..]);
+    assert!(
+        s.complete_setup(
+            id,
+            account.setup_hash.as_deref().expect("token"),
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA",
+            seed,
+            now(),
+        )
+        .await
+        .expect("set up")
+    );
+    s.account(id).await.expect("account").expect("found")
+}
+
+fn session_for(account_id: &str, csrf: &str) -> StaffSession {
+    StaffSession {
+        account_id: account_id.into(),
+        csrf: csrf.into(),
+        created_at: now(),
+        last_seen_at: now(),
+    }
+}
+
+async fn staff_accounts_have_unique_names_and_are_found_three_ways<S: Storage>(s: &S) {
+    let asha = staff("a-1", "asha", StaffRole::Administrator);
+    s.add_account(&asha).await.expect("add");
+    let again = StaffAccount {
+        id: "a-2".into(),
+        setup_hash: Some(b"setup-other".to_vec()),
+        ..staff("a-2", "asha", StaffRole::Manager)
+    };
+    assert!(
+        matches!(s.add_account(&again).await, Err(StorageError::Conflict(_))),
+        "a taken name is a conflict"
+    );
+    assert!(
+        s.account("a-2").await.expect("lookup").is_none(),
+        "the refused account wrote nothing"
+    );
+    let ben = staff("b-1", "ben", StaffRole::DataProtection);
+    s.add_account(&ben).await.expect("add");
+    assert_eq!(
+        s.account_by_name("asha").await.expect("by name"),
+        Some(asha.clone())
+    );
+    assert_eq!(s.account_by_name("Asha").await.expect("by name"), None);
+    assert_eq!(s.account("b-1").await.expect("by id"), Some(ben.clone()));
+    assert_eq!(s.account("nobody").await.expect("by id"), None);
+    assert_eq!(
+        s.account_by_setup(b"setup-a-1", now())
+            .await
+            .expect("by setup"),
+        Some(asha.clone())
+    );
+    assert_eq!(
+        s.account_by_setup(b"setup-nobody", now())
+            .await
+            .expect("by setup"),
+        None
+    );
+    // Past its expiry the token finds nothing.
+    assert_eq!(
+        s.account_by_setup(b"setup-a-1", now() + Duration::hours(2))
+            .await
+            .expect("by setup"),
+        None
+    );
+    let expired = StaffAccount {
+        setup_expires_at: Some(now() - Duration::seconds(1)),
+        ..staff("c-1", "cleo", StaffRole::Manager)
+    };
+    s.add_account(&expired).await.expect("add");
+    assert_eq!(
+        s.account_by_setup(b"setup-c-1", now())
+            .await
+            .expect("by setup"),
+        None,
+        "an expired token is not found"
+    );
+    let names: Vec<String> = s
+        .accounts()
+        .await
+        .expect("accounts")
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["asha", "ben", "cleo"]);
+    for role in StaffRole::ALL {
+        assert_eq!(StaffRole::parse(role.as_str()), Some(role));
+    }
+}
+
+async fn a_setup_token_is_consumed_once_and_never_after_it_expires<S: Storage>(s: &S) {
+    let asha = staff("a-1", "asha", StaffRole::Administrator);
+    s.add_account(&asha).await.expect("add");
+    assert!(
+        !s.complete_setup("a-1", b"setup-wrong", "pw", Some(b"seed"), now())
+            .await
+            .expect("wrong token"),
+        "another token sets nothing"
+    );
+    assert!(
+        !s.complete_setup("b-1", b"setup-a-1", "pw", Some(b"seed"), now())
+            .await
+            .expect("wrong account"),
+        "the token of another account sets nothing"
+    );
+    assert!(
+        s.complete_setup("a-1", b"setup-a-1", "pw-hash", Some(b"seed"), now())
+            .await
+            .expect("set up")
+    );
+    let done = s.account("a-1").await.expect("account").expect("found");
+    assert_eq!(done.password_hash.as_deref(), Some("pw-hash"));
+    assert_eq!(done.totp_secret.as_deref(), Some(&b"seed"[..]));
+    assert_eq!((done.setup_hash, done.setup_expires_at), (None, None));
+    assert!(
+        !s.complete_setup("a-1", b"setup-a-1", "other", None, now())
+            .await
+            .expect("second use"),
+        "a token is used once"
+    );
+    let still = s.account("a-1").await.expect("account").expect("found");
+    assert_eq!(still.password_hash.as_deref(), Some("pw-hash"));
+    assert_eq!(
+        s.account_by_setup(b"setup-a-1", now())
+            .await
+            .expect("by setup"),
+        None
+    );
+    // An expired token sets nothing.
+    let ben = staff("b-1", "ben", StaffRole::Manager);
+    s.add_account(&ben).await.expect("add");
+    assert!(
+        !s.complete_setup("b-1", b"setup-b-1", "pw", None, now() + Duration::hours(2))
+            .await
+            .expect("expired")
+    );
+    let ben = s.account("b-1").await.expect("account").expect("found");
+    assert_eq!(ben.password_hash, None);
+    assert_eq!(ben.setup_hash.as_deref(), Some(&b"setup-b-1"[..]));
+    // A manager has no second factor.
+    assert!(
+        s.complete_setup("b-1", b"setup-b-1", "pw", None, now())
+            .await
+            .expect("set up")
+    );
+    let ben = s.account("b-1").await.expect("account").expect("found");
+    assert_eq!(
+        (ben.password_hash.as_deref(), ben.totp_secret),
+        (Some("pw"), None)
+    );
+    // A disabled account's token sets nothing and finds nothing.
+    s.add_account(&staff("c-1", "cleo", StaffRole::Manager))
+        .await
+        .expect("add");
+    assert!(s.disable_account("c-1", now()).await.expect("disable"));
+    assert_eq!(
+        s.account_by_setup(b"setup-c-1", now())
+            .await
+            .expect("by setup"),
+        None
+    );
+    assert!(
+        !s.complete_setup("c-1", b"setup-c-1", "pw", None, now())
+            .await
+            .expect("disabled")
+    );
+}
+
+async fn a_setup_token_raced_is_consumed_once<S: Storage>(s: Arc<S>) {
+    s.add_account(&staff("a-1", "asha", StaffRole::Administrator))
+        .await
+        .expect("add");
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let password = format!("pw-{i}");
+            let won = s
+                .complete_setup("a-1", b"setup-a-1", &password, Some(b"seed"), now())
+                .await
+                .expect("set up");
+            won.then_some(password)
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        winners.extend(t.await.expect("task"));
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let asha = s.account("a-1").await.expect("account").expect("found");
+    assert_eq!(asha.password_hash, winners.pop());
+}
+
+async fn a_reset_account_loses_its_password_seed_and_sessions<S: Storage>(s: &S) {
+    let asha = set_up(s, "a-1", "asha", StaffRole::Administrator).await;
+    assert!(asha.password_hash.is_some() && asha.totp_secret.is_some());
+    set_up(s, "b-1", "ben", StaffRole::Manager).await;
+    assert!(s.accept_totp_step("a-1", 100).await.expect("step"));
+    s.create_session(b"s-asha", &session_for("a-1", "c1"))
+        .await
+        .expect("session");
+    s.create_session(b"s-ben", &session_for("b-1", "c2"))
+        .await
+        .expect("session");
+    let expires = now() + Duration::hours(24);
+    assert!(
+        s.reset_account("a-1", b"setup-new", expires)
+            .await
+            .expect("reset")
+    );
+    assert!(
+        !s.reset_account("nobody", b"setup-x", expires)
+            .await
+            .expect("reset"),
+        "no such account"
+    );
+    let reset = s.account("a-1").await.expect("account").expect("found");
+    assert_eq!(
+        (reset.password_hash, reset.totp_secret, reset.totp_last_step),
+        (None, None, None)
+    );
+    assert_eq!(reset.setup_hash.as_deref(), Some(&b"setup-new"[..]));
+    assert_eq!(reset.setup_expires_at, Some(expires));
+    assert_eq!(reset.disabled_at, None);
+    assert!(
+        s.session(b"s-asha").await.expect("session").is_none(),
+        "its sessions end"
+    );
+    assert!(
+        s.session(b"s-ben").await.expect("session").is_some(),
+        "another account's stay"
+    );
+    assert!(
+        matches!(
+            s.create_session(b"s-asha-2", &session_for("a-1", "c3"))
+                .await,
+            Err(StorageError::Conflict(_))
+        ),
+        "no session for an account without a password"
+    );
+    // The new token works, once.
+    assert_eq!(
+        s.account_by_setup(b"setup-new", now())
+            .await
+            .expect("by setup")
+            .map(|a| a.id),
+        Some("a-1".to_string())
+    );
+    assert!(
+        s.complete_setup("a-1", b"setup-new", "pw2", Some(b"seed2"), now())
+            .await
+            .expect("set up")
+    );
+    // A step from before the reset is accepted for the new seed.
+    assert!(s.accept_totp_step("a-1", 50).await.expect("step"));
+}
+
+async fn a_disabled_account_has_no_sessions_and_gets_none<S: Storage>(s: &S) {
+    set_up(s, "a-1", "asha", StaffRole::Administrator).await;
+    set_up(s, "b-1", "ben", StaffRole::Manager).await;
+    for (hash, account) in [(&b"s-1"[..], "a-1"), (b"s-2", "a-1"), (b"s-3", "b-1")] {
+        s.create_session(hash, &session_for(account, "csrf"))
+            .await
+            .expect("session");
+    }
+    assert!(s.session(b"s-1").await.expect("session").is_some());
+    let at = now();
+    assert!(s.disable_account("a-1", at).await.expect("disable"));
+    assert!(!s.disable_account("nobody", at).await.expect("disable"));
+    for hash in [&b"s-1"[..], b"s-2"] {
+        assert!(
+            s.session(hash).await.expect("session").is_none(),
+            "a disabled account's sessions end"
+        );
+    }
+    assert!(s.session(b"s-3").await.expect("session").is_some());
+    assert!(
+        matches!(
+            s.create_session(b"s-4", &session_for("a-1", "csrf")).await,
+            Err(StorageError::Conflict(_))
+        ),
+        "a disabled account gets no session"
+    );
+    assert!(
+        s.session(b"s-4").await.expect("session").is_none(),
+        "nothing written"
+    );
+    assert!(
+        matches!(
+            s.create_session(b"s-5", &session_for("nobody", "csrf"))
+                .await,
+            Err(StorageError::Conflict(_))
+        ),
+        "nor does an account that does not exist"
+    );
+    // Disabled once: a second disable keeps the first time.
+    assert!(
+        s.disable_account("a-1", at + Duration::hours(1))
+            .await
+            .expect("again")
+    );
+    let asha = s.account("a-1").await.expect("account").expect("found");
+    assert_eq!(asha.disabled_at, Some(at));
+    assert_eq!(
+        s.account_by_name("asha")
+            .await
+            .expect("by name")
+            .and_then(|a| a.disabled_at),
+        Some(at),
+        "still found, shown as disabled"
+    );
+}
+
+async fn a_totp_step_is_accepted_once_and_never_an_older_one<S: Storage>(s: &S) {
+    set_up(s, "a-1", "asha", StaffRole::Administrator).await;
+    set_up(s, "b-1", "ben", StaffRole::DataProtection).await;
+    assert!(s.accept_totp_step("a-1", 1000).await.expect("first"));
+    assert!(
+        !s.accept_totp_step("a-1", 1000).await.expect("replay"),
+        "a replayed code"
+    );
+    assert!(
+        !s.accept_totp_step("a-1", 999).await.expect("older"),
+        "an older code"
+    );
+    assert!(s.accept_totp_step("a-1", 1001).await.expect("next"));
+    assert_eq!(
+        s.account("a-1")
+            .await
+            .expect("account")
+            .and_then(|a| a.totp_last_step),
+        Some(1001)
+    );
+    assert!(
+        s.accept_totp_step("b-1", 1000).await.expect("other"),
+        "per account"
+    );
+    assert!(!s.accept_totp_step("nobody", 5).await.expect("nobody"));
+}
+
+async fn sessions_are_created_touched_and_ended<S: Storage>(s: &S) {
+    let asha = set_up(s, "a-1", "asha", StaffRole::Administrator).await;
+    let t0 = now() - Duration::hours(10);
+    let old = StaffSession {
+        account_id: "a-1".into(),
+        csrf: "csrf-old".into(),
+        created_at: t0,
+        last_seen_at: t0,
+    };
+    s.create_session(b"s-old", &old).await.expect("session");
+    assert!(
+        matches!(
+            s.create_session(b"s-old", &old).await,
+            Err(StorageError::Conflict(_))
+        ),
+        "a session id is used once"
+    );
+    let (got, account) = s.session(b"s-old").await.expect("session").expect("found");
+    assert_eq!(got, old);
+    assert_eq!(account, asha);
+    assert!(s.session(b"s-none").await.expect("session").is_none());
+    // Seen recently: not idle, but created long ago.
+    let seen = now() - Duration::minutes(1);
+    s.touch_session(b"s-old", seen).await.expect("touch");
+    assert_eq!(
+        s.session(b"s-old")
+            .await
+            .expect("session")
+            .expect("found")
+            .0
+            .last_seen_at,
+        seen
+    );
+    s.touch_session(b"s-none", seen)
+        .await
+        .expect("touching an ended session is no error");
+    // Idle: created recently, last seen an hour ago.
+    let idle = StaffSession {
+        created_at: now() - Duration::hours(1),
+        last_seen_at: now() - Duration::hours(1),
+        ..session_for("a-1", "csrf-idle")
+    };
+    s.create_session(b"s-idle", &idle).await.expect("session");
+    s.create_session(b"s-fresh", &session_for("a-1", "csrf-fresh"))
+        .await
+        .expect("session");
+    s.create_session(b"s-bye", &session_for("a-1", "csrf-bye"))
+        .await
+        .expect("session");
+    s.end_session(b"s-bye").await.expect("end");
+    assert!(s.session(b"s-bye").await.expect("session").is_none());
+    s.end_session(b"s-bye")
+        .await
+        .expect("ending twice is no error");
+    let ended = s
+        .end_stale_sessions(now() - Duration::minutes(30), now() - Duration::hours(8))
+        .await
+        .expect("stale");
+    assert_eq!(ended, 2, "the idle one and the one created long ago");
+    assert!(s.session(b"s-old").await.expect("session").is_none());
+    assert!(s.session(b"s-idle").await.expect("session").is_none());
+    assert_eq!(
+        s.session(b"s-fresh")
+            .await
+            .expect("session")
+            .map(|(session, _)| session.csrf),
+        Some("csrf-fresh".to_string())
+    );
+    assert_eq!(
+        s.end_stale_sessions(now() - Duration::minutes(30), now() - Duration::hours(8))
+            .await
+            .expect("stale"),
+        0
+    );
+}
+
+/// The dirty marks, sorted (their order is the backend's).
+async fn dirty<S: Storage>(s: &S) -> Vec<(String, DocumentId, i64)> {
+    let mut marks: Vec<(String, DocumentId, i64)> = s
+        .dirty_projections(100)
+        .await
+        .expect("dirty")
+        .into_iter()
+        .map(
+            |DirtyProjection {
+                 team,
+                 id,
+                 generation,
+             }| (team.into_string(), id, generation),
+        )
+        .collect();
+    marks.sort();
+    marks
+}
+
+/// The generation of a document's dirty mark (0: not dirty).
+async fn generation<S: Storage>(s: &S, t: &str, doc: &str) -> i64 {
+    dirty(s)
+        .await
+        .into_iter()
+        .find(|(team, d, _)| team == t && *d == id(doc))
+        .map_or(0, |(_, _, g)| g)
+}
+
+async fn uploads_mark_projections_dirty_by_generation<S: Storage>(s: &S) {
+    assert!(dirty(s).await.is_empty());
+    s.commit_upload(&upload("north", "fam", "n1", b"c1"))
+        .await
+        .expect("up");
+    let marks = dirty(s).await;
+    assert_eq!(marks.len(), 1, "{marks:?}");
+    let (ref t, doc, g1) = marks[0];
+    assert_eq!((t.as_str(), doc), ("north", id("fam")));
+    s.commit_upload(&upload("north", "fam", "n1", b"c2"))
+        .await
+        .expect("up");
+    s.commit_upload(&upload("south", "fam", "s1", b"c1"))
+        .await
+        .expect("up");
+    let marks = dirty(s).await;
+    assert_eq!(marks.len(), 2, "per team: {marks:?}");
+    assert_eq!(
+        marks[0],
+        ("north".to_string(), id("fam"), g1 + 1),
+        "a generation per commit"
+    );
+    let south = marks[1].clone();
+    assert_eq!((south.0.as_str(), south.1), ("south", id("fam")));
+    // A projection made from the first generation is out of date: the mark
+    // stays, though the projection is written.
+    s.put_projection(
+        team("north"),
+        id("fam"),
+        g1,
+        Some(ProjectionKind::Family),
+        r#"{"v":1}"#,
+        now(),
+    )
+    .await
+    .expect("put");
+    assert_eq!(dirty(s).await, marks);
+    assert_eq!(
+        s.projections(team("north"), ProjectionKind::Family)
+            .await
+            .expect("projections"),
+        [(id("fam"), r#"{"v":1}"#.to_string())]
+    );
+    // Made from the latest: the mark goes.
+    s.put_projection(
+        team("north"),
+        id("fam"),
+        g1 + 1,
+        Some(ProjectionKind::Family),
+        r#"{"v":2}"#,
+        now(),
+    )
+    .await
+    .expect("put");
+    assert_eq!(dirty(s).await, [south]);
+    assert_eq!(
+        s.projections(team("north"), ProjectionKind::Family)
+            .await
+            .expect("projections"),
+        [(id("fam"), r#"{"v":2}"#.to_string())]
+    );
+    // A later commit marks it again, past the generation written.
+    s.commit_upload(&upload("north", "fam", "n1", b"c3"))
+        .await
+        .expect("up");
+    let marks = dirty(s).await;
+    let north = marks
+        .iter()
+        .find(|(t, _, _)| t == "north")
+        .expect("marked again");
+    // Past every generation before: a projector still holding the cleared
+    // one cannot clear this mark.
+    assert!(north.2 > g1 + 1, "{marks:?}");
+    s.put_projection(
+        team("north"),
+        id("fam"),
+        g1 + 1,
+        Some(ProjectionKind::Family),
+        r#"{"v":"stale"}"#,
+        now(),
+    )
+    .await
+    .expect("put");
+    assert!(
+        dirty(s).await.iter().any(|(t, _, _)| t == "north"),
+        "still dirty"
+    );
+    // The limit is kept.
+    for doc in ["a", "b", "c"] {
+        s.commit_upload(&upload("east", doc, "e1", b"c"))
+            .await
+            .expect("up");
+    }
+    assert_eq!(s.dirty_projections(2).await.expect("dirty").len(), 2);
+    assert_eq!(s.dirty_projections(100).await.expect("dirty").len(), 5);
+    // A failed (purged) upload marks nothing.
+    assert!(
+        s.purge_document(team("east"), id("a"), "erasure", now())
+            .await
+            .expect("purge")
+    );
+    let before = dirty(s).await;
+    assert_eq!(
+        s.commit_upload(&upload("east", "a", "e1", b"again"))
+            .await
+            .unwrap_err(),
+        StorageError::Purged
+    );
+    assert_eq!(dirty(s).await, before);
+}
+
+async fn projections_are_kept_per_team_and_kind<S: Storage>(s: &S) {
+    assert!(s.projected_teams().await.expect("teams").is_empty());
+    for (t, doc) in [
+        ("north", "f1"),
+        ("north", "f2"),
+        ("north", "day"),
+        ("north", "dir"),
+        ("south", "f1"),
+    ] {
+        s.commit_upload(&upload(t, doc, "d", b"c"))
+            .await
+            .expect("up");
+    }
+    let put = |t: &'static str,
+               doc: &'static str,
+               kind: Option<ProjectionKind>,
+               body: &'static str| async move {
+        let generation = generation(s, t, doc).await;
+        s.put_projection(team(t), id(doc), generation, kind, body, now())
+            .await
+    };
+    put("north", "f1", Some(ProjectionKind::Family), "n-f1")
+        .await
+        .expect("put");
+    put("north", "f2", Some(ProjectionKind::Family), "n-f2")
+        .await
+        .expect("put");
+    put("north", "day", Some(ProjectionKind::FamilyDay), "n-day")
+        .await
+        .expect("put");
+    put("north", "dir", None, "").await.expect("put");
+    put("south", "f1", Some(ProjectionKind::Family), "s-f1")
+        .await
+        .expect("put");
+    assert!(
+        dirty(s).await.is_empty(),
+        "every mark cleared, the directory's too"
+    );
+    let mut families = s
+        .projections(team("north"), ProjectionKind::Family)
+        .await
+        .expect("projections");
+    families.sort();
+    let mut expected = vec![
+        (id("f1"), "n-f1".to_string()),
+        (id("f2"), "n-f2".to_string()),
+    ];
+    expected.sort();
+    assert_eq!(families, expected);
+    assert_eq!(
+        s.projections(team("north"), ProjectionKind::FamilyDay)
+            .await
+            .expect("projections"),
+        [(id("day"), "n-day".to_string())]
+    );
+    assert_eq!(
+        s.projections(team("south"), ProjectionKind::Family)
+            .await
+            .expect("projections"),
+        [(id("f1"), "s-f1".to_string())]
+    );
+    assert!(
+        s.projections(team("east"), ProjectionKind::Family)
+            .await
+            .expect("projections")
+            .is_empty()
+    );
+    assert_eq!(
+        s.projected_teams().await.expect("teams"),
+        [Team::from("north"), Team::from("south")]
+    );
+    // A document that stopped being one reports count: its projection goes.
+    s.commit_upload(&upload("north", "f2", "d", b"c2"))
+        .await
+        .expect("up");
+    let latest = generation(s, "north", "f2").await;
+    s.put_projection(team("north"), id("f2"), latest - 1, None, "", now())
+        .await
+        .expect("put");
+    assert!(
+        !dirty(s).await.is_empty(),
+        "an older generation was written"
+    );
+    s.put_projection(team("north"), id("f2"), latest, None, "", now())
+        .await
+        .expect("put");
+    assert!(dirty(s).await.is_empty());
+    assert_eq!(
+        s.projections(team("north"), ProjectionKind::Family)
+            .await
+            .expect("projections"),
+        [(id("f1"), "n-f1".to_string())]
+    );
+    // Rewritten as another kind, it moves.
+    put("north", "f1", Some(ProjectionKind::FamilyDay), "n-f1-day")
+        .await
+        .expect("put");
+    assert!(
+        s.projections(team("north"), ProjectionKind::Family)
+            .await
+            .expect("projections")
+            .is_empty()
+    );
+    assert_eq!(
+        s.projections(team("north"), ProjectionKind::FamilyDay)
+            .await
+            .expect("projections")
+            .len(),
+        2
+    );
+    put("south", "f1", None, "").await.expect("put");
+    assert_eq!(
+        s.projected_teams().await.expect("teams"),
+        [Team::from("north")],
+        "a team with no projection left is not listed"
+    );
+    for kind in [ProjectionKind::Family, ProjectionKind::FamilyDay] {
+        assert_eq!(ProjectionKind::parse(kind.as_str()), Some(kind));
+    }
+}
+
+async fn a_purge_removes_projections_and_refuses_new_ones<S: Storage>(s: &S) {
+    for (t, doc) in [("north", "fam"), ("south", "fam"), ("north", "other")] {
+        s.commit_upload(&upload(t, doc, "d", b"c"))
+            .await
+            .expect("up");
+    }
+    for (t, doc) in [("north", "fam"), ("south", "fam"), ("north", "other")] {
+        let g = generation(s, t, doc).await;
+        s.put_projection(
+            team(t),
+            id(doc),
+            g,
+            Some(ProjectionKind::Family),
+            "p",
+            now(),
+        )
+        .await
+        .expect("put");
+    }
+    assert!(dirty(s).await.is_empty());
+    // Dirty again, then purged: both the projection and the mark go.
+    s.commit_upload(&upload("north", "fam", "d", b"c2"))
+        .await
+        .expect("up");
+    let late = generation(s, "north", "fam").await;
+    assert!(late > 0);
+    assert!(
+        s.purge_document(team("north"), id("fam"), "erasure", now())
+            .await
+            .expect("purge")
+    );
+    assert_eq!(dirty(s).await, Vec::new());
+    let mut north = s
+        .projections(team("north"), ProjectionKind::Family)
+        .await
+        .expect("projections");
+    north.sort();
+    assert_eq!(north, [(id("other"), "p".to_string())]);
+    assert_eq!(
+        s.projections(team("south"), ProjectionKind::Family)
+            .await
+            .expect("projections"),
+        [(id("fam"), "p".to_string())],
+        "the same id in another team keeps its projection"
+    );
+    // A projector that read the document before the purge writes nothing.
+    s.put_projection(
+        team("north"),
+        id("fam"),
+        late,
+        Some(ProjectionKind::Family),
+        "late",
+        now(),
+    )
+    .await
+    .expect("put after purge");
+    assert_eq!(
+        s.projections(team("north"), ProjectionKind::Family)
+            .await
+            .expect("projections"),
+        [(id("other"), "p".to_string())]
+    );
+    assert!(dirty(s).await.is_empty());
+    // The erasure ledger's replay purges the same way, stored or not.
+    s.commit_upload(&upload("south", "gone", "d", b"c"))
+        .await
+        .expect("up");
+    let g = generation(s, "south", "gone").await;
+    s.put_projection(
+        team("south"),
+        id("gone"),
+        g,
+        Some(ProjectionKind::FamilyDay),
+        "p",
+        now(),
+    )
+    .await
+    .expect("put");
+    s.commit_upload(&upload("south", "gone", "d", b"c2"))
+        .await
+        .expect("up");
+    let late = generation(s, "south", "gone").await;
+    assert!(
+        s.ensure_purged(team("south"), id("gone"), "replay", now(), now())
+            .await
+            .expect("ensure")
+    );
+    assert!(
+        s.projections(team("south"), ProjectionKind::FamilyDay)
+            .await
+            .expect("projections")
+            .is_empty()
+    );
+    assert!(dirty(s).await.is_empty());
+    s.put_projection(
+        team("south"),
+        id("gone"),
+        late,
+        Some(ProjectionKind::FamilyDay),
+        "late",
+        now(),
+    )
+    .await
+    .expect("put after purge");
+    assert!(
+        s.projections(team("south"), ProjectionKind::FamilyDay)
+            .await
+            .expect("projections")
+            .is_empty()
+    );
+    assert_eq!(
+        s.projected_teams().await.expect("teams"),
+        [Team::from("north"), Team::from("south")]
+    );
+}
+
+/// A sign-in (a new session) racing a reset or a disable of its account:
+/// whichever commits first, no session of the account is left.
+async fn a_sign_in_racing_a_reset_or_disable_leaves_no_session<S: Storage>(s: Arc<S>) {
+    for round in 0..20 {
+        let account = format!("r-{round}");
+        set_up(&*s, &account, &format!("racer {round}"), StaffRole::Manager).await;
+        let hash = format!("s-{round}").into_bytes();
+        let signing_in = {
+            let (s, account, hash) = (s.clone(), account.clone(), hash.clone());
+            tokio::spawn(async move {
+                match s
+                    .create_session(&hash, &session_for(&account, "csrf"))
+                    .await
+                {
+                    Ok(()) | Err(StorageError::Conflict(_)) => {}
+                    Err(e) => panic!("create_session: {e}"),
+                }
+            })
+        };
+        let ending = {
+            let (s, account) = (s.clone(), account.clone());
+            tokio::spawn(async move {
+                if round % 2 == 0 {
+                    let token = format!("setup-again-{account}").into_bytes();
+                    let expires = now() + Duration::hours(1);
+                    assert!(
+                        s.reset_account(&account, &token, expires)
+                            .await
+                            .expect("reset")
+                    );
+                } else {
+                    assert!(s.disable_account(&account, now()).await.expect("disable"));
+                }
+            })
+        };
+        signing_in.await.expect("sign-in");
+        ending.await.expect("reset or disable");
+        assert!(
+            s.session(&hash).await.expect("session").is_none(),
+            "round {round}: a session outlived its account's reset or disable"
+        );
+    }
 }

@@ -48,7 +48,7 @@ pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
 pub use types::{
     AuditAction, AuditEntry, AuditRecord, CodeGrant, Committed, Device, ReadMarks,
-    RevocationCursor, Stored, StoredDocument, Upload,
+    RevocationCursor, Stored, StoredDocument, UNKNOWN_ADDRESS_KIND, Upload, address_kind,
 };
 
 /// A team's data-protection policy; `None` is no limit. The same type is
@@ -104,8 +104,14 @@ pub trait DeviceStore: Send + Sync + 'static {
         by: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<bool>;
-    /// Records a device's latest sync.
-    async fn touch_device(&self, device_id: &DeviceId, now: DateTime<Utc>) -> Result<()>;
+    /// Records a device's latest sync and the kind of address it came
+    /// from ([`address_kind`], or [`UNKNOWN_ADDRESS_KIND`]).
+    async fn touch_device(
+        &self,
+        device_id: &DeviceId,
+        now: DateTime<Utc>,
+        address_kind: &str,
+    ) -> Result<()>;
     /// Devices revoked after `cursor` (by any process), oldest first, at
     /// most `limit`; moves the cursor past them. A fresh cursor starts at
     /// the latest revocation (earlier ones are refused at authentication).

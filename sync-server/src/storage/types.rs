@@ -257,7 +257,43 @@ pub struct Device {
     pub enrolled_at: String,
     pub revoked_at: Option<String>,
     pub last_sync_at: Option<String>,
+    /// The kind of address it last synced from ([`address_kind`]; "unknown"
+    /// for a connection without one), never the address itself.
+    pub last_address_kind: Option<String>,
 }
+
+/// What kind of address `ip` is, as a device's last sync records it:
+/// "loopback", "private" (RFC 1918, IPv6 unique-local fc00::/7, link-local
+/// 169.254/16 and fe80::/10) or "public". An IPv4-mapped IPv6 address is
+/// judged as its IPv4 address.
+pub fn address_kind(ip: std::net::IpAddr) -> &'static str {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    let (loopback, private) = match ip {
+        IpAddr::V4(v4) => (v4.is_loopback(), v4.is_private() || v4.is_link_local()),
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            (
+                v6.is_loopback(),
+                first & 0xfe00 == 0xfc00 || first & 0xffc0 == 0xfe80,
+            )
+        }
+    };
+    if loopback {
+        "loopback"
+    } else if private {
+        "private"
+    } else {
+        "public"
+    }
+}
+
+/// The address kind recorded for a connection the relay saw no address of
+/// (an in-process connection, a router without connect info).
+pub const UNKNOWN_ADDRESS_KIND: &str = "unknown";
 
 /// A device's earlier read uploads: the latest receipt before a time
 /// (audit_upload.rs: shortly before its last sync's end) and the (clamped)
@@ -353,4 +389,41 @@ pub struct RevocationCursor {
     /// command's, committed, beside the relay connection's own count of
     /// changed rows).
     pub(crate) written: Option<(i64, u64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::address_kind;
+
+    #[test]
+    fn address_kinds() {
+        for (ip, kind) in [
+            ("127.0.0.1", "loopback"),
+            ("127.8.9.10", "loopback"),
+            ("::1", "loopback"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("10.1.2.3", "private"),
+            ("172.16.0.1", "private"),
+            ("172.31.255.255", "private"),
+            ("192.168.1.20", "private"),
+            ("169.254.3.4", "private"),
+            ("::ffff:192.168.1.20", "private"),
+            ("fc00::1", "private"),
+            ("fd12:3456::1", "private"),
+            ("fe80::1", "private"),
+            ("febf::1", "private"),
+            ("8.8.8.8", "public"),
+            ("172.32.0.1", "public"),
+            ("192.169.0.1", "public"),
+            ("::ffff:8.8.8.8", "public"),
+            ("2001:db8::1", "public"),
+            ("fec0::1", "public"),
+            // IPv4-compatible (deprecated), not IPv4-mapped: not judged
+            // as 10.0.0.1.
+            ("::10.0.0.1", "public"),
+        ] {
+            let parsed: std::net::IpAddr = ip.parse().unwrap_or_else(|e| panic!("{ip}: {e}"));
+            assert_eq!(address_kind(parsed), kind, "{ip}");
+        }
+    }
 }

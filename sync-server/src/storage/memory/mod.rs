@@ -18,6 +18,7 @@ use super::{
 use crate::refusals::{MAX_ROWS, Refusal, RefusedDocument};
 
 mod audit;
+mod console;
 
 /// The relay's data, in memory.
 #[derive(Debug, Default)]
@@ -45,6 +46,14 @@ struct State {
     store_id: Option<String>,
     jobs: HashMap<String, String>,
     last_backup: Option<DateTime<Utc>>,
+    /// Staff accounts by id.
+    accounts: BTreeMap<String, super::StaffAccount>,
+    /// Sessions by the hash of their id.
+    sessions: HashMap<Vec<u8>, super::StaffSession>,
+    /// (kind, JSON body, updated at) per document.
+    projections: BTreeMap<Key, (super::ProjectionKind, String, DateTime<Utc>)>,
+    /// Documents whose projection is out of date, and their generation.
+    projection_dirty: BTreeMap<Key, i64>,
 }
 
 #[derive(Debug)]
@@ -97,6 +106,8 @@ impl State {
             .retain(|(t, d, _), _| !(t == team && *d == text));
         self.refused
             .retain(|r| !(r.team == *team && r.document_id == text));
+        self.projections.remove(&k);
+        self.projection_dirty.remove(&k);
         self.purged
             .insert(k, (reason.to_string(), at.0.to_rfc3339()));
         self.append(
@@ -200,6 +211,7 @@ impl DeviceStore for MemoryStorage {
             enrolled_at: now.to_rfc3339(),
             revoked_at: None,
             last_sync_at: None,
+            last_address_kind: None,
         };
         if let Some(code) = s.codes.get_mut(code_hash) {
             code.used = true;
@@ -255,10 +267,16 @@ impl DeviceStore for MemoryStorage {
         Ok(true)
     }
 
-    async fn touch_device(&self, device_id: &DeviceId, now: DateTime<Utc>) -> Result<()> {
+    async fn touch_device(
+        &self,
+        device_id: &DeviceId,
+        now: DateTime<Utc>,
+        address_kind: &str,
+    ) -> Result<()> {
         let mut s = self.state();
         if let Some((d, _)) = s.devices.iter_mut().find(|(d, _)| d.id == *device_id) {
             d.last_sync_at = Some(now.to_rfc3339());
+            d.last_address_kind = Some(address_kind.to_string());
         }
         s.write();
         Ok(())
@@ -411,6 +429,14 @@ impl DocumentStore for MemoryStorage {
         let created = !s.documents.contains_key(&k);
         let stored = u.stored(created);
         let next = s.seq + 1;
+        if stored != Stored::Nothing {
+            // The projection is out of date from this commit on: a new mark
+            // starts at the commit's cursor value (as SQLite's).
+            s.projection_dirty
+                .entry(k.clone())
+                .and_modify(|g| *g += 1)
+                .or_insert(next);
+        }
         let doc = s.documents.entry(k).or_default();
         let previous_seq = doc.seq;
         match stored {

@@ -190,13 +190,23 @@ impl DeviceStore for PostgresStorage {
         Ok(exists)
     }
 
-    async fn touch_device(&self, device_id: &DeviceId, now: DateTime<Utc>) -> Result<()> {
+    async fn touch_device(
+        &self,
+        device_id: &DeviceId,
+        now: DateTime<Utc>,
+        address_kind: &str,
+    ) -> Result<()> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached("UPDATE devices SET last_sync_at = $2 WHERE id = $1")
+            .prepare_cached(
+                "UPDATE devices SET last_sync_at = $2, last_address_kind = $3 WHERE id = $1",
+            )
             .await?;
         client
-            .execute(&stmt, &[&device_id.as_str(), &now.to_rfc3339()])
+            .execute(
+                &stmt,
+                &[&device_id.as_str(), &now.to_rfc3339(), &address_kind],
+            )
             .await?;
         Ok(())
     }

@@ -312,7 +312,7 @@ async fn notify(tx: &Transaction<'_>, payload: &str) -> Result<()> {
 /// Locks `team`'s cursor row (making it if the team has none) until the
 /// transaction ends. Under read committed, the statements after it see
 /// every commit of the team's writers before it.
-async fn lock_team(tx: &Transaction<'_>, team: &Team) -> Result<()> {
+pub(super) async fn lock_team(tx: &Transaction<'_>, team: &Team) -> Result<()> {
     let stmt = tx
         .prepare_cached(
             "INSERT INTO team_cursor (team, seq) VALUES ($1, 0)
@@ -323,7 +323,11 @@ async fn lock_team(tx: &Transaction<'_>, team: &Team) -> Result<()> {
     Ok(())
 }
 
-async fn is_purged(tx: &Transaction<'_>, team: &Team, doc_id: DocumentId) -> Result<bool> {
+pub(super) async fn is_purged(
+    tx: &Transaction<'_>,
+    team: &Team,
+    doc_id: DocumentId,
+) -> Result<bool> {
     let stmt = tx
         .prepare_cached("SELECT 1 FROM purged WHERE team = $1 AND doc_id = $2")
         .await?;
@@ -423,6 +427,23 @@ async fn commit_upload(tx: &Transaction<'_>, u: &Upload<'_>) -> Result<Committed
                 .try_get(0)?;
         }
         Stored::Nothing => {}
+    }
+    if !matches!(stored, Stored::Nothing) {
+        // The document's projection is out of date from this commit on,
+        // marked in the same transaction (console.rs clears it). A new
+        // mark starts at the commit's cursor value, which no earlier
+        // generation of the document reached (each commit adds one to a
+        // generation and at least one to the team's cursor): a projector
+        // that read a cleared mark never clears a later one.
+        tx.execute(
+            &tx.prepare_cached(
+                "INSERT INTO projection_dirty (team, id, generation) VALUES ($1, $2, $3)
+                 ON CONFLICT (team, id) DO UPDATE SET generation = projection_dirty.generation + 1",
+            )
+            .await?,
+            &[&team, &id, &seq],
+        )
+        .await?;
     }
     for record in u.audit {
         insert_audit(tx, record).await?;
@@ -564,6 +585,9 @@ impl PostgresStorage {
             "DELETE FROM documents WHERE team = $1 AND id = $2",
             // Ids and reasons only, but of a family that no longer exists.
             "DELETE FROM refused_documents WHERE team = $1 AND doc_id = $2",
+            // What the console's reports kept of it.
+            "DELETE FROM projections WHERE team = $1 AND id = $2",
+            "DELETE FROM projection_dirty WHERE team = $1 AND id = $2",
         ] {
             tx.execute(&tx.prepare_cached(sql).await?, &[&team.as_str(), &id])
                 .await?;

@@ -27,6 +27,7 @@
 //! is accepted (TLS by default outside loopback).
 
 mod audit;
+mod console;
 mod devices;
 mod documents;
 mod watch;
@@ -45,7 +46,10 @@ use crate::error::Error;
 
 /// The schema, one file per version (`schema_migrations.version` is the
 /// number of files applied).
-pub(super) const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/postgres/001_init.sql")];
+pub(super) const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/postgres/001_init.sql"),
+    include_str!("../../../migrations/postgres/002_console.sql"),
+];
 
 /// The advisory lock key migrations run under ("linkbook" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6c69_6e6b_626f_6f6b;
@@ -297,7 +301,8 @@ fn tls_connector() -> crate::error::Result<tokio_postgres_rustls::MakeRustlsConn
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
-const DEVICE_COLUMNS: &str = "id, team, worker, device_name, enrolled_at, revoked_at, last_sync_at";
+const DEVICE_COLUMNS: &str =
+    "id, team, worker, device_name, enrolled_at, revoked_at, last_sync_at, last_address_kind";
 
 fn device_row(r: &Row) -> std::result::Result<Device, tokio_postgres::Error> {
     Ok(Device {
@@ -308,6 +313,7 @@ fn device_row(r: &Row) -> std::result::Result<Device, tokio_postgres::Error> {
         enrolled_at: r.try_get(4)?,
         revoked_at: r.try_get(5)?,
         last_sync_at: r.try_get(6)?,
+        last_address_kind: r.try_get(7)?,
     })
 }
 

@@ -129,10 +129,17 @@ impl DeviceStore for SqliteStorage {
         })
     }
 
-    async fn touch_device(&self, device_id: &DeviceId, now: DateTime<Utc>) -> Result<()> {
+    async fn touch_device(
+        &self,
+        device_id: &DeviceId,
+        now: DateTime<Utc>,
+        address_kind: &str,
+    ) -> Result<()> {
         self.with(|c| {
-            c.prepare_cached("UPDATE devices SET last_sync_at = ?2 WHERE id = ?1")?
-                .execute(params![device_id, now.to_rfc3339()])
+            c.prepare_cached(
+                "UPDATE devices SET last_sync_at = ?2, last_address_kind = ?3 WHERE id = ?1",
+            )?
+            .execute(params![device_id, now.to_rfc3339(), address_kind])
         })?;
         Ok(())
     }

@@ -281,6 +281,19 @@ fn commit_upload(conn: &mut Connection, u: &Upload<'_>) -> Result<Committed> {
             )?
             .query_row(params![u.team, u.doc_id, seq, u.uploader], |r| r.get(0))?;
     }
+    if stored != Stored::Nothing {
+        // The document's projection is out of date from this commit on,
+        // marked in the same transaction (console.rs clears it). A new
+        // mark starts at the commit's cursor value, which no earlier
+        // generation of the document reached (each commit adds one to a
+        // generation and at least one to the cursor): a projector that
+        // read a cleared mark never clears a later one.
+        tx.prepare_cached(
+            "INSERT INTO projection_dirty (team, id, generation) VALUES (?1, ?2, ?3)
+             ON CONFLICT(team, id) DO UPDATE SET generation = generation + 1",
+        )?
+        .execute(params![u.team, u.doc_id, seq])?;
+    }
     for record in u.audit {
         insert_audit(&tx, record)?;
     }
@@ -387,6 +400,9 @@ impl SqliteStorage {
                 "DELETE FROM documents WHERE team = ?1 AND id = ?2",
                 // Ids and reasons only, but of a family that no longer exists.
                 "DELETE FROM refused_documents WHERE team = ?1 AND doc_id = ?2",
+                // What the console's reports kept of it.
+                "DELETE FROM projections WHERE team = ?1 AND id = ?2",
+                "DELETE FROM projection_dirty WHERE team = ?1 AND id = ?2",
             ] {
                 tx.execute(sql, params![team, doc_id])?;
             }

@@ -9,6 +9,7 @@
 //! (docs/adr/0009).
 
 mod audit;
+mod console;
 mod devices;
 mod documents;
 
@@ -33,6 +34,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/010_store_id.sql"),
     include_str!("../../../migrations/011_revocations.sql"),
     include_str!("../../../migrations/012_compaction.sql"),
+    include_str!("../../../migrations/013_console.sql"),
 ];
 
 /// The embedded default: one SQLite file.
@@ -107,10 +109,12 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
         enrolled_at: r.get(4)?,
         revoked_at: r.get(5)?,
         last_sync_at: r.get(6)?,
+        last_address_kind: r.get(7)?,
     })
 }
 
-const DEVICE_COLUMNS: &str = "id, team, worker, device_name, enrolled_at, revoked_at, last_sync_at";
+const DEVICE_COLUMNS: &str =
+    "id, team, worker, device_name, enrolled_at, revoked_at, last_sync_at, last_address_kind";
 
 /// Appends one audit record inside `tx`.
 fn insert_audit(tx: &Connection, r: &super::AuditRecord) -> rusqlite::Result<()> {
