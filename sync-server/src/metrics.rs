@@ -102,9 +102,7 @@ impl Metrics {
     fn new() -> Metrics {
         let m = Metrics {
             registry: Registry::with_prefix("linkbook"),
-            recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(
-                RECENT_SYNCS,
-            )),
+            recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(RECENT_SYNCS)),
             connected: Gauge::default(),
             syncs: Family::default(),
             messages: Family::default(),
@@ -186,9 +184,7 @@ impl Metrics {
 
     pub(crate) fn disconnected(&self, outcome: SyncOutcome, device: &str, team: &str) {
         self.connected.dec();
-        self.syncs
-            .get_or_create(&OutcomeLabel { outcome })
-            .inc();
+        self.syncs.get_or_create(&OutcomeLabel { outcome }).inc();
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         if recent.len() == RECENT_SYNCS {
             recent.pop_front();

@@ -126,7 +126,13 @@ async fn a_purge_racing_uploads_leaves_nothing_behind() {
     assert!(
         bounded(
             "purge",
-            s.purge_document(&team, id("doc"), "erasure", Utc::now())
+            s.purge_document(
+                &team,
+                id("doc"),
+                "erasure",
+                "office administrator",
+                Utc::now()
+            )
         )
         .await
         .expect("purge")
@@ -308,7 +314,7 @@ async fn another_nodes_commits_are_watched_in_order() {
     }
     assert!(
         node1
-            .purge_document(&north, id("x"), "test", Utc::now())
+            .purge_document(&north, id("x"), "test", "office administrator", Utc::now())
             .await
             .expect("purge")
     );

@@ -8,8 +8,8 @@
 //! defaults: 19 MiB, two passes); the TOTP seed, which the relay must read
 //! to check a code, as bytes in the (on SQLite, encrypted) database.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -515,6 +515,7 @@ pub async fn sign_in(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -27,6 +27,18 @@ pub async fn purge_family(
     team: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<PurgedFamily> {
+    purge_family_by(storage, id, reason, team, ADMINISTRATOR, now).await
+}
+
+/// [`purge_family`], audited as `by`'s (a console account).
+pub async fn purge_family_by(
+    storage: &dyn Storage,
+    id: &str,
+    reason: &str,
+    team: Option<&str>,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<PurgedFamily> {
     let id = parse_family_id(id)?;
     let reason = reason.trim();
     if reason.is_empty() {
@@ -61,7 +73,7 @@ pub async fn purge_family(
             kind.as_deref().unwrap_or("damaged document")
         )));
     }
-    if !storage.purge_document(&team, id, reason, now).await? {
+    if !storage.purge_document(&team, id, reason, by, now).await? {
         return Err(not_found(Some(&team)));
     }
     Ok(PurgedFamily { id, team })

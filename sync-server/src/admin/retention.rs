@@ -49,7 +49,7 @@ pub async fn sweep_within(
             if closed + Duration::days(days) <= today {
                 let reason = format!("retention: closed {closed}, team policy {days} days");
                 if storage
-                    .purge_document(&team, id, &reason, Utc::now())
+                    .purge_document(&team, id, &reason, super::ADMINISTRATOR, Utc::now())
                     .await?
                 {
                     tracing::info!(document = %id, %team, "closed case purged under the retention policy");

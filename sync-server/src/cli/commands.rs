@@ -62,9 +62,7 @@ pub(super) async fn admin(data: Data<'_>, cmd: AdminCommand) -> crate::Result<()
             let new = admin::accounts::add_account(storage, &name, role, expires_hours, now)
                 .await
                 .map_err(cli_error)?;
-            storage
-                .append_audit(&[changed(&new.account.name)])
-                .await?;
+            storage.append_audit(&[changed(&new.account.name)]).await?;
             println!("{}", new.link(server.as_deref()));
             eprintln!(
                 "set-up link for {} ({}); it works once and expires in {expires_hours} h{}",
@@ -85,9 +83,7 @@ pub(super) async fn admin(data: Data<'_>, cmd: AdminCommand) -> crate::Result<()
             let new = admin::accounts::reset_account(storage, &name, expires_hours, now)
                 .await
                 .map_err(cli_error)?;
-            storage
-                .append_audit(&[changed(&new.account.name)])
-                .await?;
+            storage.append_audit(&[changed(&new.account.name)]).await?;
             println!("{}", new.link(server.as_deref()));
             eprintln!(
                 "new set-up link for {}; the old password, second factor and sessions no longer work",

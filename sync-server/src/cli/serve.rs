@@ -122,9 +122,7 @@ pub(super) fn serve(store: Data<'_>, args: ServeArgs) -> crate::Result<()> {
         .with_console(
             crate::console::ConsoleConfig {
                 idle_timeout: std::time::Duration::from_secs(args.console_idle_secs),
-                session_lifetime: std::time::Duration::from_secs(
-                    args.console_session_hours * 3600,
-                ),
+                session_lifetime: std::time::Duration::from_secs(args.console_session_hours * 3600),
                 report_threshold: args.report_threshold,
                 public_url: args.public_url.clone(),
             },

@@ -27,7 +27,13 @@ pub fn download(filename: &str, rows: &[Vec<String>]) -> ConsoleResult {
         .map_err(|e| ConsoleError::Internal(format!("csv: {e}")))?;
     let safe: String = filename
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     Ok((
         StatusCode::OK,

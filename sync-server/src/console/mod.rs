@@ -226,17 +226,13 @@ pub fn allowed(path: &str, role: StaffRole) -> bool {
 }
 
 /// A rendered page.
+#[derive(Debug)]
 pub struct Page;
 
 impl Page {
     /// A whole page: `title`, the navigation for `staff` (none when signed
     /// out), `current` marked in it, and `body`.
-    pub fn render(
-        title: &str,
-        staff: Option<&Staff>,
-        current: &str,
-        body: Markup,
-    ) -> Markup {
+    pub fn render(title: &str, staff: Option<&Staff>, current: &str, body: Markup) -> Markup {
         html! {
             (DOCTYPE)
             html lang="en-GB" {
@@ -322,7 +318,9 @@ pub fn role_label(role: StaffRole) -> &'static str {
 #[derive(Debug)]
 pub enum ConsoleError {
     /// Not signed in, or the session ended: to the sign-in page.
-    SignIn { expired: bool },
+    SignIn {
+        expired: bool,
+    },
     /// Signed in, but the role may not do this.
     Forbidden,
     /// The form's CSRF token is missing or wrong.
@@ -374,9 +372,7 @@ impl IntoResponse for ConsoleError {
                 "Form expired",
                 "This form was not sent from this console session. Go back, reload the page and try again.",
             ),
-            ConsoleError::BadRequest(m) => {
-                Page::error(StatusCode::BAD_REQUEST, "Not done", &m)
-            }
+            ConsoleError::BadRequest(m) => Page::error(StatusCode::BAD_REQUEST, "Not done", &m),
             ConsoleError::NotFound(m) => Page::error(StatusCode::NOT_FOUND, "Not found", &m),
             ConsoleError::Internal(m) => {
                 tracing::error!(error = %m, "console request failed");

@@ -17,16 +17,18 @@ use crate::admin::{self, devices::MAX_CODE_HOURS};
 use crate::storage::{AuditAction, Device, StaffRole, Team, TeamPolicy};
 
 /// A posted form's CSRF field alone.
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct CsrfOnly {
     csrf: Option<String>,
 }
 
 pub async fn home(staff: Staff) -> Response {
-    let links: Vec<_> = super::NAV
-        .iter()
-        .filter(|(p, _, _)| super::allowed(p, staff.account.role))
-        .collect();
+    let mut links: Vec<(&str, &str)> = Vec::new();
+    for (path, label, _) in super::NAV {
+        if super::allowed(path, staff.account.role) {
+            links.push((path, label));
+        }
+    }
     Page::respond(
         StatusCode::OK,
         Page::render(
@@ -36,7 +38,7 @@ pub async fn home(staff: Staff) -> Response {
             html! {
                 p { "Signed in as " strong { (staff.account.name) } ", " (super::role_label(staff.account.role)) "." }
                 ul.cards {
-                    @for (path, label, _) in links {
+                    @for (path, label) in links {
                         li { a href=(path) { (label) } }
                     }
                 }
@@ -79,10 +81,7 @@ pub fn lease_state(device: &Device, policy: &TeamPolicy, now: DateTime<Utc>) -> 
     }
 }
 
-async fn policies(
-    state: &AppState,
-    teams: impl IntoIterator<Item = Team>,
-) -> ConsoleResult<BTreeMap<Team, TeamPolicy>> {
+async fn policies(state: &AppState, teams: Vec<Team>) -> ConsoleResult<BTreeMap<Team, TeamPolicy>> {
     let mut out = BTreeMap::new();
     for team in teams {
         let policy = state.storage.team_policy(&team).await?;
@@ -196,7 +195,8 @@ fn devices_page(
 pub async fn devices(State(state): State<AppState>, staff: Staff) -> ConsoleResult {
     staff.may_open("/console/devices")?;
     let devices = admin::devices::list_devices(&*state.storage).await?;
-    let policies = policies(&state, devices.iter().map(|d| d.team.clone())).await?;
+    let teams_of: Vec<Team> = devices.iter().map(|d| d.team.clone()).collect();
+    let policies = policies(&state, teams_of).await?;
     let teams = known_teams(&state).await?;
     Ok(Page::respond(
         StatusCode::OK,
@@ -204,7 +204,7 @@ pub async fn devices(State(state): State<AppState>, staff: Staff) -> ConsoleResu
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct EnrolForm {
     csrf: Option<String>,
     team: Option<String>,
@@ -224,7 +224,11 @@ pub async fn enrol(
         .as_deref()
         .unwrap_or("24")
         .parse()
-        .map_err(|_| ConsoleError::BadRequest(format!("Code validity must be 1 to {MAX_CODE_HOURS} hours.")))?;
+        .map_err(|_| {
+            ConsoleError::BadRequest(format!(
+                "Code validity must be 1 to {MAX_CODE_HOURS} hours."
+            ))
+        })?;
     let now = Utc::now();
     let e = admin::devices::enrol(
         &*state.storage,
@@ -248,7 +252,8 @@ pub async fn enrol(
         }
     };
     let devices = admin::devices::list_devices(&*state.storage).await?;
-    let policies = policies(&state, devices.iter().map(|d| d.team.clone())).await?;
+    let teams_of: Vec<Team> = devices.iter().map(|d| d.team.clone()).collect();
+    let policies = policies(&state, teams_of).await?;
     let teams = known_teams(&state).await?;
     Ok(Page::respond(
         StatusCode::OK,
@@ -313,7 +318,11 @@ pub async fn revoke(
     // Cut its open connections here at once (the revocation watch would
     // within seconds, on every node).
     state.hub.cut_revoked(&id);
-    Ok((StatusCode::SEE_OTHER, [(header::LOCATION, "/console/devices")]).into_response())
+    Ok((
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, "/console/devices")],
+    )
+        .into_response())
 }
 
 fn days_in_words(days: Option<i64>, what: &str) -> String {
@@ -328,7 +337,7 @@ fn days_in_words(days: Option<i64>, what: &str) -> String {
 pub async fn teams(State(state): State<AppState>, staff: Staff) -> ConsoleResult {
     staff.may_open("/console/teams")?;
     let teams = known_teams(&state).await?;
-    let policies = policies(&state, teams.iter().cloned()).await?;
+    let policies = policies(&state, teams.iter().cloned().collect()).await?;
     let admin = staff.account.role == StaffRole::Administrator;
     Ok(Page::respond(
         StatusCode::OK,
@@ -376,7 +385,7 @@ pub async fn teams(State(state): State<AppState>, staff: Staff) -> ConsoleResult
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct PolicyForm {
     csrf: Option<String>,
     team: Option<String>,
@@ -412,11 +421,15 @@ pub async fn set_policy(
         Utc::now(),
     )
     .await?;
-    Ok((StatusCode::SEE_OTHER, [(header::LOCATION, "/console/teams")]).into_response())
+    Ok((
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, "/console/teams")],
+    )
+        .into_response())
 }
 
 /// The audit page's filters (query string).
-#[derive(Deserialize, Default, Clone)]
+#[derive(Debug, Deserialize, Default, Clone)]
 pub struct AuditFilter {
     family: Option<String>,
     team: Option<String>,
@@ -579,9 +592,18 @@ pub async fn audit_csv(
         .append_audit(&[staff.audit(AuditAction::ReportExported, now)])
         .await?;
     let mut out = vec![
-        ["at", "action", "who", "device", "team", "document", "address", "received_at"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "at",
+            "action",
+            "who",
+            "device",
+            "team",
+            "document",
+            "address",
+            "received_at",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     for r in rows {
         out.push(vec![
@@ -688,7 +710,7 @@ pub async fn data_protection(State(state): State<AppState>, staff: Staff) -> Con
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct PurgeForm {
     csrf: Option<String>,
     step: Option<String>,
@@ -706,8 +728,17 @@ pub async fn purge(
     staff.check_csrf(form.csrf.as_deref())?;
     staff.require(&[StaffRole::DataProtection])?;
     let id = admin::parse_family_id(form.family.as_deref().unwrap_or_default().trim())?;
-    let team_given = form.team.as_deref().map(str::trim).filter(|t| !t.is_empty());
-    let reason = form.reason.as_deref().unwrap_or_default().trim().to_string();
+    let team_given = form
+        .team
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let reason = form
+        .reason
+        .as_deref()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     if reason.is_empty() {
         return Err(ConsoleError::BadRequest(
             "Say why the family is purged: the reason is kept with the purge.".into(),
@@ -762,9 +793,15 @@ pub async fn purge(
         ));
     }
     let now = Utc::now();
-    let purged =
-        admin::families::purge_family_by(&*state.storage, &id.to_string(), &reason, Some(&team), &staff.actor(), now)
-            .await?;
+    let purged = admin::families::purge_family_by(
+        &*state.storage,
+        &id.to_string(),
+        &reason,
+        Some(&team),
+        &staff.actor(),
+        now,
+    )
+    .await?;
     let refused = state.storage.refused_documents(None).await?;
     let message = html! {
         p.notice role="status" { "Family " code { (purged.id.to_string()) } " of team " (purged.team.as_str()) " is purged. Devices delete it at their next sync." }
@@ -775,7 +812,7 @@ pub async fn purge(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct ExportForm {
     csrf: Option<String>,
     name: Option<String>,
@@ -796,7 +833,8 @@ pub async fn export(
         team: blank(&form.team).map(str::to_string),
     };
     let now = Utc::now();
-    let export = admin::families::export_person_by(&*state.storage, &query, &staff.actor(), now).await?;
+    let export =
+        admin::families::export_person_by(&*state.storage, &query, &staff.actor(), now).await?;
     let json = serde_json::to_vec_pretty(&export)
         .map_err(|e| ConsoleError::Internal(format!("export: {e}")))?;
     Ok((

@@ -170,7 +170,14 @@ pub async fn refresh(storage: &dyn Storage, dirty: &DirtyProjection) -> crate::s
         None => (None, ""),
     };
     storage
-        .put_projection(&dirty.team, dirty.id, dirty.generation, kind, body, Utc::now())
+        .put_projection(
+            &dirty.team,
+            dirty.id,
+            dirty.generation,
+            kind,
+            body,
+            Utc::now(),
+        )
         .await
 }
 

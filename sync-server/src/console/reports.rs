@@ -30,8 +30,14 @@ pub const AGE_UNKNOWN: &str = "Age not recorded";
 /// The column of referrals without an outcome yet.
 pub const NO_OUTCOME: &str = "Awaiting outcome";
 
-async fn families_of(state: &AppState, team: &Team) -> ConsoleResult<Vec<(DocumentId, FamilyFacts)>> {
-    let rows = state.storage.projections(team, ProjectionKind::Family).await?;
+async fn families_of(
+    state: &AppState,
+    team: &Team,
+) -> ConsoleResult<Vec<(DocumentId, FamilyFacts)>> {
+    let rows = state
+        .storage
+        .projections(team, ProjectionKind::Family)
+        .await?;
     Ok(rows
         .into_iter()
         .filter_map(|(id, json)| Some((id, serde_json::from_str(&json).ok()?)))
@@ -112,7 +118,11 @@ impl Grouper {
 
     fn key(&mut self, text: &str) -> String {
         let key = group_key(text);
-        let key = if key.is_empty() { "(none given)".to_string() } else { key };
+        let key = if key.is_empty() {
+            "(none given)".to_string()
+        } else {
+            key
+        };
         self.labels
             .entry(key.clone())
             .or_insert_with(|| text.split_whitespace().collect::<Vec<_>>().join(" "));
@@ -120,7 +130,10 @@ impl Grouper {
     }
 
     fn label(&self, key: &str) -> String {
-        self.labels.get(key).cloned().unwrap_or_else(|| key.to_string())
+        self.labels
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| key.to_string())
     }
 }
 
@@ -157,7 +170,9 @@ pub fn outcomes(
                 None => unknown += 1,
                 Some(born) => {
                     if let Some(age) = age_on(*born, on)
-                        && let Some(i) = AGE_BANDS.iter().position(|(_, lo, hi)| (*lo..=*hi).contains(&age))
+                        && let Some(i) = AGE_BANDS
+                            .iter()
+                            .position(|(_, lo, hi)| (*lo..=*hi).contains(&age))
                     {
                         bands[i] += 1;
                     }
@@ -195,7 +210,11 @@ pub fn outcomes(
         let row = attendance.entry(key).or_default();
         row[0] += d.attended.len() as u64;
         row[1] += d.attended.iter().map(|a| u64::from(a.adults)).sum::<u64>();
-        row[2] += d.attended.iter().map(|a| u64::from(a.children)).sum::<u64>();
+        row[2] += d
+            .attended
+            .iter()
+            .map(|a| u64::from(a.children))
+            .sum::<u64>();
     }
 
     Outcomes {
@@ -218,7 +237,10 @@ pub fn outcomes(
             cells: bands.iter().chain([&unknown]).map(|n| vec![*n]).collect(),
         },
         notes: Counts {
-            rows: NoteCategory::ALL.iter().map(|c| category_label(*c).to_string()).collect(),
+            rows: NoteCategory::ALL
+                .iter()
+                .map(|c| category_label(*c).to_string())
+                .collect(),
             cols: vec!["Case notes".into()],
             cells: NoteCategory::ALL
                 .iter()
@@ -227,7 +249,10 @@ pub fn outcomes(
         },
         referrals: Counts {
             rows: agency_keys.iter().map(|k| agencies.label(k)).collect(),
-            cols: outcome_keys.iter().map(|k| outcome_names.label(k)).collect(),
+            cols: outcome_keys
+                .iter()
+                .map(|k| outcome_names.label(k))
+                .collect(),
             cells: agency_keys
                 .iter()
                 .map(|a| {
@@ -297,7 +322,11 @@ pub fn publish(title: &str, counts: &Counts, threshold: u64, row_totals: bool) -
         title: title.to_string(),
         rows: counts.rows.clone(),
         cols: counts.cols.clone(),
-        cells: p.cells.iter().map(|row| row.iter().map(r).collect()).collect(),
+        cells: p
+            .cells
+            .iter()
+            .map(|row| row.iter().map(r).collect())
+            .collect(),
         row_totals: row_totals.then(|| p.row_totals.iter().map(r).collect()),
         col_totals: p.col_totals.iter().map(r).collect(),
         total: r(&p.total),
@@ -313,13 +342,23 @@ pub fn published(o: &Outcomes, threshold: u64) -> (String, String, Vec<Published
         publish("Closures by reason", &o.closures, threshold, false),
         publish("Children supported by age", &o.children, threshold, false),
         publish("Case notes by category", &o.notes, threshold, false),
-        publish("Referrals by agency and outcome", &o.referrals, threshold, true),
-        publish("Family-day attendance by prison", &o.attendance, threshold, false),
+        publish(
+            "Referrals by agency and outcome",
+            &o.referrals,
+            threshold,
+            true,
+        ),
+        publish(
+            "Family-day attendance by prison",
+            &o.attendance,
+            threshold,
+            false,
+        ),
     ];
     (supported, new, tables)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Debug, Deserialize, Default)]
 pub struct OutcomesQuery {
     team: Option<String>,
     from: Option<String>,
@@ -348,9 +387,16 @@ fn period(q: &OutcomesQuery, minimum: u64) -> ConsoleResult<Period> {
     let from = date(&q.from, year_start, "From")?;
     let to = date(&q.to, today, "To")?;
     if from > to {
-        return Err(ConsoleError::BadRequest("From must not be after To.".into()));
+        return Err(ConsoleError::BadRequest(
+            "From must not be after To.".into(),
+        ));
     }
-    let threshold = match q.threshold.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+    let threshold = match q
+        .threshold
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
         None => minimum,
         Some(v) => v.parse::<u64>().map_err(|_| {
             ConsoleError::BadRequest("The threshold must be a whole number.".into())
@@ -376,7 +422,10 @@ fn period(q: &OutcomesQuery, minimum: u64) -> ConsoleResult<Period> {
 }
 
 fn table(p: &Published, threshold: u64) -> Markup {
-    let id = p.title.to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "-");
+    let id = p
+        .title
+        .to_lowercase()
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "-");
     html! {
         section.report-table aria-labelledby={ "h-" (id) } {
             h2 id={ "h-" (id) } { (p.title) }
@@ -429,10 +478,20 @@ pub async fn outcomes_page(
     let team = p.team.clone().or_else(|| teams.first().cloned());
     let report = match &team {
         Some(team) => {
-            let families: Vec<FamilyFacts> =
-                families_of(&state, team).await?.into_iter().map(|(_, f)| f).collect();
-            let days: Vec<DayFacts> = days_of(&state, team).await?.into_iter().map(|(_, d)| d).collect();
-            Some(published(&outcomes(&families, &days, p.from, p.to), p.threshold))
+            let families: Vec<FamilyFacts> = families_of(&state, team)
+                .await?
+                .into_iter()
+                .map(|(_, f)| f)
+                .collect();
+            let days: Vec<DayFacts> = days_of(&state, team)
+                .await?
+                .into_iter()
+                .map(|(_, d)| d)
+                .collect();
+            Some(published(
+                &outcomes(&families, &days, p.from, p.to),
+                p.threshold,
+            ))
         }
         None => None,
     };
@@ -498,36 +557,77 @@ pub async fn outcomes_csv(
         .team
         .clone()
         .ok_or_else(|| ConsoleError::BadRequest("Choose a team.".into()))?;
-    let families: Vec<FamilyFacts> = families_of(&state, &team).await?.into_iter().map(|(_, f)| f).collect();
-    let days: Vec<DayFacts> = days_of(&state, &team).await?.into_iter().map(|(_, d)| d).collect();
-    let (supported, new, tables) = published(&outcomes(&families, &days, p.from, p.to), p.threshold);
+    let families: Vec<FamilyFacts> = families_of(&state, &team)
+        .await?
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect();
+    let days: Vec<DayFacts> = days_of(&state, &team)
+        .await?
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    let (supported, new, tables) =
+        published(&outcomes(&families, &days, p.from, p.to), p.threshold);
     let now = Utc::now();
     let mut record = staff.audit(AuditAction::ReportExported, now);
     record.team = Some(team.to_string());
     state.storage.append_audit(&[record]).await?;
     let mut rows = vec![
-        ["table", "row", "column", "count"].map(String::from).to_vec(),
-        vec!["Families supported".into(), String::new(), String::new(), supported],
+        ["table", "row", "column", "count"]
+            .map(String::from)
+            .to_vec(),
+        vec![
+            "Families supported".into(),
+            String::new(),
+            String::new(),
+            supported,
+        ],
         vec!["New families".into(), String::new(), String::new(), new],
     ];
     for t in &tables {
         if t.withheld {
-            rows.push(vec![t.title.clone(), String::new(), String::new(), "withheld".into()]);
+            rows.push(vec![
+                t.title.clone(),
+                String::new(),
+                String::new(),
+                "withheld".into(),
+            ]);
             continue;
         }
         for (i, row) in t.rows.iter().enumerate() {
             for (j, col) in t.cols.iter().enumerate() {
-                rows.push(vec![t.title.clone(), row.clone(), col.clone(), t.cells[i][j].clone()]);
+                rows.push(vec![
+                    t.title.clone(),
+                    row.clone(),
+                    col.clone(),
+                    t.cells[i][j].clone(),
+                ]);
             }
             if let Some(totals) = &t.row_totals {
-                rows.push(vec![t.title.clone(), row.clone(), "Total".into(), totals[i].clone()]);
+                rows.push(vec![
+                    t.title.clone(),
+                    row.clone(),
+                    "Total".into(),
+                    totals[i].clone(),
+                ]);
             }
         }
         for (j, col) in t.cols.iter().enumerate() {
-            rows.push(vec![t.title.clone(), "Total".into(), col.clone(), t.col_totals[j].clone()]);
+            rows.push(vec![
+                t.title.clone(),
+                "Total".into(),
+                col.clone(),
+                t.col_totals[j].clone(),
+            ]);
         }
         if t.row_totals.is_some() {
-            rows.push(vec![t.title.clone(), "Total".into(), "Total".into(), t.total.clone()]);
+            rows.push(vec![
+                t.title.clone(),
+                "Total".into(),
+                "Total".into(),
+                t.total.clone(),
+            ]);
         }
     }
     csv::download(
@@ -536,7 +636,7 @@ pub async fn outcomes_csv(
     )
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Debug, Deserialize, Default)]
 pub struct DaysQuery {
     team: Option<String>,
     prison: Option<String>,
@@ -552,14 +652,24 @@ pub async fn family_days(
     let only_team = q.team.as_deref().map(str::trim).filter(|t| !t.is_empty());
     let prison = q.prison.as_deref().map(group_key).filter(|p| !p.is_empty());
     let mut days = Vec::new();
-    for team in teams.iter().filter(|t| only_team.is_none_or(|o| t.as_str() == o)) {
+    for team in teams
+        .iter()
+        .filter(|t| only_team.is_none_or(|o| t.as_str() == o))
+    {
         for (id, d) in days_of(&state, team).await? {
-            if prison.as_ref().is_none_or(|p| group_key(&d.prison).contains(p.as_str())) {
+            if prison
+                .as_ref()
+                .is_none_or(|p| group_key(&d.prison).contains(p.as_str()))
+            {
                 days.push((team.clone(), id, d));
             }
         }
     }
-    days.sort_by(|a, b| b.2.date.cmp(&a.2.date).then_with(|| a.2.prison.cmp(&b.2.prison)));
+    days.sort_by(|a, b| {
+        b.2.date
+            .cmp(&a.2.date)
+            .then_with(|| a.2.prison.cmp(&b.2.prison))
+    });
     Ok(Page::respond(
         StatusCode::OK,
         Page::render(
@@ -618,7 +728,7 @@ fn url_part(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct DayQuery {
     team: Option<String>,
     id: Option<String>,
@@ -677,7 +787,11 @@ pub async fn family_day(
     Ok(Page::respond(
         StatusCode::OK,
         Page::render(
-            &format!("Family day at {}, {}", day.prison, day.date.format("%-d %B %Y")),
+            &format!(
+                "Family day at {}, {}",
+                day.prison,
+                day.date.format("%-d %B %Y")
+            ),
             Some(&staff),
             "/console/family-days",
             html! {
@@ -745,12 +859,28 @@ pub async fn family_day_csv(
     record.document_id = Some(id.to_string());
     state.storage.append_audit(&[record]).await?;
     let mut rows = vec![
-        ["prison", "date", "family", "booked_adults", "booked_children", "attended", "adults", "children", "arrived_at", "checked_in_by"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "prison",
+            "date",
+            "family",
+            "booked_adults",
+            "booked_children",
+            "attended",
+            "adults",
+            "children",
+            "arrived_at",
+            "checked_in_by",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
-    let mut families: BTreeMap<&str, (Option<&super::projector::HeadCount>, Option<&super::projector::Arrival>)> =
-        BTreeMap::new();
+    let mut families: BTreeMap<
+        &str,
+        (
+            Option<&super::projector::HeadCount>,
+            Option<&super::projector::Arrival>,
+        ),
+    > = BTreeMap::new();
     for b in &day.booked {
         families.entry(b.family.as_str()).or_default().0 = Some(b);
     }
@@ -767,7 +897,9 @@ pub async fn family_day_csv(
             if arrived.is_some() { "yes" } else { "no" }.to_string(),
             arrived.map(|a| a.adults.to_string()).unwrap_or_default(),
             arrived.map(|a| a.children.to_string()).unwrap_or_default(),
-            arrived.map(|a| a.arrived_at.to_rfc3339()).unwrap_or_default(),
+            arrived
+                .map(|a| a.arrived_at.to_rfc3339())
+                .unwrap_or_default(),
             arrived
                 .map(|a| {
                     a.by.iter()
@@ -778,7 +910,10 @@ pub async fn family_day_csv(
                 .unwrap_or_default(),
         ]);
     }
-    csv::download(&format!("family-day-{}-{}.csv", day.prison, day.date), &rows)
+    csv::download(
+        &format!("family-day-{}-{}.csv", day.prison, day.date),
+        &rows,
+    )
 }
 
 #[cfg(test)]
@@ -828,20 +963,38 @@ mod tests {
             None,
         ];
         let o = outcomes(&[f], &[], d("2026-01-01"), d("2026-06-30"));
-        assert_eq!(o.children.cells, vec![vec![1], vec![1], vec![1], vec![0], vec![1]]);
+        assert_eq!(
+            o.children.cells,
+            vec![vec![1], vec![1], vec![1], vec![0], vec![1]]
+        );
     }
 
     #[test]
     fn referrals_group_agencies_and_outcomes_without_regard_to_case() {
         let mut f = family("2020-01-01", None);
         f.referrals = vec![
-            ReferralFact { agency: "Citizens Advice".into(), outcome: Some("accepted".into()), date: d("2026-03-01") },
-            ReferralFact { agency: "citizens  advice".into(), outcome: None, date: d("2026-03-02") },
-            ReferralFact { agency: "School".into(), outcome: Some("Accepted".into()), date: d("2025-03-02") },
+            ReferralFact {
+                agency: "Citizens Advice".into(),
+                outcome: Some("accepted".into()),
+                date: d("2026-03-01"),
+            },
+            ReferralFact {
+                agency: "citizens  advice".into(),
+                outcome: None,
+                date: d("2026-03-02"),
+            },
+            ReferralFact {
+                agency: "School".into(),
+                outcome: Some("Accepted".into()),
+                date: d("2025-03-02"),
+            },
         ];
         let o = outcomes(&[f], &[], d("2026-01-01"), d("2026-06-30"));
         assert_eq!(o.referrals.rows, vec!["Citizens Advice".to_string()]);
-        assert_eq!(o.referrals.cols, vec!["accepted".to_string(), NO_OUTCOME.to_string()]);
+        assert_eq!(
+            o.referrals.cols,
+            vec!["accepted".to_string(), NO_OUTCOME.to_string()]
+        );
         assert_eq!(o.referrals.cells, vec![vec![1, 1]]);
     }
 
@@ -855,7 +1008,11 @@ mod tests {
         let p = publish("t", &counts, 5, false);
         assert_eq!(p.cells[0], vec!["<5".to_string()]);
         assert_eq!(p.total, "32");
-        let hidden = p.cells.iter().filter(|c| c[0] == sdc::SUPPRESSED_MARK).count();
+        let hidden = p
+            .cells
+            .iter()
+            .filter(|c| c[0] == sdc::SUPPRESSED_MARK)
+            .count();
         assert_eq!(hidden, 1, "{p:?}");
     }
 }

@@ -517,7 +517,6 @@ fn shortest(
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::time::Instant;
 
     const B: Shown = Shown::Below;
     const S: Shown = Shown::Suppressed;
@@ -896,7 +895,7 @@ mod tests {
     }
 
     #[test]
-    fn timing_20x10() {
+    fn twenty_by_ten_tables_end_safe() {
         let mut x: u64 = 12345;
         let mut next = || {
             x = x
@@ -904,7 +903,6 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             x >> 33
         };
-        let mut worst = 0.0f64;
         // Dense small counts, then sparse ones (each needs its own cover).
         for small_per_100 in [30, 30, 30, 5, 5, 5, 2, 2] {
             let t: Vec<Vec<u64>> = (0..20)
@@ -918,27 +916,20 @@ mod tests {
                         .collect()
                 })
                 .collect();
-            let start = Instant::now();
             let p = protect_table(&t, 5);
-            let ms = start.elapsed().as_secs_f64() * 1e3;
-            worst = worst.max(ms);
             assert!(exposed(&t, &p, 5).is_empty());
             let sec = flatten(&p).iter().filter(|&&s| s == S).count();
             let prim = flatten(&p).iter().filter(|&&s| s == B).count();
-            println!("20x10: {prim} primary, {sec} secondary, {ms:.2} ms");
+            assert!(prim == 0 || sec > 0, "{prim} primary, {sec} secondary");
         }
         // Pathological: every cell small at one end of its range.
         for fill in [1, 4] {
             let t = vec![vec![fill; 10]; 20];
-            let start = Instant::now();
             let p = protect_table(&t, 5);
-            let ms = start.elapsed().as_secs_f64() * 1e3;
-            worst = worst.max(ms);
             assert!(exposed(&t, &p, 5).is_empty());
             let sec = flatten(&p).iter().filter(|&&s| s == S).count();
-            println!("20x10 all {fill}: {sec} secondary, {ms:.2} ms");
+            assert!(sec > 0 || fill < 5);
         }
-        println!("20x10 worst: {worst:.2} ms");
     }
 
     // --- properties ---------------------------------------------------------

@@ -149,7 +149,7 @@ fn client_ip(client: ClientAddr) -> Option<IpAddr> {
     client.0
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct LoginQuery {
     expired: Option<String>,
 }
@@ -199,7 +199,7 @@ pub async fn login_form(Query(q): Query<LoginQuery>) -> Response {
     with_login_cookie(StatusCode::OK, login_page(message, &token, ""), &token)
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct LoginForm {
     csrf: Option<String>,
     name: Option<String>,
@@ -298,7 +298,7 @@ pub async fn login(
     Ok(response)
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct CsrfForm {
     csrf: Option<String>,
 }
@@ -326,11 +326,7 @@ pub async fn logout(
     Ok(response)
 }
 
-fn setup_page(
-    account: &StaffAccount,
-    token: &str,
-    error: Option<&str>,
-) -> ConsoleResult<Markup> {
+fn setup_page(account: &StaffAccount, token: &str, error: Option<&str>) -> ConsoleResult<Markup> {
     let totp = if account.role.needs_totp() {
         let secret = accounts::setup_totp_secret(token);
         let Some((url, base32)) = accounts::totp_enrolment(&secret, &account.name) else {
@@ -376,17 +372,17 @@ fn setup_invalid() -> Response {
     )
 }
 
-pub async fn setup_form(
-    State(state): State<AppState>,
-    Path(token): Path<String>,
-) -> ConsoleResult {
+pub async fn setup_form(State(state): State<AppState>, Path(token): Path<String>) -> ConsoleResult {
     let Some(account) = accounts::setup_account(&*state.storage, &token, Utc::now()).await? else {
         return Ok(setup_invalid());
     };
-    Ok(Page::respond(StatusCode::OK, setup_page(&account, &token, None)?))
+    Ok(Page::respond(
+        StatusCode::OK,
+        setup_page(&account, &token, None)?,
+    ))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct SetupForm {
     password: Option<String>,
     password2: Option<String>,

@@ -63,7 +63,8 @@ impl Console {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
             .finish();
-        let mut r = Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        let mut r =
+            Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
         if let Some(c) = cookie {
             r = r.header(header::COOKIE, c);
         }
@@ -76,7 +77,9 @@ impl Console {
             .await
             .expect("add");
         let password = "plum orchard kettle lantern";
-        let secret = role.needs_totp().then(|| accounts::setup_totp_secret(&new.setup_token));
+        let secret = role
+            .needs_totp()
+            .then(|| accounts::setup_totp_secret(&new.setup_token));
         let code = secret.as_ref().map(|s| code_at(s, name, Utc::now()));
         accounts::complete_setup(
             self.storage(),
@@ -103,7 +106,12 @@ impl Console {
             .post(
                 "/console/login",
                 Some(&login_cookie),
-                &[("csrf", &csrf), ("name", name), ("password", password), ("totp", &code)],
+                &[
+                    ("csrf", &csrf),
+                    ("name", name),
+                    ("password", password),
+                    ("totp", &code),
+                ],
             )
             .await;
         assert_eq!(r.status(), StatusCode::SEE_OTHER, "{}", body(r).await);
@@ -130,7 +138,10 @@ impl Console {
             .expect("a login cookie");
         let pair = cookie.split(';').next().expect("pair").to_string();
         let page = body(r).await;
-        (pair, between(&page, "name=\"csrf\" value=\"", "\"").to_string())
+        (
+            pair,
+            between(&page, "name=\"csrf\" value=\"", "\"").to_string(),
+        )
     }
 }
 
@@ -147,7 +158,9 @@ fn set_cookies(r: &Response) -> Vec<String> {
 }
 
 async fn body(r: Response) -> String {
-    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.expect("body");
+    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20)
+        .await
+        .expect("body");
     String::from_utf8(bytes.to_vec()).expect("utf-8")
 }
 
@@ -170,9 +183,15 @@ async fn audited(storage: &dyn Storage, action: AuditAction) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_up_link_works_once_and_asks_for_a_good_password_and_the_second_factor() {
     let c = Console::new(Default::default(), 10);
-    let new = accounts::add_account(c.storage(), "amira", StaffRole::Administrator, 1, Utc::now())
-        .await
-        .expect("add");
+    let new = accounts::add_account(
+        c.storage(),
+        "amira",
+        StaffRole::Administrator,
+        1,
+        Utc::now(),
+    )
+    .await
+    .expect("add");
     let path = accounts::setup_link(&new.setup_token, None);
     let page = body(c.get(&path, None).await).await;
     assert!(page.contains("id=\"totp-secret\""), "the TOTP key is shown");
@@ -180,24 +199,66 @@ async fn a_set_up_link_works_once_and_asks_for_a_good_password_and_the_second_fa
     let secret = accounts::setup_totp_secret(&new.setup_token);
     let code = code_at(&secret, "amira", Utc::now());
     let weak = c
-        .post(&path, None, &[("password", "password123!"), ("password2", "password123!"), ("totp", &code)])
+        .post(
+            &path,
+            None,
+            &[
+                ("password", "password123!"),
+                ("password2", "password123!"),
+                ("totp", &code),
+            ],
+        )
         .await;
     assert_eq!(weak.status(), StatusCode::BAD_REQUEST);
     assert!(body(weak).await.contains("most common"));
     let no_code = c
-        .post(&path, None, &[("password", "plum orchard kettle"), ("password2", "plum orchard kettle"), ("totp", "000000")])
+        .post(
+            &path,
+            None,
+            &[
+                ("password", "plum orchard kettle"),
+                ("password2", "plum orchard kettle"),
+                ("totp", "000000"),
+            ],
+        )
         .await;
     assert_eq!(no_code.status(), StatusCode::BAD_REQUEST);
     let good = c
-        .post(&path, None, &[("password", "plum orchard kettle"), ("password2", "plum orchard kettle"), ("totp", &code)])
+        .post(
+            &path,
+            None,
+            &[
+                ("password", "plum orchard kettle"),
+                ("password2", "plum orchard kettle"),
+                ("totp", &code),
+            ],
+        )
         .await;
     assert_eq!(good.status(), StatusCode::OK, "{}", body(good).await);
     let again = c
-        .post(&path, None, &[("password", "another long phrase"), ("password2", "another long phrase"), ("totp", &code)])
+        .post(
+            &path,
+            None,
+            &[
+                ("password", "another long phrase"),
+                ("password2", "another long phrase"),
+                ("totp", &code),
+            ],
+        )
         .await;
     assert_eq!(again.status(), StatusCode::NOT_FOUND, "a used link");
-    let account = c.storage().account_by_name("amira").await.expect("get").expect("account");
-    assert!(account.password_hash.as_deref().is_some_and(|h| h.starts_with("$argon2id$")));
+    let account = c
+        .storage()
+        .account_by_name("amira")
+        .await
+        .expect("get")
+        .expect("account");
+    assert!(
+        account
+            .password_hash
+            .as_deref()
+            .is_some_and(|h| h.starts_with("$argon2id$"))
+    );
     assert!(!account.password_hash.expect("hash").contains("plum"));
     assert_eq!(audited(c.storage(), AuditAction::StaffSetUp).await, 1);
 }
@@ -209,13 +270,19 @@ async fn signing_in_sets_a_strict_cookie_and_every_page_a_strict_policy() {
     let (session, _) = c.sign_in("amira", &password, secret.as_deref()).await;
     let r = c.get("/console/devices", Some(&session)).await;
     assert_eq!(r.status(), StatusCode::OK);
-    let csp = r.headers()[header::CONTENT_SECURITY_POLICY].to_str().expect("csp");
+    let csp = r.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .expect("csp");
     assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"));
     assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
     assert_eq!(audited(c.storage(), AuditAction::StaffSignedIn).await, 1);
     // The same code again is refused: each step works once.
     let r = c.get("/console/devices", None).await;
-    assert_eq!(r.status(), StatusCode::SEE_OTHER, "signed out: to the sign-in page");
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "signed out: to the sign-in page"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,22 +290,38 @@ async fn a_form_without_its_csrf_token_changes_nothing() {
     let c = Console::new(Default::default(), 10);
     let (password, secret) = c.account("amira", StaffRole::Administrator).await;
     let (session, csrf) = c.sign_in("amira", &password, secret.as_deref()).await;
-    let form = [("team", "north"), ("worker", "Asha"), ("expires_hours", "24")];
-    let r = c.post("/console/devices/enrol", Some(&session), &form).await;
+    let form = [
+        ("team", "north"),
+        ("worker", "Asha"),
+        ("expires_hours", "24"),
+    ];
+    let r = c
+        .post("/console/devices/enrol", Some(&session), &form)
+        .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let mut wrong = form.to_vec();
     wrong.push(("csrf", "0000"));
-    let r = c.post("/console/devices/enrol", Some(&session), &wrong).await;
+    let r = c
+        .post("/console/devices/enrol", Some(&session), &wrong)
+        .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    assert_eq!(audited(c.storage(), AuditAction::EnrolmentCodeIssued).await, 0);
+    assert_eq!(
+        audited(c.storage(), AuditAction::EnrolmentCodeIssued).await,
+        0
+    );
     let mut right = form.to_vec();
     right.push(("csrf", &csrf));
-    let r = c.post("/console/devices/enrol", Some(&session), &right).await;
+    let r = c
+        .post("/console/devices/enrol", Some(&session), &right)
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let page = body(r).await;
     let code = between(&page, "id=\"enrolment-code\">", "<");
     assert_eq!(code.len(), 14, "{code}");
-    assert_eq!(audited(c.storage(), AuditAction::EnrolmentCodeIssued).await, 1);
+    assert_eq!(
+        audited(c.storage(), AuditAction::EnrolmentCodeIssued).await,
+        1
+    );
     // The code enrols a device.
     crate::auth::enrol(c.storage(), code, "tablet", Utc::now())
         .await
@@ -254,27 +337,55 @@ async fn a_manager_reads_reports_but_cannot_enrol_or_purge() {
         .post(
             "/console/login",
             Some(&login_cookie),
-            &[("csrf", &login_csrf), ("name", "maya"), ("password", &password), ("totp", "")],
+            &[
+                ("csrf", &login_csrf),
+                ("name", "maya"),
+                ("password", &password),
+                ("totp", ""),
+            ],
         )
         .await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    let session = set_cookies(&r)[0].split(';').next().expect("pair").to_string();
+    let session = set_cookies(&r)[0]
+        .split(';')
+        .next()
+        .expect("pair")
+        .to_string();
     let home = body(c.get("/console", Some(&session)).await).await;
     assert!(home.contains("/console/outcomes"));
     assert!(!home.contains("/console/devices") && !home.contains("/console/data-protection"));
     let csrf = between(&home, "name=\"csrf\" value=\"", "\"").to_string();
-    for page in ["/console/devices", "/console/data-protection", "/console/audit"] {
-        assert_eq!(c.get(page, Some(&session)).await.status(), StatusCode::FORBIDDEN, "{page}");
+    for page in [
+        "/console/devices",
+        "/console/data-protection",
+        "/console/audit",
+    ] {
+        assert_eq!(
+            c.get(page, Some(&session)).await.status(),
+            StatusCode::FORBIDDEN,
+            "{page}"
+        );
     }
     let r = c
-        .post("/console/devices/enrol", Some(&session), &[("csrf", &csrf), ("team", "north"), ("worker", "Asha")])
+        .post(
+            "/console/devices/enrol",
+            Some(&session),
+            &[("csrf", &csrf), ("team", "north"), ("worker", "Asha")],
+        )
         .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = c
-        .post("/console/data-protection/purge", Some(&session), &[("csrf", &csrf), ("family", "x"), ("reason", "y")])
+        .post(
+            "/console/data-protection/purge",
+            Some(&session),
+            &[("csrf", &csrf), ("family", "x"), ("reason", "y")],
+        )
         .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    assert_eq!(c.get("/console/outcomes", Some(&session)).await.status(), StatusCode::OK);
+    assert_eq!(
+        c.get("/console/outcomes", Some(&session)).await.status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,22 +395,55 @@ async fn wrong_sign_ins_are_braked_and_audited() {
     for _ in 0..3 {
         let (cookie, csrf) = c.login_form().await;
         let r = c
-            .post("/console/login", Some(&cookie), &[("csrf", &csrf), ("name", "amira"), ("password", "wrong wrong wrong"), ("totp", "123456")])
+            .post(
+                "/console/login",
+                Some(&cookie),
+                &[
+                    ("csrf", &csrf),
+                    ("name", "amira"),
+                    ("password", "wrong wrong wrong"),
+                    ("totp", "123456"),
+                ],
+            )
             .await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
     let (cookie, csrf) = c.login_form().await;
-    let code = code_at(secret.as_deref().expect("seed"), "amira", Utc::now() + chrono::Duration::seconds(30));
+    let code = code_at(
+        secret.as_deref().expect("seed"),
+        "amira",
+        Utc::now() + chrono::Duration::seconds(30),
+    );
     let r = c
-        .post("/console/login", Some(&cookie), &[("csrf", &csrf), ("name", "amira"), ("password", &password), ("totp", &code)])
+        .post(
+            "/console/login",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("name", "amira"),
+                ("password", &password),
+                ("totp", &code),
+            ],
+        )
         .await;
-    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "locked out, even with the right password");
+    assert_eq!(
+        r.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "locked out, even with the right password"
+    );
     assert!(r.headers().contains_key(header::RETRY_AFTER));
-    assert_eq!(audited(c.storage(), AuditAction::StaffSignInRefused).await, 3);
+    assert_eq!(
+        audited(c.storage(), AuditAction::StaffSignInRefused).await,
+        3
+    );
     assert_eq!(audited(c.storage(), AuditAction::AuthLockout).await, 1);
     // A sign-in form posted without its cookie is refused before any check.
     let r = c
-        .post("/console/login", None, &[("csrf", &csrf), ("name", "amira"), ("password", &password)])
+        .post(
+            "/console/login",
+            None,
+            &[("csrf", &csrf), ("name", "amira"), ("password", &password)],
+        )
         .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }
@@ -318,14 +462,21 @@ async fn an_idle_session_is_signed_out() {
     let token = session.split_once('=').expect("pair").1;
     // As if its last request were two minutes ago.
     c.storage()
-        .touch_session(&accounts::token_hash(token), Utc::now() - chrono::Duration::minutes(2))
+        .touch_session(
+            &accounts::token_hash(token),
+            Utc::now() - chrono::Duration::minutes(2),
+        )
         .await
         .expect("touch");
     let r = c.get("/console/devices", Some(&session)).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(r.headers()[header::LOCATION], "/console/login?expired=1");
     assert!(
-        c.storage().session(&accounts::token_hash(token)).await.expect("get").is_none(),
+        c.storage()
+            .session(&accounts::token_hash(token))
+            .await
+            .expect("get")
+            .is_none(),
         "the session is gone"
     );
 }
@@ -336,8 +487,17 @@ async fn projections_follow_uploads_and_go_with_a_purge() {
     let id = relay.store("north", &family("Okafor", Some("2026-03-01")));
     let storage = relay.storage();
     assert_eq!(storage.dirty_projections(10).await.expect("dirty").len(), 1);
-    assert_eq!(super::projector::catch_up(storage).await.expect("catch up"), 1);
-    assert!(storage.dirty_projections(10).await.expect("dirty").is_empty());
+    assert_eq!(
+        super::projector::catch_up(storage).await.expect("catch up"),
+        1
+    );
+    assert!(
+        storage
+            .dirty_projections(10)
+            .await
+            .expect("dirty")
+            .is_empty()
+    );
     let rows = storage
         .projections(&Team::from("north"), ProjectionKind::Family)
         .await
@@ -346,9 +506,19 @@ async fn projections_follow_uploads_and_go_with_a_purge() {
     assert_eq!(rows[0].0, id);
     let facts: super::projector::FamilyFacts = serde_json::from_str(&rows[0].1).expect("json");
     assert_eq!(facts.closed, Some("2026-03-01".parse().expect("date")));
-    assert!(!rows[0].1.contains("Okafor"), "no names in a projection: {}", rows[0].1);
+    assert!(
+        !rows[0].1.contains("Okafor"),
+        "no names in a projection: {}",
+        rows[0].1
+    );
     storage
-        .purge_document(&Team::from("north"), id, "erasure request", Utc::now())
+        .purge_document(
+            &Team::from("north"),
+            id,
+            "erasure request",
+            "staff:dana",
+            Utc::now(),
+        )
         .await
         .expect("purge");
     assert!(

@@ -143,6 +143,7 @@ impl DocumentStore for Ledgered {
         team: &Team,
         doc_id: DocumentId,
         reason: &str,
+        by: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let ledger = &self.ledger;
@@ -156,7 +157,9 @@ impl DocumentStore for Ledgered {
                 "nothing was purged, as the erasure ledger could not be written: {e}"
             ))
         })?;
-        self.inner.purge_document(team, doc_id, reason, now).await
+        self.inner
+            .purge_document(team, doc_id, reason, by, now)
+            .await
     }
 
     async fn document_exists(&self, team: &Team, doc_id: DocumentId) -> Result<bool> {
@@ -441,7 +444,7 @@ mod tests {
         let s = Ledgered::new(Arc::new(MemoryStorage::new()), ledger.clone());
         stored(&s, &team, id).await;
         assert!(
-            s.purge_document(&team, id, "asked", Utc::now())
+            s.purge_document(&team, id, "asked", "office administrator", Utc::now())
                 .await
                 .expect("purge")
         );
@@ -453,7 +456,7 @@ mod tests {
         let s = Ledgered::new(Arc::new(MemoryStorage::new()), nowhere);
         stored(&s, &team, id).await;
         let e = s
-            .purge_document(&team, id, "asked", Utc::now())
+            .purge_document(&team, id, "asked", "office administrator", Utc::now())
             .await
             .expect_err("no ledger, no purge");
         assert!(e.is_disk_problem(), "{e}");

@@ -8,6 +8,9 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
+/// Who the audit names for a purge the office asked for.
+const ADMIN: &str = "office administrator";
+
 use chrono::{DateTime, Duration, Utc};
 use linkbook_core::DocumentId;
 
@@ -507,12 +510,12 @@ async fn a_purge_removes_everything_and_refuses_later_uploads<S: Storage>(s: &S)
     .await
     .expect("states");
     assert!(
-        !s.purge_document(&Team::from("south"), id("nothing"), "r", now())
+        !s.purge_document(&Team::from("south"), id("nothing"), "r", ADMIN, now())
             .await
             .expect("purge")
     );
     assert!(
-        s.purge_document(&Team::from("south"), id("doc"), "erasure", now())
+        s.purge_document(&Team::from("south"), id("doc"), "erasure", ADMIN, now())
             .await
             .expect("purge")
     );
@@ -826,7 +829,7 @@ async fn the_audit_only_grows<S: Storage>(s: &S) {
         );
         before = after;
     }
-    s.purge_document(&Team::from("north"), id("doc"), "erasure", now())
+    s.purge_document(&Team::from("north"), id("doc"), "erasure", ADMIN, now())
         .await
         .expect("purge");
     s.revoke_device(&DeviceId::from("d-1"), None, now())
@@ -1676,7 +1679,7 @@ async fn uploads_mark_projections_dirty_by_generation<S: Storage>(s: &S) {
     assert_eq!(s.dirty_projections(100).await.expect("dirty").len(), 5);
     // A failed (purged) upload marks nothing.
     assert!(
-        s.purge_document(team("east"), id("a"), "erasure", now())
+        s.purge_document(team("east"), id("a"), "erasure", ADMIN, now())
             .await
             .expect("purge")
     );
@@ -1838,7 +1841,7 @@ async fn a_purge_removes_projections_and_refuses_new_ones<S: Storage>(s: &S) {
     let late = generation(s, "north", "fam").await;
     assert!(late > 0);
     assert!(
-        s.purge_document(team("north"), id("fam"), "erasure", now())
+        s.purge_document(team("north"), id("fam"), "erasure", ADMIN, now())
             .await
             .expect("purge")
     );

@@ -212,6 +212,7 @@ pub trait DocumentStore: Send + Sync + 'static {
         team: &Team,
         doc_id: DocumentId,
         reason: &str,
+        by: &str,
         now: DateTime<Utc>,
     ) -> Result<bool>;
     /// Makes sure `team`'s document is purged: deletes whatever of it is

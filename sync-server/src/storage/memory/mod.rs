@@ -517,13 +517,14 @@ impl DocumentStore for MemoryStorage {
         team: &Team,
         doc_id: DocumentId,
         reason: &str,
+        by: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let mut s = self.state();
         if !s.documents.contains_key(&key(team, doc_id)) {
             return Ok(false);
         }
-        s.purge(team, doc_id, reason, (now, now), "office administrator");
+        s.purge(team, doc_id, reason, (now, now), by);
         Ok(true)
     }
 

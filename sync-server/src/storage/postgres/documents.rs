@@ -191,9 +191,10 @@ impl DocumentStore for PostgresStorage {
         team: &Team,
         doc_id: DocumentId,
         reason: &str,
+        by: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        self.purge(team, doc_id, reason, (now, now), Purge::IfStored)
+        self.purge(team, doc_id, reason, (now, now), Purge::IfStored(by))
             .await
     }
 
@@ -525,9 +526,10 @@ async fn record_refusals(tx: &Transaction<'_>, refusals: &[Refusal]) -> Result<(
 
 /// Which documents a purge applies to.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Purge {
-    /// Only a stored document ([`DocumentStore::purge_document`]).
-    IfStored,
+enum Purge<'a> {
+    /// Only a stored document ([`DocumentStore::purge_document`]), by
+    /// whom the audit names.
+    IfStored(&'a str),
     /// Any document not purged yet, stored or not
     /// ([`DocumentStore::ensure_purged`]).
     Always,
@@ -542,7 +544,7 @@ impl PostgresStorage {
         doc_id: DocumentId,
         reason: &str,
         at: (DateTime<Utc>, DateTime<Utc>),
-        which: Purge,
+        which: Purge<'_>,
     ) -> Result<bool> {
         let (purged_at, now) = at;
         let mut client = self.client().await?;
@@ -565,7 +567,7 @@ impl PostgresStorage {
             .await?
             .is_some();
         let applies = match which {
-            Purge::IfStored => stored,
+            Purge::IfStored(_) => stored,
             // Under the team's lock: two replays cannot both insert it.
             Purge::Always => tx
                 .query_opt(
@@ -601,7 +603,7 @@ impl PostgresStorage {
         )
         .await?;
         let worker = match which {
-            Purge::IfStored => "office administrator",
+            Purge::IfStored(by) => by,
             Purge::Always => crate::erasure_ledger::REPLAY_WORKER,
         };
         insert_audit(

@@ -150,9 +150,10 @@ impl DocumentStore for SqliteStorage {
         team: &Team,
         doc_id: DocumentId,
         reason: &str,
+        by: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        self.purge(team, doc_id, reason, now, now, Purge::IfStored)
+        self.purge(team, doc_id, reason, now, now, Purge::IfStored(by))
     }
 
     async fn ensure_purged(
@@ -358,9 +359,10 @@ fn record_refusals(conn: &mut Connection, refusals: &[Refusal]) -> rusqlite::Res
 
 /// Which documents a purge applies to.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Purge {
-    /// Only a stored document ([`DocumentStore::purge_document`]).
-    IfStored,
+enum Purge<'a> {
+    /// Only a stored document ([`DocumentStore::purge_document`]), by
+    /// whom the audit names.
+    IfStored(&'a str),
     /// Any document not purged yet, stored or not
     /// ([`DocumentStore::ensure_purged`]).
     Always,
@@ -376,12 +378,12 @@ impl SqliteStorage {
         reason: &str,
         purged_at: DateTime<Utc>,
         now: DateTime<Utc>,
-        which: Purge,
+        which: Purge<'_>,
     ) -> Result<bool> {
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let applies = match which {
-                Purge::IfStored => tx
+                Purge::IfStored(_) => tx
                     .query_row(
                         "SELECT 1 FROM documents WHERE team = ?1 AND id = ?2",
                         params![team, doc_id],
@@ -414,7 +416,7 @@ impl SqliteStorage {
                 &tx,
                 &AuditRecord::new(AuditAction::Purged, now)
                     .worker(match which {
-                        Purge::IfStored => "office administrator",
+                        Purge::IfStored(by) => by,
                         Purge::Always => crate::erasure_ledger::REPLAY_WORKER,
                     })
                     .document(team, &doc_id.to_string()),
