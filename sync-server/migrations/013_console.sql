@@ -49,6 +49,10 @@ CREATE TABLE projection_dirty (
     PRIMARY KEY (team, id)
 ) STRICT;
 
+-- Documents stored before this schema have no projection yet: marked
+-- dirty here, so the relay projects them once after the upgrade.
+INSERT INTO projection_dirty (team, id, generation) SELECT team, id, seq FROM documents;
+
 -- The kind of address a device last synced from (loopback, private,
 -- public; never the address itself).
 ALTER TABLE devices ADD COLUMN last_address_kind TEXT;

@@ -363,3 +363,117 @@ async fn next(
         .expect("an event within 20 s")
         .expect("the watch runs")
 }
+
+/// The console's report projections on PostgreSQL: a family stored by an
+/// upload is marked dirty in that upload's transaction, projected by the
+/// relay's projector (facts only: no name, no note text), reprojected after
+/// a later upload, and gone with a purge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_report_projections_as_documents_arrive() {
+    use linkbook_core::{MemberRole, NewFamily, NewMember, NoteCategory};
+    use linkbook_server::console::projector::{self, FamilyFacts};
+    use linkbook_server::storage::{ProjectionKind, Team, Upload};
+
+    let cluster = Cluster::start();
+    let s = connect(&cluster.fresh_database()).await;
+    let device = linkbook_test_support::store::Device::of_worker("Asha");
+    let repo = &device.repo;
+    let family = repo
+        .add_family(&NewFamily {
+            name: "Okafor".into(),
+            ..Default::default()
+        })
+        .expect("family");
+    repo.add_member(
+        family,
+        &NewMember {
+            name: "Tobi Okafor".into(),
+            role: MemberRole::Child,
+            relationship: None,
+            date_of_birth: Some("2019-05-04".parse().expect("date")),
+            school: None,
+            looked_after: false,
+            social_worker: None,
+        },
+    )
+    .expect("member");
+    repo.add_note(family, "NOTE-SECRET-pg visit", NoteCategory::Visit)
+        .expect("note");
+    let north = Team::from("north");
+    async fn upload(s: &PostgresStorage, team: &Team, id: linkbook_core::DocumentId, bytes: &[u8]) {
+        s.commit_upload(&Upload {
+            team,
+            doc_id: id,
+            uploader: "device-1",
+            changes: bytes,
+            snapshot: Some(bytes),
+            audit: &[],
+            at: Utc::now(),
+        })
+        .await
+        .expect("upload");
+    }
+    upload(
+        &s,
+        &north,
+        family,
+        &repo.save_document(family).expect("save"),
+    )
+    .await;
+    assert_eq!(s.dirty_projections(10).await.expect("dirty").len(), 1);
+    assert_eq!(projector::catch_up(&s).await.expect("catch up"), 1);
+    let rows = s
+        .projections(&north, ProjectionKind::Family)
+        .await
+        .expect("projections");
+    assert_eq!(rows.len(), 1);
+    assert!(
+        !rows[0].1.contains("Okafor") && !rows[0].1.contains("NOTE-SECRET"),
+        "{}",
+        rows[0].1
+    );
+    let facts: FamilyFacts = serde_json::from_str(&rows[0].1).expect("facts");
+    assert_eq!(
+        facts.children,
+        vec![Some("2019-05-04".parse().expect("date"))]
+    );
+    assert_eq!(facts.notes.len(), 1);
+    assert_eq!(facts.closed, None);
+
+    repo.close_family(family, "2026-11-30".parse().expect("date"), "moved away")
+        .expect("close");
+    upload(
+        &s,
+        &north,
+        family,
+        &repo.save_document(family).expect("save"),
+    )
+    .await;
+    assert_eq!(projector::catch_up(&s).await.expect("catch up"), 1);
+    let rows = s
+        .projections(&north, ProjectionKind::Family)
+        .await
+        .expect("projections");
+    let facts: FamilyFacts = serde_json::from_str(&rows[0].1).expect("facts");
+    assert_eq!(facts.closed, Some("2026-11-30".parse().expect("date")));
+    assert_eq!(facts.closure_reason.as_deref(), Some("moved away"));
+
+    assert!(
+        s.purge_document(
+            &north,
+            family,
+            "erasure",
+            "office administrator",
+            Utc::now()
+        )
+        .await
+        .expect("purge")
+    );
+    assert!(
+        s.projections(&north, ProjectionKind::Family)
+            .await
+            .expect("projections")
+            .is_empty()
+    );
+    assert!(s.dirty_projections(10).await.expect("dirty").is_empty());
+}

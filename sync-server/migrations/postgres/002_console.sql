@@ -49,6 +49,10 @@ CREATE TABLE projection_dirty (
     PRIMARY KEY (team, id)
 );
 
+-- Documents stored before this schema have no projection yet: marked
+-- dirty here, so a node projects them once after the upgrade.
+INSERT INTO projection_dirty (team, id, generation) SELECT team, id, seq FROM documents;
+
 -- The kind of address a device last synced from (loopback, private,
 -- public; never the address itself).
 ALTER TABLE devices ADD COLUMN last_address_kind text COLLATE "C";

@@ -184,3 +184,32 @@ async fn schema_7_data_migrates_to_team_keys() {
         .expect("fk");
     assert!(fk.is_empty(), "{fk:?}");
 }
+
+/// Documents stored before schema 13 are marked for projection by the
+/// migration, so the console's reports count them after an upgrade.
+#[tokio::test]
+async fn documents_from_before_the_console_are_marked_for_projection() {
+    use super::ConsoleStore;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("relay.db");
+    {
+        let mut conn = Connection::open(&path).expect("open");
+        for (i, sql) in MIGRATIONS.iter().take(12).enumerate() {
+            let tx = conn.transaction().expect("tx");
+            tx.execute_batch(sql).expect("migration");
+            tx.pragma_update(None, "user_version", (i + 1) as u32)
+                .expect("version");
+            tx.commit().expect("commit");
+        }
+        conn.execute_batch(&format!(
+            "INSERT INTO documents (id, team, snapshot, change_count, created_at, seq, last_device)
+                 VALUES ('{a}', 'north', x'aa', 1, 't', 4, NULL);",
+            a = id("a"),
+        ))
+        .expect("schema-12 rows");
+    }
+    let s = SqliteStorage::open(&path).expect("migrates");
+    let dirty = s.dirty_projections(10).await.expect("dirty");
+    assert_eq!(dirty.len(), 1);
+    assert_eq!((dirty[0].team.as_str(), dirty[0].id), ("north", id("a")));
+}
