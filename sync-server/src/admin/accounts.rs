@@ -431,8 +431,9 @@ pub async fn complete_setup(
         .role
         .needs_totp()
         .then(|| setup_totp_secret(setup_token));
+    let mut step = None;
     if let Some(secret) = &secret {
-        let step = totp_code.and_then(|c| totp_step(secret, &account.name, c, now));
+        step = totp_code.and_then(|c| totp_step(secret, &account.name, c, now));
         if step.is_none() {
             return Ok(Err(SignInError::TotpWrong));
         }
@@ -452,6 +453,10 @@ pub async fn complete_setup(
         .await?
     {
         return Ok(Err(SignInError::SetupLinkInvalid));
+    }
+    // The code typed at set-up is spent: it cannot sign in as well.
+    if let Some(step) = step {
+        storage.accept_totp_step(&account.id, step).await?;
     }
     Ok(storage
         .account(&account.id)

@@ -5,6 +5,9 @@ use chrono::{DateTime, Duration, Utc};
 use super::{ADMINISTRATOR, AdminError, Result};
 use crate::storage::{Device, DeviceId, Storage, Team};
 
+/// The longest team or worker name a code is made for.
+pub const MAX_NAME: usize = 100;
+
 /// The longest an enrolment code may stay valid, in hours (30 days).
 pub const MAX_CODE_HOURS: i64 = 24 * 30;
 
@@ -38,6 +41,14 @@ pub async fn enrol(
             return Err(AdminError::InvalidInput {
                 field,
                 reason: "must not be empty".into(),
+            });
+        }
+        if value.trim().chars().count() > MAX_NAME || value.chars().any(char::is_control) {
+            return Err(AdminError::InvalidInput {
+                field,
+                reason: format!(
+                    "must be at most {MAX_NAME} characters, without control characters"
+                ),
             });
         }
     }

@@ -17,6 +17,16 @@ pub async fn sweep(storage: &dyn Storage, today: NaiveDate) -> Result<Vec<Docume
     sweep_within(storage, today, &super::load_budget()).await
 }
 
+/// [`sweep`] run by hand by `by` (a console account), whom each purge's
+/// audit names.
+pub async fn sweep_by(
+    storage: &dyn Storage,
+    today: NaiveDate,
+    by: &str,
+) -> Result<Vec<DocumentId>> {
+    sweep_as(storage, today, &super::load_budget(), by).await
+}
+
 /// [`sweep`], loading documents within `budget` (the relay passes its own,
 /// from `--max-document-ops`). A document that cannot be loaded is logged
 /// and left alone.
@@ -24,6 +34,15 @@ pub async fn sweep_within(
     storage: &dyn Storage,
     today: NaiveDate,
     budget: &Budget,
+) -> Result<Vec<DocumentId>> {
+    sweep_as(storage, today, budget, super::ADMINISTRATOR).await
+}
+
+async fn sweep_as(
+    storage: &dyn Storage,
+    today: NaiveDate,
+    budget: &Budget,
+    by: &str,
 ) -> Result<Vec<DocumentId>> {
     let mut purged = Vec::new();
     for (team, days) in storage.retention_policies().await? {
@@ -49,7 +68,7 @@ pub async fn sweep_within(
             if closed + Duration::days(days) <= today {
                 let reason = format!("retention: closed {closed}, team policy {days} days");
                 if storage
-                    .purge_document(&team, id, &reason, super::ADMINISTRATOR, Utc::now())
+                    .purge_document(&team, id, &reason, by, Utc::now())
                     .await?
                 {
                     tracing::info!(document = %id, %team, "closed case purged under the retention policy");

@@ -173,6 +173,26 @@ pub(super) fn serve(store: Data<'_>, args: ServeArgs) -> crate::Result<()> {
         // Report projections (console/projector.rs): every node refreshes
         // the documents marked dirty, its own uploads' and other nodes'.
         crate::console::projector::spawn(state.storage.clone());
+        // Console sessions past their idle timeout or lifetime end when
+        // next presented; this deletes those never presented again.
+        let sessions = state.storage.clone();
+        let console = state.console.config.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(15 * 60));
+            loop {
+                every.tick().await;
+                let now = Utc::now();
+                let ago = |d: std::time::Duration| {
+                    now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero())
+                };
+                if let Err(e) = sessions
+                    .end_stale_sessions(ago(console.idle_timeout), ago(console.session_lifetime))
+                    .await
+                {
+                    tracing::warn!(error = %e, "stale console sessions could not be deleted");
+                }
+            }
+        });
         // Retention: once a day, by one relay node (the first to look after
         // midnight claims the day in the database: `claim_job`); each node
         // looks at start and then hourly. A node that dies mid-sweep leaves

@@ -128,6 +128,16 @@ pub fn routes() -> Router<AppState> {
         .route("/console/data-protection/retention", post(pages::retention))
         .route("/console/status", get(pages::status))
         .fallback(not_found)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                tracing::error!("a console request panicked");
+                Page::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Something went wrong",
+                    "The relay could not show this. Nothing was changed; tell your IT supplier if it keeps happening.",
+                )
+            },
+        ))
         .layer(axum::middleware::from_fn(security_headers))
 }
 

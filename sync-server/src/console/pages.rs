@@ -866,7 +866,8 @@ pub async fn retention(
         .storage
         .append_audit(&[staff.audit(AuditAction::RetentionRun, now)])
         .await?;
-    let purged = admin::retention::sweep(&*state.storage, now.date_naive()).await?;
+    let purged =
+        admin::retention::sweep_by(&*state.storage, now.date_naive(), &staff.actor()).await?;
     let refused = state.storage.refused_documents(None).await?;
     let message = html! {
         p.notice role="status" {

@@ -303,6 +303,18 @@ pub struct Published {
 /// the same unit only).
 pub fn publish(title: &str, counts: &Counts, threshold: u64, row_totals: bool) -> Published {
     let r = |s: &Shown| s.render(threshold);
+    if counts.rows.is_empty() {
+        return Published {
+            title: title.to_string(),
+            rows: Vec::new(),
+            cols: counts.cols.clone(),
+            cells: Vec::new(),
+            row_totals: row_totals.then(Vec::new),
+            col_totals: vec!["0".to_string(); counts.cols.len()],
+            total: "0".to_string(),
+            withheld: false,
+        };
+    }
     if counts.cols.len() == 1 {
         let values: Vec<u64> = counts.cells.iter().map(|row| row[0]).collect();
         let p = sdc::protect_list(&values, threshold);

@@ -232,9 +232,10 @@ pub async fn login(
     if let Some(ip) = ip
         && let Err(wait) = state.console.logins.check(ip, Instant::now())
     {
+        let minutes = wait.as_secs().div_ceil(60).max(1);
         let text = format!(
-            "Too many failed sign-ins from this address. Try again in {} minutes.",
-            wait.as_secs().div_ceil(60).max(1)
+            "Too many failed sign-ins from this address. Try again in {minutes} minute{}.",
+            if minutes == 1 { "" } else { "s" }
         );
         let mut response = with_login_cookie(
             StatusCode::TOO_MANY_REQUESTS,

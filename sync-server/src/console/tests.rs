@@ -389,6 +389,66 @@ async fn a_manager_reads_reports_but_cannot_enrol_or_purge() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outcomes_csv_of_a_team_with_nothing_yet_is_a_csv() {
+    let c = Console::new(Default::default(), 10);
+    let (password, secret) = c.account("amira", StaffRole::Administrator).await;
+    let (session, _) = c.sign_in("amira", &password, secret.as_deref()).await;
+    let r = c
+        .get(
+            "/console/outcomes.csv?team=north&from=2026-01-01&to=2026-06-30",
+            Some(&session),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let csv = body(r).await;
+    assert!(csv.starts_with("table,row,column,count\n"), "{csv}");
+    assert!(
+        csv.contains("Family-day attendance by prison,Total,Families,0"),
+        "{csv}"
+    );
+    let r = c
+        .get(
+            "/console/outcomes?team=north&from=2026-01-01&to=2026-06-30",
+            Some(&session),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_code_typed_at_set_up_cannot_sign_in_again() {
+    let c = Console::new(Default::default(), 10);
+    let new = accounts::add_account(
+        c.storage(),
+        "amira",
+        StaffRole::Administrator,
+        1,
+        Utc::now(),
+    )
+    .await
+    .expect("add");
+    let secret = accounts::setup_totp_secret(&new.setup_token);
+    let now = Utc::now();
+    let code = code_at(&secret, "amira", now);
+    let password = "plum orchard kettle lantern";
+    accounts::complete_setup(
+        c.storage(),
+        &new.setup_token,
+        password,
+        password,
+        Some(&code),
+        now,
+    )
+    .await
+    .expect("storage")
+    .expect("set up");
+    let again = accounts::sign_in(c.storage(), "amira", password, &code, now)
+        .await
+        .expect("storage");
+    assert!(again.is_err(), "the set-up code was accepted twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_sign_ins_are_braked_and_audited() {
     let c = Console::new(Default::default(), 3);
     let (password, secret) = c.account("amira", StaffRole::Administrator).await;
