@@ -758,6 +758,17 @@ async fn the_day(state: &AppState, q: &DayQuery) -> ConsoleResult<(Team, Documen
     Ok((team, id, day.1))
 }
 
+/// Every device's name by its id (check-ins name the tablet).
+async fn device_names(state: &AppState) -> ConsoleResult<BTreeMap<String, String>> {
+    Ok(state
+        .storage
+        .devices()
+        .await?
+        .into_iter()
+        .map(|d| (d.id.to_string(), d.device_name))
+        .collect())
+}
+
 /// Arrivals per half hour, from the first to the last.
 pub fn arrivals_by_half_hour(day: &DayFacts) -> Vec<(String, u64)> {
     use chrono::Timelike;
@@ -783,13 +794,7 @@ pub async fn family_day(
 ) -> ConsoleResult {
     staff.may_open("/console/family-days")?;
     let (team, id, day) = the_day(&state, &q).await?;
-    let devices: BTreeMap<String, String> = state
-        .storage
-        .devices()
-        .await?
-        .into_iter()
-        .map(|d| (d.id.to_string(), d.device_name))
-        .collect();
+    let devices = device_names(&state).await?;
     let name_of = |id: &str| devices.get(id).cloned().unwrap_or_else(|| id.to_string());
     let chart = arrivals_by_half_hour(&day);
     let mut attended = day.attended.clone();
@@ -858,13 +863,7 @@ pub async fn family_day_csv(
 ) -> ConsoleResult {
     staff.may_open("/console/family-days")?;
     let (team, id, day) = the_day(&state, &q).await?;
-    let devices: BTreeMap<String, String> = state
-        .storage
-        .devices()
-        .await?
-        .into_iter()
-        .map(|d| (d.id.to_string(), d.device_name))
-        .collect();
+    let devices = device_names(&state).await?;
     let now = Utc::now();
     let mut record = staff.audit(AuditAction::ReportExported, now);
     record.team = Some(team.to_string());
