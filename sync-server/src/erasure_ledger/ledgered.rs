@@ -12,9 +12,9 @@ use linkbook_core::DocumentId;
 
 use super::ErasureLedger;
 use crate::storage::{
-    AuditEntry, AuditRecord, AuditStore, CodeGrant, Committed, ConsoleStore, Device, DeviceId,
-    DeviceStore, DirtyProjection, DocumentStore, ProjectionKind, Purged, ReadMarks, Result,
-    RevocationCursor, StaffAccount, StaffSession, Storage, StorageError, StoredDocument,
+    AuditEntry, AuditRecord, AuditSearch, AuditStore, CodeGrant, Committed, ConsoleStore, Device,
+    DeviceId, DeviceStore, DirtyProjection, DocumentStore, ProjectionKind, Purged, ReadMarks,
+    Result, RevocationCursor, StaffAccount, StaffSession, Storage, StorageError, StoredDocument,
     SyncStateStore, Team, TeamPolicy, Upload,
 };
 
@@ -295,6 +295,14 @@ impl AuditStore for Ledgered {
         team: Option<&Team>,
     ) -> Result<Vec<AuditEntry>> {
         self.inner.audit_log(family, device, team).await
+    }
+
+    async fn audit_search(
+        &self,
+        query: &AuditSearch,
+        limit: usize,
+    ) -> Result<(Vec<AuditEntry>, u64)> {
+        self.inner.audit_search(query, limit).await
     }
 }
 

@@ -15,8 +15,8 @@ use chrono::{DateTime, Duration, Utc};
 use linkbook_core::DocumentId;
 
 use super::{
-    AuditAction, AuditRecord, CodeGrant, DeviceId, DirtyProjection, ProjectionKind, StaffAccount,
-    StaffRole, StaffSession, Storage, StorageError, Team, TeamPolicy, Upload,
+    AuditAction, AuditRecord, AuditSearch, CodeGrant, DeviceId, DirtyProjection, ProjectionKind,
+    StaffAccount, StaffRole, StaffSession, Storage, StorageError, Team, TeamPolicy, Upload,
 };
 
 /// Runs every case of the contract, each on a fresh store from `make`.
@@ -41,6 +41,7 @@ where
     reads_are_audited_with_their_receipt(&make().await).await;
     refusals_count_repeats_and_audit_the_first(&make().await).await;
     the_audit_only_grows(&make().await).await;
+    the_audit_is_searched_newest_first_with_a_count(&make().await).await;
     two_writers_on_one_document_lose_nothing(Arc::new(make().await)).await;
     a_cursor_reader_racing_writers_never_misses_a_change(Arc::new(make().await)).await;
     a_job_is_claimed_once_per_period(Arc::new(make().await)).await;
@@ -1972,4 +1973,193 @@ async fn a_sign_in_racing_a_reset_or_disable_leaves_no_session<S: Storage>(s: Ar
             "round {round}: a session outlived its account's reset or disable"
         );
     }
+}
+
+/// What `audit_search` found, by document id (else action), and the count.
+async fn searched<S: Storage>(s: &S, query: AuditSearch, limit: usize) -> (Vec<String>, u64) {
+    let (found, total) = s.audit_search(&query, limit).await.expect("search");
+    let ids = found
+        .into_iter()
+        .map(|e| {
+            e.document_id
+                .unwrap_or_else(|| e.action.as_str().to_string())
+        })
+        .collect();
+    (ids, total)
+}
+
+async fn the_audit_is_searched_newest_first_with_a_count<S: Storage>(s: &S) {
+    use chrono::TimeZone;
+    let day =
+        |d: u32, h: u32, m: u32, sec: u32| Utc.with_ymd_and_hms(2000, 3, d, h, m, sec).unwrap();
+    // Enrolling audits `enrolled` now, with the device: team north.
+    let nia = enrol(s, "north", "Nia", "d-nia").await;
+    let records = [
+        // Its team is its device's.
+        AuditRecord::by(Some(&nia), AuditAction::Read, Some("a1"), day(1, 0, 0, 0)),
+        AuditRecord::new(
+            AuditAction::Uploaded,
+            day(1, 23, 59, 59) + Duration::milliseconds(500),
+        )
+        .worker("100%_Sure")
+        .document("south", "a2"),
+        AuditRecord::new(AuditAction::Purged, day(2, 0, 0, 0))
+            .worker("Office ADMIN")
+            .in_document("a3"),
+        AuditRecord::new(AuditAction::Read, day(3, 12, 0, 0))
+            .worker("100xxSure")
+            .document("north", "a4"),
+        AuditRecord::by(
+            Some(&nia),
+            AuditAction::Uploaded,
+            Some("a5"),
+            day(4, 0, 0, 0),
+        ),
+        // Its own team before its device's.
+        AuditRecord::by(Some(&nia), AuditAction::CrossTeam, None, day(4, 6, 0, 0))
+            .document("south", "a6"),
+    ];
+    s.append_audit(&records).await.expect("audit");
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let all = AuditSearch::default();
+
+    // Newest first, all counted; the limit cuts the rows, not the count.
+    let newest = ids(&["a6", "a5", "a4", "a3", "a2", "a1", "enrolled"]);
+    assert_eq!(searched(s, all.clone(), 100).await, (newest, 7));
+    assert_eq!(searched(s, all.clone(), 2).await, (ids(&["a6", "a5"]), 7));
+    assert_eq!(searched(s, all.clone(), 0).await, (vec![], 7));
+
+    // Each filter alone.
+    let q = |f: fn(&mut AuditSearch)| {
+        let mut q = AuditSearch::default();
+        f(&mut q);
+        q
+    };
+    assert_eq!(
+        searched(s, q(|q| q.family = Some("a3".into())), 100).await,
+        (ids(&["a3"]), 1)
+    );
+    assert_eq!(
+        searched(s, q(|q| q.device = Some(DeviceId::from("d-nia"))), 100).await,
+        (ids(&["a6", "a5", "a1", "enrolled"]), 4)
+    );
+    assert_eq!(
+        searched(s, q(|q| q.team = Some(Team::from("north"))), 100).await,
+        (ids(&["a5", "a4", "a1", "enrolled"]), 4)
+    );
+    assert_eq!(
+        searched(s, q(|q| q.team = Some(Team::from("south"))), 100).await,
+        (ids(&["a6", "a2"]), 2)
+    );
+    let (by_device, _) = s
+        .audit_search(&q(|q| q.family = Some("a1".into())), 1)
+        .await
+        .expect("search");
+    assert_eq!(by_device[0].team.as_deref(), Some("north"));
+    assert_eq!(
+        searched(s, q(|q| q.worker = Some("office admin".into())), 100).await,
+        (ids(&["a3"]), 1)
+    );
+    assert_eq!(
+        searched(s, q(|q| q.worker = Some("SURE".into())), 100).await,
+        (ids(&["a4", "a2"]), 2)
+    );
+    // `%` and `_` are plain characters, not wildcards.
+    for literal in ["100%", "%_s", "_", "%"] {
+        let query = AuditSearch {
+            worker: Some(literal.into()),
+            ..AuditSearch::default()
+        };
+        assert_eq!(
+            searched(s, query, 100).await,
+            (ids(&["a2"]), 1),
+            "{literal}"
+        );
+    }
+    assert_eq!(
+        searched(s, q(|q| q.worker = Some("\\".into())), 100).await,
+        (vec![], 0)
+    );
+    assert_eq!(
+        searched(s, q(|q| q.action = Some("read".into())), 100).await,
+        (ids(&["a4", "a1"]), 2)
+    );
+    assert_eq!(
+        searched(s, q(|q| q.action = Some("rea".into())), 100).await,
+        (vec![], 0)
+    );
+
+    // The bounds: `from` inclusive, `to_before` exclusive, to the fraction.
+    let between = |from: Option<DateTime<Utc>>, to_before: Option<DateTime<Utc>>| AuditSearch {
+        from,
+        to_before,
+        ..AuditSearch::default()
+    };
+    assert_eq!(
+        searched(
+            s,
+            between(Some(day(1, 0, 0, 0)), Some(day(2, 0, 0, 0))),
+            100
+        )
+        .await,
+        (ids(&["a2", "a1"]), 2)
+    );
+    assert_eq!(
+        searched(
+            s,
+            between(Some(day(2, 0, 0, 0)), Some(day(4, 0, 0, 0))),
+            100
+        )
+        .await,
+        (ids(&["a4", "a3"]), 2)
+    );
+    assert_eq!(
+        searched(
+            s,
+            between(Some(day(1, 23, 59, 59) + Duration::milliseconds(501)), None),
+            100
+        )
+        .await,
+        (ids(&["a6", "a5", "a4", "a3", "enrolled"]), 5)
+    );
+    assert_eq!(
+        searched(s, between(None, Some(day(1, 0, 0, 0))), 100).await,
+        (vec![], 0)
+    );
+    assert_eq!(
+        searched(s, between(None, Some(day(1, 0, 0, 1))), 100).await,
+        (ids(&["a1"]), 1)
+    );
+
+    // Combined, and with the limit.
+    let north_reads_since_2nd = AuditSearch {
+        team: Some(Team::from("north")),
+        action: Some("read".into()),
+        from: Some(day(2, 0, 0, 0)),
+        ..AuditSearch::default()
+    };
+    assert_eq!(
+        searched(s, north_reads_since_2nd, 100).await,
+        (ids(&["a4"]), 1)
+    );
+    let nia_before_4th = AuditSearch {
+        device: Some(DeviceId::from("d-nia")),
+        worker: Some("NI".into()),
+        to_before: Some(day(4, 0, 0, 0)),
+        ..AuditSearch::default()
+    };
+    assert_eq!(searched(s, nia_before_4th, 100).await, (ids(&["a1"]), 1));
+    let south_in_march = AuditSearch {
+        team: Some(Team::from("south")),
+        from: Some(day(1, 0, 0, 0)),
+        to_before: Some(day(31, 0, 0, 0)),
+        ..AuditSearch::default()
+    };
+    assert_eq!(searched(s, south_in_march, 1).await, (ids(&["a6"]), 2));
+    let nobody = AuditSearch {
+        family: Some("a2".into()),
+        team: Some(Team::from("north")),
+        ..AuditSearch::default()
+    };
+    assert_eq!(searched(s, nobody, 100).await, (vec![], 0));
 }

@@ -47,7 +47,7 @@ pub use memory::MemoryStorage;
 pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
 pub use types::{
-    AuditAction, AuditEntry, AuditRecord, CodeGrant, Committed, Device, ReadMarks,
+    AuditAction, AuditEntry, AuditRecord, AuditSearch, CodeGrant, Committed, Device, ReadMarks,
     RevocationCursor, Stored, StoredDocument, UNKNOWN_ADDRESS_KIND, Upload, address_kind,
 };
 
@@ -322,6 +322,16 @@ pub trait AuditStore: Send + Sync + 'static {
         device: Option<&DeviceId>,
         team: Option<&Team>,
     ) -> Result<Vec<AuditEntry>>;
+    /// Records matching `query`, newest first, at most `limit`; and how
+    /// many match in all. Newest is last recorded (the order `audit_log`
+    /// returns, reversed); `from` and `to_before` bound `at`, compared as
+    /// the RFC 3339 UTC text it is stored as. The team rule is
+    /// `audit_log`'s.
+    async fn audit_search(
+        &self,
+        query: &AuditSearch,
+        limit: usize,
+    ) -> Result<(Vec<AuditEntry>, u64)>;
 
     /// Appends one record about `device` (or the relay itself).
     async fn audit(

@@ -170,6 +170,91 @@ pub struct AuditEntry {
     pub team: Option<String>,
 }
 
+/// Which audit records [`AuditStore::audit_search`] finds: each given
+/// filter narrows them.
+///
+/// [`AuditStore::audit_search`]: super::AuditStore::audit_search
+#[derive(Debug, Clone, Default)]
+pub struct AuditSearch {
+    /// About this family (the document id as stored).
+    pub family: Option<String>,
+    /// Of this device.
+    pub device: Option<DeviceId>,
+    /// About this team: the record's own team, else its device's (the rule
+    /// of `audit_log`).
+    pub team: Option<Team>,
+    /// The worker (or staff member) named contains this, ignoring ASCII
+    /// case; `%` and `_` are literal.
+    pub worker: Option<String>,
+    /// The action is exactly this text ([`AuditAction::as_str`]).
+    pub action: Option<String>,
+    /// At or after this time.
+    pub from: Option<DateTime<Utc>>,
+    /// Before this time (exclusive).
+    pub to_before: Option<DateTime<Utc>>,
+}
+
+impl AuditSearch {
+    /// `worker` as a `LIKE` pattern for `lower(worker) LIKE ? ESCAPE '\'`:
+    /// ASCII-lowercased, its `\`, `%` and `_` escaped, inside `%…%`.
+    /// (SQLite's `lower` and PostgreSQL's under the audit's `C` collation
+    /// fold ASCII only; the memory store folds the same.)
+    pub(crate) fn worker_pattern(&self) -> Option<String> {
+        self.worker.as_deref().map(|w| {
+            let mut p = String::with_capacity(w.len() + 2);
+            p.push('%');
+            for c in w.to_ascii_lowercase().chars() {
+                if matches!(c, '\\' | '%' | '_') {
+                    p.push('\\');
+                }
+                p.push(c);
+            }
+            p.push('%');
+            p
+        })
+    }
+
+    /// `from` as stored `at` text (RFC 3339 in UTC, as [`AuditRecord`]
+    /// writes it), which compares as text in time order.
+    pub(crate) fn at_from_text(&self) -> Option<String> {
+        self.from.map(|t| t.to_rfc3339())
+    }
+
+    /// `to_before` as stored `at` text.
+    pub(crate) fn at_before_text(&self) -> Option<String> {
+        self.to_before.map(|t| t.to_rfc3339())
+    }
+
+    /// Whether `e` matches (the memory store; the SQL stores say the same
+    /// in SQL).
+    pub(crate) fn matches(&self, e: &AuditEntry) -> bool {
+        let (from, to_before) = (self.at_from_text(), self.at_before_text());
+        let worker = self.worker.as_deref().map(str::to_ascii_lowercase);
+        self.family
+            .as_deref()
+            .is_none_or(|f| e.document_id.as_deref() == Some(f))
+            && self
+                .device
+                .as_deref()
+                .is_none_or(|d| e.device_id.as_deref() == Some(d))
+            && self
+                .team
+                .as_deref()
+                .is_none_or(|t| e.team.as_deref() == Some(t))
+            && worker.as_deref().is_none_or(|w| {
+                e.worker
+                    .as_deref()
+                    .is_some_and(|ew| ew.to_ascii_lowercase().contains(w))
+            })
+            && self
+                .action
+                .as_deref()
+                .is_none_or(|a| e.action.as_str() == a)
+            && from.is_none_or(|f| e.at >= f)
+            && to_before.is_none_or(|t| e.at < t)
+    }
+}
+
 /// One audit record to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {

@@ -6,7 +6,8 @@ use linkbook_core::DocumentId;
 
 use super::MemoryStorage;
 use crate::storage::{
-    AuditAction, AuditEntry, AuditRecord, AuditStore, Device, ReadMarks, Result, SyncStateStore,
+    AuditAction, AuditEntry, AuditRecord, AuditSearch, AuditStore, Device, ReadMarks, Result,
+    SyncStateStore,
 };
 
 #[async_trait]
@@ -130,5 +131,22 @@ impl AuditStore for MemoryStorage {
             .filter(|e| team.is_none_or(|t| e.team.as_deref() == Some(t)))
             .cloned()
             .collect())
+    }
+
+    async fn audit_search(
+        &self,
+        query: &AuditSearch,
+        limit: usize,
+    ) -> Result<(Vec<AuditEntry>, u64)> {
+        let s = self.state();
+        let mut total = 0u64;
+        let mut found = Vec::new();
+        for e in s.audit.iter().rev().filter(|e| query.matches(e)) {
+            total += 1;
+            if found.len() < limit {
+                found.push(e.clone());
+            }
+        }
+        Ok((found, total))
     }
 }

@@ -4,11 +4,12 @@
 
 use async_trait::async_trait;
 use linkbook_core::DocumentId;
+use tokio_postgres::IsolationLevel;
 
 use super::{PostgresStorage, insert_audit};
 use crate::storage::{
-    AuditAction, AuditEntry, AuditRecord, AuditStore, Device, DeviceId, ReadMarks, Result,
-    SyncStateStore, Team,
+    AuditAction, AuditEntry, AuditRecord, AuditSearch, AuditStore, Device, DeviceId, ReadMarks,
+    Result, SyncStateStore, Team,
 };
 
 #[async_trait]
@@ -154,7 +155,89 @@ impl AuditStore for PostgresStorage {
             })
             .collect()
     }
+
+    async fn audit_search(
+        &self,
+        query: &AuditSearch,
+        limit: usize,
+    ) -> Result<(Vec<AuditEntry>, u64)> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let worker = query.worker_pattern();
+        let (from, to_before) = (query.at_from_text(), query.at_before_text());
+        let mut client = self.client().await?;
+        // One snapshot for both: the count and the rows agree while other
+        // nodes append.
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+            &query.family,
+            &query.device.as_deref(),
+            &query.team.as_deref(),
+            &worker,
+            &query.action,
+            &from,
+            &to_before,
+        ];
+        let total: i64 = tx
+            .query_one(
+                &tx.prepare_cached(&format!("SELECT count(*) FROM ({SEARCH}) found"))
+                    .await?,
+                &args,
+            )
+            .await?
+            .try_get(0)?;
+        let mut with_limit = args.to_vec();
+        with_limit.push(&limit);
+        // Newest first is the primary key backwards: no index needed.
+        let rows = tx
+            .query(
+                &tx.prepare_cached(&format!(
+                    "SELECT at, device_id, worker, action, doc_id, client, received_at, team
+                     FROM ({SEARCH}) found ORDER BY seq DESC LIMIT $8"
+                ))
+                .await?,
+                &with_limit,
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    at: r.try_get(0)?,
+                    device_id: r.try_get(1)?,
+                    worker: r.try_get(2)?,
+                    action: AuditAction::parse(r.try_get(3)?),
+                    document_id: r.try_get(4)?,
+                    client: r.try_get(5)?,
+                    received_at: r.try_get(6)?,
+                    team: r.try_get(7)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok((rows, u64::try_from(total).unwrap_or(0)))
+    }
 }
+
+/// The records `audit_search` matches, with `seq`: $1 family, $2 device,
+/// $3 team (the record's own, else its device's), $4 worker `LIKE` pattern
+/// (`lower` folds ASCII under the audit's `C` collation), $5 action, $6
+/// from and $7 before. `at` is `text COLLATE "C"` (RFC 3339 in UTC), so it
+/// compares bytewise, in time order, with the bounds' text.
+const SEARCH: &str = "SELECT seq, at, device_id, worker, action, doc_id, client, received_at, team
+     FROM (SELECT a.seq, a.at, a.device_id, a.worker, a.action, a.doc_id, a.client,
+                  a.received_at, coalesce(a.team, d.team) AS team
+           FROM audit a LEFT JOIN devices d ON d.id = a.device_id
+           WHERE ($1::text IS NULL OR a.doc_id = $1)
+             AND ($2::text IS NULL OR a.device_id = $2)
+             AND ($4::text IS NULL OR lower(a.worker) LIKE $4 ESCAPE '\\')
+             AND ($5::text IS NULL OR a.action = $5)
+             AND ($6::text IS NULL OR a.at >= $6)
+             AND ($7::text IS NULL OR a.at < $7)) records
+     WHERE $3::text IS NULL OR team = $3";
 
 #[async_trait]
 impl SyncStateStore for PostgresStorage {

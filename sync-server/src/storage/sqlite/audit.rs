@@ -9,7 +9,8 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::{SqliteStorage, insert_audit};
 use crate::storage::{
-    AuditAction, AuditEntry, AuditRecord, AuditStore, Device, ReadMarks, Result, SyncStateStore,
+    AuditAction, AuditEntry, AuditRecord, AuditSearch, AuditStore, Device, ReadMarks, Result,
+    SyncStateStore,
 };
 
 #[async_trait]
@@ -121,6 +122,81 @@ impl AuditStore for SqliteStorage {
             rows.collect()
         })
     }
+
+    async fn audit_search(
+        &self,
+        query: &AuditSearch,
+        limit: usize,
+    ) -> Result<(Vec<AuditEntry>, u64)> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let worker = query.worker_pattern();
+        let (from, to_before) = (query.at_from_text(), query.at_before_text());
+        self.with(|conn| {
+            // One read transaction: the count and the rows agree.
+            let tx = conn.transaction()?;
+            let args = params![
+                query.family,
+                query.device,
+                query.team,
+                worker,
+                query.action,
+                from,
+                to_before
+            ];
+            let total: i64 = tx
+                .prepare_cached(&format!("SELECT count(*) FROM ({SEARCH})"))?
+                .query_row(args, |r| r.get(0))?;
+            // Newest first is the primary key backwards: no index needed.
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT at, device_id, worker, action, doc_id, client, received_at, team
+                 FROM ({SEARCH}) ORDER BY seq DESC LIMIT ?8"
+            ))?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        query.family,
+                        query.device,
+                        query.team,
+                        worker,
+                        query.action,
+                        from,
+                        to_before,
+                        limit
+                    ],
+                    entry,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            drop(stmt);
+            tx.commit()?;
+            Ok::<_, rusqlite::Error>((rows, u64::try_from(total).unwrap_or(0)))
+        })
+    }
+}
+
+/// The records `audit_search` matches, with `seq`: ?1 family, ?2 device,
+/// ?3 team (the record's own, else its device's), ?4 worker `LIKE` pattern,
+/// ?5 action, ?6 from and ?7 before (`at` text).
+const SEARCH: &str = "SELECT seq, at, device_id, worker, action, doc_id, client, received_at, team
+     FROM (SELECT a.seq, a.at, a.device_id, a.worker, a.action, a.doc_id, a.client,
+                  a.received_at, coalesce(a.team, d.team) AS team
+           FROM audit a LEFT JOIN devices d ON d.id = a.device_id
+           WHERE (?1 IS NULL OR a.doc_id = ?1) AND (?2 IS NULL OR a.device_id = ?2)
+             AND (?4 IS NULL OR lower(a.worker) LIKE ?4 ESCAPE '\\')
+             AND (?5 IS NULL OR a.action = ?5)
+             AND (?6 IS NULL OR a.at >= ?6) AND (?7 IS NULL OR a.at < ?7))
+     WHERE ?3 IS NULL OR team = ?3";
+
+fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        at: r.get(0)?,
+        device_id: r.get(1)?,
+        worker: r.get(2)?,
+        action: AuditAction::parse(&r.get::<_, String>(3)?),
+        document_id: r.get(4)?,
+        client: r.get(5)?,
+        received_at: r.get(6)?,
+        team: r.get(7)?,
+    })
 }
 
 #[async_trait]
