@@ -4,7 +4,9 @@
 use super::{Result, parse_family_id, team_of};
 #[cfg(test)]
 use crate::storage::{AuditAction, AuditRecord};
-use crate::storage::{AuditEntry, DeviceId, Storage, Team};
+use chrono::NaiveDate;
+
+use crate::storage::{AuditEntry, AuditSearch, DeviceId, Storage, Team};
 
 /// Which records: each given filter narrows them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,6 +32,55 @@ pub async fn audit_log(storage: &dyn Storage, query: &AuditQuery) -> Result<Vec<
     Ok(storage
         .audit_log(family.as_deref(), device.as_ref(), team.as_ref())
         .await?)
+}
+
+/// Which records [`search_audit`] finds: [`AuditQuery`]'s filters and
+/// more, each given one narrowing them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditSearchQuery {
+    /// Family, device and team, as for [`audit_log`].
+    pub of: AuditQuery,
+    /// The worker or staff member named contains this (ASCII case
+    /// ignored; `%` and `_` are plain characters).
+    pub worker: Option<String>,
+    /// The action is exactly this (`AuditAction::as_str`).
+    pub action: Option<String>,
+    /// On or after this day (UTC).
+    pub from: Option<NaiveDate>,
+    /// On or before this day (UTC).
+    pub to: Option<NaiveDate>,
+}
+
+/// The records matching `query`, newest first, at most `limit`; and how
+/// many match in all. The family id and its team are resolved as for
+/// [`audit_log`]; the days are whole UTC days, both inclusive.
+pub async fn search_audit(
+    storage: &dyn Storage,
+    query: &AuditSearchQuery,
+    limit: usize,
+) -> Result<(Vec<AuditEntry>, u64)> {
+    let of = &query.of;
+    let family = of.family.as_deref().map(parse_family_id).transpose()?;
+    let team = match &family {
+        Some(id) => team_of(storage, *id, of.team.as_deref()).await?,
+        None => of.team.as_deref().map(Team::from),
+    };
+    let search = AuditSearch {
+        family: family.map(|id| id.to_string()),
+        device: of.device.as_deref().map(DeviceId::from),
+        team,
+        worker: query.worker.clone(),
+        action: query.action.clone(),
+        from: query
+            .from
+            .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc()),
+        // The day after `to` (none after the last day: no bound).
+        to_before: query
+            .to
+            .and_then(|d| d.succ_opt())
+            .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc()),
+    };
+    Ok(storage.audit_search(&search, limit).await?)
 }
 
 #[cfg(test)]
@@ -96,5 +147,75 @@ mod tests {
                 .iter()
                 .all(|e| e.team.as_deref() != Some("north"))
         );
+    }
+
+    #[tokio::test]
+    async fn a_search_takes_whole_utc_days_and_resolves_the_family() {
+        use chrono::TimeZone;
+        let relay = Relay::new();
+        let s = relay.storage();
+        let id = relay.store("north", &family("Ada", None));
+        let at = |d, h, m, sec| {
+            chrono::Utc
+                .with_ymd_and_hms(2001, 5, d, h, m, sec)
+                .single()
+                .expect("time")
+        };
+        let read = |t| {
+            AuditRecord::new(AuditAction::Read, t)
+                .worker("Asha")
+                .document("north", &id.to_string())
+        };
+        s.append_audit(&[
+            read(at(1, 23, 59, 59)),
+            read(at(2, 0, 0, 0)),
+            read(at(2, 23, 59, 59)),
+            read(at(3, 0, 0, 0)),
+        ])
+        .await
+        .expect("audit");
+        let query = AuditSearchQuery {
+            of: AuditQuery {
+                family: Some(format!("automerge:{id}")),
+                ..AuditQuery::default()
+            },
+            worker: Some("ash".into()),
+            from: NaiveDate::from_ymd_opt(2001, 5, 2),
+            to: NaiveDate::from_ymd_opt(2001, 5, 2),
+            ..AuditSearchQuery::default()
+        };
+        let (found, total) = search_audit(s, &query, 10).await.expect("search");
+        let times: Vec<_> = found.iter().map(|e| e.at.as_str()).collect();
+        assert_eq!(
+            (times, total),
+            (
+                vec!["2001-05-02T23:59:59+00:00", "2001-05-02T00:00:00+00:00"],
+                2
+            )
+        );
+        assert!(matches!(
+            search_audit(
+                s,
+                &AuditSearchQuery {
+                    of: AuditQuery {
+                        family: Some("not an id".into()),
+                        ..AuditQuery::default()
+                    },
+                    ..AuditSearchQuery::default()
+                },
+                10
+            )
+            .await,
+            Err(AdminError::InvalidInput {
+                field: "family_id",
+                ..
+            })
+        ));
+        // The same id in a second team: the team must be said.
+        relay.store_as("south", id, &family("Ada", None));
+        assert!(matches!(
+            search_audit(s, &query, 10).await,
+            Err(AdminError::AmbiguousId { .. })
+        ));
     }
 }
