@@ -440,23 +440,23 @@ pub struct AuditFilter {
     to: Option<String>,
 }
 
-/// The audit page shows at most this many records (the newest); the CSV
-/// has every match.
+/// The audit page shows at most this many records (the newest).
 const AUDIT_PAGE_ROWS: usize = 500;
+/// The most records the audit CSV holds (the newest, if more match: a
+/// bound on what one download loads).
+const AUDIT_CSV_ROWS: usize = 1_000_000;
 
 fn blank(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
+/// The records `f` asks for, newest first, at most `limit`; and how many
+/// match in all (the storage searches: nothing else is loaded).
 async fn audit_rows(
     state: &AppState,
     f: &AuditFilter,
-) -> ConsoleResult<Vec<crate::storage::AuditEntry>> {
-    let query = admin::audit::AuditQuery {
-        family: blank(&f.family).map(str::to_string),
-        device: blank(&f.device).map(str::to_string),
-        team: blank(&f.team).map(str::to_string),
-    };
+    limit: usize,
+) -> ConsoleResult<(Vec<crate::storage::AuditEntry>, u64)> {
     let day = |v: Option<&str>, field: &str| -> ConsoleResult<Option<chrono::NaiveDate>> {
         v.map(|d| {
             d.parse().map_err(|_| {
@@ -465,24 +465,18 @@ async fn audit_rows(
         })
         .transpose()
     };
-    let from = day(blank(&f.from), "From")?;
-    let to = day(blank(&f.to), "To")?;
-    let worker = blank(&f.worker).map(str::to_lowercase);
-    let action = blank(&f.action);
-    let mut rows = admin::audit::audit_log(&*state.storage, &query).await?;
-    rows.retain(|r| {
-        let date = DateTime::parse_from_rfc3339(&r.at)
-            .ok()
-            .map(|t| t.with_timezone(&Utc).date_naive());
-        worker.as_ref().is_none_or(|w| {
-            r.worker
-                .as_deref()
-                .is_some_and(|rw| rw.to_lowercase().contains(w))
-        }) && action.is_none_or(|a| r.action.as_str() == a)
-            && from.is_none_or(|from| date.is_some_and(|d| d >= from))
-            && to.is_none_or(|to| date.is_some_and(|d| d <= to))
-    });
-    Ok(rows)
+    let query = admin::audit::AuditSearchQuery {
+        of: admin::audit::AuditQuery {
+            family: blank(&f.family).map(str::to_string),
+            device: blank(&f.device).map(str::to_string),
+            team: blank(&f.team).map(str::to_string),
+        },
+        worker: blank(&f.worker).map(str::to_string),
+        action: blank(&f.action).map(str::to_string),
+        from: day(blank(&f.from), "From")?,
+        to: day(blank(&f.to), "To")?,
+    };
+    Ok(admin::audit::search_audit(&*state.storage, &query, limit).await?)
 }
 
 fn audit_query_string(f: &AuditFilter) -> String {
@@ -509,8 +503,7 @@ pub async fn audit(
     Query(f): Query<AuditFilter>,
 ) -> ConsoleResult {
     staff.may_open("/console/audit")?;
-    let rows = audit_rows(&state, &f).await?;
-    let shown: Vec<_> = rows.iter().rev().take(AUDIT_PAGE_ROWS).collect();
+    let (shown, total) = audit_rows(&state, &f, AUDIT_PAGE_ROWS).await?;
     let actions: Vec<String> = AuditAction::named()
         .iter()
         .map(|a| a.as_str().to_string())
@@ -542,8 +535,8 @@ pub async fn audit(
                     button type="submit" { "Filter" }
                 }
                 p {
-                    (rows.len()) " records match"
-                    @if rows.len() > shown.len() { "; the newest " (shown.len()) " are shown" }
+                    (total) " records match"
+                    @if total > shown.len() as u64 { "; the newest " (shown.len()) " are shown" }
                     ". "
                     a href={ "/console/audit.csv?" (audit_query_string(&f)) } download { "Download CSV" }
                 }
@@ -585,7 +578,9 @@ pub async fn audit_csv(
     Query(f): Query<AuditFilter>,
 ) -> ConsoleResult {
     staff.may_open("/console/audit")?;
-    let rows = audit_rows(&state, &f).await?;
+    let (mut rows, _) = audit_rows(&state, &f, AUDIT_CSV_ROWS).await?;
+    // Oldest first in the file.
+    rows.reverse();
     let now = Utc::now();
     state
         .storage
