@@ -421,7 +421,7 @@ async fn postgres_keeps_report_projections_as_documents_arrive() {
     )
     .await;
     assert_eq!(s.dirty_projections(10).await.expect("dirty").len(), 1);
-    assert_eq!(projector::catch_up(&s).await.expect("catch up"), 1);
+    assert_eq!(projector::catch_up(&s, None).await.expect("catch up"), 1);
     let rows = s
         .projections(&north, ProjectionKind::Family)
         .await
@@ -449,7 +449,7 @@ async fn postgres_keeps_report_projections_as_documents_arrive() {
         &repo.save_document(family).expect("save"),
     )
     .await;
-    assert_eq!(projector::catch_up(&s).await.expect("catch up"), 1);
+    assert_eq!(projector::catch_up(&s, None).await.expect("catch up"), 1);
     let rows = s
         .projections(&north, ProjectionKind::Family)
         .await

@@ -172,7 +172,10 @@ pub(super) fn serve(store: Data<'_>, args: ServeArgs) -> crate::Result<()> {
         }
         // Report projections (console/projector.rs): every node refreshes
         // the documents marked dirty, its own uploads' and other nodes'.
-        crate::console::projector::spawn(state.storage.clone());
+        // On SQLite this relay is the only writer: the projector reads the
+        // documents it holds loaded instead of loading second copies.
+        let single_writer = store.database_url.is_none().then(|| state.hub.clone());
+        crate::console::projector::spawn(state.storage.clone(), single_writer);
         // Console sessions past their idle timeout or lifetime end when
         // next presented; this deletes those never presented again.
         let sessions = state.storage.clone();

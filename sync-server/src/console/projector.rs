@@ -138,26 +138,52 @@ pub fn project(
     id: DocumentId,
 ) -> Option<(ProjectionKind, String)> {
     let doc = crate::documents::load(stored, &crate::admin::load_budget()).ok()?;
-    let kind = crate::documents::document_type(&doc)?;
+    project_doc(&doc, id)
+}
+
+/// A loaded document's projection (see [`project`]).
+pub fn project_doc(doc: &automerge::Automerge, id: DocumentId) -> Option<(ProjectionKind, String)> {
+    let kind = crate::documents::document_type(doc)?;
     linkbook_core::protocol::catch_automerge_panic(|| match kind.as_str() {
-        "family" => serde_json::to_string(&family_facts(&linkbook_core::read_family(&doc, id)))
+        "family" => serde_json::to_string(&family_facts(&linkbook_core::read_family(doc, id)))
             .ok()
             .map(|json| (ProjectionKind::Family, json)),
-        "family_day" => {
-            serde_json::to_string(&day_facts(&linkbook_core::read_family_day(&doc, id)))
-                .ok()
-                .map(|json| (ProjectionKind::FamilyDay, json))
-        }
+        "family_day" => serde_json::to_string(&day_facts(&linkbook_core::read_family_day(doc, id)))
+            .ok()
+            .map(|json| (ProjectionKind::FamilyDay, json)),
         _ => None,
     })
     .ok()
     .flatten()
 }
 
-/// Brings one dirty document's projection up to date.
-pub async fn refresh(storage: &dyn Storage, dirty: &DirtyProjection) -> crate::storage::Result<()> {
-    let stored = storage.load_document(&dirty.team, dirty.id).await?;
+/// Brings one dirty document's projection up to date. `hub`: this relay's
+/// loaded documents, read instead of loading a second copy, when this
+/// relay is the store's only writer (SQLite: a copy it holds has every
+/// stored change; with several nodes another may have stored more).
+pub async fn refresh(
+    storage: &dyn Storage,
+    hub: Option<&crate::relay::Hub>,
+    dirty: &DirtyProjection,
+) -> crate::storage::Result<()> {
     let id = dirty.id;
+    let loaded = match hub {
+        Some(hub) => {
+            hub.read_loaded(&dirty.team, id, |doc| project_doc(doc, id))
+                .await
+        }
+        None => None,
+    };
+    if let Some(projected) = loaded {
+        let (kind, body) = match &projected {
+            Some((kind, body)) => (Some(*kind), body.as_str()),
+            None => (None, ""),
+        };
+        return storage
+            .put_projection(&dirty.team, id, dirty.generation, kind, body, Utc::now())
+            .await;
+    }
+    let stored = storage.load_document(&dirty.team, dirty.id).await?;
     let projected = match stored {
         Some(stored) => tokio::task::spawn_blocking(move || project(&stored, id))
             .await
@@ -181,8 +207,12 @@ pub async fn refresh(storage: &dyn Storage, dirty: &DirtyProjection) -> crate::s
         .await
 }
 
-/// Projects every dirty document now; how many were refreshed.
-pub async fn catch_up(storage: &dyn Storage) -> crate::storage::Result<usize> {
+/// Projects every dirty document now; how many were refreshed (`hub`: see
+/// [`refresh`]).
+pub async fn catch_up(
+    storage: &dyn Storage,
+    hub: Option<&crate::relay::Hub>,
+) -> crate::storage::Result<usize> {
     let mut done = 0;
     loop {
         let dirty = storage.dirty_projections(BATCH).await?;
@@ -191,7 +221,7 @@ pub async fn catch_up(storage: &dyn Storage) -> crate::storage::Result<usize> {
         }
         let before = done;
         for d in &dirty {
-            match refresh(storage, d).await {
+            match refresh(storage, hub, d).await {
                 Ok(()) => done += 1,
                 Err(e) => {
                     tracing::warn!(document = %d.id, error = %e, "a report projection could not be refreshed");
@@ -206,10 +236,15 @@ pub async fn catch_up(storage: &dyn Storage) -> crate::storage::Result<usize> {
 }
 
 /// The projection task of a serving relay: runs until the process ends.
-pub fn spawn(storage: Arc<dyn Storage>) -> tokio::task::JoinHandle<()> {
+/// `hub`: given when this relay is the store's only writer (see
+/// [`refresh`]).
+pub fn spawn(
+    storage: Arc<dyn Storage>,
+    hub: Option<Arc<crate::relay::Hub>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            match catch_up(&*storage).await {
+            match catch_up(&*storage, hub.as_deref()).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(documents = n, "report projections refreshed"),
                 Err(e) => tracing::warn!(error = %e, "report projections could not be read"),

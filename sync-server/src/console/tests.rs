@@ -548,7 +548,9 @@ async fn projections_follow_uploads_and_go_with_a_purge() {
     let storage = relay.storage();
     assert_eq!(storage.dirty_projections(10).await.expect("dirty").len(), 1);
     assert_eq!(
-        super::projector::catch_up(storage).await.expect("catch up"),
+        super::projector::catch_up(storage, None)
+            .await
+            .expect("catch up"),
         1
     );
     assert!(

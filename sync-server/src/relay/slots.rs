@@ -133,6 +133,30 @@ impl Hub {
         Ok(Some(slot))
     }
 
+    /// `f` of `team`'s document `id` as loaded here, if it is loaded and
+    /// holds every change stored through it (never loads it). The report
+    /// projector reads a document the relay holds from here rather than
+    /// loading a second copy (console/projector.rs).
+    pub async fn read_loaded<T>(
+        &self,
+        team: &Team,
+        id: DocumentId,
+        f: impl FnOnce(&Automerge) -> T,
+    ) -> Option<T> {
+        let slot = lock(&self.docs).get(&(team.clone(), id)).cloned()?;
+        let s = slot.lock().await;
+        if s.unstored || s.seq.is_none() {
+            return None;
+        }
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        Some(if multi_thread {
+            tokio::task::block_in_place(|| f(&s.doc))
+        } else {
+            f(&s.doc)
+        })
+    }
+
     /// The document's slot, locked (see [`Hub::slot`]); one left behind by
     /// a failed write is passed over and the document loaded again.
     pub(super) async fn locked_slot(
