@@ -119,6 +119,11 @@ pub fn setup_link(token: &str, server: Option<&str>) -> String {
     }
 }
 
+/// Who the audit names for a console account's actions.
+pub fn actor(name: &str) -> String {
+    format!("staff:{name}")
+}
+
 /// 256 random bits as 64 hex digits.
 pub fn random_token() -> String {
     let mut bytes = [0u8; 32];

@@ -48,7 +48,8 @@ pub(super) async fn admin(data: Data<'_>, cmd: AdminCommand) -> crate::Result<()
     let storage = &*state.storage;
     let now = Utc::now();
     let changed = |name: &str| {
-        AuditRecord::new(AuditAction::StaffAccountChanged, now).worker(&format!("staff:{name}"))
+        AuditRecord::new(AuditAction::StaffAccountChanged, now)
+            .worker(&admin::accounts::actor(name))
     };
     match cmd {
         AdminCommand::Add {

@@ -174,36 +174,22 @@ pub async fn refresh(
         }
         None => None,
     };
-    if let Some(projected) = loaded {
-        let (kind, body) = match &projected {
-            Some((kind, body)) => (Some(*kind), body.as_str()),
-            None => (None, ""),
-        };
-        return storage
-            .put_projection(&dirty.team, id, dirty.generation, kind, body, Utc::now())
-            .await;
-    }
-    let stored = storage.load_document(&dirty.team, dirty.id).await?;
-    let projected = match stored {
-        Some(stored) => tokio::task::spawn_blocking(move || project(&stored, id))
-            .await
-            .ok()
-            .flatten(),
-        None => None,
+    let projected = match loaded {
+        Some(projected) => projected,
+        None => match storage.load_document(&dirty.team, id).await? {
+            Some(stored) => tokio::task::spawn_blocking(move || project(&stored, id))
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        },
     };
     let (kind, body) = match &projected {
         Some((kind, body)) => (Some(*kind), body.as_str()),
         None => (None, ""),
     };
     storage
-        .put_projection(
-            &dirty.team,
-            dirty.id,
-            dirty.generation,
-            kind,
-            body,
-            Utc::now(),
-        )
+        .put_projection(&dirty.team, id, dirty.generation, kind, body, Utc::now())
         .await
 }
 

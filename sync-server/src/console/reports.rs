@@ -474,6 +474,29 @@ fn table(p: &Published, threshold: u64) -> Markup {
     }
 }
 
+/// The published outcomes of `team` for period `p`: what the page and
+/// its CSV both show.
+async fn report(
+    state: &AppState,
+    team: &Team,
+    p: &Period,
+) -> ConsoleResult<(String, String, Vec<Published>)> {
+    let families: Vec<FamilyFacts> = families_of(state, team)
+        .await?
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect();
+    let days: Vec<DayFacts> = days_of(state, team)
+        .await?
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    Ok(published(
+        &outcomes(&families, &days, p.from, p.to),
+        p.threshold,
+    ))
+}
+
 async fn report_teams(state: &AppState) -> ConsoleResult<Vec<Team>> {
     Ok(state.storage.projected_teams().await?)
 }
@@ -489,22 +512,7 @@ pub async fn outcomes_page(
     let teams = report_teams(&state).await?;
     let team = p.team.clone().or_else(|| teams.first().cloned());
     let report = match &team {
-        Some(team) => {
-            let families: Vec<FamilyFacts> = families_of(&state, team)
-                .await?
-                .into_iter()
-                .map(|(_, f)| f)
-                .collect();
-            let days: Vec<DayFacts> = days_of(&state, team)
-                .await?
-                .into_iter()
-                .map(|(_, d)| d)
-                .collect();
-            Some(published(
-                &outcomes(&families, &days, p.from, p.to),
-                p.threshold,
-            ))
-        }
+        Some(team) => Some(report(&state, team, &p).await?),
         None => None,
     };
     let csv_link = format!(
@@ -569,18 +577,7 @@ pub async fn outcomes_csv(
         .team
         .clone()
         .ok_or_else(|| ConsoleError::BadRequest("Choose a team.".into()))?;
-    let families: Vec<FamilyFacts> = families_of(&state, &team)
-        .await?
-        .into_iter()
-        .map(|(_, f)| f)
-        .collect();
-    let days: Vec<DayFacts> = days_of(&state, &team)
-        .await?
-        .into_iter()
-        .map(|(_, d)| d)
-        .collect();
-    let (supported, new, tables) =
-        published(&outcomes(&families, &days, p.from, p.to), p.threshold);
+    let (supported, new, tables) = report(&state, &team, &p).await?;
     let now = Utc::now();
     let mut record = staff.audit(AuditAction::ReportExported, now);
     record.team = Some(team.to_string());

@@ -76,7 +76,7 @@ impl Staff {
 
     /// Who the audit names for this member of staff's actions.
     pub fn actor(&self) -> String {
-        format!("staff:{}", self.account.name)
+        accounts::actor(&self.account.name)
     }
 
     /// An audit record of `action` by this member of staff.
@@ -289,7 +289,7 @@ pub async fn login(
         .create_session(&accounts::token_hash(&token), &session)
         .await?;
     let mut record = AuditRecord::new(AuditAction::StaffSignedIn, now);
-    record.worker = Some(format!("staff:{}", account.name));
+    record.worker = Some(accounts::actor(&account.name));
     record.client = ip.map(|ip| ip.to_string());
     state.storage.append_audit(&[record]).await?;
     let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, "/console")]).into_response();
@@ -425,7 +425,7 @@ pub async fn setup(
     match result {
         Ok(account) => {
             let mut record = AuditRecord::new(AuditAction::StaffSetUp, now);
-            record.worker = Some(format!("staff:{}", account.name));
+            record.worker = Some(accounts::actor(&account.name));
             state.storage.append_audit(&[record]).await?;
             let fresh = accounts::random_token();
             Ok(with_login_cookie(
