@@ -591,3 +591,41 @@ async fn projections_follow_uploads_and_go_with_a_purge() {
             .is_empty()
     );
 }
+
+/// The largest and most malformed forms and cookies cost their own request
+/// only: a 1 MiB sign-in form is refused before it is read (the relay's
+/// 16 KiB body limit), a 1 MiB set-up form too; a form that is not a form
+/// and a cookie of garbage leave the caller signed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_malformed_console_input_is_refused() {
+    let c = Console::new(Default::default(), 10);
+    let (login_cookie, csrf) = c.login_form().await;
+    let huge = "x".repeat(1 << 20);
+    let r = c
+        .post(
+            "/console/login",
+            Some(&login_cookie),
+            &[("csrf", &csrf), ("name", "amira"), ("password", &huge)],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let setup = accounts::setup_link(&"ab".repeat(32), None);
+    let r = c.post(&setup, None, &[("password", &huge)]).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let r = c
+        .send(
+            Request::post("/console/login")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(vec![0xff, b'=', 0xfe, b'&', b'%']))
+                .expect("request"),
+        )
+        .await;
+    assert!(r.status().is_client_error(), "{}", r.status());
+    let garbage = format!("__Host-linkbook-session={}; x={}", "z".repeat(60_000), "%%");
+    let r = c.get("/console/devices", Some(&garbage)).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()[header::LOCATION], "/console/login");
+    let not_hex = format!("__Host-linkbook-session={}", "g".repeat(64));
+    let r = c.get("/console/devices", Some(&not_hex)).await;
+    assert_eq!(r.headers()[header::LOCATION], "/console/login");
+}
